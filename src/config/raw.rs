@@ -1,0 +1,102 @@
+//! The configuration file exactly as written: serde types mirroring the TOML, every key
+//! optional, unknown keys rejected. Nothing here is validated; see `super::validate`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    pub request_timeout: Option<String>,
+    pub header_read_timeout: Option<String>,
+    pub max_body_size: Option<String>,
+    pub max_connections: Option<u64>,
+    pub shutdown_grace_period: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCloudbase {
+    pub env_id: Option<String>,
+    pub region: Option<String>,
+    pub base_url: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub device_id: Option<String>,
+    pub introspect_auth: Option<String>,
+    pub timeout: Option<String>,
+    pub ca_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    pub max_entries: Option<u64>,
+    pub ttl: Option<String>,
+    pub negative_ttl: Option<String>,
+    pub stale_if_error: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    pub headers: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub prefix: Option<String>,
+    pub upstream: Option<String>,
+    pub auth: Option<String>,
+    pub strip_prefix: Option<bool>,
+    pub methods: Option<Vec<String>>,
+    pub allow_anonymous: Option<bool>,
+    pub require_groups: Option<Vec<String>>,
+    pub pass_token: Option<bool>,
+    pub allow_preflight: Option<bool>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEmulator {
+    pub enabled: Option<bool>,
+    pub listen: Option<String>,
+    pub verification_code: Option<String>,
+    pub access_token_ttl: Option<String>,
+    pub allow_anonymous: Option<bool>,
+    pub users: Option<Vec<RawEmulatorUser>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEmulatorUser {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub phone_number: Option<String>,
+    pub groups: Option<Vec<RawGroup>>,
+}
+
+/// A group is either `"admin"` or `{ id = "admin", expires_at = "2026-12-31T00:00:00Z" }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawGroup {
+    Id(String),
+    Table {
+        id: String,
+        expires_at: Option<String>,
+    },
+}

@@ -1,0 +1,1 @@
+//! A faithful in-memory CloudBase Auth v2 emulator.
