@@ -80,7 +80,7 @@ impl Group {
 
     /// Whether the membership still applies at `now` (Unix seconds).
     pub fn is_active_at(&self, now: i64) -> bool {
-        self.expires_at_unix().is_none_or(|exp| exp > now)
+        self.expires_at_unix().map_or(true, |exp| exp > now)
     }
 }
 
@@ -255,6 +255,194 @@ pub struct AccessTokenClaims {
     pub user_type: String,
 }
 
+/// Writes `[redacted]` for a secret field, or `None` when it is absent.
+fn redacted(v: &Option<String>) -> Option<&'static str> {
+    v.as_ref().map(|_| "[redacted]")
+}
+
+/// `POST /signin`: `{username, password}` or `{verification_token}`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigninRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification_token: Option<String>,
+}
+
+impl std::fmt::Debug for SigninRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigninRequest")
+            .field("username", &self.username)
+            .field("password", &redacted(&self.password))
+            .field("verification_token", &redacted(&self.verification_token))
+            .finish()
+    }
+}
+
+/// Who a verification code may be sent to (`target` of `POST /verification`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum VerificationTarget {
+    /// Anyone (the service's default).
+    Any,
+    /// Only an existing user (sign-in by code).
+    User,
+    /// Only an address no user has (sign-up).
+    NotUser,
+    /// The signed-in user; the request needs their access token.
+    CurUser,
+}
+
+/// `POST /verification`: `{phone_number}` or `{email}`, optional `target`.
+///
+/// `access_token` is not part of the body: when set, the call carries it as
+/// `Authorization: Bearer`, which `target = CUR_USER` requires.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerificationRequest {
+    /// `"+86 13800000000"`: country code, a space, the number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone_number: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<VerificationTarget>,
+    #[serde(skip)]
+    pub access_token: Option<String>,
+}
+
+impl std::fmt::Debug for VerificationRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerificationRequest")
+            .field("phone_number", &self.phone_number)
+            .field("email", &self.email)
+            .field("target", &self.target)
+            .field("access_token", &redacted(&self.access_token))
+            .finish()
+    }
+}
+
+/// `POST /verification/verify`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyRequest {
+    pub verification_id: String,
+    pub verification_code: String,
+}
+
+impl std::fmt::Debug for VerifyRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyRequest")
+            .field("verification_id", &self.verification_id)
+            .field("verification_code", &"[redacted]")
+            .finish()
+    }
+}
+
+/// `POST /signup`: `phone_number` or `email`, the `verification_token` proving it, and
+/// optional profile fields.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignupRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone_number: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    pub verification_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gender: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub picture: Option<String>,
+}
+
+impl std::fmt::Debug for SignupRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignupRequest")
+            .field("phone_number", &self.phone_number)
+            .field("email", &self.email)
+            .field("verification_token", &"[redacted]")
+            .field("username", &self.username)
+            .field("password", &redacted(&self.password))
+            .field("name", &self.name)
+            .field("gender", &self.gender)
+            .field("picture", &self.picture)
+            .finish()
+    }
+}
+
+/// `POST /token` with `grant_type = "refresh_token"`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshRequest {
+    pub grant_type: String,
+    pub refresh_token: String,
+}
+
+impl std::fmt::Debug for RefreshRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefreshRequest")
+            .field("grant_type", &self.grant_type)
+            .field("refresh_token", &"[redacted]")
+            .finish()
+    }
+}
+
+/// `POST /revoke`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokeRequest {
+    pub token: String,
+}
+
+impl std::fmt::Debug for RevokeRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RevokeRequest")
+            .field("token", &"[redacted]")
+            .finish()
+    }
+}
+
+/// `POST /user/sudo`: `{password}` or `{verification_token}`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SudoRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification_token: Option<String>,
+}
+
+impl std::fmt::Debug for SudoRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SudoRequest")
+            .field("password", &redacted(&self.password))
+            .field("verification_token", &redacted(&self.verification_token))
+            .finish()
+    }
+}
+
+/// `PATCH /user/password`: the new password and either the old one or a sudo token.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangePasswordRequest {
+    pub new_password: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sudo_token: Option<String>,
+}
+
+impl std::fmt::Debug for ChangePasswordRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangePasswordRequest")
+            .field("new_password", &"[redacted]")
+            .field("old_password", &redacted(&self.old_password))
+            .field("sudo_token", &redacted(&self.sudo_token))
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,5 +473,70 @@ mod tests {
     fn empty_introspection_is_inactive() {
         let i: Introspection = serde_json::from_str("{}").unwrap();
         assert!(!i.is_active());
+    }
+    #[test]
+    fn requests_skip_absent_fields_and_name_targets_like_the_sdk() {
+        let req = VerificationRequest {
+            email: Some("a@example.com".into()),
+            target: Some(VerificationTarget::CurUser),
+            access_token: Some("tok".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&req).unwrap(),
+            r#"{"email":"a@example.com","target":"CUR_USER"}"#
+        );
+        let req = ChangePasswordRequest {
+            new_password: "n".into(),
+            sudo_token: Some("s".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&req).unwrap(),
+            r#"{"new_password":"n","sudo_token":"s"}"#
+        );
+    }
+
+    #[test]
+    fn request_debug_redacts_passwords_and_tokens() {
+        let shown = format!(
+            "{:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+            SigninRequest {
+                username: Some("alice".into()),
+                password: Some("pw-secret".into()),
+                verification_token: Some("vt-secret".into()),
+            },
+            VerificationRequest {
+                access_token: Some("at-secret".into()),
+                ..Default::default()
+            },
+            VerifyRequest {
+                verification_id: "id".into(),
+                verification_code: "code-secret".into(),
+            },
+            SignupRequest {
+                verification_token: "vt-secret".into(),
+                password: Some("pw-secret".into()),
+                ..Default::default()
+            },
+            RefreshRequest {
+                grant_type: "refresh_token".into(),
+                refresh_token: "rt-secret".into(),
+            },
+            RevokeRequest {
+                token: "at-secret".into(),
+            },
+            SudoRequest {
+                password: Some("pw-secret".into()),
+                verification_token: None,
+            },
+            ChangePasswordRequest {
+                new_password: "pw-secret".into(),
+                old_password: Some("pw-secret".into()),
+                sudo_token: Some("st-secret".into()),
+            },
+        );
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("alice"));
     }
 }
