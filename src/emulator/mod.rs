@@ -1,1 +1,427 @@
 //! A faithful in-memory CloudBase Auth v2 emulator.
+//!
+//! It speaks the wire format of `cloudbase-auth-v2.md` under `/auth/v1` (plus the seed
+//! guide's path variants), so the gateway, its typed client, curl scripts from the seed
+//! guide and the official JS SDK (CORS included) can all run against it without a
+//! CloudBase account. Test hooks live outside `/auth/v1`: per-endpoint call counters
+//! (`/__emulator/stats`) and fault injection (`/__emulator/fault`) for outage tests.
+//!
+//! Trade-off: everything is in memory behind one mutex (see [`state`]) and access tokens
+//! are HS256 with a per-instance key instead of RS256. Nothing survives a restart, and
+//! the emulator is not meant to be exposed to untrusted networks; in exchange it starts in
+//! microseconds, needs no key material and is deterministic enough for tests.
+
+mod error;
+mod handlers;
+mod jwt;
+mod state;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, patch, post, MethodRouter};
+use axum::Router;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use tokio::sync::watch;
+
+pub use error::{ApiError, ErrorKind};
+
+use crate::config::{CloudbaseSettings, EmulatorSettings, Secret};
+
+/// The `/auth/v1` endpoints, as named in the call statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Signin,
+    Verification,
+    Verify,
+    Signup,
+    SigninAnonymously,
+    Token,
+    Introspect,
+    Revoke,
+    UserMe,
+    Sudo,
+    Password,
+    DeleteUser,
+    Providers,
+}
+
+impl Endpoint {
+    /// Every endpoint, in statistics order.
+    pub const ALL: [Endpoint; 13] = [
+        Endpoint::Signin,
+        Endpoint::Verification,
+        Endpoint::Verify,
+        Endpoint::Signup,
+        Endpoint::SigninAnonymously,
+        Endpoint::Token,
+        Endpoint::Introspect,
+        Endpoint::Revoke,
+        Endpoint::UserMe,
+        Endpoint::Sudo,
+        Endpoint::Password,
+        Endpoint::DeleteUser,
+        Endpoint::Providers,
+    ];
+
+    /// The name used by [`Emulator::calls`] and `/__emulator/stats`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::Signin => "signin",
+            Endpoint::Verification => "verification",
+            Endpoint::Verify => "verify",
+            Endpoint::Signup => "signup",
+            Endpoint::SigninAnonymously => "signin_anonymously",
+            Endpoint::Token => "token",
+            Endpoint::Introspect => "introspect",
+            Endpoint::Revoke => "revoke",
+            Endpoint::UserMe => "user_me",
+            Endpoint::Sudo => "sudo",
+            Endpoint::Password => "password",
+            Endpoint::DeleteUser => "delete_user",
+            Endpoint::Providers => "providers",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// How `/auth/v1` calls behave, set through `POST /__emulator/fault`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Normal operation (default).
+    Ok = 0,
+    /// Never answer (until the emulator shuts down).
+    Hang = 1,
+    /// 500 with `{"error": "internal", …}`.
+    Error500 = 2,
+    /// 200 with the body `not json`.
+    Garbage = 3,
+}
+
+impl Fault {
+    /// Parses `ok`, `hang`, `error500`, `garbage`.
+    pub fn from_name(name: &str) -> Option<Fault> {
+        Some(match name {
+            "ok" => Fault::Ok,
+            "hang" => Fault::Hang,
+            "error500" => Fault::Error500,
+            "garbage" => Fault::Garbage,
+            _ => return None,
+        })
+    }
+
+    fn from_u8(v: u8) -> Fault {
+        match v {
+            1 => Fault::Hang,
+            2 => Fault::Error500,
+            3 => Fault::Garbage,
+            _ => Fault::Ok,
+        }
+    }
+}
+
+/// The in-memory CloudBase Auth v2 service. Cheap to clone: clones share state.
+#[derive(Clone)]
+pub struct Emulator {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    verification_code: String,
+    access_token_ttl: i64,
+    allow_anonymous: bool,
+    issuer: String,
+    project_id: String,
+    client_id: String,
+    client_secret: Secret,
+    signer: jwt::Signer,
+    store: Mutex<state::Store>,
+    calls: [AtomicU64; 13],
+    fault: AtomicU8,
+    /// Flips to true at shutdown, releasing requests held by [`Fault::Hang`].
+    shutdown: watch::Sender<bool>,
+}
+
+impl Inner {
+    fn store(&self) -> MutexGuard<'_, state::Store> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way that
+        // matters to tests, so a poisoned lock is still used.
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl std::fmt::Debug for Emulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emulator")
+            .field("issuer", &self.inner.issuer)
+            .field("client_id", &self.inner.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Emulator {
+    /// An emulator with the configured users. `cloudbase` supplies the env id (token
+    /// issuer and `project_id`), the client id (`aud`) and the client secret: when it is
+    /// non-empty, Basic credentials that are sent must match it.
+    pub fn new(settings: &EmulatorSettings, cloudbase: &CloudbaseSettings) -> Emulator {
+        let env_id = if cloudbase.env_id.is_empty() {
+            "emulator"
+        } else {
+            cloudbase.env_id.as_str()
+        };
+        let region = if cloudbase.region.is_empty() {
+            "ap-shanghai"
+        } else {
+            cloudbase.region.as_str()
+        };
+        let client_id = if cloudbase.client_id.is_empty() {
+            env_id.to_owned()
+        } else {
+            cloudbase.client_id.clone()
+        };
+        let now = state::Now::current();
+        Emulator {
+            inner: Arc::new(Inner {
+                verification_code: settings.verification_code.clone(),
+                access_token_ttl: settings.access_token_ttl.as_secs().max(1) as i64,
+                allow_anonymous: settings.allow_anonymous,
+                issuer: format!("http://{env_id}.{region}.tcb-api.tencentcloudapi.com"),
+                project_id: env_id.to_owned(),
+                client_id,
+                client_secret: cloudbase.client_secret.clone(),
+                signer: jwt::Signer::new(),
+                store: Mutex::new(state::Store::seeded(&settings.users, now)),
+                calls: Default::default(),
+                fault: AtomicU8::new(Fault::Ok as u8),
+                shutdown: watch::channel(false).0,
+            }),
+        }
+    }
+
+    /// The full HTTP surface: `/auth/v1/*`, `/__emulator/*`, `/healthz`, with CORS.
+    pub fn router(&self) -> Router {
+        let inner = &self.inner;
+        let counted = |e: Endpoint, r: MethodRouter<Arc<Inner>>| {
+            r.route_layer(middleware::from_fn_with_state((inner.clone(), e), gate))
+        };
+        use handlers as h;
+        let auth = Router::new()
+            .route("/signin", counted(Endpoint::Signin, post(h::signin)))
+            .route(
+                "/verification",
+                counted(Endpoint::Verification, post(h::verification)),
+            )
+            .route(
+                "/verification/verify",
+                counted(Endpoint::Verify, post(h::verify)),
+            )
+            .route("/signup", counted(Endpoint::Signup, post(h::signup)))
+            .route(
+                "/signin/anonymously",
+                counted(Endpoint::SigninAnonymously, post(h::anonymous)),
+            )
+            .route(
+                "/signin-anonymously",
+                counted(Endpoint::SigninAnonymously, post(h::anonymous)),
+            )
+            .route("/token", counted(Endpoint::Token, post(h::token)))
+            .route(
+                "/token/introspect",
+                counted(Endpoint::Introspect, get(h::introspect).post(h::introspect)),
+            )
+            .route("/revoke", counted(Endpoint::Revoke, post(h::revoke)))
+            .route(
+                "/user/me",
+                counted(Endpoint::UserMe, get(h::user_me))
+                    .merge(counted(Endpoint::DeleteUser, delete(h::delete_user))),
+            )
+            .route("/user/sudo", counted(Endpoint::Sudo, post(h::sudo)))
+            .route(
+                "/user/password",
+                counted(Endpoint::Password, patch(h::password)),
+            )
+            .route(
+                "/user/provider",
+                counted(Endpoint::Providers, get(h::providers)),
+            )
+            .route(
+                "/user/providers",
+                counted(Endpoint::Providers, get(h::providers)),
+            );
+        let app = Router::new()
+            .nest("/auth/v1", auth)
+            .route("/__emulator/stats", get(h::stats))
+            .route("/__emulator/stats/reset", post(h::reset_stats))
+            .route("/__emulator/fault", post(h::set_fault))
+            .route("/healthz", get(h::healthz))
+            .fallback(h::not_found)
+            .method_not_allowed_fallback(h::method_not_allowed)
+            .with_state(inner.clone());
+        // CORS wraps the whole router (as a fallback service) so preflights to any path,
+        // known or not, are answered before routing.
+        Router::new().fallback_service(tower::Layer::layer(&middleware::from_fn(cors), app))
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, releases hanging requests
+    /// and waits for in-flight ones.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let inner = self.inner.clone();
+        let shutdown = async move {
+            shutdown.await;
+            inner.shutdown.send_replace(true);
+        };
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+
+    /// Binds `addr` (port 0 picks a free port) and serves in a background task until it
+    /// is aborted. Returns the bound address.
+    pub async fn spawn(
+        self,
+        addr: SocketAddr,
+    ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let bound = listener.local_addr()?;
+        let handle = tokio::spawn(async move {
+            if let Err(e) = self.serve(listener, std::future::pending()).await {
+                tracing::warn!(error = %e, "emulator stopped");
+            }
+        });
+        Ok((bound, handle))
+    }
+
+    /// How many `/auth/v1` calls reached `endpoint` (a name from [`Endpoint::name`]);
+    /// 0 for unknown names.
+    pub fn calls(&self, endpoint: &str) -> u64 {
+        Endpoint::ALL
+            .iter()
+            .find(|e| e.name() == endpoint)
+            .map_or(0, |e| self.inner.calls[e.index()].load(Ordering::Relaxed))
+    }
+
+    /// Zeroes every call counter.
+    pub fn reset_calls(&self) {
+        for c in &self.inner.calls {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Sets how subsequent `/auth/v1` calls behave.
+    pub fn set_fault(&self, fault: Fault) {
+        self.inner.fault.store(fault as u8, Ordering::Relaxed);
+    }
+}
+
+/// Runs before every `/auth/v1` endpoint: counts the call, applies the injected fault,
+/// then checks Basic client credentials if any were sent.
+async fn gate(
+    State((inner, endpoint)): State<(Arc<Inner>, Endpoint)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    inner.calls[endpoint.index()].fetch_add(1, Ordering::Relaxed);
+    match Fault::from_u8(inner.fault.load(Ordering::Relaxed)) {
+        Fault::Ok => {}
+        Fault::Hang => {
+            let mut rx = inner.shutdown.subscribe();
+            let _ = rx.wait_for(|down| *down).await;
+            return ApiError::new(ErrorKind::Internal, "emulator shutting down").into_response();
+        }
+        Fault::Error500 => {
+            return ApiError::new(ErrorKind::Internal, "injected fault").into_response();
+        }
+        Fault::Garbage => {
+            return (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                "not json",
+            )
+                .into_response();
+        }
+    }
+    if let Err(e) = check_basic(&inner, req.headers()) {
+        return e.into_response();
+    }
+    next.run(req).await
+}
+
+/// Basic credentials are optional; when sent and a client secret is configured, both the
+/// id and the secret must match.
+fn check_basic(inner: &Inner, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(());
+    };
+    let Some(encoded) = value.to_str().ok().and_then(|v| {
+        v.strip_prefix("Basic ")
+            .or_else(|| v.strip_prefix("basic "))
+    }) else {
+        return Ok(());
+    };
+    if inner.client_secret.is_empty() {
+        return Ok(());
+    }
+    let bad = || ApiError::new(ErrorKind::InvalidClient, "client authentication failed");
+    let decoded = STANDARD.decode(encoded.trim()).map_err(|_| bad())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
+    let (id, secret) = decoded.split_once(':').ok_or_else(bad)?;
+    if id == inner.client_id && secret == inner.client_secret.expose() {
+        Ok(())
+    } else {
+        Err(bad())
+    }
+}
+
+/// Answers preflights on any path and lets browsers read every response, so the JS SDK
+/// can be pointed at the emulator from a web page.
+async fn cors(req: Request, next: Next) -> Response {
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static("*"));
+    if req.method() == Method::OPTIONS {
+        let allow_headers = req
+            .headers()
+            .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .cloned()
+            .unwrap_or_else(|| {
+                HeaderValue::from_static(
+                    "authorization, content-type, x-device-id, x-request-id, x-sdk-version",
+                )
+            });
+        let mut resp = StatusCode::NO_CONTENT.into_response();
+        let h = resp.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE, OPTIONS"),
+        );
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allow_headers);
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+        return resp;
+    }
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    resp
+}

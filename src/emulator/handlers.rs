@@ -1,0 +1,546 @@
+//! The endpoint handlers and the extractors that keep every rejection in the envelope.
+//!
+//! Bodies are read as bytes and parsed here rather than with axum's `Json`: its
+//! rejections are plain text, and it insists on `Content-Type: application/json`, which
+//! the seed guide's curl commands (`--data-raw`, so form-encoded) do not send. An empty
+//! body counts as `{}`. Unknown fields are ignored, as the real service does with the
+//! SDK's extras (`client_id`, `verification_code` at sign-up…).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use axum::Json;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::{ApiError, ErrorKind};
+use super::jwt::Claims;
+use super::state::{self, Caller, Contact, Issued, Now, SignUp};
+use super::{Endpoint, Fault, Inner};
+use crate::cloudbase::types::{
+    Introspection, ProvidersResponse, SudoResponse, TokenResponse, UserProfile,
+    VerificationResponse, VerifyResponse,
+};
+
+type AppState = State<Arc<Inner>>;
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+/// A JSON body whose every failure is a 400 `invalid_argument` in the envelope.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::invalid_argument(format!("cannot read the body: {e}")))?;
+        let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        let mut de = serde_json::Deserializer::from_slice(text);
+        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            if path == "." {
+                ApiError::invalid_argument(format!("invalid JSON body: {}", e.inner()))
+            } else {
+                ApiError::invalid_argument(format!("invalid JSON body at `{path}`: {}", e.inner()))
+            }
+        })?;
+        de.end()
+            .map_err(|e| ApiError::invalid_argument(format!("invalid JSON body: {e}")))?;
+        Ok(JsonBody(value))
+    }
+}
+
+/// The query string as a map; a malformed one is a 400 `invalid_argument`.
+pub struct Params(pub HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map(|Query(m)| Params(m))
+            .map_err(|e| ApiError::invalid_argument(format!("invalid query string: {e}")))
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+impl Inner {
+    /// The live caller behind an access token, if any.
+    fn check_token(&self, token: &str, now: Now) -> Option<Caller> {
+        let claims = self.signer.verify(token)?;
+        if claims.exp <= now.unix {
+            return None;
+        }
+        self.store().caller(&claims.jti, &claims.scope)
+    }
+
+    fn authenticate(&self, headers: &HeaderMap, now: Now) -> Result<Caller, ApiError> {
+        bearer(headers)
+            .and_then(|t| self.check_token(t, now))
+            .ok_or_else(ApiError::unauthenticated)
+    }
+
+    fn token_response(&self, issued: Issued, now: Now) -> TokenResponse {
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            sub: issued.sub.clone(),
+            aud: self.client_id.clone(),
+            exp: now.unix + self.access_token_ttl,
+            iat: now.unix,
+            scope: issued.scope.to_owned(),
+            project_id: self.project_id.clone(),
+            provider_type: issued.provider_type,
+            user_type: issued.user_type.to_owned(),
+            jti: issued.jti,
+        };
+        TokenResponse {
+            token_type: "Bearer".to_owned(),
+            access_token: self.signer.sign(&claims),
+            refresh_token: Some(issued.refresh_token),
+            expires_in: self.access_token_ttl as u64,
+            scope: issued.scope.to_owned(),
+            sub: issued.sub,
+            groups: issued.groups,
+        }
+    }
+
+    fn access_exp(&self, now: Now) -> i64 {
+        now.unix + self.access_token_ttl
+    }
+}
+
+#[derive(Deserialize)]
+pub struct SigninReq {
+    username: Option<String>,
+    password: Option<String>,
+    verification_token: Option<String>,
+}
+
+/// `POST /signin`: username + password, or a verification token.
+pub async fn signin(
+    State(inner): AppState,
+    JsonBody(req): JsonBody<SigninReq>,
+) -> ApiResult<TokenResponse> {
+    let now = Now::current();
+    let issued = {
+        let mut store = inner.store();
+        let (sub, provider) = match (req.verification_token, req.username, req.password) {
+            (Some(t), _, _) => store.login_by_verification(&t, now)?,
+            (None, Some(u), Some(p)) => (store.check_login(&u, &p)?, "username"),
+            (None, None, _) => return Err(ApiError::missing("username")),
+            (None, Some(_), None) => return Err(ApiError::missing("password")),
+        };
+        store.open_session(&sub, provider, inner.access_exp(now), now)?
+    };
+    Ok(Json(inner.token_response(issued, now)))
+}
+
+#[derive(Deserialize)]
+pub struct VerificationReq {
+    phone_number: Option<String>,
+    email: Option<String>,
+    target: Option<String>,
+}
+
+/// `POST /verification`: "sends" a code (the configured one) to a phone or email.
+pub async fn verification(
+    State(inner): AppState,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<VerificationReq>,
+) -> ApiResult<VerificationResponse> {
+    let now = Now::current();
+    let contact = Contact::from_fields(req.phone_number.as_deref(), req.email.as_deref())?;
+    let target = req.target.as_deref().unwrap_or("ANY").to_ascii_uppercase();
+    if target == "CUR_USER" {
+        inner.authenticate(&headers, now)?;
+    }
+    let mut store = inner.store();
+    let is_user = store.contact_is_user(&contact);
+    match target.as_str() {
+        "ANY" | "CUR_USER" => {}
+        "USER" if !is_user => {
+            return Err(ApiError::new(
+                ErrorKind::NotFound,
+                "no user has this contact",
+            ))
+        }
+        "NOT_USER" if is_user => {
+            return Err(ApiError::new(
+                ErrorKind::AlreadyExists,
+                "a user already has this contact",
+            ))
+        }
+        "USER" | "NOT_USER" => {}
+        other => {
+            return Err(ApiError::invalid_argument(format!(
+                "target {other:?} is not one of ANY, USER, NOT_USER, CUR_USER"
+            )))
+        }
+    }
+    let verification_id = store.create_verification(contact, now);
+    Ok(Json(VerificationResponse {
+        verification_id,
+        expires_in: state::VERIFICATION_TTL.as_secs(),
+        is_user,
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct VerifyReq {
+    verification_id: Option<String>,
+    verification_code: Option<String>,
+}
+
+/// `POST /verification/verify`: code -> verification token.
+pub async fn verify(
+    State(inner): AppState,
+    JsonBody(req): JsonBody<VerifyReq>,
+) -> ApiResult<VerifyResponse> {
+    let id = req
+        .verification_id
+        .ok_or(ApiError::missing("verification_id"))?;
+    let code = req
+        .verification_code
+        .ok_or(ApiError::missing("verification_code"))?;
+    let code_ok = code == inner.verification_code;
+    let verification_token = inner.store().verify(&id, code_ok, Now::current())?;
+    Ok(Json(VerifyResponse {
+        verification_token,
+        expires_in: state::VERIFICATION_TTL.as_secs(),
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct SignupReq {
+    phone_number: Option<String>,
+    email: Option<String>,
+    verification_token: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    name: Option<String>,
+    gender: Option<String>,
+    picture: Option<String>,
+}
+
+/// `POST /signup`: creates a user from a verified phone or email.
+pub async fn signup(
+    State(inner): AppState,
+    JsonBody(req): JsonBody<SignupReq>,
+) -> ApiResult<TokenResponse> {
+    let now = Now::current();
+    let verification_token = req
+        .verification_token
+        .ok_or(ApiError::missing("verification_token"))?;
+    let contact = match (&req.phone_number, &req.email) {
+        (None, None) => None,
+        (p, e) => Some(Contact::from_fields(p.as_deref(), e.as_deref())?),
+    };
+    if let Some(u) = &req.username {
+        if !state::valid_username(u) {
+            return Err(ApiError::invalid_argument(
+                "username must be 2 to 48 characters of A-Z a-z 0-9 space - _ . : + @",
+            ));
+        }
+    }
+    if let Some(p) = &req.password {
+        state::check_password(p)?;
+    }
+    let form = SignUp {
+        contact,
+        verification_token,
+        username: req.username,
+        password: req.password,
+        name: req.name,
+        gender: req.gender,
+        picture: req.picture,
+    };
+    let issued = {
+        let mut store = inner.store();
+        let (sub, provider) = store.sign_up(form, now)?;
+        store.open_session(&sub, provider, inner.access_exp(now), now)?
+    };
+    Ok(Json(inner.token_response(issued, now)))
+}
+
+/// `POST /signin/anonymously`: one anonymous user per `x-device-id`.
+pub async fn anonymous(State(inner): AppState, headers: HeaderMap) -> ApiResult<TokenResponse> {
+    if !inner.allow_anonymous {
+        return Err(ApiError::new(
+            ErrorKind::Unimplemented,
+            "anonymous sign-in is disabled for this environment",
+        ));
+    }
+    let device = headers
+        .get("x-device-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| ApiError::invalid_argument("the x-device-id header is required"))?;
+    let now = Now::current();
+    let issued = {
+        let mut store = inner.store();
+        let sub = store.anonymous_user(device, now);
+        store.open_session(&sub, "anonymous", inner.access_exp(now), now)?
+    };
+    Ok(Json(inner.token_response(issued, now)))
+}
+
+#[derive(Deserialize)]
+pub struct TokenReq {
+    grant_type: Option<String>,
+    refresh_token: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+}
+
+/// `POST /token`: refresh-token grant; the refresh token rotates.
+pub async fn token(
+    State(inner): AppState,
+    JsonBody(req): JsonBody<TokenReq>,
+) -> ApiResult<TokenResponse> {
+    // The JS SDK sends `client_secret: ""`: only a non-empty secret is checked.
+    if let Some(secret) = req.client_secret.as_deref().filter(|s| !s.is_empty()) {
+        let id_ok = req
+            .client_id
+            .as_deref()
+            .is_none_or(|id| id == inner.client_id);
+        if !id_ok || secret != inner.client_secret.expose() {
+            return Err(ApiError::new(
+                ErrorKind::InvalidClient,
+                "client authentication failed",
+            ));
+        }
+    }
+    match req.grant_type.as_deref() {
+        Some("refresh_token") => {}
+        Some(other) => {
+            return Err(ApiError::invalid_argument(format!(
+                "unsupported grant_type {other:?}"
+            )))
+        }
+        None => return Err(ApiError::missing("grant_type")),
+    }
+    let refresh = req
+        .refresh_token
+        .ok_or(ApiError::missing("refresh_token"))?;
+    let now = Now::current();
+    let issued = inner.store().rotate(&refresh, inner.access_exp(now), now)?;
+    Ok(Json(inner.token_response(issued, now)))
+}
+
+/// `GET /token/introspect`: the token from `?token=` or the Bearer header.
+pub async fn introspect(
+    State(inner): AppState,
+    Params(params): Params,
+    headers: HeaderMap,
+) -> Json<Introspection> {
+    let token = params
+        .get("token")
+        .map(String::as_str)
+        .or_else(|| bearer(&headers));
+    let answer = token
+        .and_then(|t| inner.check_token(t, Now::current()))
+        .map(|c| Introspection {
+            token_type: Some("Bearer".to_owned()),
+            client_id: Some(inner.client_id.clone()),
+            sub: Some(c.sub),
+            scope: Some(c.scope),
+        })
+        .unwrap_or_default();
+    Json(answer)
+}
+
+#[derive(Deserialize)]
+pub struct RevokeReq {
+    token: Option<String>,
+}
+
+/// `POST /revoke`: kills an access token, or a refresh token and its session.
+pub async fn revoke(
+    State(inner): AppState,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<RevokeReq>,
+) -> ApiResult<Value> {
+    let token = req
+        .token
+        .filter(|t| !t.is_empty())
+        .or_else(|| bearer(&headers).map(str::to_owned))
+        .ok_or_else(|| ApiError::invalid_argument("no token to revoke"))?;
+    // The signature is checked so nobody can revoke by forging a jti; expiry is not.
+    match inner.signer.verify(&token) {
+        Some(claims) => inner.store().revoke_access(&claims.jti),
+        None => inner.store().revoke_refresh(&token),
+    }
+    Ok(Json(json!({})))
+}
+
+/// `GET /user/me`.
+pub async fn user_me(State(inner): AppState, headers: HeaderMap) -> ApiResult<UserProfile> {
+    let caller = inner.authenticate(&headers, Now::current())?;
+    let profile = inner
+        .store()
+        .user(&caller.sub)
+        .map(state::User::profile)
+        .ok_or_else(ApiError::unauthenticated)?;
+    Ok(Json(profile))
+}
+
+#[derive(Deserialize)]
+pub struct SudoReq {
+    password: Option<String>,
+    verification_token: Option<String>,
+}
+
+/// `POST /user/sudo`: password or verification token -> sudo token (900 s).
+pub async fn sudo(
+    State(inner): AppState,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<SudoReq>,
+) -> ApiResult<SudoResponse> {
+    let now = Now::current();
+    let caller = inner.authenticate(&headers, now)?;
+    let sudo_token = inner.store().sudo(
+        &caller.sub,
+        req.password.as_deref(),
+        req.verification_token.as_deref(),
+        now,
+    )?;
+    Ok(Json(SudoResponse {
+        sudo_token,
+        expires_in: state::SUDO_TTL.as_secs(),
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct PasswordReq {
+    new_password: Option<String>,
+    old_password: Option<String>,
+    sudo_token: Option<String>,
+}
+
+/// `PATCH /user/password`: needs a sudo token (body or query) or the old password; signs
+/// out the user's other sessions.
+pub async fn password(
+    State(inner): AppState,
+    Params(params): Params,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<PasswordReq>,
+) -> ApiResult<Value> {
+    let now = Now::current();
+    let caller = inner.authenticate(&headers, now)?;
+    let new_password = req.new_password.ok_or(ApiError::missing("new_password"))?;
+    let sudo_token = req.sudo_token.or_else(|| params.get("sudo_token").cloned());
+    inner.store().change_password(
+        &caller,
+        &new_password,
+        req.old_password.as_deref(),
+        sudo_token.as_deref(),
+        now,
+    )?;
+    Ok(Json(json!({})))
+}
+
+/// `DELETE /user/me?sudo_token=`: deletes the account and all its tokens.
+pub async fn delete_user(
+    State(inner): AppState,
+    Params(params): Params,
+    headers: HeaderMap,
+) -> ApiResult<Value> {
+    let now = Now::current();
+    let caller = inner.authenticate(&headers, now)?;
+    inner.store().delete_user(
+        &caller.sub,
+        params.get("sudo_token").map(String::as_str),
+        now,
+    )?;
+    Ok(Json(json!({})))
+}
+
+/// `GET /user/provider`: the sign-in methods bound to the user.
+pub async fn providers(State(inner): AppState, headers: HeaderMap) -> ApiResult<ProvidersResponse> {
+    let caller = inner.authenticate(&headers, Now::current())?;
+    let data = inner
+        .store()
+        .user(&caller.sub)
+        .map(state::User::provider_list)
+        .ok_or_else(ApiError::unauthenticated)?;
+    Ok(Json(ProvidersResponse {
+        total: data.len() as u64,
+        data,
+    }))
+}
+
+/// `GET /__emulator/stats`: `{"calls": {name: count, …}}` with every endpoint present.
+pub async fn stats(State(inner): AppState) -> Json<Value> {
+    let calls: serde_json::Map<String, Value> = Endpoint::ALL
+        .iter()
+        .map(|e| {
+            (
+                e.name().to_owned(),
+                Value::from(inner.calls[e.index()].load(Ordering::Relaxed)),
+            )
+        })
+        .collect();
+    Json(json!({ "calls": calls }))
+}
+
+/// `POST /__emulator/stats/reset`.
+pub async fn reset_stats(State(inner): AppState) -> Json<Value> {
+    for c in &inner.calls {
+        c.store(0, Ordering::Relaxed);
+    }
+    Json(json!({}))
+}
+
+#[derive(Deserialize)]
+pub struct FaultReq {
+    mode: String,
+}
+
+/// `POST /__emulator/fault` `{"mode": "ok" | "hang" | "error500" | "garbage"}`.
+pub async fn set_fault(
+    State(inner): AppState,
+    JsonBody(req): JsonBody<FaultReq>,
+) -> ApiResult<Value> {
+    let fault = Fault::from_name(&req.mode).ok_or_else(|| {
+        ApiError::invalid_argument("mode must be one of ok, hang, error500, garbage")
+    })?;
+    inner.fault.store(fault as u8, Ordering::Relaxed);
+    Ok(Json(json!({ "mode": req.mode })))
+}
+
+/// `GET /healthz`.
+pub async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(ErrorKind::NotFound, "no such endpoint")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorKind::MethodNotAllowed,
+        "method not allowed on this endpoint",
+    )
+}

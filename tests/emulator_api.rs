@@ -1,0 +1,1096 @@
+//! The emulator's HTTP surface over real sockets, driven with plain reqwest: every
+//! endpoint's success path and its main error paths, CORS, stats and fault injection.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use cloudbase_gateway::config::Config;
+use cloudbase_gateway::emulator::Emulator;
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{json, Value};
+
+const CONFIG: &str = r#"
+[cloudbase]
+env_id = "test-env"
+client_id = "test-client"
+client_secret = "test-secret"
+
+[emulator]
+enabled = true
+verification_code = "123456"
+access_token_ttl = "1h"
+
+[[emulator.users]]
+username = "alice"
+password = "alice-password"
+name = "爱丽丝 Alice"
+email = "alice@example.com"
+groups = ["staff", { id = "admin", expires_at = "2020-01-01T00:00:00Z" }, { id = "beta", expires_at = "2999-01-01T00:00:00Z" }]
+
+[[emulator.users]]
+username = "bob"
+password = "bob-password"
+phone_number = "+86 13900000000"
+"#;
+
+struct Env {
+    emu: Emulator,
+    base: String,
+    http: Client,
+}
+
+async fn start_with(config: &str) -> Env {
+    let cfg = Config::from_toml_str(config).expect("test config is valid");
+    let emu = Emulator::new(&cfg.emulator, &cfg.cloudbase);
+    let (addr, _task) = emu
+        .clone()
+        .spawn(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    Env {
+        emu,
+        base: format!("http://{addr}"),
+        http: Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap(),
+    }
+}
+
+async fn start() -> Env {
+    start_with(CONFIG).await
+}
+
+impl Env {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}/auth/v1{path}", self.base))
+            .header("x-device-id", "device-0123456789abcdef")
+            .header("x-request-id", "req-1");
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        let value =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("{path}: not JSON: {text:?}"));
+        (status, value)
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, None, Some(body)).await
+    }
+
+    async fn get(&self, path: &str, bearer: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, Some(bearer), None).await
+    }
+
+    async fn signin(&self, username: &str, password: &str) -> Value {
+        let (s, v) = self
+            .post(
+                "/signin",
+                json!({"username": username, "password": password}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v
+    }
+
+    async fn introspect(&self, token: &str) -> Value {
+        self.get("/token/introspect", token).await.1
+    }
+
+    async fn register(&self, email: &str, username: &str, password: &str) -> Value {
+        let token = self.verified("email", email).await;
+        let (s, v) = self
+            .post(
+                "/signup",
+                json!({"email": email, "verification_token": token,
+                       "username": username, "password": password}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v
+    }
+
+    async fn verified(&self, kind: &str, contact: &str) -> String {
+        let (s, v) = self.post("/verification", json!({ kind: contact })).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let (s, v) = self
+            .post(
+                "/verification/verify",
+                json!({"verification_id": v["verification_id"], "verification_code": "123456"}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v["verification_token"].as_str().unwrap().to_owned()
+    }
+}
+
+fn at(v: &Value, key: &str) -> String {
+    v[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("{key} in {v}"))
+        .to_owned()
+}
+
+fn assert_error(status: StatusCode, body: &Value, want_status: u16, want_error: &str) {
+    assert_eq!(status.as_u16(), want_status, "{body}");
+    assert_eq!(body["error"], want_error, "{body}");
+    assert!(body["error_code"].is_i64(), "{body}");
+    assert!(body["error_description"].is_string(), "{body}");
+}
+
+fn claims(token: &str) -> Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[tokio::test]
+async fn signin_issues_a_jwt_with_cloudbase_claims() {
+    let env = start().await;
+    let t = env.signin("alice", "alice-password").await;
+    assert_eq!(t["token_type"], "Bearer");
+    assert_eq!(t["expires_in"], 3600);
+    assert_eq!(t["scope"], "user");
+    let sub = at(&t, "sub");
+    assert_eq!(sub.len(), 19);
+    assert!(sub.bytes().all(|b| b.is_ascii_digit()));
+    assert!(at(&t, "refresh_token").len() <= 128);
+    // Expired groups are not reported in the token response.
+    assert_eq!(t["groups"], json!(["staff", "beta"]));
+
+    let access = at(&t, "access_token");
+    let header: Value = {
+        use base64::Engine;
+        let h = access.split('.').next().unwrap();
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(h)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(header["alg"], "HS256");
+    assert!(header["kid"].is_string());
+    let c = claims(&access);
+    assert_eq!(
+        c["iss"],
+        "http://test-env.ap-shanghai.tcb-api.tencentcloudapi.com"
+    );
+    assert_eq!(c["sub"], sub);
+    assert_eq!(c["aud"], "test-client");
+    assert_eq!(c["project_id"], "test-env");
+    assert_eq!(c["scope"], "user");
+    assert_eq!(
+        c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(),
+        3600
+    );
+    assert!(c["jti"].is_string());
+
+    // The login name may also be the email; subs of seeded users are stable.
+    let again = env.signin("alice@example.com", "alice-password").await;
+    assert_eq!(again["sub"], sub);
+}
+
+#[tokio::test]
+async fn signin_errors_wrong_password_unknown_user_and_bad_client() {
+    let env = start().await;
+    let (s, v) = env
+        .post(
+            "/signin",
+            json!({"username": "alice", "password": "nope-nope"}),
+        )
+        .await;
+    assert_error(s, &v, 400, "invalid_password");
+    let (s, v) = env
+        .post(
+            "/signin",
+            json!({"username": "carol", "password": "whatever1"}),
+        )
+        .await;
+    assert_error(s, &v, 404, "not_found");
+
+    // Basic credentials are optional, but must be right when sent.
+    let url = format!("{}/auth/v1/signin", env.base);
+    let body = json!({"username": "alice", "password": "alice-password"});
+    let ok = env
+        .http
+        .post(&url)
+        .basic_auth("test-client", Some("test-secret"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let bad = env
+        .http
+        .post(&url)
+        .basic_auth("test-client", Some("wrong"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+    let v: Value = bad.json().await.unwrap();
+    assert_eq!(v["error"], "invalid_client");
+}
+
+#[tokio::test]
+async fn verification_then_signup_creates_a_user_and_duplicates_conflict() {
+    let env = start().await;
+    let (s, v) = env
+        .post(
+            "/verification",
+            json!({"phone_number": "+86 13800000000", "target": "ANY"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["expires_in"], 600);
+    assert_eq!(v["is_user"], false);
+    let id = at(&v, "verification_id");
+
+    let (s, v) = env
+        .post(
+            "/verification/verify",
+            json!({"verification_id": id, "verification_code": "000000"}),
+        )
+        .await;
+    assert_error(s, &v, 400, "invalid_argument");
+    let (s, v) = env
+        .post(
+            "/verification/verify",
+            json!({"verification_id": id, "verification_code": "123456"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let vt = at(&v, "verification_token");
+
+    let (s, v) = env
+        .post(
+            "/signup",
+            json!({"phone_number": "+86 13800000000", "verification_token": vt,
+                   "username": "newbie", "password": "short"}),
+        )
+        .await;
+    assert_error(s, &v, 400, "invalid_password");
+    let (s, v) = env
+        .post(
+            "/signup",
+            json!({"phone_number": "+86 13800000000", "verification_token": vt,
+                   "username": "x", "password": "long-enough"}),
+        )
+        .await;
+    assert_error(s, &v, 400, "invalid_argument");
+
+    // The seed guide also sends verification_code; it is accepted and ignored.
+    let (s, t) = env
+        .post(
+            "/signup",
+            json!({"phone_number": "+86 13800000000", "verification_code": "123456",
+                   "verification_token": vt, "name": "手机用户",
+                   "username": "newbie", "password": "long-enough"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{t}");
+    let sub = at(&t, "sub");
+    assert_eq!(sub.len(), 19);
+    assert!(sub.bytes().all(|b| b.is_ascii_digit()));
+    let (_, me) = env.get("/user/me", &at(&t, "access_token")).await;
+    assert_eq!(me["name"], "手机用户");
+    assert_eq!(me["username"], "newbie");
+    assert_eq!(me["phone_number"], "+86 13800000000");
+
+    // The verification token is single-use.
+    let (s, v) = env
+        .post(
+            "/signup",
+            json!({"phone_number": "+86 13800000000", "verification_token": vt}),
+        )
+        .await;
+    assert_error(s, &v, 400, "invalid_argument");
+
+    // Now the number is a user; signing up again with it, or with a taken username, is 409.
+    let (s, v) = env
+        .post("/verification", json!({"phone_number": "+86 13800000000"}))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["is_user"], true);
+    let vt = env.verified("phone_number", "+86 13800000000").await;
+    let (s, v) = env
+        .post(
+            "/signup",
+            json!({"phone_number": "+86 13800000000", "verification_token": vt}),
+        )
+        .await;
+    assert_error(s, &v, 409, "already_exists");
+    let vt = env.verified("email", "fresh@example.com").await;
+    let (s, v) = env
+        .post(
+            "/signup",
+            json!({"email": "fresh@example.com", "verification_token": vt,
+                   "username": "alice", "password": "long-enough"}),
+        )
+        .await;
+    assert_error(s, &v, 409, "already_exists");
+
+    // Sign-in by verification token.
+    let vt = env.verified("phone_number", "+86 13800000000").await;
+    let (s, v) = env.post("/signin", json!({"verification_token": vt})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["sub"], sub);
+}
+
+#[tokio::test]
+async fn verification_targets_are_enforced() {
+    let env = start().await;
+    let (s, v) = env
+        .post(
+            "/verification",
+            json!({"email": "nobody@example.com", "target": "USER"}),
+        )
+        .await;
+    assert_error(s, &v, 404, "not_found");
+    let (s, v) = env
+        .post(
+            "/verification",
+            json!({"email": "alice@example.com", "target": "NOT_USER"}),
+        )
+        .await;
+    assert_error(s, &v, 409, "already_exists");
+    let (s, v) = env
+        .post(
+            "/verification",
+            json!({"email": "alice@example.com", "target": "CUR_USER"}),
+        )
+        .await;
+    assert_error(s, &v, 401, "unauthenticated");
+    let t = env.signin("alice", "alice-password").await;
+    let (s, v) = env
+        .call(
+            Method::POST,
+            "/verification",
+            Some(&at(&t, "access_token")),
+            Some(json!({"email": "alice@example.com", "target": "CUR_USER"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["is_user"], true);
+}
+
+#[tokio::test]
+async fn anonymous_signin_needs_a_device_and_is_stable_per_device() {
+    let env = start().await;
+    let (s, a) = env.post("/signin/anonymously", json!({})).await;
+    assert_eq!(s, 200, "{a}");
+    assert_eq!(a["scope"], "anonymous");
+    let sub = at(&a, "sub");
+    assert_eq!(sub.len(), 22);
+    assert_eq!(claims(&at(&a, "access_token"))["scope"], "anonymous");
+    // The seed guide's path variant, same device: same user.
+    let (s, b) = env.post("/signin-anonymously", json!({})).await;
+    assert_eq!(s, 200);
+    assert_eq!(b["sub"], sub);
+    assert_ne!(b["access_token"], a["access_token"]);
+    let i = env.introspect(&at(&a, "access_token")).await;
+    assert_eq!(i["scope"], "anonymous");
+
+    let resp = env
+        .http
+        .post(format!("{}/auth/v1/signin/anonymously", env.base))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"], "invalid_argument");
+
+    let other = env
+        .http
+        .post(format!("{}/auth/v1/signin/anonymously", env.base))
+        .header("x-device-id", "another-device-0123456789")
+        .send()
+        .await
+        .unwrap();
+    let v: Value = other.json().await.unwrap();
+    assert_ne!(v["sub"], sub);
+}
+
+#[tokio::test]
+async fn anonymous_signin_disabled_is_unimplemented() {
+    let env = start_with(&format!("{CONFIG}\n").replace(
+        "access_token_ttl = \"1h\"",
+        "access_token_ttl = \"1h\"\nallow_anonymous = false",
+    ))
+    .await;
+    let (s, v) = env.post("/signin/anonymously", json!({})).await;
+    assert_error(s, &v, 501, "unimplemented");
+}
+
+#[tokio::test]
+async fn refresh_tokens_rotate_and_the_old_one_is_invalid_grant() {
+    let env = start().await;
+    let t = env.signin("alice", "alice-password").await;
+    let old = at(&t, "refresh_token");
+    // What the JS SDK sends.
+    let (s, n) = env
+        .post(
+            "/token",
+            json!({"client_id": "test-client", "client_secret": "",
+                   "grant_type": "refresh_token", "refresh_token": old}),
+        )
+        .await;
+    assert_eq!(s, 200, "{n}");
+    assert_ne!(n["refresh_token"], old);
+    assert_eq!(n["sub"], t["sub"]);
+    assert_eq!(
+        env.introspect(&at(&n, "access_token")).await["sub"],
+        t["sub"]
+    );
+    let (s, v) = env
+        .post(
+            "/token",
+            json!({"grant_type": "refresh_token", "refresh_token": old}),
+        )
+        .await;
+    assert_error(s, &v, 400, "invalid_grant");
+    let (s, v) = env
+        .post(
+            "/token",
+            json!({"grant_type": "refresh_token", "refresh_token": n["refresh_token"],
+                   "client_secret": "wrong"}),
+        )
+        .await;
+    assert_error(s, &v, 401, "invalid_client");
+    let (s, v) = env.post("/token", json!({"grant_type": "password"})).await;
+    assert_error(s, &v, 400, "invalid_argument");
+}
+
+#[tokio::test]
+async fn introspect_accepts_bearer_and_query_forms_and_answers_empty_for_garbage() {
+    let env = start().await;
+    let t = env.signin("alice", "alice-password").await;
+    let access = at(&t, "access_token");
+    let i = env.introspect(&access).await;
+    assert_eq!(
+        i,
+        json!({"token_type": "Bearer", "client_id": "test-client", "sub": t["sub"], "scope": "user"})
+    );
+    let resp = env
+        .http
+        .get(format!(
+            "{}/auth/v1/token/introspect?token={access}",
+            env.base
+        ))
+        .basic_auth("test-client", Some("test-secret"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.json::<Value>().await.unwrap(), i);
+
+    for garbage in ["garbage", "a.b.c", &at(&t, "refresh_token")] {
+        let (s, v) = env.get("/token/introspect", garbage).await;
+        assert_eq!(s, 200);
+        assert_eq!(v, json!({}), "{garbage}");
+    }
+    // A token signed by another emulator instance is not ours.
+    let other = start().await;
+    let foreign = at(
+        &other.signin("alice", "alice-password").await,
+        "access_token",
+    );
+    assert_eq!(env.introspect(&foreign).await, json!({}));
+    // No token at all.
+    let resp = env
+        .http
+        .get(format!("{}/auth/v1/token/introspect", env.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.json::<Value>().await.unwrap(), json!({}));
+}
+
+#[tokio::test]
+async fn revoke_kills_the_token_with_or_without_authorization() {
+    let env = start().await;
+    let a = at(&env.signin("alice", "alice-password").await, "access_token");
+    let b = env.signin("alice", "alice-password").await;
+    let b_access = at(&b, "access_token");
+
+    let (s, v) = env
+        .call(Method::POST, "/revoke", Some(&a), Some(json!({"token": a})))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v, json!({}));
+    assert_eq!(env.introspect(&a).await, json!({}));
+    let (s, v) = env.get("/user/me", &a).await;
+    assert_error(s, &v, 401, "unauthenticated");
+    // The other session is untouched.
+    assert_eq!(env.get("/user/me", &b_access).await.0, 200);
+
+    // The JS SDK's sign-out: body only, no Authorization header.
+    let (s, _) = env.post("/revoke", json!({"token": b_access})).await;
+    assert_eq!(s, 200);
+    assert_eq!(env.introspect(&b_access).await, json!({}));
+
+    // Bearer only, empty body.
+    let c = at(&env.signin("alice", "alice-password").await, "access_token");
+    let (s, _) = env.call(Method::POST, "/revoke", Some(&c), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(env.introspect(&c).await, json!({}));
+
+    // Revoking a refresh token ends its session.
+    let d = env.signin("alice", "alice-password").await;
+    let (s, _) = env
+        .post("/revoke", json!({"token": d["refresh_token"]}))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(env.introspect(&at(&d, "access_token")).await, json!({}));
+    let (s, v) = env
+        .post(
+            "/token",
+            json!({"grant_type": "refresh_token", "refresh_token": d["refresh_token"]}),
+        )
+        .await;
+    assert_error(s, &v, 400, "invalid_grant");
+}
+
+#[tokio::test]
+async fn user_me_reports_the_profile_with_expired_groups_dated() {
+    let env = start().await;
+    let t = env.signin("alice", "alice-password").await;
+    let (s, me) = env.get("/user/me", &at(&t, "access_token")).await;
+    assert_eq!(s, 200, "{me}");
+    assert_eq!(me["sub"], t["sub"]);
+    assert_eq!(me["user_id"], t["sub"]);
+    assert_eq!(me["name"], "爱丽丝 Alice");
+    assert_eq!(me["username"], "alice");
+    assert_eq!(me["email"], "alice@example.com");
+    assert_eq!(me["status"], "ACTIVE");
+    assert_eq!(me["has_password"], true);
+    assert!(me["created_at"].is_string());
+    assert_eq!(
+        me["groups"],
+        json!([{"id": "staff"}, {"id": "admin", "expires_at": "2020-01-01T00:00:00Z"},
+               {"id": "beta", "expires_at": "2999-01-01T00:00:00Z"}])
+    );
+    let (s, v) = env.get("/user/me", "not-a-token").await;
+    assert_error(s, &v, 401, "unauthenticated");
+    let (s, v) = env.call(Method::GET, "/user/me", None, None).await;
+    assert_error(s, &v, 401, "unauthenticated");
+}
+
+#[tokio::test]
+async fn password_change_signs_out_other_sessions_but_not_the_caller() {
+    let env = start().await;
+    let me = env.signin("bob", "bob-password").await;
+    let other = env.signin("bob", "bob-password").await;
+    let access = at(&me, "access_token");
+
+    let (s, v) = env
+        .call(
+            Method::POST,
+            "/user/sudo",
+            Some(&access),
+            Some(json!({"password": "wrong-password"})),
+        )
+        .await;
+    assert_error(s, &v, 403, "permission_denied");
+    let (s, v) = env
+        .call(
+            Method::PATCH,
+            "/user/password",
+            Some(&access),
+            Some(json!({"new_password": "bob-new-password"})),
+        )
+        .await;
+    assert_error(s, &v, 403, "permission_denied");
+
+    let (s, sudo) = env
+        .call(
+            Method::POST,
+            "/user/sudo",
+            Some(&access),
+            Some(json!({"password": "bob-password"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{sudo}");
+    assert_eq!(sudo["expires_in"], 900);
+    let sudo_token = at(&sudo, "sudo_token");
+
+    let (s, v) = env
+        .call(
+            Method::PATCH,
+            "/user/password",
+            Some(&access),
+            Some(json!({"new_password": "short", "sudo_token": sudo_token})),
+        )
+        .await;
+    assert_error(s, &v, 400, "invalid_password");
+    let (s, v) = env
+        .call(
+            Method::PATCH,
+            "/user/password",
+            Some(&access),
+            Some(json!({"new_password": "bob-new-password", "sudo_token": sudo_token})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v, json!({}));
+
+    assert_eq!(env.introspect(&access).await["sub"], me["sub"]);
+    assert_eq!(env.get("/user/me", &access).await.0, 200);
+    assert_eq!(env.introspect(&at(&other, "access_token")).await, json!({}));
+    let (s, v) = env
+        .post(
+            "/token",
+            json!({"grant_type": "refresh_token", "refresh_token": other["refresh_token"]}),
+        )
+        .await;
+    assert_error(s, &v, 400, "invalid_grant");
+    let (s, _) = env
+        .post(
+            "/token",
+            json!({"grant_type": "refresh_token", "refresh_token": me["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(s, 200, "the caller's session survives");
+
+    let (s, v) = env
+        .post(
+            "/signin",
+            json!({"username": "bob", "password": "bob-password"}),
+        )
+        .await;
+    assert_error(s, &v, 400, "invalid_password");
+    env.signin("bob", "bob-new-password").await;
+
+    // The seed guide's form: old_password only; sudo_token as a query parameter also works.
+    let (s, v) = env
+        .call(
+            Method::PATCH,
+            "/user/password",
+            Some(&access),
+            Some(json!({"old_password": "bob-new-password", "new_password": "bob-third-password"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = env
+        .call(
+            Method::PATCH,
+            &format!("/user/password?sudo_token={sudo_token}"),
+            Some(&access),
+            Some(json!({"new_password": "bob-fourth-password"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    env.signin("bob", "bob-fourth-password").await;
+}
+
+#[tokio::test]
+async fn sudo_by_verification_and_delete_kills_every_token() {
+    let env = start().await;
+    let t = env
+        .register("del@example.com", "deleteme", "delete-password")
+        .await;
+    let second = env.signin("deleteme", "delete-password").await;
+    let access = at(&t, "access_token");
+
+    let vt = env.verified("email", "del@example.com").await;
+    let (s, sudo) = env
+        .call(
+            Method::POST,
+            "/user/sudo",
+            Some(&access),
+            Some(json!({"verification_token": vt})),
+        )
+        .await;
+    assert_eq!(s, 200, "{sudo}");
+
+    let (s, v) = env
+        .call(
+            Method::DELETE,
+            "/user/me?sudo_token=wrong",
+            Some(&access),
+            None,
+        )
+        .await;
+    assert_error(s, &v, 403, "permission_denied");
+    let (s, v) = env
+        .call(
+            Method::DELETE,
+            &format!("/user/me?sudo_token={}", at(&sudo, "sudo_token")),
+            Some(&access),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    for token in [&access, &at(&second, "access_token")] {
+        assert_eq!(env.introspect(token).await, json!({}));
+        assert_eq!(env.get("/user/me", token).await.0, 401);
+    }
+    let (s, v) = env
+        .post(
+            "/token",
+            json!({"grant_type": "refresh_token", "refresh_token": second["refresh_token"]}),
+        )
+        .await;
+    assert_error(s, &v, 400, "invalid_grant");
+    let (s, v) = env
+        .post(
+            "/signin",
+            json!({"username": "deleteme", "password": "delete-password"}),
+        )
+        .await;
+    assert_error(s, &v, 404, "not_found");
+    // The email is free again.
+    env.register("del@example.com", "deleteme", "delete-password")
+        .await;
+}
+
+#[tokio::test]
+async fn providers_list_the_users_sign_in_methods() {
+    let env = start().await;
+    let t = env.signin("bob", "bob-password").await;
+    let access = at(&t, "access_token");
+    for path in ["/user/provider", "/user/providers"] {
+        let (s, v) = env.get(path, &access).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["total"], 2);
+        let ids: Vec<&str> = v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["username", "phone"]);
+        assert_eq!(v["data"][1]["provider_user_name"], "+86 13900000000");
+        assert_eq!(v["data"][1]["bind"], true);
+    }
+    let (s, v) = env.get("/user/provider", "nope").await;
+    assert_error(s, &v, 401, "unauthenticated");
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_invalid_argument_in_the_envelope() {
+    let env = start().await;
+    let url = format!("{}/auth/v1/signin", env.base);
+    for body in [
+        "{not json",
+        r#"{"username": 5, "password": "x"}"#,
+        r#"{"password": "alice-password"}"#,
+        r#"{"username": "alice"}"#,
+        r#"["array"]"#,
+        r#"{"username": "alice", "password": "alice-password"} trailing"#,
+    ] {
+        let resp = env.http.post(&url).body(body).send().await.unwrap();
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap();
+        assert_error(status, &v, 400, "invalid_argument");
+    }
+    let (s, v) = env.post("/verification", json!({})).await;
+    assert_error(s, &v, 400, "invalid_argument");
+    let (s, v) = env
+        .post("/token", json!({"grant_type": "refresh_token"}))
+        .await;
+    assert_error(s, &v, 400, "invalid_argument");
+    let (s, v) = env
+        .post("/verification/verify", json!({"verification_id": ["x"]}))
+        .await;
+    assert_error(s, &v, 400, "invalid_argument");
+    assert!(
+        at(&v, "error_description").contains("verification_id"),
+        "{v}"
+    );
+    let (s, v) = env.post("/signup", json!({"email": "a@b.c"})).await;
+    assert_error(s, &v, 400, "invalid_argument");
+}
+
+#[tokio::test]
+async fn unknown_paths_and_wrong_methods_answer_in_the_envelope() {
+    let env = start().await;
+    for path in ["/auth/v1/nope", "/whatever", "/auth/v2/signin"] {
+        let resp = env
+            .http
+            .post(format!("{}{path}", env.base))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap();
+        assert_error(status, &v, 404, "not_found");
+    }
+    let (s, v) = env.call(Method::GET, "/signin", None, None).await;
+    assert_eq!(s, 405, "{v}");
+    assert!(v["error"].is_string());
+    let resp = env
+        .http
+        .get(format!("{}/healthz", env.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn cors_preflights_are_answered_on_any_path() {
+    let env = start().await;
+    for path in ["/auth/v1/signin", "/auth/v1/user/me", "/nowhere"] {
+        let resp = env
+            .http
+            .request(Method::OPTIONS, format!("{}{path}", env.base))
+            .header("origin", "http://localhost:3000")
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "x-device-id, content-type",
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 204, "{path}");
+        let h = resp.headers();
+        assert_eq!(h["access-control-allow-origin"], "http://localhost:3000");
+        assert_eq!(
+            h["access-control-allow-headers"],
+            "x-device-id, content-type"
+        );
+        assert!(h["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("PATCH"));
+    }
+    let resp = env
+        .http
+        .post(format!("{}/auth/v1/signin", env.base))
+        .header("origin", "http://localhost:3000")
+        .json(&json!({"username": "alice", "password": "alice-password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "http://localhost:3000"
+    );
+    assert_eq!(env.emu.calls("signin"), 1, "preflights are not counted");
+}
+
+#[tokio::test]
+async fn stats_count_calls_per_endpoint_and_reset() {
+    let env = start().await;
+    let t = env.signin("alice", "alice-password").await;
+    let access = at(&t, "access_token");
+    for _ in 0..3 {
+        env.introspect(&access).await;
+    }
+    env.get("/user/me", &access).await;
+    env.get("/user/providers", &access).await;
+    env.post("/signin-anonymously", json!({})).await;
+    assert_eq!(env.emu.calls("introspect"), 3);
+    assert_eq!(env.emu.calls("signin"), 1);
+    assert_eq!(env.emu.calls("user_me"), 1);
+    assert_eq!(env.emu.calls("providers"), 1);
+    assert_eq!(env.emu.calls("signin_anonymously"), 1);
+    assert_eq!(env.emu.calls("no_such_endpoint"), 0);
+
+    let stats: Value = env
+        .http
+        .get(format!("{}/__emulator/stats", env.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let calls = stats["calls"].as_object().unwrap();
+    let names = [
+        "signin",
+        "verification",
+        "verify",
+        "signup",
+        "signin_anonymously",
+        "token",
+        "introspect",
+        "revoke",
+        "user_me",
+        "sudo",
+        "password",
+        "delete_user",
+        "providers",
+    ];
+    assert_eq!(calls.len(), names.len());
+    for n in names {
+        assert!(calls[n].is_u64(), "{n}");
+    }
+    assert_eq!(calls["introspect"], 3);
+    assert_eq!(calls["delete_user"], 0);
+
+    let resp = env
+        .http
+        .post(format!("{}/__emulator/stats/reset", env.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(env.emu.calls("introspect"), 0);
+}
+
+async fn set_fault(env: &Env, mode: &str) {
+    let resp = env
+        .http
+        .post(format!("{}/__emulator/fault", env.base))
+        .json(&json!({ "mode": mode }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{mode}");
+}
+
+#[tokio::test]
+async fn fault_modes_break_every_auth_call_after_counting_it() {
+    let env = start().await;
+    let access = at(&env.signin("alice", "alice-password").await, "access_token");
+    let introspect_url = format!("{}/auth/v1/token/introspect", env.base);
+
+    set_fault(&env, "error500").await;
+    let (s, v) = env.get("/token/introspect", &access).await;
+    assert_error(s, &v, 500, "internal");
+    let (s, v) = env.post("/signin", json!({})).await;
+    assert_error(s, &v, 500, "internal");
+
+    set_fault(&env, "garbage").await;
+    let resp = env
+        .http
+        .get(&introspect_url)
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "not json");
+
+    set_fault(&env, "hang").await;
+    let hung = env
+        .http
+        .get(&introspect_url)
+        .bearer_auth(&access)
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(hung.unwrap_err().is_timeout());
+    // Test hooks keep working while /auth/v1 hangs.
+    let health = env
+        .http
+        .get(format!("{}/healthz", env.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+
+    set_fault(&env, "ok").await;
+    assert_eq!(
+        env.introspect(&access).await["sub"].as_str().unwrap().len(),
+        19
+    );
+    assert_eq!(
+        env.emu.calls("introspect"),
+        4,
+        "faulty calls are counted too"
+    );
+
+    let resp = env
+        .http
+        .post(format!("{}/__emulator/fault", env.base))
+        .json(&json!({"mode": "explode"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+}
+
+#[tokio::test]
+async fn hanging_requests_are_released_at_shutdown() {
+    let cfg = Config::from_toml_str(CONFIG).unwrap();
+    let emu = Emulator::new(&cfg.emulator, &cfg.cloudbase);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(emu.clone().serve(listener, async {
+        let _ = stop_rx.await;
+    }));
+    emu.set_fault(cloudbase_gateway::emulator::Fault::Hang);
+    let http = Client::new();
+    let pending = tokio::spawn(
+        http.get(format!("http://{addr}/auth/v1/token/introspect"))
+            .send(),
+    );
+    while emu.calls("introspect") == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop_tx.send(()).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), pending)
+        .await
+        .expect("released at shutdown")
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 500);
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("serve returns after shutdown")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn many_concurrent_calls_are_served() {
+    let env = start().await;
+    let access = at(&env.signin("alice", "alice-password").await, "access_token");
+    let mut tasks = Vec::new();
+    for i in 0..500 {
+        let (http, base, access) = (env.http.clone(), env.base.clone(), access.clone());
+        tasks.push(tokio::spawn(async move {
+            if i % 2 == 0 {
+                let v: Value = http
+                    .get(format!("{base}/auth/v1/token/introspect"))
+                    .bearer_auth(&access)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                assert!(v["sub"].is_string());
+            } else {
+                let resp = http
+                    .post(format!("{base}/auth/v1/signin"))
+                    .json(&json!({"username": "alice", "password": "alice-password"}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(env.emu.calls("introspect"), 250);
+    assert_eq!(env.emu.calls("signin"), 251);
+}
