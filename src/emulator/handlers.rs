@@ -320,10 +320,7 @@ pub async fn token(
 ) -> ApiResult<TokenResponse> {
     // The JS SDK sends `client_secret: ""`: only a non-empty secret is checked.
     if let Some(secret) = req.client_secret.as_deref().filter(|s| !s.is_empty()) {
-        let id_ok = req
-            .client_id
-            .as_deref()
-            .is_none_or(|id| id == inner.client_id);
+        let id_ok = !matches!(req.client_id.as_deref(), Some(id) if id != inner.client_id);
         if !id_ok || secret != inner.client_secret.expose() {
             return Err(ApiError::new(
                 ErrorKind::InvalidClient,
