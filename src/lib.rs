@@ -1,12 +1,21 @@
 //! cloudbase-gateway: an authenticating reverse proxy for CloudBase Auth v2.
 //!
-//! Layout: `config` (the TOML file and validated settings), `cloudbase` (typed client of
-//! the Auth v2 HTTP API), `emulator` (a faithful in-memory CloudBase Auth v2), `cache`
-//! (the validation cache), `auth` (the tower layer that authenticates requests),
-//! `proxy` (header hygiene and forwarding), `server` (listeners, TLS, shutdown),
-//! `admin` (health, metrics, cache purge).
+//! Layout, following a request: `server` (listeners, TLS, shutdown, the stack),
+//! `routing` (which route), `auth` (token and rules) over `cache` (validation, cached)
+//! over `cloudbase` (typed client of the Auth v2 HTTP API), `proxy` (header hygiene and
+//! forwarding), `response` (the gateway's own answers). Beside it: `config` (the TOML file
+//! and validated settings), `admin` (health, metrics, cache purge), `telemetry` (logs),
+//! `emulator` (a faithful in-memory CloudBase Auth v2).
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod auth;
+pub mod cache;
 pub mod cloudbase;
 pub mod config;
 pub mod emulator;
+pub mod proxy;
+pub mod response;
+pub mod routing;
+pub mod server;
+pub mod telemetry;

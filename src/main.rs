@@ -1,1 +1,156 @@
-fn main() {}
+//! The `cloudbase-gateway` binary: run the gateway, check a configuration, or run the
+//! CloudBase Auth v2 emulator alone.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use cloudbase_gateway::config::Config;
+use cloudbase_gateway::emulator::Emulator;
+use cloudbase_gateway::server;
+use cloudbase_gateway::telemetry::{self, LogFormat};
+
+/// Authenticating reverse proxy for services whose users sign in with CloudBase Auth v2.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, env = "CLOUDBASE_GATEWAY_CONFIG", default_value = "config.toml")]
+    config: PathBuf,
+    /// Log line format (level from RUST_LOG, default info).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the configuration, print it with secrets redacted, exit 0 (or list every
+    /// mistake with its key and exit 1).
+    Check,
+    /// Run only the CloudBase Auth v2 emulator (users and settings from [emulator]).
+    Emulator {
+        /// Address to listen on (default: emulator.listen from the configuration).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+}
+
+fn load(path: &Path, optional: bool) -> Result<Config, ExitCode> {
+    if optional && !path.exists() {
+        return Config::from_toml_str("").map_err(|e| report(path, &e));
+    }
+    Config::load(path).map_err(|e| report(path, &e))
+}
+
+fn report(path: &Path, errors: &cloudbase_gateway::config::ConfigErrors) -> ExitCode {
+    eprintln!("{}: configuration has {} error(s):", path.display(), errors.0.len());
+    for e in &errors.0 {
+        eprintln!("  {e}");
+    }
+    ExitCode::from(1)
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown signal received");
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match cli.command {
+        Some(Command::Check) => match load(&cli.config, false) {
+            Ok(config) => {
+                println!("{}: ok", cli.config.display());
+                println!("{}", config.redacted_summary());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Some(Command::Emulator { listen }) => {
+            let default_path = std::env::var_os("CLOUDBASE_GATEWAY_CONFIG").is_none()
+                && cli.config == Path::new("config.toml");
+            let config = match load(&cli.config, default_path) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            telemetry::init(cli.log_format);
+            runtime.block_on(run_emulator(config, listen))
+        }
+        None => {
+            let config = match load(&cli.config, false) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            telemetry::init(cli.log_format);
+            runtime.block_on(run_gateway(config))
+        }
+    }
+}
+
+async fn run_emulator(config: Config, listen: Option<SocketAddr>) -> ExitCode {
+    let addr = listen.unwrap_or(config.emulator.listen);
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("cannot listen on {addr} (emulator): {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let bound = listener.local_addr().unwrap_or(addr);
+    eprintln!("emulator listening on {bound}");
+    tracing::info!(%bound, users = config.emulator.users.len(), "CloudBase Auth v2 emulator started");
+    let emulator = Emulator::new(&config.emulator, &config.cloudbase);
+    match emulator.serve(listener, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("emulator failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run_gateway(config: Config) -> ExitCode {
+    let running = match server::start(config, shutdown_signal()).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    tracing::info!(
+        listen = %running.addr,
+        admin = %running.admin_addr,
+        emulator = ?running.emulator_addr,
+        "cloudbase-gateway started"
+    );
+    eprintln!("gateway listening on {}", running.addr);
+    running.wait().await;
+    ExitCode::SUCCESS
+}

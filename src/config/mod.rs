@@ -86,6 +86,9 @@ pub struct CloudbaseSettings {
     /// Ends in `/auth/v1`, no trailing slash. Derived from `env_id` + `region`, or the
     /// embedded emulator's address when it is enabled, unless set explicitly.
     pub base_url: String,
+    /// `base_url` was derived from `[emulator] listen`; the gateway points it at the
+    /// address the embedded emulator actually bound (which may differ for port 0).
+    pub base_url_from_emulator: bool,
     pub client_id: String,
     /// Empty means: send no client credentials.
     pub client_secret: Secret,
@@ -589,6 +592,7 @@ fn validate_cloudbase(
 ) -> CloudbaseSettings {
     let env_id = raw.env_id.unwrap_or_default();
     let region = raw.region.unwrap_or_else(|| "ap-shanghai".to_owned());
+    let raw_base_url_unset = raw.base_url.is_none();
     let base_url = match raw.base_url {
         Some(url) => {
             let trimmed = url.trim_end_matches('/').to_owned();
@@ -655,6 +659,7 @@ fn validate_cloudbase(
         }
     }
     CloudbaseSettings {
+        base_url_from_emulator: raw_base_url_unset && emulator.enabled,
         client_id: raw.client_id.unwrap_or_else(|| env_id.clone()),
         env_id,
         region,

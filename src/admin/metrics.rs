@@ -1,0 +1,337 @@
+//! Prometheus metrics, hand-rolled on atomics.
+//!
+//! Every label value comes from a closed set (configured route prefixes, a fixed list of
+//! methods, status codes, fixed outcome names), so no token, path or user datum can reach a
+//! label and the series count stays bounded. The hot path costs an uncontended read lock
+//! and a few atomic adds; a crate like `prometheus-client` would cost a label-set hash and
+//! clone per request for the same output.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::RwLock;
+use std::time::Duration;
+
+use http::Method;
+
+/// Histogram bucket upper bounds, seconds.
+const BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+#[derive(Default)]
+struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_nanos.fetch_add(d.as_nanos().min(u64::MAX as u128) as u64, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (i, le) in BUCKETS.iter().enumerate() {
+            cumulative += self.buckets[i].load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}");
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let sum = self.sum_nanos.load(Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// `auth_decisions_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthDecision {
+    Allowed,
+    Missing,
+    Invalid,
+    Forbidden,
+    Unavailable,
+}
+
+impl AuthDecision {
+    const ALL: [AuthDecision; 5] = [
+        AuthDecision::Allowed,
+        AuthDecision::Missing,
+        AuthDecision::Invalid,
+        AuthDecision::Forbidden,
+        AuthDecision::Unavailable,
+    ];
+    fn as_str(self) -> &'static str {
+        match self {
+            AuthDecision::Allowed => "allowed",
+            AuthDecision::Missing => "missing",
+            AuthDecision::Invalid => "invalid",
+            AuthDecision::Forbidden => "forbidden",
+            AuthDecision::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// `cache_lookups_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheLookup {
+    Hit,
+    Miss,
+    NegativeHit,
+    Stale,
+}
+
+impl CacheLookup {
+    const ALL: [CacheLookup; 4] =
+        [CacheLookup::Hit, CacheLookup::Miss, CacheLookup::NegativeHit, CacheLookup::Stale];
+    fn as_str(self) -> &'static str {
+        match self {
+            CacheLookup::Hit => "hit",
+            CacheLookup::Miss => "miss",
+            CacheLookup::NegativeHit => "negative_hit",
+            CacheLookup::Stale => "stale",
+        }
+    }
+}
+
+/// The CloudBase endpoints the gateway calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloudbaseEndpoint {
+    Introspect,
+    UserMe,
+}
+
+impl CloudbaseEndpoint {
+    const ALL: [CloudbaseEndpoint; 2] = [CloudbaseEndpoint::Introspect, CloudbaseEndpoint::UserMe];
+    fn as_str(self) -> &'static str {
+        match self {
+            CloudbaseEndpoint::Introspect => "introspect",
+            CloudbaseEndpoint::UserMe => "user_me",
+        }
+    }
+}
+
+/// `cloudbase_requests_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloudbaseOutcome {
+    /// 2xx with a usable answer (an active token, a profile).
+    Ok,
+    /// CloudBase said the token is not valid (`{}` or 401).
+    Rejected,
+    /// 5xx, or an answer that is not the expected JSON.
+    Error,
+    Timeout,
+    /// Connection refused or reset.
+    Transport,
+}
+
+impl CloudbaseOutcome {
+    const ALL: [CloudbaseOutcome; 5] = [
+        CloudbaseOutcome::Ok,
+        CloudbaseOutcome::Rejected,
+        CloudbaseOutcome::Error,
+        CloudbaseOutcome::Timeout,
+        CloudbaseOutcome::Transport,
+    ];
+    fn as_str(self) -> &'static str {
+        match self {
+            CloudbaseOutcome::Ok => "ok",
+            CloudbaseOutcome::Rejected => "rejected",
+            CloudbaseOutcome::Error => "error",
+            CloudbaseOutcome::Timeout => "timeout",
+            CloudbaseOutcome::Transport => "transport",
+        }
+    }
+}
+
+/// Methods get their own label value; anything else is `OTHER`.
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+/// Route label for requests that matched no route.
+pub const NO_ROUTE: &str = "none";
+
+/// All the gateway's metrics.
+pub struct Metrics {
+    /// Label per route index; the last one is [`NO_ROUTE`].
+    routes: Vec<String>,
+    requests: RwLock<HashMap<(usize, &'static str, u16), AtomicU64>>,
+    durations: Vec<Histogram>,
+    auth: [AtomicU64; 5],
+    cache: [AtomicU64; 4],
+    cloudbase: [[AtomicU64; 5]; 2],
+    cloudbase_durations: [Histogram; 2],
+    inflight: AtomicI64,
+}
+
+impl Metrics {
+    /// `routes` are the configured prefixes, in route order.
+    pub fn new(routes: impl IntoIterator<Item = String>) -> Metrics {
+        let mut routes: Vec<String> = routes.into_iter().collect();
+        routes.push(NO_ROUTE.to_owned());
+        Metrics {
+            durations: routes.iter().map(|_| Histogram::default()).collect(),
+            routes,
+            requests: RwLock::default(),
+            auth: Default::default(),
+            cache: Default::default(),
+            cloudbase: Default::default(),
+            cloudbase_durations: Default::default(),
+            inflight: AtomicI64::new(0),
+        }
+    }
+
+    /// Index used for requests that matched no route.
+    pub fn no_route(&self) -> usize {
+        self.routes.len() - 1
+    }
+
+    pub fn request(&self, route: Option<usize>, method: &Method, status: u16, took: Duration) {
+        let route = route.unwrap_or(self.no_route()).min(self.no_route());
+        let key = (route, method_label(method), status);
+        let hit = {
+            let map = self.requests.read().unwrap_or_else(|e| e.into_inner());
+            map.get(&key).map(|c| c.fetch_add(1, Relaxed)).is_some()
+        };
+        if !hit {
+            let mut map = self.requests.write().unwrap_or_else(|e| e.into_inner());
+            map.entry(key).or_default().fetch_add(1, Relaxed);
+        }
+        self.durations[route].observe(took);
+    }
+
+    pub fn auth_decision(&self, d: AuthDecision) {
+        self.auth[d as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn cache_lookup(&self, l: CacheLookup) {
+        self.cache[l as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn cloudbase_call(&self, e: CloudbaseEndpoint, o: CloudbaseOutcome, took: Duration) {
+        self.cloudbase[e as usize][o as usize].fetch_add(1, Relaxed);
+        self.cloudbase_durations[e as usize].observe(took);
+    }
+
+    pub fn inflight_add(&self, delta: i64) {
+        self.inflight.fetch_add(delta, Relaxed);
+    }
+
+    /// Prometheus text exposition format 0.0.4.
+    pub fn render(&self, cache_entries: u64) -> String {
+        let mut out = String::with_capacity(4096);
+        let p = "cloudbase_gateway";
+        let _ = writeln!(out, "# HELP {p}_requests_total Requests answered, by route prefix, method and status.");
+        let _ = writeln!(out, "# TYPE {p}_requests_total counter");
+        {
+            let map = self.requests.read().unwrap_or_else(|e| e.into_inner());
+            let mut rows: Vec<_> = map.iter().map(|(k, v)| (*k, v.load(Relaxed))).collect();
+            rows.sort();
+            for ((route, method, status), n) in rows {
+                let route = escape(&self.routes[route]);
+                let _ = writeln!(
+                    out,
+                    "{p}_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}"
+                );
+            }
+        }
+        let _ = writeln!(out, "# HELP {p}_request_duration_seconds Time from request head to response head, by route prefix.");
+        let _ = writeln!(out, "# TYPE {p}_request_duration_seconds histogram");
+        for (i, h) in self.durations.iter().enumerate() {
+            let labels = format!("route=\"{}\"", escape(&self.routes[i]));
+            h.render(&mut out, &format!("{p}_request_duration_seconds"), &labels);
+        }
+        let _ = writeln!(out, "# HELP {p}_auth_decisions_total Authentication decisions.");
+        let _ = writeln!(out, "# TYPE {p}_auth_decisions_total counter");
+        for d in AuthDecision::ALL {
+            let n = self.auth[d as usize].load(Relaxed);
+            let _ = writeln!(out, "{p}_auth_decisions_total{{result=\"{}\"}} {n}", d.as_str());
+        }
+        let _ = writeln!(out, "# HELP {p}_cache_lookups_total Validation cache lookups.");
+        let _ = writeln!(out, "# TYPE {p}_cache_lookups_total counter");
+        for l in CacheLookup::ALL {
+            let n = self.cache[l as usize].load(Relaxed);
+            let _ = writeln!(out, "{p}_cache_lookups_total{{result=\"{}\"}} {n}", l.as_str());
+        }
+        let _ = writeln!(out, "# HELP {p}_cache_entries Entries in the validation cache.");
+        let _ = writeln!(out, "# TYPE {p}_cache_entries gauge");
+        let _ = writeln!(out, "{p}_cache_entries {cache_entries}");
+        let _ = writeln!(out, "# HELP {p}_cloudbase_requests_total Calls to CloudBase, by endpoint and outcome.");
+        let _ = writeln!(out, "# TYPE {p}_cloudbase_requests_total counter");
+        for e in CloudbaseEndpoint::ALL {
+            for o in CloudbaseOutcome::ALL {
+                let n = self.cloudbase[e as usize][o as usize].load(Relaxed);
+                let _ = writeln!(
+                    out,
+                    "{p}_cloudbase_requests_total{{endpoint=\"{}\",outcome=\"{}\"}} {n}",
+                    e.as_str(),
+                    o.as_str()
+                );
+            }
+        }
+        let _ = writeln!(out, "# HELP {p}_cloudbase_request_duration_seconds Duration of calls to CloudBase.");
+        let _ = writeln!(out, "# TYPE {p}_cloudbase_request_duration_seconds histogram");
+        for e in CloudbaseEndpoint::ALL {
+            let labels = format!("endpoint=\"{}\"", e.as_str());
+            self.cloudbase_durations[e as usize].render(
+                &mut out,
+                &format!("{p}_cloudbase_request_duration_seconds"),
+                &labels,
+            );
+        }
+        let _ = writeln!(out, "# HELP {p}_inflight_requests Requests being handled now.");
+        let _ = writeln!(out, "# TYPE {p}_inflight_requests gauge");
+        let _ = writeln!(out, "{p}_inflight_requests {}", self.inflight.load(Relaxed));
+        out
+    }
+}
+
+/// Escapes a label value (configured prefixes may hold `"` or `\`).
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_by_route_method_status() {
+        let m = Metrics::new(["/api/".to_owned()]);
+        m.request(Some(0), &Method::GET, 200, Duration::from_millis(3));
+        m.request(Some(0), &Method::GET, 200, Duration::from_millis(3));
+        m.request(None, &Method::from_bytes(b"BREW").unwrap(), 404, Duration::ZERO);
+        m.cache_lookup(CacheLookup::Stale);
+        let text = m.render(7);
+        assert!(text.contains(
+            "cloudbase_gateway_requests_total{route=\"/api/\",method=\"GET\",status=\"200\"} 2"
+        ));
+        assert!(text.contains(
+            "cloudbase_gateway_requests_total{route=\"none\",method=\"OTHER\",status=\"404\"} 1"
+        ));
+        assert!(text.contains("cloudbase_gateway_cache_lookups_total{result=\"stale\"} 1"));
+        assert!(text.contains("cloudbase_gateway_cache_entries 7"));
+        assert!(text.contains(
+            "cloudbase_gateway_request_duration_seconds_bucket{route=\"/api/\",le=\"0.005\"} 2"
+        ));
+    }
+}

@@ -1,0 +1,137 @@
+//! Taking the bearer token from a request, and reading a JWT's `exp` without verifying it.
+//!
+//! CloudBase publishes no JWKS, so signatures cannot be checked here: validity comes from
+//! `/token/introspect`. The payload is still worth decoding on a cache miss, because a token
+//! past its `exp` is dead without asking anyone, and `exp` bounds how long a validation
+//! may be cached.
+
+use base64::Engine;
+use http::header::AUTHORIZATION;
+use http::HeaderMap;
+
+/// CloudBase's own limit on access token length.
+pub const MAX_TOKEN_LEN: usize = 4096;
+
+/// What the `Authorization` header held.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Credentials<'a> {
+    /// No usable bearer token: header absent, another scheme, or malformed.
+    Missing,
+    /// A bearer token that can never be valid: too long or holding characters no token
+    /// holds. Refused without calling CloudBase.
+    Invalid,
+    Bearer(&'a str),
+}
+
+/// RFC 6750 §2.1 `b64token` characters (plus `=` padding); JWTs and CloudBase's opaque
+/// tokens use only these.
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=')
+}
+
+/// Reads `Authorization: Bearer <token>` (scheme case-insensitive). Several
+/// `Authorization` headers, a non-UTF-8 value or an empty token count as no token.
+pub fn bearer(headers: &HeaderMap) -> Credentials<'_> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Credentials::Missing;
+    };
+    let bytes = value.as_bytes();
+    if bytes.len() < 7 || !bytes[..7].eq_ignore_ascii_case(b"bearer ") {
+        return Credentials::Missing;
+    }
+    let token = trim_spaces(&bytes[7..]);
+    if token.is_empty() {
+        return Credentials::Missing;
+    }
+    if token.len() > MAX_TOKEN_LEN || !token.iter().all(|&b| is_token_char(b)) {
+        return Credentials::Invalid;
+    }
+    // Only ASCII token characters remain, so this cannot fail.
+    match std::str::from_utf8(token) {
+        Ok(t) => Credentials::Bearer(t),
+        Err(_) => Credentials::Invalid,
+    }
+}
+
+fn trim_spaces(mut b: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = b {
+        b = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = b {
+        b = rest;
+    }
+    b
+}
+
+/// The `exp` claim (Unix seconds) of a JWT, if `token` is one and has it. No signature
+/// check: use only to refuse early or to bound cache lifetimes.
+pub fn jwt_exp(token: &str) -> Option<i64> {
+    let mut parts = token.split('.');
+    let (_header, payload, _sig) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    #[derive(serde::Deserialize)]
+    struct Exp {
+        exp: Option<serde_json::Number>,
+    }
+    let claims: Exp = serde_json::from_slice(&decoded).ok()?;
+    let exp = claims.exp?;
+    exp.as_i64().or_else(|| exp.as_f64().map(|f| f as i64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(v: &'static [u8]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, HeaderValue::from_bytes(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn scheme_is_case_insensitive() {
+        assert_eq!(bearer(&headers(b"bEaReR abc.def")), Credentials::Bearer("abc.def"));
+    }
+
+    #[test]
+    fn other_schemes_and_empty_tokens_are_missing() {
+        assert_eq!(bearer(&headers(b"Basic dXNlcjpwYXNz")), Credentials::Missing);
+        assert_eq!(bearer(&headers(b"Bearer ")), Credentials::Missing);
+        assert_eq!(bearer(&headers(b"Bearer")), Credentials::Missing);
+        assert_eq!(bearer(&HeaderMap::new()), Credentials::Missing);
+    }
+
+    #[test]
+    fn two_authorization_headers_are_missing() {
+        let mut h = headers(b"Bearer a");
+        h.append(AUTHORIZATION, HeaderValue::from_static("Bearer b"));
+        assert_eq!(bearer(&h), Credentials::Missing);
+    }
+
+    #[test]
+    fn overlong_or_odd_tokens_are_invalid() {
+        let long = format!("Bearer {}", "a".repeat(MAX_TOKEN_LEN + 1));
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, HeaderValue::from_str(&long).unwrap());
+        assert_eq!(bearer(&h), Credentials::Invalid);
+        assert_eq!(bearer(&headers(b"Bearer a b")), Credentials::Invalid);
+        assert_eq!(bearer(&headers(b"Bearer a\"b")), Credentials::Invalid);
+        assert_eq!(bearer(&headers(b"Bearer \xe6\x89\x8b")), Credentials::Invalid);
+    }
+
+    #[test]
+    fn jwt_exp_reads_the_payload() {
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"sub":"1","exp":1700000000}"#);
+        assert_eq!(jwt_exp(&format!("x.{payload}.y")), Some(1_700_000_000));
+        assert_eq!(jwt_exp("opaque-token"), None);
+        assert_eq!(jwt_exp("a.!!!.c"), None);
+    }
+}

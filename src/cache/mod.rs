@@ -1,0 +1,373 @@
+//! The validation cache: token digest -> what CloudBase said about the token.
+//!
+//! Keys are BLAKE3 digests of the token, so a raw token never sits in the cache (nor in a
+//! heap dump of it). Entries are positive (an [`Identity`]) or negative (CloudBase called the
+//! token invalid). Freshness is tracked with `tokio::time` (so tests can pause time); moka
+//! only bounds memory and drops entries once even their stale window has passed.
+//!
+//! A miss starts one *flight* per token, run as its own task: concurrent requests for the
+//! same token wait on it, a client that disconnects does not cancel it, and its result is
+//! stored before the flight is forgotten. Transport errors, timeouts and 5xx are never
+//! stored; `stale_if_error` may then serve a recently expired positive entry.
+
+mod identity;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::future::{FutureExt, Shared};
+use http::StatusCode;
+use tokio::time::Instant;
+
+pub use identity::{encode_header_value, Grant, Identity, SharedIdentity};
+
+use crate::admin::metrics::{CacheLookup, CloudbaseEndpoint, CloudbaseOutcome, Metrics};
+use crate::auth::token::jwt_exp;
+use crate::cloudbase::types::{Introspection, UserProfile};
+use crate::cloudbase::{CallOptions, Client, Error as ApiError};
+use crate::config::{CacheSettings, IdentityField};
+
+/// Cache key: BLAKE3 of the token.
+pub type TokenKey = [u8; 32];
+
+/// The digest used as cache key.
+pub fn token_key(token: &str) -> TokenKey {
+    *blake3::hash(token.as_bytes()).as_bytes()
+}
+
+/// A boxed future; used on the miss path only, where one allocation is nothing next to
+/// a network call.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The two CloudBase calls validation needs. Implemented by [`Client`]; benches and tests
+/// put an in-process stand-in behind it.
+pub trait AuthApi: Send + Sync + 'static {
+    fn introspect<'a>(
+        &'a self,
+        token: &'a str,
+        opts: &'a CallOptions,
+    ) -> BoxFuture<'a, Result<Introspection, ApiError>>;
+    fn user_me<'a>(
+        &'a self,
+        token: &'a str,
+        opts: &'a CallOptions,
+    ) -> BoxFuture<'a, Result<UserProfile, ApiError>>;
+}
+
+impl AuthApi for Client {
+    fn introspect<'a>(
+        &'a self,
+        token: &'a str,
+        opts: &'a CallOptions,
+    ) -> BoxFuture<'a, Result<Introspection, ApiError>> {
+        Box::pin(Client::introspect(self, token, opts))
+    }
+
+    fn user_me<'a>(
+        &'a self,
+        token: &'a str,
+        opts: &'a CallOptions,
+    ) -> BoxFuture<'a, Result<UserProfile, ApiError>> {
+        Box::pin(Client::user_me(self, token, opts))
+    }
+}
+
+/// What validation concluded.
+#[derive(Debug, Clone)]
+pub enum Validation {
+    Valid(SharedIdentity),
+    /// Invalid, expired or revoked.
+    Invalid,
+    /// CloudBase could not answer and nothing usable was cached.
+    Unavailable,
+}
+
+#[derive(Debug)]
+enum Verdict {
+    Positive { identity: SharedIdentity, stale_until: Instant },
+    Negative,
+}
+
+#[derive(Debug)]
+struct Entry {
+    verdict: Verdict,
+    fresh_until: Instant,
+    /// How long moka keeps the entry: fresh life plus the stale window.
+    keep_for: Duration,
+}
+
+struct EntryExpiry;
+
+impl moka::Expiry<TokenKey, Arc<Entry>> for EntryExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &TokenKey,
+        value: &Arc<Entry>,
+        _now: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.keep_for)
+    }
+}
+
+/// A fetch's result, shared by every request waiting on the flight.
+type Fetched = Option<Arc<Entry>>;
+type Flight = Shared<BoxFuture<'static, Fetched>>;
+
+/// The validation cache and the CloudBase calls behind it. Cheap to clone.
+#[derive(Clone)]
+pub struct IdentityCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    entries: moka::sync::Cache<TokenKey, Arc<Entry>>,
+    flights: Mutex<HashMap<TokenKey, Flight>>,
+    /// Bumped by every purge; a flight that started before a purge does not store.
+    generation: AtomicU64,
+    api: Arc<dyn AuthApi>,
+    settings: CacheSettings,
+    fields: Box<[IdentityField]>,
+    metrics: Arc<Metrics>,
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+impl IdentityCache {
+    /// `fields` are the configured identity header fields, in header order.
+    pub fn new(
+        settings: &CacheSettings,
+        fields: &[IdentityField],
+        api: Arc<dyn AuthApi>,
+        metrics: Arc<Metrics>,
+    ) -> IdentityCache {
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(settings.max_entries)
+            .expire_after(EntryExpiry)
+            .build();
+        IdentityCache {
+            inner: Arc::new(Inner {
+                entries,
+                flights: Mutex::default(),
+                generation: AtomicU64::new(0),
+                api,
+                settings: settings.clone(),
+                fields: fields.into(),
+                metrics,
+            }),
+        }
+    }
+
+    /// Validates `token`, from the cache when fresh, else by asking CloudBase (one flight
+    /// per token however many requests wait). `request_id` is passed on to CloudBase.
+    pub async fn validate(&self, token: &str, request_id: Option<&str>) -> Validation {
+        let key = token_key(token);
+        let cached = self.inner.entries.get(&key);
+        if let Some(entry) = &cached {
+            if Instant::now() < entry.fresh_until {
+                return match &entry.verdict {
+                    Verdict::Positive { identity, .. } => {
+                        self.inner.metrics.cache_lookup(CacheLookup::Hit);
+                        Validation::Valid(identity.clone())
+                    }
+                    Verdict::Negative => {
+                        self.inner.metrics.cache_lookup(CacheLookup::NegativeHit);
+                        Validation::Invalid
+                    }
+                };
+            }
+        }
+        let now_unix = unix_now();
+        let exp = jwt_exp(token);
+        if exp.is_some_and(|exp| exp <= now_unix) {
+            // Dead by its own claim: no CloudBase call, nothing cached.
+            self.inner.metrics.cache_lookup(CacheLookup::Miss);
+            return Validation::Invalid;
+        }
+        match self.flight(key, token, exp, request_id).await {
+            Some(entry) => {
+                self.inner.metrics.cache_lookup(CacheLookup::Miss);
+                match &entry.verdict {
+                    Verdict::Positive { identity, .. } => Validation::Valid(identity.clone()),
+                    Verdict::Negative => Validation::Invalid,
+                }
+            }
+            None => {
+                let stale = cached.as_deref().and_then(|entry| match &entry.verdict {
+                    Verdict::Positive { identity, stale_until }
+                        if Instant::now() < *stale_until
+                            && identity.exp.is_none_or(|exp| exp > unix_now()) =>
+                    {
+                        Some(identity.clone())
+                    }
+                    _ => None,
+                });
+                match stale {
+                    Some(identity) => {
+                        self.inner.metrics.cache_lookup(CacheLookup::Stale);
+                        Validation::Valid(identity)
+                    }
+                    None => {
+                        self.inner.metrics.cache_lookup(CacheLookup::Miss);
+                        Validation::Unavailable
+                    }
+                }
+            },
+        }
+    }
+
+    /// Joins the flight for `key`, starting it if there is none.
+    fn flight(
+        &self,
+        key: TokenKey,
+        token: &str,
+        exp: Option<i64>,
+        request_id: Option<&str>,
+    ) -> Flight {
+        let mut flights = self.inner.flights.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = flights.get(&key) {
+            return f.clone();
+        }
+        let inner = self.inner.clone();
+        let token = token.to_owned();
+        let opts = CallOptions { request_id: request_id.map(str::to_owned), device_id: None };
+        let task = tokio::spawn(async move {
+            let generation = inner.generation.load(Ordering::Acquire);
+            let entry = inner.fetch(&token, exp, &opts).await.map(Arc::new);
+            if let Some(entry) = &entry {
+                if !entry.keep_for.is_zero()
+                    && inner.generation.load(Ordering::Acquire) == generation
+                {
+                    inner.entries.insert(key, entry.clone());
+                }
+            }
+            inner.flights.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+            entry
+        });
+        let flight: Flight = (Box::pin(task.map(|r| r.ok().flatten())) as BoxFuture<'static, _>)
+            .shared();
+        flights.insert(key, flight.clone());
+        flight
+    }
+
+    /// Drops the entry of one token. Returns how many entries went (0 or 1).
+    pub fn purge_token(&self, token: &str) -> u64 {
+        self.inner.generation.fetch_add(1, Ordering::AcqRel);
+        self.inner.entries.remove(&token_key(token)).map_or(0, |_| 1)
+    }
+
+    /// Drops every positive entry of user `sub`.
+    pub fn purge_sub(&self, sub: &str) -> u64 {
+        self.inner.generation.fetch_add(1, Ordering::AcqRel);
+        let keys: Vec<Arc<TokenKey>> = self
+            .inner
+            .entries
+            .iter()
+            .filter(|(_, e)| matches!(&e.verdict, Verdict::Positive { identity, .. } if &*identity.sub == sub))
+            .map(|(k, _)| k)
+            .collect();
+        keys.iter().filter(|k| self.inner.entries.remove(&***k).is_some()).count() as u64
+    }
+
+    /// Drops everything.
+    pub fn purge_all(&self) -> u64 {
+        self.inner.generation.fetch_add(1, Ordering::AcqRel);
+        let n = self.inner.entries.iter().count() as u64;
+        self.inner.entries.invalidate_all();
+        self.inner.entries.run_pending_tasks();
+        n
+    }
+
+    /// Entries held now (after pending maintenance).
+    pub fn entry_count(&self) -> u64 {
+        self.inner.entries.run_pending_tasks();
+        self.inner.entries.entry_count()
+    }
+}
+
+impl Inner {
+    /// Asks CloudBase about `token`. `None`: CloudBase failed (nothing to cache).
+    async fn fetch(&self, token: &str, exp: Option<i64>, opts: &CallOptions) -> Option<Entry> {
+        let (introspection, profile) = tokio::join!(
+            self.timed(
+                CloudbaseEndpoint::Introspect,
+                self.api.introspect(token, opts),
+                Introspection::is_active
+            ),
+            self.timed(CloudbaseEndpoint::UserMe, self.api.user_me(token, opts), |_| true),
+        );
+        let now = Instant::now();
+        let negative = || Entry {
+            verdict: Verdict::Negative,
+            fresh_until: now + self.settings.negative_ttl,
+            keep_for: self.settings.negative_ttl,
+        };
+        let introspection = match introspection {
+            Ok(i) if i.is_active() => i,
+            Ok(_) => return Some(negative()),
+            Err(e) if is_rejection(&e) => return Some(negative()),
+            Err(_) => return None,
+        };
+        let profile = match profile {
+            Ok(p) => p,
+            Err(e) if is_rejection(&e) => return Some(negative()),
+            Err(_) => return None,
+        };
+        let now_unix = unix_now();
+        let identity = Identity::new(&introspection, &profile, exp, &self.fields, now_unix);
+        let mut fresh = self.settings.ttl;
+        for limit in [exp, identity.next_group_expiry(now_unix)].into_iter().flatten() {
+            fresh = fresh.min(Duration::from_secs(limit.saturating_sub(now_unix).max(0) as u64));
+        }
+        let keep_for = if fresh.is_zero() { Duration::ZERO } else { fresh + self.settings.stale_if_error };
+        Some(Entry {
+            verdict: Verdict::Positive {
+                identity: Arc::new(identity),
+                stale_until: now + fresh + self.settings.stale_if_error,
+            },
+            fresh_until: now + fresh,
+            keep_for,
+        })
+    }
+
+    async fn timed<T>(
+        &self,
+        endpoint: CloudbaseEndpoint,
+        call: BoxFuture<'_, Result<T, ApiError>>,
+        accepted: fn(&T) -> bool,
+    ) -> Result<T, ApiError> {
+        let start = Instant::now();
+        let result = call.await;
+        let outcome = match &result {
+            Ok(v) if accepted(v) => CloudbaseOutcome::Ok,
+            Ok(_) => CloudbaseOutcome::Rejected,
+            Err(e) if is_rejection(e) => CloudbaseOutcome::Rejected,
+            Err(ApiError::Timeout) => CloudbaseOutcome::Timeout,
+            Err(ApiError::Transport(_)) => CloudbaseOutcome::Transport,
+            Err(_) => CloudbaseOutcome::Error,
+        };
+        self.metrics.cloudbase_call(endpoint, outcome, start.elapsed());
+        result
+    }
+}
+
+/// CloudBase refused the token itself (as opposed to failing): an error envelope with a
+/// 4xx other than 429, or a token that cannot even be sent.
+fn is_rejection(e: &ApiError) -> bool {
+    match e {
+        ApiError::Api { status, .. } => {
+            status.is_client_error() && *status != StatusCode::TOO_MANY_REQUESTS
+        }
+        ApiError::InvalidInput { .. } => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests;

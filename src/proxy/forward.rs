@@ -1,0 +1,215 @@
+//! The leaf service: sends the request to the route's upstream and streams the answer back.
+//!
+//! Bodies are never collected: the client's body flows into the upstream request and the
+//! upstream's body flows back frame by frame, so memory per request stays at a few buffers
+//! whatever the size. WebSocket upgrades are proxied by joining the two upgraded
+//! connections once the upstream has answered 101.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::{HeaderValue, AUTHORIZATION, HOST};
+use http::uri::{PathAndQuery, Uri};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use ipnet::IpNet;
+use tower::Service;
+
+use super::headers::{is_websocket_upgrade, remove_hop_by_hop, set_forwarded, X_REQUEST_ID};
+use super::whoami;
+use crate::config::Upstream;
+use crate::response::{Body, BoxError, Reject};
+use crate::routing::MatchedRoute;
+
+/// Facts about the client connection, put in every request's extensions by the server.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// The upstream HTTP client: HTTP/1.1 over plain TCP or rustls.
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+/// Builds the upstream client. TLS trusts the platform roots plus `extra_roots` (PEM).
+pub fn upstream_client(extra_roots: Option<&std::path::Path>) -> Result<UpstreamClient, BoxError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = extra_roots {
+        let pem = std::fs::read(path)?;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            roots.add(cert?)?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(1024)
+        .build(https))
+}
+
+/// Sends requests to their route's upstream.
+#[derive(Clone)]
+pub struct Forward {
+    client: UpstreamClient,
+    trusted_proxies: Arc<[IpNet]>,
+}
+
+impl Forward {
+    pub fn new(client: UpstreamClient, trusted_proxies: &[IpNet]) -> Forward {
+        Forward { client, trusted_proxies: trusted_proxies.into() }
+    }
+}
+
+impl Service<Request<Body>> for Forward {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    // Boxed: the leaf future is large (a whole upstream exchange) and one allocation per
+    // request is noise next to a network round trip.
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.forward(req).await) })
+    }
+}
+
+impl Forward {
+    async fn forward(self, mut req: Request<Body>) -> Response<Body> {
+        let request_id = req.headers().get(&X_REQUEST_ID).cloned();
+        let Some(MatchedRoute(route)) = req.extensions().get::<MatchedRoute>().cloned() else {
+            return Reject::NotFound.into_response(request_id.as_ref());
+        };
+        let settings = &route.settings;
+        let websocket = is_websocket_upgrade(req.headers());
+        let host = req
+            .headers()
+            .get(HOST)
+            .cloned()
+            .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        remove_hop_by_hop(req.headers_mut(), websocket);
+        if let Some(conn) = req.extensions().get::<ConnInfo>().copied() {
+            set_forwarded(req.headers_mut(), conn.peer.ip(), conn.tls, host, &self.trusted_proxies);
+        }
+        if !settings.pass_token {
+            req.headers_mut().remove(AUTHORIZATION);
+        }
+        let path = req.uri().path();
+        let path = if settings.strip_prefix {
+            let rest = &path[settings.prefix.len().min(path.len())..];
+            if rest.starts_with('/') {
+                rest.to_owned()
+            } else {
+                format!("/{rest}")
+            }
+        } else {
+            path.to_owned()
+        };
+        let (scheme, authority, base_path) = match &settings.upstream {
+            Upstream::Whoami => {
+                let pq = with_query(&path, req.uri().query());
+                *req.uri_mut() = Uri::builder()
+                    .path_and_query(pq.as_str())
+                    .build()
+                    .unwrap_or_else(|_| Uri::from_static("/"));
+                return whoami::respond(req).await;
+            }
+            Upstream::Http { scheme, authority, base_path } => (scheme, authority, base_path),
+        };
+        let pq = with_query(&format!("{base_path}{path}"), req.uri().query());
+        let Ok(pq) = PathAndQuery::try_from(pq) else {
+            return Reject::BadRequest.into_response(request_id.as_ref());
+        };
+        let uri = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query(pq)
+            .build();
+        let Ok(uri) = uri else {
+            return Reject::BadRequest.into_response(request_id.as_ref());
+        };
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+        if let Ok(h) = HeaderValue::from_str(authority.as_str()) {
+            req.headers_mut().insert(HOST, h);
+        }
+        let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+        let mut response = match self.client.request(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                return upstream_error(&e).into_response(request_id.as_ref());
+            }
+        };
+        let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        remove_hop_by_hop(response.headers_mut(), websocket && switched);
+        if let (Some(client_upgrade), true) = (client_upgrade, switched) {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(async move {
+                let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await)
+                else {
+                    tracing::debug!("websocket upgrade did not complete");
+                    return;
+                };
+                let mut client = TokioIo::new(client);
+                let mut upstream = TokioIo::new(upstream);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+        response.map(|b| b.map_err(BoxError::from).boxed_unsync())
+    }
+}
+
+fn with_query(path: &str, query: Option<&str>) -> String {
+    match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    }
+}
+
+/// Whether `e` (or an error it wraps) is the body limit tripping.
+pub fn is_body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Maps an upstream client error to the gateway's answer.
+fn upstream_error(e: &hyper_util::client::legacy::Error) -> Reject {
+    if is_body_too_large(e) {
+        return Reject::PayloadTooLarge;
+    }
+    tracing::warn!(error = %e, connect = e.is_connect(), "upstream request failed");
+    Reject::UpstreamUnavailable
+}

@@ -1,0 +1,47 @@
+//! The built-in `whoami` upstream: answers with the method, path, query and every header
+//! it received, as JSON, so a newcomer sees exactly what an upstream behind the gateway
+//! would see. It reads (and counts) the request body without keeping it.
+
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Request, Response};
+use http_body_util::BodyExt;
+use serde_json::{Map, Value};
+
+use crate::response::{full, Body};
+
+/// Echoes `req` as JSON.
+pub async fn respond(req: Request<Body>) -> Response<Body> {
+    let (parts, mut body) = req.into_parts();
+    let mut headers = Map::new();
+    for name in parts.headers.keys() {
+        let values: Vec<String> = parts
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        headers.insert(name.as_str().to_owned(), Value::String(values.join(", ")));
+    }
+    let mut body_bytes: u64 = 0;
+    let mut body_error = None;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => body_bytes += f.data_ref().map_or(0, |d| d.len() as u64),
+            Err(e) => {
+                body_error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let echo = serde_json::json!({
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "query": parts.uri.query(),
+        "headers": headers,
+        "body_bytes": body_bytes,
+        "body_error": body_error,
+    });
+    let mut response = Response::new(full(echo.to_string()));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

@@ -1,0 +1,154 @@
+//! The responses the gateway makes itself (SPEC "Responses the gateway makes itself"), and
+//! the body types of the whole stack.
+//!
+//! Every rejection in every layer is built here, so the JSON envelope
+//! `{"code", "message", "requestId"}` and the extra headers of each case live in one table.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+
+/// Errors flowing through bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of every request and response inside the stack.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A body holding `bytes` in full.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+/// A case of SPEC's table of the gateway's own responses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reject {
+    MissingCredentials,
+    InvalidToken,
+    Forbidden,
+    AuthUnavailable,
+    NotFound,
+    MethodNotAllowed { allow: HeaderValue },
+    PayloadTooLarge,
+    UpstreamUnavailable,
+    UpstreamTimeout,
+    Overloaded,
+    /// A bad request head the gateway cannot forward (e.g. an unroutable URI).
+    BadRequest,
+}
+
+const REALM: &str = "Bearer realm=\"cloudbase-gateway\"";
+
+impl Reject {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Reject::MissingCredentials | Reject::InvalidToken => StatusCode::UNAUTHORIZED,
+            Reject::Forbidden => StatusCode::FORBIDDEN,
+            Reject::AuthUnavailable | Reject::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::NotFound => StatusCode::NOT_FOUND,
+            Reject::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Reject::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Reject::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            Reject::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Reject::BadRequest => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Reject::MissingCredentials => "MISSING_CREDENTIALS",
+            Reject::InvalidToken => "INVALID_ACCESS_TOKEN",
+            Reject::Forbidden => "PERMISSION_DENIED",
+            Reject::AuthUnavailable => "AUTH_UNAVAILABLE",
+            Reject::NotFound => "NOT_FOUND",
+            Reject::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
+            Reject::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Reject::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
+            Reject::UpstreamTimeout => "UPSTREAM_TIMEOUT",
+            Reject::Overloaded => "OVERLOADED",
+            Reject::BadRequest => "BAD_REQUEST",
+        }
+    }
+
+    fn message(&self) -> &'static str {
+        match self {
+            Reject::MissingCredentials => "an access token is required: send Authorization: Bearer <token>",
+            Reject::InvalidToken => "the access token is invalid, expired or revoked",
+            Reject::Forbidden => "the user is not allowed to use this route",
+            Reject::AuthUnavailable => "the identity service is unavailable; try again shortly",
+            Reject::NotFound => "no route matches this path",
+            Reject::MethodNotAllowed { .. } => "this route does not accept this method",
+            Reject::PayloadTooLarge => "the request body is larger than the gateway accepts",
+            Reject::UpstreamUnavailable => "the upstream service could not be reached",
+            Reject::UpstreamTimeout => "the request took longer than the gateway allows",
+            Reject::Overloaded => "the gateway is overloaded; try again shortly",
+            Reject::BadRequest => "the request could not be understood",
+        }
+    }
+
+    /// The response, with `request_id` in the body (the header is set by the request-id
+    /// layer on the way out).
+    pub fn into_response(self, request_id: Option<&HeaderValue>) -> Response<Body> {
+        let request_id = request_id.and_then(|v| v.to_str().ok()).unwrap_or("");
+        let body = serde_json::json!({
+            "code": self.code(),
+            "message": self.message(),
+            "requestId": request_id,
+        });
+        let mut response = Response::new(full(body.to_string()));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        match self {
+            Reject::MissingCredentials => {
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(REALM));
+            }
+            Reject::InvalidToken => {
+                headers.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        "Bearer realm=\"cloudbase-gateway\", error=\"invalid_token\"",
+                    ),
+                );
+            }
+            Reject::Forbidden => {
+                headers.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        "Bearer realm=\"cloudbase-gateway\", error=\"insufficient_scope\"",
+                    ),
+                );
+            }
+            Reject::AuthUnavailable | Reject::Overloaded => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Reject::MethodNotAllowed { allow } => {
+                headers.insert(ALLOW, allow);
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_carries_code_message_and_request_id() {
+        let id = HeaderValue::from_static("req-1");
+        let r = Reject::InvalidToken.into_response(Some(&id));
+        assert_eq!(r.status(), 401);
+        assert_eq!(
+            r.headers()[WWW_AUTHENTICATE],
+            "Bearer realm=\"cloudbase-gateway\", error=\"invalid_token\""
+        );
+        assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
+    }
+}

@@ -1,0 +1,207 @@
+//! Route matching: the longest configured prefix that the path starts with wins.
+//!
+//! Routes are sorted once at start (longest prefix first), so a match is a scan of a short
+//! list with `starts_with`; for the handful of routes a gateway has this beats a trie.
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Method};
+
+use crate::config::RouteSettings;
+
+/// A configured route with what is derived from it once.
+#[derive(Debug)]
+pub struct Route {
+    /// Position in the configuration; also the metrics label index.
+    pub index: usize,
+    pub settings: RouteSettings,
+    /// `Allow` for 405 answers.
+    pub allow: HeaderValue,
+}
+
+impl Route {
+    pub fn allows(&self, method: &Method) -> bool {
+        let s = &self.settings;
+        s.methods.is_empty()
+            || s.methods.contains(method)
+            || (*method == Method::OPTIONS && s.allow_preflight)
+    }
+}
+
+/// Which route a request matched; put in request and response extensions.
+#[derive(Debug, Clone)]
+pub struct MatchedRoute(pub Arc<Route>);
+
+/// The route table.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    by_length: Arc<[Arc<Route>]>,
+}
+
+impl Routes {
+    pub fn new(routes: &[RouteSettings]) -> Routes {
+        let mut all: Vec<Arc<Route>> = routes
+            .iter()
+            .enumerate()
+            .map(|(index, settings)| {
+                let allow = settings
+                    .methods
+                    .iter()
+                    .map(Method::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                Arc::new(Route {
+                    index,
+                    settings: settings.clone(),
+                    allow: HeaderValue::from_str(&allow).unwrap_or(HeaderValue::from_static("")),
+                })
+            })
+            .collect();
+        all.sort_by(|a, b| b.settings.prefix.len().cmp(&a.settings.prefix.len()));
+        Routes { by_length: all.into() }
+    }
+
+    /// The route for `path`, longest prefix first.
+    pub fn find(&self, path: &str) -> Option<&Arc<Route>> {
+        self.by_length.iter().find(|r| path.starts_with(r.settings.prefix.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn longest_prefix_wins() {
+        let c = Config::from_toml_str(
+            "[emulator]\nenabled=true\n[[routes]]\nprefix='/'\nupstream='whoami'\n\
+             [[routes]]\nprefix='/api/'\nupstream='whoami'\n\
+             [[routes]]\nprefix='/api/admin/'\nupstream='whoami'\nmethods=['GET']\n",
+        )
+        .unwrap();
+        let r = Routes::new(&c.routes);
+        assert_eq!(r.find("/api/admin/x").unwrap().index, 2);
+        assert_eq!(r.find("/api/x").unwrap().index, 1);
+        assert_eq!(r.find("/other").unwrap().index, 0);
+        let admin = r.find("/api/admin/").unwrap();
+        assert!(admin.allows(&Method::GET));
+        assert!(!admin.allows(&Method::POST));
+        assert_eq!(admin.allow, "GET");
+    }
+}
+
+/// Matches the route, answers 404 / 405 / 413 (declared length) itself, caps the body at
+/// `max_body_size` (a chunked body that grows past it fails the upstream call with 413),
+/// and puts [`MatchedRoute`] in the request and response extensions.
+#[derive(Clone)]
+pub struct RouteLayer {
+    routes: Routes,
+    max_body_size: u64,
+}
+
+impl RouteLayer {
+    pub fn new(routes: Routes, max_body_size: u64) -> Self {
+        RouteLayer { routes, max_body_size }
+    }
+}
+
+impl<S> tower::Layer<S> for RouteLayer {
+    type Service = RouteService<S>;
+    fn layer(&self, inner: S) -> RouteService<S> {
+        RouteService { inner, routes: self.routes.clone(), max_body_size: self.max_body_size }
+    }
+}
+
+#[derive(Clone)]
+pub struct RouteService<S> {
+    inner: S,
+    routes: Routes,
+    max_body_size: u64,
+}
+
+pin_project_lite::pin_project! {
+    /// Either an answer made here or the inner service's future, tagged with the route.
+    #[project = RouteFutureProj]
+    pub enum RouteFuture<F> {
+        Ready { response: Option<http::Response<crate::response::Body>> },
+        Inner { #[pin] future: F, route: MatchedRoute },
+    }
+}
+
+impl<F, E> std::future::Future for RouteFuture<F>
+where
+    F: std::future::Future<Output = Result<http::Response<crate::response::Body>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        match self.project() {
+            RouteFutureProj::Ready { response } => {
+                std::task::Poll::Ready(Ok(response.take().expect("polled after completion")))
+            }
+            RouteFutureProj::Inner { future, route } => {
+                let mut response = std::task::ready!(future.poll(cx))?;
+                response.extensions_mut().insert(route.clone());
+                std::task::Poll::Ready(Ok(response))
+            }
+        }
+    }
+}
+
+impl<S> tower::Service<http::Request<crate::response::Body>> for RouteService<S>
+where
+    S: tower::Service<
+        http::Request<crate::response::Body>,
+        Response = http::Response<crate::response::Body>,
+    >,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = RouteFuture<S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<crate::response::Body>) -> Self::Future {
+        use crate::response::Reject;
+        use http_body_util::BodyExt;
+        let reject = |reason: Reject, req: &http::Request<_>| RouteFuture::Ready {
+            response: Some(reason.into_response(req.headers().get("x-request-id"))),
+        };
+        let Some(route) = self.routes.find(req.uri().path()).cloned() else {
+            return reject(Reject::NotFound, &req);
+        };
+        if !route.allows(req.method()) {
+            let mut response = Reject::MethodNotAllowed { allow: route.allow.clone() }
+                .into_response(req.headers().get("x-request-id"));
+            response.extensions_mut().insert(MatchedRoute(route));
+            return RouteFuture::Ready { response: Some(response) };
+        }
+        let declared = req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body_size) {
+            let mut response =
+                Reject::PayloadTooLarge.into_response(req.headers().get("x-request-id"));
+            response.extensions_mut().insert(MatchedRoute(route));
+            return RouteFuture::Ready { response: Some(response) };
+        }
+        let limit = usize::try_from(self.max_body_size).unwrap_or(usize::MAX);
+        let mut req = req.map(|b| {
+            http_body_util::Limited::new(b, limit).map_err(crate::response::BoxError::from).boxed_unsync()
+        });
+        let matched = MatchedRoute(route);
+        req.extensions_mut().insert(matched.clone());
+        RouteFuture::Inner { future: self.inner.call(req), route: matched }
+    }
+}
