@@ -26,7 +26,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tower::{Service, ServiceExt};
 
-pub use stack::{build, Built};
+pub use stack::{build, build_with_api, Built, GatewayService};
 pub use timeout::{RequestTimeout, RequestTimeoutLayer};
 
 use crate::admin;

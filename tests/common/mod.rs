@@ -1,0 +1,214 @@
+//! Shared harness for the gateway's integration tests: a real gateway, the real emulator
+//! and real upstreams, all on 127.0.0.1 with ports picked by the OS.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cloudbase_gateway::cloudbase::types::TokenResponse;
+use cloudbase_gateway::cloudbase::{CallOptions, Client};
+use cloudbase_gateway::config::Config;
+use cloudbase_gateway::emulator::Emulator;
+use cloudbase_gateway::response::Body;
+use cloudbase_gateway::server::{self, Running};
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+/// Seeded emulator users, as TOML. `demo` is an ordinary user; `zhang` has a non-ASCII
+/// name; `admin` is in group admin; `lapsed` was in admin until 2001; `crlf` has a name
+/// holding CR/LF.
+pub const USERS: &str = r#"
+[[emulator.users]]
+username = "demo"
+password = "demo-password"
+name = "Demo User"
+email = "demo@example.com"
+groups = ["user"]
+
+[[emulator.users]]
+username = "zhang"
+password = "zhang-password"
+name = "手机用户"
+groups = ["user"]
+
+[[emulator.users]]
+username = "admin"
+password = "admin-password"
+name = "Admin"
+groups = ["user", { id = "admin", expires_at = "2099-01-01T00:00:00Z" }]
+
+[[emulator.users]]
+username = "lapsed"
+password = "lapsed-password"
+name = "Lapsed"
+groups = ["user", { id = "admin", expires_at = "2001-01-01T00:00:00Z" }]
+
+[[emulator.users]]
+username = "crlf"
+password = "crlf-password"
+name = "evil\r\nX-Injected: yes"
+"#;
+
+/// A gateway with its embedded emulator.
+pub struct Harness {
+    pub running: Option<Running>,
+    pub emulator: Emulator,
+    /// `http://127.0.0.1:PORT` of the gateway.
+    pub base: String,
+    /// `http://127.0.0.1:PORT` of the admin listener.
+    pub admin: String,
+    /// A client for the emulator (sign-ins, revocations).
+    pub cloudbase: Client,
+    pub http: reqwest::Client,
+}
+
+/// The whole configuration for a test: listeners on port 0, the emulator embedded with
+/// [`USERS`], and `extra` (routes, cache settings, …) appended.
+pub fn config_text(extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
+[cloudbase]
+env_id = "test-env"
+client_id = "test-client"
+timeout = "1s"
+[emulator]
+enabled = true
+listen = "127.0.0.1:0"
+{USERS}
+{extra}
+"#
+    )
+}
+
+impl Harness {
+    /// Starts a gateway from [`config_text`]`(extra)`. `extra` holds `[[routes]]` etc.;
+    /// keys of a table already opened in `config_text` go through `overrides`.
+    pub async fn start(extra: &str) -> Harness {
+        let config = Config::from_toml_str(&config_text(extra))
+            .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        Self::start_with(config).await
+    }
+
+    pub async fn start_with(config: Config) -> Harness {
+        let running = server::start(config, std::future::pending()).await.expect("gateway starts");
+        let emulator = running.emulator.clone().expect("emulator embedded");
+        let emulator_addr = running.emulator_addr.expect("emulator address");
+        let cloudbase_config = Config::from_toml_str(&format!(
+            "[cloudbase]\nbase_url = \"http://{emulator_addr}/auth/v1\"\nclient_id = \"test-client\"\n"
+        ))
+        .expect("client config");
+        Harness {
+            base: format!("http://{}", running.addr),
+            admin: format!("http://{}", running.admin_addr),
+            running: Some(running),
+            emulator,
+            cloudbase: Client::new(&cloudbase_config.cloudbase).expect("client"),
+            http: reqwest::Client::builder().no_proxy().build().expect("reqwest"),
+        }
+    }
+
+    pub async fn sign_in(&self, username: &str, password: &str) -> TokenResponse {
+        self.cloudbase
+            .signin_password(username, password, &CallOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("sign-in of {username} failed: {e}"))
+    }
+
+    /// Signs `demo` in and returns the access token.
+    pub async fn demo_token(&self) -> String {
+        self.sign_in("demo", "demo-password").await.access_token
+    }
+
+    pub fn calls(&self, endpoint: &str) -> u64 {
+        self.emulator.calls(endpoint)
+    }
+
+    /// `GET {base}{path}` with an optional bearer token.
+    pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.expect("request reaches the gateway")
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+}
+
+/// The value of one metric line (`name{labels}`) in Prometheus text, 0 if absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().expect("metric value"))
+}
+
+/// A real upstream on 127.0.0.1: every request goes to `handler`. Returns its address
+/// and a counter of requests served.
+pub async fn spawn_upstream<F, Fut>(handler: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+    let addr = listener.local_addr().expect("upstream addr");
+    let count = Arc::new(AtomicUsize::new(0));
+    let served = count.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let handler = handler.clone();
+            let served = served.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    served.fetch_add(1, Ordering::SeqCst);
+                    let fut = handler(req);
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, count)
+}
+
+/// An upstream that echoes what it received as JSON (the gateway's own `whoami`).
+pub async fn spawn_echo_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    spawn_upstream(|req: Request<Incoming>| async move {
+        let req = req.map(|b| b.map_err(Into::into).boxed_unsync());
+        cloudbase_gateway::proxy::whoami::respond(req).await
+    })
+    .await
+}
+
+/// A body of `n` bytes.
+pub fn bytes_body(n: usize) -> Body {
+    cloudbase_gateway::response::full(Bytes::from(vec![b'x'; n]))
+}
