@@ -70,21 +70,30 @@ pub struct Harness {
 }
 
 /// The whole configuration for a test: listeners on port 0, the emulator embedded with
-/// [`USERS`], and `extra` (routes, cache settings, …) appended.
+/// [`USERS`], and `extra` (routes, `[cache]`, …) appended.
 pub fn config_text(extra: &str) -> String {
+    config_text_with("", "", "", extra)
+}
+
+/// Like [`config_text`], with lines added to the `[server]`, `[cloudbase]` and
+/// `[emulator]` tables the harness itself opens.
+pub fn config_text_with(server: &str, cloudbase: &str, emulator: &str, extra: &str) -> String {
     format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
+{server}
 [admin]
 listen = "127.0.0.1:0"
 [cloudbase]
 env_id = "test-env"
 client_id = "test-client"
 timeout = "1s"
+{cloudbase}
 [emulator]
 enabled = true
 listen = "127.0.0.1:0"
+{emulator}
 {USERS}
 {extra}
 "#
@@ -92,11 +101,15 @@ listen = "127.0.0.1:0"
 }
 
 impl Harness {
-    /// Starts a gateway from [`config_text`]`(extra)`. `extra` holds `[[routes]]` etc.;
-    /// keys of a table already opened in `config_text` go through `overrides`.
+    /// Starts a gateway from [`config_text`]`(extra)`.
     pub async fn start(extra: &str) -> Harness {
-        let config = Config::from_toml_str(&config_text(extra))
-            .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        Self::start_text(&config_text(extra)).await
+    }
+
+    /// Starts a gateway from a whole configuration text.
+    pub async fn start_text(text: &str) -> Harness {
+        let config =
+            Config::from_toml_str(text).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
         Self::start_with(config).await
     }
 
