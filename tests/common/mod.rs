@@ -225,3 +225,78 @@ pub async fn spawn_echo_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
 pub fn bytes_body(n: usize) -> Body {
     cloudbase_gateway::response::full(Bytes::from(vec![b'x'; n]))
 }
+
+/// A free port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The `cloudbase-gateway` binary running as a child process; killed on drop.
+pub struct Process {
+    pub child: std::process::Child,
+    pub dir: tempfile::TempDir,
+}
+
+impl Process {
+    /// Writes `config` to a temp dir and runs `cloudbase-gateway --config <file> args…`,
+    /// with stderr sent to `stderr.log` in that dir. Waits until `wait_for` accepts.
+    pub fn spawn(config: &str, args: &[&str], env: &[(&str, &str)], wait_for: SocketAddr) -> Process {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_cloudbase-gateway"))
+            .arg("--config")
+            .arg(&path)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("binary runs");
+        let process = Process { child, dir };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(wait_for).is_err() {
+            assert!(std::time::Instant::now() < deadline, "{wait_for} never opened:\n{}", process.log());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        process
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Peak resident memory (VmHWM) in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM");
+        kb * 1024
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill runs")
+            .success();
+        assert!(ok, "kill -TERM failed");
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
