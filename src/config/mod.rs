@@ -332,12 +332,14 @@ impl Config {
         let cache: raw::RawCache = section(take("cache"), "cache", &mut errors);
         let identity: raw::RawIdentity = section(take("identity"), "identity", &mut errors);
         let emulator: raw::RawEmulator = section(take("emulator"), "emulator", &mut errors);
-        let routes: Vec<raw::RawRoute> = match take("routes") {
+        // A route whose table did not deserialize is `None`: reported once, not again as
+        // "prefix missing", and the others keep their indices.
+        let routes: Vec<Option<raw::RawRoute>> = match take("routes") {
             None => Vec::new(),
             Some(toml::Value::Array(items)) => items
                 .into_iter()
                 .enumerate()
-                .map(|(i, v)| section(Some(v), &format!("routes[{i}]"), &mut errors))
+                .map(|(i, v)| try_section(v, &format!("routes[{i}]"), &mut errors))
                 .collect(),
             Some(_) => {
                 errors.push("routes", "must be an array of tables ([[routes]])");
@@ -434,17 +436,23 @@ fn quote_key(k: &str) -> String {
     }
 }
 
-/// Deserializes one section, reporting a serde error with the full key path.
+/// Deserializes one section, reporting a serde error with the full key path; an absent or
+/// broken section reads as all defaults.
 fn section<T: DeserializeOwned + Default>(
     value: Option<toml::Value>,
     prefix: &str,
     errors: &mut Errors,
 ) -> T {
-    let Some(value) = value else {
-        return T::default();
-    };
+    value.and_then(|v| try_section(v, prefix, errors)).unwrap_or_default()
+}
+
+fn try_section<T: DeserializeOwned>(
+    value: toml::Value,
+    prefix: &str,
+    errors: &mut Errors,
+) -> Option<T> {
     match serde_path_to_error::deserialize::<_, T>(value) {
-        Ok(v) => v,
+        Ok(v) => Some(v),
         Err(e) => {
             let path = e.path().to_string();
             let key = if path == "." || path.is_empty() {
@@ -453,7 +461,7 @@ fn section<T: DeserializeOwned + Default>(
                 format!("{prefix}.{path}")
             };
             errors.push(key, e.into_inner().message().trim_end());
-            T::default()
+            None
         }
     }
 }
@@ -761,9 +769,10 @@ fn validate_identity(raw: raw::RawIdentity, errors: &mut Errors) -> IdentitySett
     IdentitySettings { headers, strip }
 }
 
-fn validate_routes(raws: Vec<raw::RawRoute>, errors: &mut Errors) -> Vec<RouteSettings> {
+fn validate_routes(raws: Vec<Option<raw::RawRoute>>, errors: &mut Errors) -> Vec<RouteSettings> {
     let mut routes: Vec<RouteSettings> = Vec::new();
     for (i, raw) in raws.into_iter().enumerate() {
+        let Some(raw) = raw else { continue };
         let key = |k: &str| format!("routes[{i}].{k}");
         let prefix = match raw.prefix {
             Some(p) if p.starts_with('/') => p,
