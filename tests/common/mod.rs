@@ -114,7 +114,9 @@ impl Harness {
     }
 
     pub async fn start_with(config: Config) -> Harness {
-        let running = server::start(config, std::future::pending()).await.expect("gateway starts");
+        let running = server::start(config, std::future::pending())
+            .await
+            .expect("gateway starts");
         let emulator = running.emulator.clone().expect("emulator embedded");
         let emulator_addr = running.emulator_addr.expect("emulator address");
         let cloudbase_config = Config::from_toml_str(&format!(
@@ -127,7 +129,10 @@ impl Harness {
             running: Some(running),
             emulator,
             cloudbase: Client::new(&cloudbase_config.cloudbase).expect("client"),
-            http: reqwest::Client::builder().no_proxy().build().expect("reqwest"),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("reqwest"),
         }
     }
 
@@ -177,7 +182,10 @@ impl Harness {
 /// The value of one metric line (`name{labels}`) in Prometheus text, 0 if absent.
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .map_or(0.0, |v| v.trim().parse().expect("metric value"))
 }
 
@@ -188,13 +196,17 @@ where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
     let addr = listener.local_addr().expect("upstream addr");
     let count = Arc::new(AtomicUsize::new(0));
     let served = count.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let handler = handler.clone();
             let served = served.clone();
             tokio::spawn(async move {
@@ -228,7 +240,11 @@ pub fn bytes_body(n: usize) -> Body {
 
 /// A free port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The `cloudbase-gateway` binary running as a child process; killed on drop.
@@ -240,7 +256,12 @@ pub struct Process {
 impl Process {
     /// Writes `config` to a temp dir and runs `cloudbase-gateway --config <file> args…`,
     /// with stderr sent to `stderr.log` in that dir. Waits until `wait_for` accepts.
-    pub fn spawn(config: &str, args: &[&str], env: &[(&str, &str)], wait_for: SocketAddr) -> Process {
+    pub fn spawn(
+        config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        wait_for: SocketAddr,
+    ) -> Process {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.toml");
         std::fs::write(&path, config).unwrap();
@@ -257,7 +278,11 @@ impl Process {
         let process = Process { child, dir };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while std::net::TcpStream::connect(wait_for).is_err() {
-            assert!(std::time::Instant::now() < deadline, "{wait_for} never opened:\n{}", process.log());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{wait_for} never opened:\n{}",
+                process.log()
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         process
@@ -299,4 +324,21 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Waits (up to 20 s) until something accepts connections at `addr`.
+fn try_wait_for_port(addr: SocketAddr) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    true
+}
+
+/// Waits until something accepts connections at `addr`; panics after 20 s.
+pub fn wait_for_port(addr: SocketAddr) {
+    assert!(try_wait_for_port(addr), "{addr} never opened");
 }
