@@ -17,7 +17,12 @@ use cloudbase_gateway::telemetry::{self, LogFormat};
 #[command(version, about)]
 struct Cli {
     /// Configuration file.
-    #[arg(long, global = true, env = "CLOUDBASE_GATEWAY_CONFIG", default_value = "config.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "CLOUDBASE_GATEWAY_CONFIG",
+        default_value = "config.toml"
+    )]
     config: PathBuf,
     /// Log line format (level from RUST_LOG, default info).
     #[arg(long, global = true, value_enum, default_value = "text")]
@@ -47,7 +52,11 @@ fn load(path: &Path, optional: bool) -> Result<Config, ExitCode> {
 }
 
 fn report(path: &Path, errors: &cloudbase_gateway::config::ConfigErrors) -> ExitCode {
-    eprintln!("{}: configuration has {} error(s):", path.display(), errors.0.len());
+    eprintln!(
+        "{}: configuration has {} error(s):",
+        path.display(),
+        errors.0.len()
+    );
     for e in &errors.0 {
         eprintln!("  {e}");
     }
@@ -77,7 +86,10 @@ async fn shutdown_signal() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

@@ -17,7 +17,9 @@ pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A body holding `bytes` in full.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// An empty body.
@@ -33,7 +35,9 @@ pub enum Reject {
     Forbidden,
     AuthUnavailable,
     NotFound,
-    MethodNotAllowed { allow: HeaderValue },
+    MethodNotAllowed {
+        allow: HeaderValue,
+    },
     PayloadTooLarge,
     UpstreamUnavailable,
     UpstreamTimeout,
@@ -77,7 +81,9 @@ impl Reject {
 
     fn message(&self) -> &'static str {
         match self {
-            Reject::MissingCredentials => "an access token is required: send Authorization: Bearer <token>",
+            Reject::MissingCredentials => {
+                "an access token is required: send Authorization: Bearer <token>"
+            }
             Reject::InvalidToken => "the access token is invalid, expired or revoked",
             Reject::Forbidden => "the user is not allowed to use this route",
             Reject::AuthUnavailable => "the identity service is unavailable; try again shortly",

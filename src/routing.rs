@@ -57,13 +57,17 @@ impl Routes {
                 })
             })
             .collect();
-        all.sort_by(|a, b| b.settings.prefix.len().cmp(&a.settings.prefix.len()));
-        Routes { by_length: all.into() }
+        all.sort_by_key(|r| std::cmp::Reverse(r.settings.prefix.len()));
+        Routes {
+            by_length: all.into(),
+        }
     }
 
     /// The route for `path`, longest prefix first.
     pub fn find(&self, path: &str) -> Option<&Arc<Route>> {
-        self.by_length.iter().find(|r| path.starts_with(r.settings.prefix.as_str()))
+        self.by_length
+            .iter()
+            .find(|r| path.starts_with(r.settings.prefix.as_str()))
     }
 }
 
@@ -102,14 +106,21 @@ pub struct RouteLayer {
 
 impl RouteLayer {
     pub fn new(routes: Routes, max_body_size: u64) -> Self {
-        RouteLayer { routes, max_body_size }
+        RouteLayer {
+            routes,
+            max_body_size,
+        }
     }
 }
 
 impl<S> tower::Layer<S> for RouteLayer {
     type Service = RouteService<S>;
     fn layer(&self, inner: S) -> RouteService<S> {
-        RouteService { inner, routes: self.routes.clone(), max_body_size: self.max_body_size }
+        RouteService {
+            inner,
+            routes: self.routes.clone(),
+            max_body_size: self.max_body_size,
+        }
     }
 }
 
@@ -180,10 +191,14 @@ where
             return reject(Reject::NotFound, &req);
         };
         if !route.allows(req.method()) {
-            let mut response = Reject::MethodNotAllowed { allow: route.allow.clone() }
-                .into_response(req.headers().get("x-request-id"));
+            let mut response = Reject::MethodNotAllowed {
+                allow: route.allow.clone(),
+            }
+            .into_response(req.headers().get("x-request-id"));
             response.extensions_mut().insert(MatchedRoute(route));
-            return RouteFuture::Ready { response: Some(response) };
+            return RouteFuture::Ready {
+                response: Some(response),
+            };
         }
         let declared = req
             .headers()
@@ -194,14 +209,21 @@ where
             let mut response =
                 Reject::PayloadTooLarge.into_response(req.headers().get("x-request-id"));
             response.extensions_mut().insert(MatchedRoute(route));
-            return RouteFuture::Ready { response: Some(response) };
+            return RouteFuture::Ready {
+                response: Some(response),
+            };
         }
         let limit = usize::try_from(self.max_body_size).unwrap_or(usize::MAX);
         let mut req = req.map(|b| {
-            http_body_util::Limited::new(b, limit).map_err(crate::response::BoxError::from).boxed_unsync()
+            http_body_util::Limited::new(b, limit)
+                .map_err(crate::response::BoxError::from)
+                .boxed_unsync()
         });
         let matched = MatchedRoute(route);
         req.extensions_mut().insert(matched.clone());
-        RouteFuture::Inner { future: self.inner.call(req), route: matched }
+        RouteFuture::Inner {
+            future: self.inner.call(req),
+            route: matched,
+        }
     }
 }

@@ -30,7 +30,12 @@ pub enum LogFormat {
 /// Logs to stderr; level from `RUST_LOG`, default `info`.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal: escape codes in a log file or collector are noise.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -52,7 +57,10 @@ impl AccessLogLayer {
 impl<S> Layer<S> for AccessLogLayer {
     type Service = AccessLog<S>;
     fn layer(&self, inner: S) -> AccessLog<S> {
-        AccessLog { inner, metrics: self.metrics.clone() }
+        AccessLog {
+            inner,
+            metrics: self.metrics.clone(),
+        }
     }
 }
 
@@ -103,7 +111,10 @@ where
                 let route = response.extensions().get::<MatchedRoute>().map(|m| &m.0);
                 let status = response.status().as_u16();
                 metrics.request(route.map(|r| r.index), &method, status, took);
-                let sub = response.extensions().get::<Authenticated>().map(|a| &*a.0.sub);
+                let sub = response
+                    .extensions()
+                    .get::<Authenticated>()
+                    .map(|a| &*a.0.sub);
                 tracing::info!(
                     target: "cloudbase_gateway::access",
                     method = %method,

@@ -15,13 +15,32 @@ fn write(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
 #[test]
 fn check_prints_the_effective_config_with_secrets_redacted() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(&dir, "[cloudbase]\nenv_id = \"e\"\nclient_secret = \"${TEST_SECRET}\"\n");
-    let out = bin().arg("check").arg("--config").arg(&path).env("TEST_SECRET", "hunter2-secret").output().unwrap();
+    let path = write(
+        &dir,
+        "[cloudbase]\nenv_id = \"e\"\nclient_secret = \"${TEST_SECRET}\"\n",
+    );
+    let out = bin()
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .env("TEST_SECRET", "hunter2-secret")
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("https://e.ap-shanghai.tcb-api.tencentcloudapi.com/auth/v1"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("https://e.ap-shanghai.tcb-api.tencentcloudapi.com/auth/v1"),
+        "{stdout}"
+    );
     assert!(stdout.contains("[redacted]"));
-    assert!(!stdout.contains("hunter2-secret"), "secret printed:\n{stdout}");
+    assert!(
+        !stdout.contains("hunter2-secret"),
+        "secret printed:\n{stdout}"
+    );
 }
 
 #[test]
@@ -32,10 +51,19 @@ fn check_lists_every_mistake_with_its_key_and_exits_1() {
         "[server]\nlisten = \"nowhere\"\nmax_body_size = \"lots\"\n[cloudbase]\nenv_id = \"e\"\n\
          [[routes]]\nprefix = \"/a/\"\nupstream = \"gopher://x\"\n",
     );
-    let out = bin().arg("check").arg("--config").arg(&path).output().unwrap();
+    let out = bin()
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    for key in ["server.listen:", "server.max_body_size:", "routes[0].upstream:"] {
+    for key in [
+        "server.listen:",
+        "server.max_body_size:",
+        "routes[0].upstream:",
+    ] {
         assert!(stderr.contains(key), "{key} missing from:\n{stderr}");
     }
 }
@@ -52,13 +80,23 @@ fn a_port_in_use_fails_with_one_clear_line_and_exit_1() {
     let out = bin().arg("--config").arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let line = stderr.lines().find(|l| l.contains("cannot")).expect("an error line");
-    assert!(line.contains(&port.to_string()) && line.contains("in use"), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("cannot"))
+        .expect("an error line");
+    assert!(
+        line.contains(&port.to_string()) && line.contains("in use"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn a_missing_config_file_is_a_clear_error() {
-    let out = bin().arg("--config").arg("/nonexistent/gw.toml").output().unwrap();
+    let out = bin()
+        .arg("--config")
+        .arg("/nonexistent/gw.toml")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/gw.toml"));
 }

@@ -49,7 +49,11 @@ async fn error_code(r: reqwest::Response) -> (u16, String, reqwest::header::Head
 
 fn fake_jwt(claims: &str) -> String {
     let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
-    format!("{}.{}.c2lnbmF0dXJl", b64(r#"{"alg":"HS256","typ":"JWT"}"#), b64(claims))
+    format!(
+        "{}.{}.c2lnbmF0dXJl",
+        b64(r#"{"alg":"HS256","typ":"JWT"}"#),
+        b64(claims)
+    )
 }
 
 #[tokio::test]
@@ -63,17 +67,34 @@ async fn identity_headers_reach_the_upstream() {
     assert_eq!(echo["query"], "x=1");
     let headers = &echo["headers"];
     assert_eq!(headers["x-user-username"], "demo");
-    assert_eq!(headers["x-user-name"], "Demo User", "inner spaces stay readable");
+    assert_eq!(
+        headers["x-user-name"], "Demo User",
+        "inner spaces stay readable"
+    );
     assert_eq!(headers["x-user-email"], "demo@example.com");
     assert_eq!(headers["x-user-anonymous"], "false");
     assert_eq!(headers["x-user-groups"], "user");
     assert_eq!(headers["x-user-scope"], "user");
-    assert!(headers["x-user-id"].as_str().unwrap().len() == 19, "19-digit sub");
-    assert_eq!(headers["authorization"], format!("Bearer {token}"), "pass_token default true");
+    assert!(
+        headers["x-user-id"].as_str().unwrap().len() == 19,
+        "19-digit sub"
+    );
+    assert_eq!(
+        headers["authorization"],
+        format!("Bearer {token}"),
+        "pass_token default true"
+    );
     assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(headers["x-forwarded-proto"], "http");
-    assert_eq!(headers["host"], upstream.to_string(), "Host rewritten to the upstream's");
-    assert_eq!(headers["x-forwarded-host"], h.base.trim_start_matches("http://"));
+    assert_eq!(
+        headers["host"],
+        upstream.to_string(),
+        "Host rewritten to the upstream's"
+    );
+    assert_eq!(
+        headers["x-forwarded-host"],
+        h.base.trim_start_matches("http://")
+    );
     h.shutdown().await;
 }
 
@@ -82,14 +103,20 @@ async fn non_ascii_names_arrive_percent_encoded_and_crlf_cannot_inject() {
     let (h, _) = standard().await;
     let zhang = h.sign_in("zhang", "zhang-password").await.access_token;
     let echo: Value = h.get("/api/", Some(&zhang)).await.json().await.unwrap();
-    assert_eq!(echo["headers"]["x-user-name"], "%E6%89%8B%E6%9C%BA%E7%94%A8%E6%88%B7");
+    assert_eq!(
+        echo["headers"]["x-user-name"],
+        "%E6%89%8B%E6%9C%BA%E7%94%A8%E6%88%B7"
+    );
 
     let crlf = h.sign_in("crlf", "crlf-password").await.access_token;
     let r = h.get("/api/", Some(&crlf)).await;
     assert_eq!(r.status(), 200, "the request is not broken");
     let echo: Value = r.json().await.unwrap();
     assert_eq!(echo["headers"]["x-user-name"], "evil%0D%0AX-Injected: yes");
-    assert!(echo["headers"].get("x-injected").is_none(), "no header injected");
+    assert!(
+        echo["headers"].get("x-injected").is_none(),
+        "no header injected"
+    );
     h.shutdown().await;
 }
 
@@ -97,7 +124,12 @@ async fn non_ascii_names_arrive_percent_encoded_and_crlf_cannot_inject() {
 async fn forged_identity_headers_never_reach_the_upstream_on_any_route() {
     let (h, _) = standard().await;
     let token = h.demo_token().await;
-    for (path, token) in [("/api/x", Some(&token)), ("/opt/x", None), ("/opt/x", Some(&token)), ("/open/x", None)] {
+    for (path, token) in [
+        ("/api/x", Some(&token)),
+        ("/opt/x", None),
+        ("/opt/x", Some(&token)),
+        ("/open/x", None),
+    ] {
         let mut req = h
             .http
             .get(format!("{}{path}", h.base))
@@ -122,10 +154,16 @@ async fn forged_identity_headers_never_reach_the_upstream_on_any_route() {
             }
         }
         if token.is_some() {
-            assert_eq!(headers["x-user-username"], "demo", "{path}: real identity set");
+            assert_eq!(
+                headers["x-user-username"], "demo",
+                "{path}: real identity set"
+            );
             assert_eq!(headers["x-user-groups"], "user");
         } else {
-            assert!(!headers.contains_key("x-user-id"), "{path}: no identity without a token");
+            assert!(
+                !headers.contains_key("x-user-id"),
+                "{path}: no identity without a token"
+            );
         }
     }
     h.shutdown().await;
@@ -141,8 +179,14 @@ async fn one_token_a_hundred_requests_one_introspect_one_user_me() {
     assert_eq!(h.calls("introspect"), 1);
     assert_eq!(h.calls("user_me"), 1);
     let m = h.metrics().await;
-    assert_eq!(metric(&m, "cloudbase_gateway_cache_lookups_total{result=\"hit\"}"), 99.0);
-    assert_eq!(metric(&m, "cloudbase_gateway_cache_lookups_total{result=\"miss\"}"), 1.0);
+    assert_eq!(
+        metric(&m, "cloudbase_gateway_cache_lookups_total{result=\"hit\"}"),
+        99.0
+    );
+    assert_eq!(
+        metric(&m, "cloudbase_gateway_cache_lookups_total{result=\"miss\"}"),
+        1.0
+    );
     h.shutdown().await;
 }
 
@@ -161,10 +205,17 @@ async fn fifty_concurrent_first_requests_make_one_call_each() {
 #[tokio::test]
 async fn a_revoked_token_stops_passing_once_its_entry_expires() {
     let (up, _) = spawn_echo_upstream().await;
-    let h = Harness::start(&format!("[cache]\nttl = \"1s\"\n{}", route("/api/", up, ""))).await;
+    let h = Harness::start(&format!(
+        "[cache]\nttl = \"1s\"\n{}",
+        route("/api/", up, "")
+    ))
+    .await;
     let token = h.demo_token().await;
     assert_eq!(h.get("/api/x", Some(&token)).await.status(), 200);
-    h.cloudbase.revoke(&token, &CallOptions::default()).await.unwrap();
+    h.cloudbase
+        .revoke(&token, &CallOptions::default())
+        .await
+        .unwrap();
     // Within the TTL the cached answer stands (that is the documented trade-off)...
     assert_eq!(h.get("/api/x", Some(&token)).await.status(), 200);
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -180,7 +231,10 @@ async fn purging_a_token_refuses_it_at_once() {
     let (h, _) = standard().await;
     let token = h.demo_token().await;
     assert_eq!(h.get("/api/x", Some(&token)).await.status(), 200);
-    h.cloudbase.revoke(&token, &CallOptions::default()).await.unwrap();
+    h.cloudbase
+        .revoke(&token, &CallOptions::default())
+        .await
+        .unwrap();
     let purge = h
         .http
         .post(format!("{}/cache/purge", h.admin))
@@ -211,9 +265,19 @@ async fn an_invalid_tokens_second_request_is_a_negative_hit() {
     assert_eq!(h.get("/api/x", Some(&token)).await.status(), 401);
     assert_eq!(h.calls("introspect"), 1);
     assert_eq!(h.get("/api/x", Some(&token)).await.status(), 401);
-    assert_eq!(h.calls("introspect"), 1, "second request answered from the negative entry");
+    assert_eq!(
+        h.calls("introspect"),
+        1,
+        "second request answered from the negative entry"
+    );
     let m = h.metrics().await;
-    assert_eq!(metric(&m, "cloudbase_gateway_cache_lookups_total{result=\"negative_hit\"}"), 1.0);
+    assert_eq!(
+        metric(
+            &m,
+            "cloudbase_gateway_cache_lookups_total{result=\"negative_hit\"}"
+        ),
+        1.0
+    );
     h.shutdown().await;
 }
 
@@ -227,7 +291,13 @@ async fn malformed_overlong_and_odd_tokens_are_refused_without_a_call() {
         ("bearer a\"b", "INVALID_ACCESS_TOKEN"),
         (&*format!("Bearer {long}"), "INVALID_ACCESS_TOKEN"),
     ] {
-        let r = h.http.get(format!("{}/api/x", h.base)).header("authorization", header).send().await.unwrap();
+        let r = h
+            .http
+            .get(format!("{}/api/x", h.base))
+            .header("authorization", header)
+            .send()
+            .await
+            .unwrap();
         let (status, code, _) = error_code(r).await;
         assert_eq!((status, code.as_str()), (401, expect), "{header:.20}");
     }
@@ -246,11 +316,17 @@ async fn every_rejection_has_its_status_code_and_headers() {
 
     let (s, c, hd) = error_code(h.get("/api/x", Some("not.a.token")).await).await;
     assert_eq!((s, c.as_str()), (401, "INVALID_ACCESS_TOKEN"));
-    assert_eq!(hd["www-authenticate"], format!("{realm}, error=\"invalid_token\""));
+    assert_eq!(
+        hd["www-authenticate"],
+        format!("{realm}, error=\"invalid_token\"")
+    );
 
     // Anonymous users on a route that does not admit them, then on one that does.
     let anon = reqwest::Client::new()
-        .post(format!("http://{}/auth/v1/signin/anonymously", h.running.as_ref().unwrap().emulator_addr.unwrap()))
+        .post(format!(
+            "http://{}/auth/v1/signin/anonymously",
+            h.running.as_ref().unwrap().emulator_addr.unwrap()
+        ))
         .header("x-device-id", "device-for-anonymous-test")
         .body("{}")
         .send()
@@ -264,7 +340,10 @@ async fn every_rejection_has_its_status_code_and_headers() {
         .to_owned();
     let (s, c, hd) = error_code(h.get("/api/x", Some(&anon)).await).await;
     assert_eq!((s, c.as_str()), (403, "PERMISSION_DENIED"));
-    assert_eq!(hd["www-authenticate"], format!("{realm}, error=\"insufficient_scope\""));
+    assert_eq!(
+        hd["www-authenticate"],
+        format!("{realm}, error=\"insufficient_scope\"")
+    );
     let echo: Value = h.get("/anon/x", Some(&anon)).await.json().await.unwrap();
     assert_eq!(echo["headers"]["x-user-anonymous"], "true");
 
@@ -275,12 +354,20 @@ async fn every_rejection_has_its_status_code_and_headers() {
     let (s, c, _) = error_code(h.get("/admin/x", Some(&lapsed)).await).await;
     assert_eq!((s, c.as_str()), (403, "PERMISSION_DENIED"));
     let echo: Value = h.get("/api/x", Some(&lapsed)).await.json().await.unwrap();
-    assert_eq!(echo["headers"]["x-user-groups"], "user", "expired group left out");
+    assert_eq!(
+        echo["headers"]["x-user-groups"], "user",
+        "expired group left out"
+    );
 
     let (s, c, _) = error_code(h.get("/nowhere", None).await).await;
     assert_eq!((s, c.as_str()), (404, "NOT_FOUND"));
 
-    let r = h.http.post(format!("{}/get-only/x", h.base)).send().await.unwrap();
+    let r = h
+        .http
+        .post(format!("{}/get-only/x", h.base))
+        .send()
+        .await
+        .unwrap();
     let (s, c, hd) = error_code(r).await;
     assert_eq!((s, c.as_str()), (405, "METHOD_NOT_ALLOWED"));
     assert_eq!(hd["allow"], "GET, HEAD");
@@ -325,10 +412,22 @@ async fn limits_and_upstream_failures_have_their_own_answers() {
     );
     let h = Harness::start_text(&text).await;
 
-    let r = h.http.post(format!("{}/up/x", h.base)).body(vec![b'x'; 2048]).send().await.unwrap();
+    let r = h
+        .http
+        .post(format!("{}/up/x", h.base))
+        .body(vec![b'x'; 2048])
+        .send()
+        .await
+        .unwrap();
     let (s, c, _) = error_code(r).await;
     assert_eq!((s, c.as_str()), (413, "PAYLOAD_TOO_LARGE"));
-    let r = h.http.post(format!("{}/up/x", h.base)).body(vec![b'x'; 512]).send().await.unwrap();
+    let r = h
+        .http
+        .post(format!("{}/up/x", h.base))
+        .body(vec![b'x'; 512])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "a body under the limit passes");
 
     let (s, c, _) = error_code(h.get("/dead/x", None).await).await;
@@ -342,17 +441,28 @@ async fn limits_and_upstream_failures_have_their_own_answers() {
 #[tokio::test]
 async fn over_max_connections_is_answered_overloaded() {
     let (up, _) = spawn_echo_upstream().await;
-    let text = config_text_with("max_connections = 1", "", "", &route("/up/", up, "auth = \"none\""));
+    let text = config_text_with(
+        "max_connections = 1",
+        "",
+        "",
+        &route("/up/", up, "auth = \"none\""),
+    );
     let h = Harness::start_text(&text).await;
     let addr = h.running.as_ref().unwrap().addr;
     // The first connection holds the only slot.
     let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
-    first.write_all(b"GET /up/x HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    first
+        .write_all(b"GET /up/x HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = [0u8; 12];
     first.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"HTTP/1.1 200");
     let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
-    second.write_all(b"GET /up/x HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    second
+        .write_all(b"GET /up/x HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
     let mut answer = Vec::new();
     second.read_to_end(&mut answer).await.unwrap();
     let answer = String::from_utf8_lossy(&answer);
@@ -392,10 +502,18 @@ async fn connection_listed_headers_are_not_forwarded() {
 async fn strip_prefix_and_pass_token_false_shape_the_upstream_request() {
     let (h, _) = standard().await;
     let token = h.demo_token().await;
-    let echo: Value = h.get("/strip/v1/items?q=2", Some(&token)).await.json().await.unwrap();
+    let echo: Value = h
+        .get("/strip/v1/items?q=2", Some(&token))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(echo["path"], "/v1/items");
     assert_eq!(echo["query"], "q=2");
-    assert!(echo["headers"].get("authorization").is_none(), "pass_token = false");
+    assert!(
+        echo["headers"].get("authorization").is_none(),
+        "pass_token = false"
+    );
     assert_eq!(echo["headers"]["x-user-username"], "demo");
     h.shutdown().await;
 }
@@ -426,7 +544,14 @@ async fn request_ids_are_kept_or_made_and_sent_everywhere() {
 #[tokio::test]
 async fn preflight_passes_without_a_token_only_where_allowed() {
     let (up, _) = spawn_echo_upstream().await;
-    let h = Harness::start(&[route("/cors/", up, "allow_preflight = true"), route("/api/", up, "")].concat()).await;
+    let h = Harness::start(
+        &[
+            route("/cors/", up, "allow_preflight = true"),
+            route("/api/", up, ""),
+        ]
+        .concat(),
+    )
+    .await;
     let preflight = |path: &str| {
         h.http
             .request(reqwest::Method::OPTIONS, format!("{}{path}", h.base))

@@ -23,14 +23,25 @@ fn the_readme_quick_start_works_on_the_shipped_config() {
         .output()
         .expect("bash and curl run");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "quick start failed:\n{stdout}\n{}\n{}", String::from_utf8_lossy(&out.stderr), gateway.log());
+    assert!(
+        out.status.success(),
+        "quick start failed:\n{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        gateway.log()
+    );
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{stdout}");
     let whoami: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
     assert_eq!(whoami["headers"]["x-user-username"], "demo");
-    assert_eq!(whoami["headers"]["x-user-name"], "%E6%BC%94%E7%A4%BA%E7%94%A8%E6%88%B7");
+    assert_eq!(
+        whoami["headers"]["x-user-name"],
+        "%E6%BC%94%E7%A4%BA%E7%94%A8%E6%88%B7"
+    );
     let refused: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
     assert_eq!(refused["code"], "MISSING_CREDENTIALS");
     let public: serde_json::Value = serde_json::from_str(lines[2]).unwrap();
-    assert!(public["headers"].get("x-user-id").is_none(), "forged header stripped");
+    assert!(
+        public["headers"].get("x-user-id").is_none(),
+        "forged header stripped"
+    );
 }

@@ -50,7 +50,12 @@ async fn fifty_mib_up_and_down_with_memory_far_below_that() {
          [[routes]]\nprefix = \"/files/\"\nupstream = \"http://{upstream}\"\nauth = \"none\"\n",
         free_port()
     );
-    let gateway = Process::spawn(&config, &[], &[], format!("127.0.0.1:{port}").parse().unwrap());
+    let gateway = Process::spawn(
+        &config,
+        &[],
+        &[],
+        format!("127.0.0.1:{port}").parse().unwrap(),
+    );
     let baseline = gateway.peak_rss();
     let http = reqwest::Client::new();
 
@@ -61,9 +66,17 @@ async fn fifty_mib_up_and_down_with_memory_far_below_that() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(received.load(Ordering::SeqCst), SIZE, "the whole upload arrived");
+    assert_eq!(
+        received.load(Ordering::SeqCst),
+        SIZE,
+        "the whole upload arrived"
+    );
 
-    let r = http.get(format!("http://127.0.0.1:{port}/files/download")).send().await.unwrap();
+    let r = http
+        .get(format!("http://127.0.0.1:{port}/files/download"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let mut stream = r.bytes_stream();
     let mut got = 0u64;
@@ -73,7 +86,11 @@ async fn fifty_mib_up_and_down_with_memory_far_below_that() {
     assert_eq!(got, SIZE, "the whole download arrived");
 
     let peak = gateway.peak_rss();
-    eprintln!("gateway peak RSS: {} KiB at start, {} KiB after 2 x 50 MiB", baseline >> 10, peak >> 10);
+    eprintln!(
+        "gateway peak RSS: {} KiB at start, {} KiB after 2 x 50 MiB",
+        baseline >> 10,
+        peak >> 10
+    );
     assert!(
         peak - baseline < 16 << 20,
         "the gateway buffered: peak RSS grew by {} KiB",

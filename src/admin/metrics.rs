@@ -15,8 +15,9 @@ use std::time::Duration;
 use http::Method;
 
 /// Histogram bucket upper bounds, seconds.
-const BUCKETS: [f64; 14] =
-    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 #[derive(Default)]
 struct Histogram {
@@ -32,7 +33,8 @@ impl Histogram {
             self.buckets[i].fetch_add(1, Relaxed);
         }
         self.count.fetch_add(1, Relaxed);
-        self.sum_nanos.fetch_add(d.as_nanos().min(u64::MAX as u128) as u64, Relaxed);
+        self.sum_nanos
+            .fetch_add(d.as_nanos().min(u64::MAX as u128) as u64, Relaxed);
     }
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
@@ -40,7 +42,10 @@ impl Histogram {
         let sep = if labels.is_empty() { "" } else { "," };
         for (i, le) in BUCKETS.iter().enumerate() {
             cumulative += self.buckets[i].load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
+            );
         }
         let count = self.count.load(Relaxed);
         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
@@ -89,8 +94,12 @@ pub enum CacheLookup {
 }
 
 impl CacheLookup {
-    const ALL: [CacheLookup; 4] =
-        [CacheLookup::Hit, CacheLookup::Miss, CacheLookup::NegativeHit, CacheLookup::Stale];
+    const ALL: [CacheLookup; 4] = [
+        CacheLookup::Hit,
+        CacheLookup::Miss,
+        CacheLookup::NegativeHit,
+        CacheLookup::Stale,
+    ];
     fn as_str(self) -> &'static str {
         match self {
             CacheLookup::Hit => "hit",
@@ -240,7 +249,10 @@ impl Metrics {
     pub fn render(&self, cache_entries: u64) -> String {
         let mut out = String::with_capacity(4096);
         let p = "cloudbase_gateway";
-        let _ = writeln!(out, "# HELP {p}_requests_total Requests answered, by route prefix, method and status.");
+        let _ = writeln!(
+            out,
+            "# HELP {p}_requests_total Requests answered, by route prefix, method and status."
+        );
         let _ = writeln!(out, "# TYPE {p}_requests_total counter");
         {
             let map = self.requests.read().unwrap_or_else(|e| e.into_inner());
@@ -260,22 +272,42 @@ impl Metrics {
             let labels = format!("route=\"{}\"", escape(&self.routes[i]));
             h.render(&mut out, &format!("{p}_request_duration_seconds"), &labels);
         }
-        let _ = writeln!(out, "# HELP {p}_auth_decisions_total Authentication decisions.");
+        let _ = writeln!(
+            out,
+            "# HELP {p}_auth_decisions_total Authentication decisions."
+        );
         let _ = writeln!(out, "# TYPE {p}_auth_decisions_total counter");
         for d in AuthDecision::ALL {
             let n = self.auth[d as usize].load(Relaxed);
-            let _ = writeln!(out, "{p}_auth_decisions_total{{result=\"{}\"}} {n}", d.as_str());
+            let _ = writeln!(
+                out,
+                "{p}_auth_decisions_total{{result=\"{}\"}} {n}",
+                d.as_str()
+            );
         }
-        let _ = writeln!(out, "# HELP {p}_cache_lookups_total Validation cache lookups.");
+        let _ = writeln!(
+            out,
+            "# HELP {p}_cache_lookups_total Validation cache lookups."
+        );
         let _ = writeln!(out, "# TYPE {p}_cache_lookups_total counter");
         for l in CacheLookup::ALL {
             let n = self.cache[l as usize].load(Relaxed);
-            let _ = writeln!(out, "{p}_cache_lookups_total{{result=\"{}\"}} {n}", l.as_str());
+            let _ = writeln!(
+                out,
+                "{p}_cache_lookups_total{{result=\"{}\"}} {n}",
+                l.as_str()
+            );
         }
-        let _ = writeln!(out, "# HELP {p}_cache_entries Entries in the validation cache.");
+        let _ = writeln!(
+            out,
+            "# HELP {p}_cache_entries Entries in the validation cache."
+        );
         let _ = writeln!(out, "# TYPE {p}_cache_entries gauge");
         let _ = writeln!(out, "{p}_cache_entries {cache_entries}");
-        let _ = writeln!(out, "# HELP {p}_cloudbase_requests_total Calls to CloudBase, by endpoint and outcome.");
+        let _ = writeln!(
+            out,
+            "# HELP {p}_cloudbase_requests_total Calls to CloudBase, by endpoint and outcome."
+        );
         let _ = writeln!(out, "# TYPE {p}_cloudbase_requests_total counter");
         for e in CloudbaseEndpoint::ALL {
             for o in CloudbaseOutcome::ALL {
@@ -288,8 +320,14 @@ impl Metrics {
                 );
             }
         }
-        let _ = writeln!(out, "# HELP {p}_cloudbase_request_duration_seconds Duration of calls to CloudBase.");
-        let _ = writeln!(out, "# TYPE {p}_cloudbase_request_duration_seconds histogram");
+        let _ = writeln!(
+            out,
+            "# HELP {p}_cloudbase_request_duration_seconds Duration of calls to CloudBase."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE {p}_cloudbase_request_duration_seconds histogram"
+        );
         for e in CloudbaseEndpoint::ALL {
             let labels = format!("endpoint=\"{}\"", e.as_str());
             self.cloudbase_durations[e as usize].render(
@@ -298,7 +336,10 @@ impl Metrics {
                 &labels,
             );
         }
-        let _ = writeln!(out, "# HELP {p}_inflight_requests Requests being handled now.");
+        let _ = writeln!(
+            out,
+            "# HELP {p}_inflight_requests Requests being handled now."
+        );
         let _ = writeln!(out, "# TYPE {p}_inflight_requests gauge");
         let _ = writeln!(out, "{p}_inflight_requests {}", self.inflight.load(Relaxed));
         out
@@ -307,7 +348,9 @@ impl Metrics {
 
 /// Escapes a label value (configured prefixes may hold `"` or `\`).
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -319,7 +362,12 @@ mod tests {
         let m = Metrics::new(["/api/".to_owned()]);
         m.request(Some(0), &Method::GET, 200, Duration::from_millis(3));
         m.request(Some(0), &Method::GET, 200, Duration::from_millis(3));
-        m.request(None, &Method::from_bytes(b"BREW").unwrap(), 404, Duration::ZERO);
+        m.request(
+            None,
+            &Method::from_bytes(b"BREW").unwrap(),
+            404,
+            Duration::ZERO,
+        );
         m.cache_lookup(CacheLookup::Stale);
         let text = m.render(7);
         assert!(text.contains(

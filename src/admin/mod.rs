@@ -55,7 +55,10 @@ pub async fn serve(
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     };
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
         tracing::warn!(error = %e, "admin listener failed");
     }
 }
@@ -70,7 +73,13 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
 
 async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
     let body = state.metrics.render(state.cache.entry_count());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
 }
 
 #[derive(Deserialize)]
@@ -82,20 +91,40 @@ struct PurgeRequest {
 }
 
 fn json(status: StatusCode, value: serde_json::Value) -> axum::response::Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], value.to_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        value.to_string(),
+    )
+        .into_response()
 }
 
 async fn purge(State(state): State<AdminState>, body: Bytes) -> axum::response::Response {
     let bad = |message: &str| {
-        json(StatusCode::BAD_REQUEST, serde_json::json!({"code": "INVALID_ARGUMENT", "message": message}))
+        json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"code": "INVALID_ARGUMENT", "message": message}),
+        )
     };
     let Ok(request) = serde_json::from_slice::<PurgeRequest>(&body) else {
         return bad("expected {\"token\": \"…\"}, {\"sub\": \"…\"} or {\"all\": true}");
     };
     let purged = match request {
-        PurgeRequest { token: Some(token), sub: None, all: None } => state.cache.purge_token(&token),
-        PurgeRequest { token: None, sub: Some(sub), all: None } => state.cache.purge_sub(&sub),
-        PurgeRequest { token: None, sub: None, all: Some(true) } => state.cache.purge_all(),
+        PurgeRequest {
+            token: Some(token),
+            sub: None,
+            all: None,
+        } => state.cache.purge_token(&token),
+        PurgeRequest {
+            token: None,
+            sub: Some(sub),
+            all: None,
+        } => state.cache.purge_sub(&sub),
+        PurgeRequest {
+            token: None,
+            sub: None,
+            all: Some(true),
+        } => state.cache.purge_all(),
         _ => return bad("give exactly one of token, sub, or all: true"),
     };
     tracing::info!(purged, "cache purged");

@@ -40,14 +40,21 @@ pub struct AuthLayer {
 impl AuthLayer {
     /// `header_names[i]` carries configured identity field `i` (the cache's field order).
     pub fn new(cache: IdentityCache, header_names: &[HeaderName], metrics: Arc<Metrics>) -> Self {
-        AuthLayer { cache, header_names: header_names.into(), metrics }
+        AuthLayer {
+            cache,
+            header_names: header_names.into(),
+            metrics,
+        }
     }
 }
 
 impl<S> Layer<S> for AuthLayer {
     type Service = Auth<S>;
     fn layer(&self, inner: S) -> Auth<S> {
-        Auth { inner, shared: self.clone() }
+        Auth {
+            inner,
+            shared: self.clone(),
+        }
     }
 }
 
@@ -88,8 +95,9 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
         Box::pin(async move {
-            let outcome =
-                shared.authenticate(req.method(), req.headers(), req.extensions()).await;
+            let outcome = shared
+                .authenticate(req.method(), req.headers(), req.extensions())
+                .await;
             match outcome {
                 Outcome::Reject(reason) => {
                     Ok(reason.into_response(req.headers().get(&X_REQUEST_ID)))
@@ -100,8 +108,9 @@ where
                     }
                     // Boxed at once: proving `S::Future: Send` inside this async block trips
                     // rustc's higher-ranked lifetime check (rust-lang/rust#110338).
-                    let future: Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>> =
-                        Box::pin(inner.call(req));
+                    let future: Pin<
+                        Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>,
+                    > = Box::pin(inner.call(req));
                     let mut response = future.await?;
                     if let Some(identity) = identity {
                         response.extensions_mut().insert(Authenticated(identity));

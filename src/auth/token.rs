@@ -97,12 +97,18 @@ mod tests {
 
     #[test]
     fn scheme_is_case_insensitive() {
-        assert_eq!(bearer(&headers(b"bEaReR abc.def")), Credentials::Bearer("abc.def"));
+        assert_eq!(
+            bearer(&headers(b"bEaReR abc.def")),
+            Credentials::Bearer("abc.def")
+        );
     }
 
     #[test]
     fn other_schemes_and_empty_tokens_are_missing() {
-        assert_eq!(bearer(&headers(b"Basic dXNlcjpwYXNz")), Credentials::Missing);
+        assert_eq!(
+            bearer(&headers(b"Basic dXNlcjpwYXNz")),
+            Credentials::Missing
+        );
         assert_eq!(bearer(&headers(b"Bearer ")), Credentials::Missing);
         assert_eq!(bearer(&headers(b"Bearer")), Credentials::Missing);
         assert_eq!(bearer(&HeaderMap::new()), Credentials::Missing);
@@ -123,7 +129,10 @@ mod tests {
         assert_eq!(bearer(&h), Credentials::Invalid);
         assert_eq!(bearer(&headers(b"Bearer a b")), Credentials::Invalid);
         assert_eq!(bearer(&headers(b"Bearer a\"b")), Credentials::Invalid);
-        assert_eq!(bearer(&headers(b"Bearer \xe6\x89\x8b")), Credentials::Invalid);
+        assert_eq!(
+            bearer(&headers(b"Bearer \xe6\x89\x8b")),
+            Credentials::Invalid
+        );
     }
 
     #[test]

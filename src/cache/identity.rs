@@ -73,7 +73,10 @@ impl Identity {
         let groups: Box<[Grant]> = profile
             .groups
             .iter()
-            .map(|g| Grant { id: g.id().into(), expires_at: g.expires_at_unix() })
+            .map(|g| Grant {
+                id: g.id().into(),
+                expires_at: g.expires_at_unix(),
+            })
             .collect();
         let mut buf = BytesMut::with_capacity(128);
         let mut ends = Vec::with_capacity(fields.len());
@@ -118,12 +121,18 @@ impl Identity {
 
     /// Whether the user is in any of `required` (unexpired at `now`).
     pub fn in_any_group(&self, required: &[String], now: i64) -> bool {
-        self.groups.iter().any(|g| g.is_active_at(now) && required.iter().any(|r| **r == *g.id))
+        self.groups
+            .iter()
+            .any(|g| g.is_active_at(now) && required.iter().any(|r| **r == *g.id))
     }
 
     /// The earliest future group expiry: the header values are exact until then.
     pub fn next_group_expiry(&self, now: i64) -> Option<i64> {
-        self.groups.iter().filter_map(|g| g.expires_at).filter(|t| *t > now).min()
+        self.groups
+            .iter()
+            .filter_map(|g| g.expires_at)
+            .filter(|t| *t > now)
+            .min()
     }
 
     /// Sets the identity headers, `names[i]` for configured field `i`. Empty values are
@@ -145,7 +154,11 @@ impl Identity {
     /// Bytes this identity holds on the heap, for sizing.
     pub fn heap_size(&self) -> usize {
         self.sub.len()
-            + self.groups.iter().map(|g| g.id.len() + std::mem::size_of::<Grant>()).sum::<usize>()
+            + self
+                .groups
+                .iter()
+                .map(|g| g.id.len() + std::mem::size_of::<Grant>())
+                .sum::<usize>()
             + self.values.len()
             + self.ends.len() * 4
     }
@@ -176,15 +189,29 @@ mod tests {
     }
 
     fn names() -> Vec<HeaderName> {
-        ["x-user-id", "x-user-name", "x-user-email", "x-user-groups", "x-user-anonymous"]
-            .into_iter()
-            .map(HeaderName::from_static)
-            .collect()
+        [
+            "x-user-id",
+            "x-user-name",
+            "x-user-email",
+            "x-user-groups",
+            "x-user-anonymous",
+        ]
+        .into_iter()
+        .map(HeaderName::from_static)
+        .collect()
     }
 
     fn build(name: &str, groups: Vec<Group>) -> Identity {
-        let i = Introspection { sub: Some("42".into()), scope: Some("user".into()), ..Default::default() };
-        let p = UserProfile { name: Some(name.into()), groups, ..Default::default() };
+        let i = Introspection {
+            sub: Some("42".into()),
+            scope: Some("user".into()),
+            ..Default::default()
+        };
+        let p = UserProfile {
+            name: Some(name.into()),
+            groups,
+            ..Default::default()
+        };
         Identity::new(&i, &p, None, &fields(), 1_700_000_000)
     }
 
@@ -196,7 +223,10 @@ mod tests {
         assert_eq!(h["x-user-name"], "%E6%89%8B%E6%9C%BA%E7%94%A8%E6%88%B7");
         assert_eq!(h["x-user-id"], "42");
         assert_eq!(h["x-user-anonymous"], "false");
-        assert!(h.get("x-user-email").is_none(), "absent fields are not sent");
+        assert!(
+            h.get("x-user-email").is_none(),
+            "absent fields are not sent"
+        );
     }
 
     #[test]
@@ -214,8 +244,14 @@ mod tests {
             "n",
             vec![
                 Group::Id("user".into()),
-                Group::Object { id: "old".into(), expires_at: Some("2001-01-01T00:00:00Z".into()) },
-                Group::Object { id: "admin".into(), expires_at: Some("2099-01-01T00:00:00Z".into()) },
+                Group::Object {
+                    id: "old".into(),
+                    expires_at: Some("2001-01-01T00:00:00Z".into()),
+                },
+                Group::Object {
+                    id: "admin".into(),
+                    expires_at: Some("2099-01-01T00:00:00Z".into()),
+                },
             ],
         );
         let mut h = HeaderMap::new();

@@ -88,7 +88,10 @@ pub enum Validation {
 
 #[derive(Debug)]
 enum Verdict {
-    Positive { identity: SharedIdentity, stale_until: Instant },
+    Positive {
+        identity: SharedIdentity,
+        stale_until: Instant,
+    },
     Negative,
 }
 
@@ -136,7 +139,10 @@ struct Inner {
 
 /// Unix seconds now.
 pub fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 impl IdentityCache {
@@ -200,9 +206,11 @@ impl IdentityCache {
             }
             None => {
                 let stale = cached.as_deref().and_then(|entry| match &entry.verdict {
-                    Verdict::Positive { identity, stale_until }
-                        if Instant::now() < *stale_until
-                            && identity.exp.is_none_or(|exp| exp > unix_now()) =>
+                    Verdict::Positive {
+                        identity,
+                        stale_until,
+                    } if Instant::now() < *stale_until
+                        && identity.exp.is_none_or(|exp| exp > unix_now()) =>
                     {
                         Some(identity.clone())
                     }
@@ -218,7 +226,7 @@ impl IdentityCache {
                         Validation::Unavailable
                     }
                 }
-            },
+            }
         }
     }
 
@@ -236,7 +244,10 @@ impl IdentityCache {
         }
         let inner = self.inner.clone();
         let token = token.to_owned();
-        let opts = CallOptions { request_id: request_id.map(str::to_owned), device_id: None };
+        let opts = CallOptions {
+            request_id: request_id.map(str::to_owned),
+            device_id: None,
+        };
         let task = tokio::spawn(async move {
             let generation = inner.generation.load(Ordering::Acquire);
             let entry = inner.fetch(&token, exp, &opts).await.map(Arc::new);
@@ -247,11 +258,15 @@ impl IdentityCache {
                     inner.entries.insert(key, entry.clone());
                 }
             }
-            inner.flights.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+            inner
+                .flights
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
             entry
         });
-        let flight: Flight = (Box::pin(task.map(|r| r.ok().flatten())) as BoxFuture<'static, _>)
-            .shared();
+        let flight: Flight =
+            (Box::pin(task.map(|r| r.ok().flatten())) as BoxFuture<'static, _>).shared();
         flights.insert(key, flight.clone());
         flight
     }
@@ -259,7 +274,10 @@ impl IdentityCache {
     /// Drops the entry of one token. Returns how many entries went (0 or 1).
     pub fn purge_token(&self, token: &str) -> u64 {
         self.inner.generation.fetch_add(1, Ordering::AcqRel);
-        self.inner.entries.remove(&token_key(token)).map_or(0, |_| 1)
+        self.inner
+            .entries
+            .remove(&token_key(token))
+            .map_or(0, |_| 1)
     }
 
     /// Drops every positive entry of user `sub`.
@@ -272,7 +290,9 @@ impl IdentityCache {
             .filter(|(_, e)| matches!(&e.verdict, Verdict::Positive { identity, .. } if &*identity.sub == sub))
             .map(|(k, _)| k)
             .collect();
-        keys.iter().filter(|k| self.inner.entries.remove(&***k).is_some()).count() as u64
+        keys.iter()
+            .filter(|k| self.inner.entries.remove(&***k).is_some())
+            .count() as u64
     }
 
     /// Drops everything.
@@ -300,7 +320,11 @@ impl Inner {
                 self.api.introspect(token, opts),
                 Introspection::is_active
             ),
-            self.timed(CloudbaseEndpoint::UserMe, self.api.user_me(token, opts), |_| true),
+            self.timed(
+                CloudbaseEndpoint::UserMe,
+                self.api.user_me(token, opts),
+                |_| true
+            ),
         );
         let now = Instant::now();
         let negative = || Entry {
@@ -322,10 +346,19 @@ impl Inner {
         let now_unix = unix_now();
         let identity = Identity::new(&introspection, &profile, exp, &self.fields, now_unix);
         let mut fresh = self.settings.ttl;
-        for limit in [exp, identity.next_group_expiry(now_unix)].into_iter().flatten() {
-            fresh = fresh.min(Duration::from_secs(limit.saturating_sub(now_unix).max(0) as u64));
+        for limit in [exp, identity.next_group_expiry(now_unix)]
+            .into_iter()
+            .flatten()
+        {
+            fresh = fresh.min(Duration::from_secs(
+                limit.saturating_sub(now_unix).max(0) as u64
+            ));
         }
-        let keep_for = if fresh.is_zero() { Duration::ZERO } else { fresh + self.settings.stale_if_error };
+        let keep_for = if fresh.is_zero() {
+            Duration::ZERO
+        } else {
+            fresh + self.settings.stale_if_error
+        };
         Some(Entry {
             verdict: Verdict::Positive {
                 identity: Arc::new(identity),
@@ -352,7 +385,8 @@ impl Inner {
             Err(ApiError::Transport(_)) => CloudbaseOutcome::Transport,
             Err(_) => CloudbaseOutcome::Error,
         };
-        self.metrics.cloudbase_call(endpoint, outcome, start.elapsed());
+        self.metrics
+            .cloudbase_call(endpoint, outcome, start.elapsed());
         result
     }
 }

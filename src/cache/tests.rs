@@ -39,7 +39,10 @@ impl FakeApi {
     }
 
     fn calls(&self) -> (usize, usize) {
-        (self.introspects.load(Ordering::SeqCst), self.user_mes.load(Ordering::SeqCst))
+        (
+            self.introspects.load(Ordering::SeqCst),
+            self.user_mes.load(Ordering::SeqCst),
+        )
     }
 }
 
@@ -108,7 +111,12 @@ fn cache(api: Arc<FakeApi>, ttl: u64, stale: u64) -> IdentityCache {
         stale_if_error: Duration::from_secs(stale),
     };
     let metrics = Arc::new(Metrics::new(Vec::<String>::new()));
-    IdentityCache::new(&settings, &[IdentityField::Sub, IdentityField::Groups], api, metrics)
+    IdentityCache::new(
+        &settings,
+        &[IdentityField::Sub, IdentityField::Groups],
+        api,
+        metrics,
+    )
 }
 
 fn is_valid(v: &Validation) -> bool {
@@ -127,7 +135,11 @@ async fn a_hit_does_not_extend_the_entry() {
     assert_eq!(api.calls(), (1, 1), "55 s of hits: one fetch");
     tokio::time::advance(Duration::from_secs(6)).await;
     assert!(is_valid(&c.validate("tok", None).await));
-    assert_eq!(api.calls(), (2, 2), "61 s after the fetch the entry is gone, hits or not");
+    assert_eq!(
+        api.calls(),
+        (2, 2),
+        "61 s after the fetch the entry is gone, hits or not"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -156,8 +168,14 @@ async fn a_401_from_user_me_is_a_negative_entry() {
 async fn failures_are_never_cached() {
     let api = FakeApi::new(Script::Down);
     let c = cache(api.clone(), 60, 0);
-    assert!(matches!(c.validate("t", None).await, Validation::Unavailable));
-    assert!(matches!(c.validate("t", None).await, Validation::Unavailable));
+    assert!(matches!(
+        c.validate("t", None).await,
+        Validation::Unavailable
+    ));
+    assert!(matches!(
+        c.validate("t", None).await,
+        Validation::Unavailable
+    ));
     assert_eq!(api.calls(), (2, 2), "each request asks again");
     api.set(Script::Active);
     assert!(is_valid(&c.validate("t", None).await));
@@ -170,7 +188,10 @@ async fn stale_if_error_serves_a_recent_identity_only_within_its_window() {
     assert!(is_valid(&c.validate("t", None).await));
     api.set(Script::Down);
     tokio::time::advance(Duration::from_secs(20)).await;
-    assert!(is_valid(&c.validate("t", None).await), "expired 10 s ago, inside the 30 s window");
+    assert!(
+        is_valid(&c.validate("t", None).await),
+        "expired 10 s ago, inside the 30 s window"
+    );
     tokio::time::advance(Duration::from_secs(25)).await;
     assert!(
         matches!(c.validate("t", None).await, Validation::Unavailable),

@@ -80,7 +80,7 @@ impl Group {
 
     /// Whether the membership still applies at `now` (Unix seconds).
     pub fn is_active_at(&self, now: i64) -> bool {
-        self.expires_at_unix().map_or(true, |exp| exp > now)
+        self.expires_at_unix().is_none_or(|exp| exp > now)
     }
 }
 

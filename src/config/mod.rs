@@ -443,7 +443,9 @@ fn section<T: DeserializeOwned + Default>(
     prefix: &str,
     errors: &mut Errors,
 ) -> T {
-    value.and_then(|v| try_section(v, prefix, errors)).unwrap_or_default()
+    value
+        .and_then(|v| try_section(v, prefix, errors))
+        .unwrap_or_default()
 }
 
 fn try_section<T: DeserializeOwned>(

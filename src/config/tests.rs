@@ -5,7 +5,12 @@ fn load(text: &str) -> Result<Config, ConfigErrors> {
 }
 
 fn errors(text: &str) -> Vec<String> {
-    load(text).unwrap_err().0.iter().map(ToString::to_string).collect()
+    load(text)
+        .unwrap_err()
+        .0
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }
 
 #[test]
@@ -24,8 +29,14 @@ fn empty_file_uses_defaults_with_emulator_url() {
 #[test]
 fn base_url_is_derived_from_env_id_and_region() {
     let c = load("[cloudbase]\nenv_id = \"prod-1a2b\"\nregion = \"ap-guangzhou\"\n").unwrap();
-    assert_eq!(c.cloudbase.base_url, "https://prod-1a2b.ap-guangzhou.tcb-api.tencentcloudapi.com/auth/v1");
-    assert_eq!(c.cloudbase.client_id, "prod-1a2b", "client_id defaults to the env id");
+    assert_eq!(
+        c.cloudbase.base_url,
+        "https://prod-1a2b.ap-guangzhou.tcb-api.tencentcloudapi.com/auth/v1"
+    );
+    assert_eq!(
+        c.cloudbase.client_id, "prod-1a2b",
+        "client_id defaults to the env id"
+    );
 }
 
 #[test]
@@ -41,12 +52,16 @@ fn the_shipped_config_is_valid() {
 fn environment_variables_are_interpolated_and_missing_ones_named() {
     let c = load("[cloudbase]\nenv_id = \"e\"\nclient_secret = \"${SECRET}\"\n").unwrap();
     assert_eq!(c.cloudbase.client_secret.expose(), "s3cr3t");
-    assert!(!format!("{c:?}").contains("s3cr3t"), "Debug redacts the secret");
+    assert!(
+        !format!("{c:?}").contains("s3cr3t"),
+        "Debug redacts the secret"
+    );
     assert_eq!(
         errors("[cloudbase]\nenv_id = \"e\"\nclient_secret = \"${NOPE}\"\n"),
         ["cloudbase.client_secret: environment variable NOPE is not set"]
     );
-    let c = load("[cloudbase]\nenv_id = \"e\"\nbase_url = \"http://x-${SECRET}:1/auth/v1\"\n").unwrap();
+    let c =
+        load("[cloudbase]\nenv_id = \"e\"\nbase_url = \"http://x-${SECRET}:1/auth/v1\"\n").unwrap();
     assert_eq!(c.cloudbase.base_url, "http://x-s3cr3t:1/auth/v1");
 }
 
@@ -101,9 +116,16 @@ surprise = true
         "routes[3].surprise",
         "bogus:",
     ];
-    assert!(!got.iter().any(|e| e.starts_with("routes[3].prefix")), "no cascade: {got:?}");
+    assert!(
+        !got.iter().any(|e| e.starts_with("routes[3].prefix")),
+        "no cascade: {got:?}"
+    );
     for key in expect_keys {
-        assert!(got.iter().any(|e| e.starts_with(key)), "no error for {key} in:\n{}", got.join("\n"));
+        assert!(
+            got.iter().any(|e| e.starts_with(key)),
+            "no error for {key} in:\n{}",
+            got.join("\n")
+        );
     }
 }
 
@@ -113,8 +135,16 @@ fn duplicate_prefixes_and_bad_emulator_users_are_errors() {
         "[emulator]\nenabled = true\n[[emulator.users]]\nusername = \"u\"\npassword = \"short\"\n\
          [[routes]]\nprefix = \"/a/\"\nupstream = \"whoami\"\n[[routes]]\nprefix = \"/a/\"\nupstream = \"whoami\"\n",
     );
-    assert!(got.iter().any(|e| e.starts_with("emulator.users[0].password:")), "{got:?}");
-    assert!(got.iter().any(|e| e.starts_with("routes[1].prefix:") && e.contains("earlier route")), "{got:?}");
+    assert!(
+        got.iter()
+            .any(|e| e.starts_with("emulator.users[0].password:")),
+        "{got:?}"
+    );
+    assert!(
+        got.iter()
+            .any(|e| e.starts_with("routes[1].prefix:") && e.contains("earlier route")),
+        "{got:?}"
+    );
 }
 
 #[test]
@@ -123,7 +153,10 @@ fn identity_headers_merge_over_defaults_and_disabled_ones_are_still_stripped() {
     let names: Vec<&str> = c.identity.headers.iter().map(|(n, _)| n.as_str()).collect();
     assert!(!names.contains(&"x-user-email"));
     assert!(names.contains(&"x-tenant-picture"));
-    assert!(c.identity.strip.iter().any(|n| n == "x-user-email"), "a turned-off header is still stripped");
+    assert!(
+        c.identity.strip.iter().any(|n| n == "x-user-email"),
+        "a turned-off header is still stripped"
+    );
 }
 
 #[test]
@@ -142,7 +175,11 @@ fn sizes_and_durations_parse() {
 fn upstreams_parse_with_base_paths() {
     assert_eq!(parse_upstream("whoami"), Ok(Upstream::Whoami));
     match parse_upstream("https://api.internal:8443/v2/").unwrap() {
-        Upstream::Http { scheme, authority, base_path } => {
+        Upstream::Http {
+            scheme,
+            authority,
+            base_path,
+        } => {
             assert_eq!(scheme.as_str(), "https");
             assert_eq!(authority.as_str(), "api.internal:8443");
             assert_eq!(base_path, "/v2");

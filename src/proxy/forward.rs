@@ -80,7 +80,10 @@ pub struct Forward {
 
 impl Forward {
     pub fn new(client: UpstreamClient, trusted_proxies: &[IpNet]) -> Forward {
-        Forward { client, trusted_proxies: trusted_proxies.into() }
+        Forward {
+            client,
+            trusted_proxies: trusted_proxies.into(),
+        }
     }
 }
 
@@ -109,14 +112,20 @@ impl Forward {
         };
         let settings = &route.settings;
         let websocket = is_websocket_upgrade(req.headers());
-        let host = req
-            .headers()
-            .get(HOST)
-            .cloned()
-            .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let host = req.headers().get(HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         remove_hop_by_hop(req.headers_mut(), websocket);
         if let Some(conn) = req.extensions().get::<ConnInfo>().copied() {
-            set_forwarded(req.headers_mut(), conn.peer.ip(), conn.tls, host, &self.trusted_proxies);
+            set_forwarded(
+                req.headers_mut(),
+                conn.peer.ip(),
+                conn.tls,
+                host,
+                &self.trusted_proxies,
+            );
         }
         if !settings.pass_token {
             req.headers_mut().remove(AUTHORIZATION);
@@ -141,7 +150,11 @@ impl Forward {
                     .unwrap_or_else(|_| Uri::from_static("/"));
                 return whoami::respond(req).await;
             }
-            Upstream::Http { scheme, authority, base_path } => (scheme, authority, base_path),
+            Upstream::Http {
+                scheme,
+                authority,
+                base_path,
+            } => (scheme, authority, base_path),
         };
         let pq = with_query(&format!("{base_path}{path}"), req.uri().query());
         let Ok(pq) = PathAndQuery::try_from(pq) else {

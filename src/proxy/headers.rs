@@ -4,8 +4,8 @@
 use std::net::IpAddr;
 
 use http::header::{
-    HeaderName, HeaderValue, CONNECTION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
-    TRAILER, TRANSFER_ENCODING, UPGRADE,
+    HeaderName, HeaderValue, CONNECTION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
 };
 use http::HeaderMap;
 use ipnet::IpNet;
@@ -45,13 +45,17 @@ pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
     let upgrade = headers
         .get(UPGRADE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("websocket")));
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
+        });
     upgrade && connection_lists(headers, "upgrade")
 }
 
 fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
     headers.get_all(CONNECTION).iter().any(|v| {
-        v.to_str().is_ok_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(token)))
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(token)))
     })
 }
 
@@ -73,7 +77,13 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, websocket: bool) {
         }
         headers.remove(&name);
     }
-    for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &TE, &TRAILER, &TRANSFER_ENCODING] {
+    for name in [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &TE,
+        &TRAILER,
+        &TRANSFER_ENCODING,
+    ] {
         headers.remove(name);
     }
     headers.remove(PROXY_AUTHORIZATION);
@@ -133,14 +143,20 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
 
     #[test]
     fn identity_headers_go_in_every_spelling() {
-        let strip = vec![HeaderName::from_static("x-user-id"), HeaderName::from_static("x-user-groups")];
+        let strip = vec![
+            HeaderName::from_static("x-user-id"),
+            HeaderName::from_static("x-user-groups"),
+        ];
         let mut h = map(&[
             ("X-User-Id", "admin"),
             ("x_user_id", "admin"),
@@ -181,14 +197,21 @@ mod tests {
     #[test]
     fn forwarded_for_is_replaced_unless_peer_is_trusted() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        let mut h = map(&[("x-forwarded-for", "6.6.6.6"), ("host", "example.com"), ("x-forwarded-proto", "https")]);
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("host", "example.com"),
+            ("x-forwarded-proto", "https"),
+        ]);
         let host = h.get("host").cloned();
         set_forwarded(&mut h, "1.2.3.4".parse().unwrap(), false, host, &trusted);
         assert_eq!(h["x-forwarded-for"], "1.2.3.4");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "example.com");
 
-        let mut h = map(&[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-proto", "https")]);
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+        ]);
         set_forwarded(&mut h, "10.1.2.3".parse().unwrap(), false, None, &trusted);
         assert_eq!(h["x-forwarded-for"], "6.6.6.6, 10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "https");

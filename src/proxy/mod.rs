@@ -21,14 +21,19 @@ pub struct StripIdentityLayer {
 impl StripIdentityLayer {
     /// `names`: normalized identity header names (`IdentitySettings::strip`).
     pub fn new(names: &[HeaderName]) -> Self {
-        StripIdentityLayer { names: names.into() }
+        StripIdentityLayer {
+            names: names.into(),
+        }
     }
 }
 
 impl<S> Layer<S> for StripIdentityLayer {
     type Service = StripIdentity<S>;
     fn layer(&self, inner: S) -> StripIdentity<S> {
-        StripIdentity { inner, names: self.names.clone() }
+        StripIdentity {
+            inner,
+            names: self.names.clone(),
+        }
     }
 }
 

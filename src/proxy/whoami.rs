@@ -42,6 +42,8 @@ pub async fn respond(req: Request<Body>) -> Response<Body> {
         "body_error": body_error,
     });
     let mut response = Response::new(full(echo.to_string()));
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }

@@ -56,7 +56,9 @@ pub enum StartError {
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })
 }
 
 /// A started gateway.
@@ -122,11 +124,13 @@ pub async fn start(
         source,
     })?;
     let admin_listener = bind("admin", config.admin.listen).await?;
-    let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Bind {
-        what: "admin",
-        addr: config.admin.listen,
-        source,
-    })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            what: "admin",
+            addr: config.admin.listen,
+            source,
+        })?;
     let tls = match &config.server.tls {
         Some(files) => Some(tls::acceptor(files).map_err(StartError::Tls)?),
         None => None,
@@ -141,9 +145,11 @@ pub async fn start(
     };
     let cache = built.cache.clone();
 
-    let mut admin_rx = shutdown_rx.clone();
+    // The admin listener stays up until the drain is over, so probes opening a fresh
+    // connection read `/readyz` 503 (not "connection refused") while requests finish.
+    let (drained_tx, mut drained_rx) = watch::channel(false);
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state, async move {
-        let _ = admin_rx.wait_for(|v| *v).await;
+        let _ = drained_rx.wait_for(|v| *v).await;
     }));
 
     let settings = config.server.clone();
@@ -173,6 +179,7 @@ pub async fn start(
             Ok(()) => tracing::info!("drained"),
             Err(_) => tracing::warn!("grace period over; closing remaining connections"),
         }
+        let _ = drained_tx.send(true);
         let _ = admin_task.await;
         if let Some(t) = emulator_task {
             let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
@@ -213,7 +220,10 @@ where
             .timer(TokioTimer::new())
             .header_read_timeout(self.header_read_timeout)
             .max_buf_size(64 * 1024);
-        builder.http2().timer(TokioTimer::new()).max_header_list_size(64 * 1024);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(64 * 1024);
         let builder = Arc::new(builder);
         loop {
             let (stream, peer) = tokio::select! {
@@ -240,7 +250,10 @@ where
             let handshake_timeout = self.header_read_timeout;
             tokio::spawn(async move {
                 let _permit = permit;
-                let info = ConnInfo { peer, tls: tls.is_some() };
+                let info = ConnInfo {
+                    peer,
+                    tls: tls.is_some(),
+                };
                 let hyper_service = ConnService { service, info };
                 let result = match tls {
                     None => {
@@ -249,22 +262,20 @@ where
                         watcher.watch(conn.into_owned()).await
                     }
                     Some(acceptor) => {
-                        let stream = match tokio::time::timeout(
-                            handshake_timeout,
-                            acceptor.accept(stream),
-                        )
-                        .await
-                        {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::debug!(error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!("TLS handshake timed out");
-                                return;
-                            }
-                        };
+                        let stream =
+                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
+                                .await
+                            {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!("TLS handshake timed out");
+                                    return;
+                                }
+                            };
                         let conn = builder
                             .serve_connection_with_upgrades(TokioIo::new(stream), hyper_service);
                         watcher.watch(conn.into_owned()).await
@@ -306,9 +317,10 @@ where
 async fn refuse_overloaded(stream: tokio::net::TcpStream) {
     let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
         let mut response = Reject::Overloaded.into_response(req.headers().get("x-request-id"));
-        response
-            .headers_mut()
-            .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
         Ok::<_, Infallible>(response)
     });
     let conn = hyper::server::conn::http1::Builder::new()

@@ -37,8 +37,10 @@ pub struct Built {
 
 /// Builds the stack from validated configuration.
 pub fn build(config: &Config) -> Result<Built, StartError> {
-    let client = Client::new(&config.cloudbase)
-        .map_err(|e| StartError::Setup { what: "CloudBase client", source: e.into() })?;
+    let client = Client::new(&config.cloudbase).map_err(|e| StartError::Setup {
+        what: "CloudBase client",
+        source: e.into(),
+    })?;
     build_with_api(config, Arc::new(client))
 }
 
@@ -49,29 +51,51 @@ pub fn build_with_api(
 ) -> Result<Built, StartError> {
     let metrics = Arc::new(Metrics::new(config.routes.iter().map(|r| r.prefix.clone())));
     let fields: Vec<_> = config.identity.headers.iter().map(|(_, f)| *f).collect();
-    let names: Vec<HeaderName> = config.identity.headers.iter().map(|(n, _)| n.clone()).collect();
+    let names: Vec<HeaderName> = config
+        .identity
+        .headers
+        .iter()
+        .map(|(n, _)| n.clone())
+        .collect();
     let cache = IdentityCache::new(&config.cache, &fields, api, metrics.clone());
-    let upstream = upstream_client(config.cloudbase.ca_file.as_deref())
-        .map_err(|source| StartError::Setup { what: "upstream client", source })?;
+    let upstream = upstream_client(config.cloudbase.ca_file.as_deref()).map_err(|source| {
+        StartError::Setup {
+            what: "upstream client",
+            source,
+        }
+    })?;
     let sensitive: Arc<[HeaderName]> =
         Arc::new([AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE, SET_COOKIE]);
 
     let service = ServiceBuilder::new()
         // Request id first, so every later layer, log line and rejection carries it.
-        .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(
+            X_REQUEST_ID.clone(),
+            MakeRequestUuid,
+        ))
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
         // Credentials are marked sensitive before anything could log or Debug them.
-        .layer(SetSensitiveRequestHeadersLayer::from_shared(sensitive.clone()))
+        .layer(SetSensitiveRequestHeadersLayer::from_shared(
+            sensitive.clone(),
+        ))
         .layer(SetSensitiveResponseHeadersLayer::from_shared(sensitive))
         // Access log and metrics outside the timeout, so 504s are logged and counted.
         .layer(crate::telemetry::AccessLogLayer::new(metrics.clone()))
-        // The timeout covers CloudBase validation and the upstream alike.
-        .layer(RequestTimeoutLayer::new(config.server.request_timeout))
         // Forged identity headers go before any route, auth mode or upstream sees them.
         .layer(StripIdentityLayer::new(&config.identity.strip))
-        // Routing before auth: the route decides whether and how to authenticate.
-        .layer(RouteLayer::new(Routes::new(&config.routes), config.server.max_body_size))
+        // Routing before auth: the route decides whether and how to authenticate. Outside
+        // the timeout, so a 504 is still tagged with its route for metrics and the log.
+        .layer(RouteLayer::new(
+            Routes::new(&config.routes),
+            config.server.max_body_size,
+        ))
+        // The timeout covers CloudBase validation and the upstream alike.
+        .layer(RequestTimeoutLayer::new(config.server.request_timeout))
         .layer(AuthLayer::new(cache.clone(), &names, metrics.clone()))
         .service(Forward::new(upstream, &config.server.trusted_proxies));
-    Ok(Built { service: BoxCloneSyncService::new(service), metrics, cache })
+    Ok(Built {
+        service: BoxCloneSyncService::new(service),
+        metrics,
+        cache,
+    })
 }

@@ -27,7 +27,10 @@ impl RequestTimeoutLayer {
 impl<S> Layer<S> for RequestTimeoutLayer {
     type Service = RequestTimeout<S>;
     fn layer(&self, inner: S) -> RequestTimeout<S> {
-        RequestTimeout { inner, limit: self.limit }
+        RequestTimeout {
+            inner,
+            limit: self.limit,
+        }
     }
 }
 
