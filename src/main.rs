@@ -99,8 +99,11 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check) => match load(&cli.config, false) {
             Ok(config) => {
-                println!("{}: ok", cli.config.display());
-                println!("{}", config.redacted_summary());
+                // A closed pipe (`check | head`) is not an error worth a panic.
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{}: ok", cli.config.display());
+                let _ = writeln!(out, "{}", config.redacted_summary());
                 ExitCode::SUCCESS
             }
             Err(code) => code,

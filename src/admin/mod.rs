@@ -39,22 +39,14 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-/// Serves the admin routes until `shutdown` completes.
+/// Serves the admin routes until `shutdown` completes. The server passes a future that
+/// completes once the public listener has drained, so `/readyz` answers 503 throughout.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AdminState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let ready = state.ready.clone();
     let app = router(state);
-    // Readiness must read 503 while the public listener drains, so the admin listener
-    // outlives the trigger a little: it stops once shutdown fires *and* ready is false.
-    let shutdown = async move {
-        shutdown.await;
-        while ready.load(Ordering::SeqCst) {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    };
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
