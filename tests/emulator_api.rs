@@ -167,7 +167,7 @@ async fn signin_issues_a_jwt_with_cloudbase_claims() {
     let t = env.signin("alice", "alice-password").await;
     assert_eq!(t["token_type"], "Bearer");
     assert_eq!(t["expires_in"], 3600);
-    assert_eq!(t["scope"], "user");
+    assert_eq!(t["scope"], "user sso");
     let sub = at(&t, "sub");
     assert_eq!(sub.len(), 19);
     assert!(sub.bytes().all(|b| b.is_ascii_digit()));
@@ -196,7 +196,7 @@ async fn signin_issues_a_jwt_with_cloudbase_claims() {
     assert_eq!(c["sub"], sub);
     assert_eq!(c["aud"], "test-client");
     assert_eq!(c["project_id"], "test-env");
-    assert_eq!(c["scope"], "user");
+    assert_eq!(c["scope"], "user sso");
     assert_eq!(
         c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(),
         3600
@@ -490,7 +490,7 @@ async fn introspect_accepts_bearer_and_query_forms_and_answers_empty_for_garbage
     let i = env.introspect(&access).await;
     assert_eq!(
         i,
-        json!({"token_type": "Bearer", "client_id": "test-client", "sub": t["sub"], "scope": "user"})
+        json!({"token_type": "Bearer", "client_id": "test-client", "sub": t["sub"], "scope": "user sso"})
     );
     let resp = env
         .http

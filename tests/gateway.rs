@@ -74,7 +74,7 @@ async fn identity_headers_reach_the_upstream() {
     assert_eq!(headers["x-user-email"], "demo@example.com");
     assert_eq!(headers["x-user-anonymous"], "false");
     assert_eq!(headers["x-user-groups"], "user");
-    assert_eq!(headers["x-user-scope"], "user");
+    assert_eq!(headers["x-user-scope"], "user sso");
     assert!(
         headers["x-user-id"].as_str().unwrap().len() == 19,
         "19-digit sub"

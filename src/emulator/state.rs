@@ -534,7 +534,11 @@ impl Store {
             sub: user.sub.clone(),
             jti: random_token(12),
             refresh_token: session.refresh_token.clone(),
-            scope: if user.anonymous { "anonymous" } else { "user" },
+            scope: if user.anonymous {
+                "anonymous"
+            } else {
+                "user sso"
+            },
             provider_type: session.provider_type.clone(),
             user_type: if user.anonymous {
                 "anonymous"
