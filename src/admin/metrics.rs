@@ -38,20 +38,17 @@ impl Histogram {
     }
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let bucket = format!("{name}_bucket");
         let mut cumulative = 0;
-        let sep = if labels.is_empty() { "" } else { "," };
         for (i, le) in BUCKETS.iter().enumerate() {
             cumulative += self.buckets[i].load(Relaxed);
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
-            );
+            sample(out, &bucket, &format!("{labels},le=\"{le}\""), cumulative);
         }
         let count = self.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        sample(out, &bucket, &format!("{labels},le=\"+Inf\""), count);
         let sum = self.sum_nanos.load(Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+        sample(out, &format!("{name}_sum"), labels, sum);
+        sample(out, &format!("{name}_count"), labels, count);
     }
 }
 
@@ -247,102 +244,127 @@ impl Metrics {
 
     /// Prometheus text exposition format 0.0.4.
     pub fn render(&self, cache_entries: u64) -> String {
-        let mut out = String::with_capacity(4096);
-        let p = "cloudbase_gateway";
-        let _ = writeln!(
-            out,
-            "# HELP {p}_requests_total Requests answered, by route prefix, method and status."
+        let mut out = String::with_capacity(8192);
+        let o = &mut out;
+
+        family(
+            o,
+            "requests_total",
+            "counter",
+            "Requests answered, by route prefix, method and status.",
         );
-        let _ = writeln!(out, "# TYPE {p}_requests_total counter");
         {
             let map = self.requests.read().unwrap_or_else(|e| e.into_inner());
             let mut rows: Vec<_> = map.iter().map(|(k, v)| (*k, v.load(Relaxed))).collect();
             rows.sort();
             for ((route, method, status), n) in rows {
                 let route = escape(&self.routes[route]);
-                let _ = writeln!(
-                    out,
-                    "{p}_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}"
-                );
+                let labels = format!("route=\"{route}\",method=\"{method}\",status=\"{status}\"");
+                sample(o, "requests_total", &labels, n);
             }
         }
-        let _ = writeln!(out, "# HELP {p}_request_duration_seconds Time from request head to response head, by route prefix.");
-        let _ = writeln!(out, "# TYPE {p}_request_duration_seconds histogram");
-        for (i, h) in self.durations.iter().enumerate() {
-            let labels = format!("route=\"{}\"", escape(&self.routes[i]));
-            h.render(&mut out, &format!("{p}_request_duration_seconds"), &labels);
-        }
-        let _ = writeln!(
-            out,
-            "# HELP {p}_auth_decisions_total Authentication decisions."
+        family(
+            o,
+            "request_duration_seconds",
+            "histogram",
+            "Time from request head to response head, by route prefix.",
         );
-        let _ = writeln!(out, "# TYPE {p}_auth_decisions_total counter");
+        for (route, h) in self.routes.iter().zip(&self.durations) {
+            h.render(
+                o,
+                "request_duration_seconds",
+                &format!("route=\"{}\"", escape(route)),
+            );
+        }
+        family(
+            o,
+            "auth_decisions_total",
+            "counter",
+            "Authentication decisions.",
+        );
         for d in AuthDecision::ALL {
-            let n = self.auth[d as usize].load(Relaxed);
-            let _ = writeln!(
-                out,
-                "{p}_auth_decisions_total{{result=\"{}\"}} {n}",
-                d.as_str()
+            let labels = format!("result=\"{}\"", d.as_str());
+            sample(
+                o,
+                "auth_decisions_total",
+                &labels,
+                self.auth[d as usize].load(Relaxed),
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP {p}_cache_lookups_total Validation cache lookups."
+        family(
+            o,
+            "cache_lookups_total",
+            "counter",
+            "Validation cache lookups.",
         );
-        let _ = writeln!(out, "# TYPE {p}_cache_lookups_total counter");
         for l in CacheLookup::ALL {
-            let n = self.cache[l as usize].load(Relaxed);
-            let _ = writeln!(
-                out,
-                "{p}_cache_lookups_total{{result=\"{}\"}} {n}",
-                l.as_str()
+            let labels = format!("result=\"{}\"", l.as_str());
+            sample(
+                o,
+                "cache_lookups_total",
+                &labels,
+                self.cache[l as usize].load(Relaxed),
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP {p}_cache_entries Entries in the validation cache."
+        family(
+            o,
+            "cache_entries",
+            "gauge",
+            "Entries in the validation cache.",
         );
-        let _ = writeln!(out, "# TYPE {p}_cache_entries gauge");
-        let _ = writeln!(out, "{p}_cache_entries {cache_entries}");
-        let _ = writeln!(
-            out,
-            "# HELP {p}_cloudbase_requests_total Calls to CloudBase, by endpoint and outcome."
+        sample(o, "cache_entries", "", cache_entries);
+        family(
+            o,
+            "cloudbase_requests_total",
+            "counter",
+            "Calls to CloudBase, by endpoint and outcome.",
         );
-        let _ = writeln!(out, "# TYPE {p}_cloudbase_requests_total counter");
         for e in CloudbaseEndpoint::ALL {
-            for o in CloudbaseOutcome::ALL {
-                let n = self.cloudbase[e as usize][o as usize].load(Relaxed);
-                let _ = writeln!(
-                    out,
-                    "{p}_cloudbase_requests_total{{endpoint=\"{}\",outcome=\"{}\"}} {n}",
-                    e.as_str(),
-                    o.as_str()
-                );
+            for oc in CloudbaseOutcome::ALL {
+                let labels = format!("endpoint=\"{}\",outcome=\"{}\"", e.as_str(), oc.as_str());
+                let n = self.cloudbase[e as usize][oc as usize].load(Relaxed);
+                sample(o, "cloudbase_requests_total", &labels, n);
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP {p}_cloudbase_request_duration_seconds Duration of calls to CloudBase."
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE {p}_cloudbase_request_duration_seconds histogram"
+        family(
+            o,
+            "cloudbase_request_duration_seconds",
+            "histogram",
+            "Duration of calls to CloudBase.",
         );
         for e in CloudbaseEndpoint::ALL {
             let labels = format!("endpoint=\"{}\"", e.as_str());
             self.cloudbase_durations[e as usize].render(
-                &mut out,
-                &format!("{p}_cloudbase_request_duration_seconds"),
+                o,
+                "cloudbase_request_duration_seconds",
                 &labels,
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP {p}_inflight_requests Requests being handled now."
+        family(
+            o,
+            "inflight_requests",
+            "gauge",
+            "Requests being handled now.",
         );
-        let _ = writeln!(out, "# TYPE {p}_inflight_requests gauge");
-        let _ = writeln!(out, "{p}_inflight_requests {}", self.inflight.load(Relaxed));
+        sample(o, "inflight_requests", "", self.inflight.load(Relaxed));
         out
+    }
+}
+
+const PREFIX: &str = "cloudbase_gateway";
+
+/// `# HELP` and `# TYPE` of one metric family.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {PREFIX}_{name} {help}");
+    let _ = writeln!(out, "# TYPE {PREFIX}_{name} {kind}");
+}
+
+/// One sample line; `labels` already formatted (`a="1",b="2"`), or empty.
+fn sample(out: &mut String, name: &str, labels: &str, value: impl std::fmt::Display) {
+    if labels.is_empty() {
+        let _ = writeln!(out, "{PREFIX}_{name} {value}");
+    } else {
+        let _ = writeln!(out, "{PREFIX}_{name}{{{labels}}} {value}");
     }
 }
 
