@@ -3,11 +3,20 @@
 //! Routes are sorted once at start (longest prefix first), so a match is a scan of a short
 //! list with `starts_with`; for the handful of routes a gateway has this beats a trie.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
-use http::{HeaderValue, Method};
+use http::header::CONTENT_LENGTH;
+use http::{HeaderValue, Method, Request, Response};
+use http_body_util::{BodyExt, Limited};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
 
 use crate::config::RouteSettings;
+use crate::proxy::headers::X_REQUEST_ID;
+use crate::response::{Body, BoxError, Reject};
 
 /// A configured route with what is derived from it once.
 #[derive(Debug)]
@@ -71,6 +80,127 @@ impl Routes {
     }
 }
 
+/// Matches the route, answers 404 / 405 / 413 (declared length) itself, caps the body at
+/// `max_body_size` (a chunked body that grows past it fails the upstream call with 413),
+/// and puts [`MatchedRoute`] in the request and response extensions.
+#[derive(Clone)]
+pub struct RouteLayer {
+    routes: Routes,
+    max_body_size: u64,
+}
+
+impl RouteLayer {
+    pub fn new(routes: Routes, max_body_size: u64) -> Self {
+        RouteLayer {
+            routes,
+            max_body_size,
+        }
+    }
+}
+
+impl<S> Layer<S> for RouteLayer {
+    type Service = RouteService<S>;
+    fn layer(&self, inner: S) -> RouteService<S> {
+        RouteService {
+            inner,
+            routes: self.routes.clone(),
+            max_body_size: self.max_body_size,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RouteService<S> {
+    inner: S,
+    routes: Routes,
+    max_body_size: u64,
+}
+
+pin_project! {
+    /// Either an answer made here or the inner service's future, tagged with the route.
+    /// Hand-written (not boxed): every request passes through it.
+    #[project = RouteFutureProj]
+    pub enum RouteFuture<F> {
+        Ready { response: Option<Response<Body>> },
+        Inner { #[pin] future: F, route: MatchedRoute },
+    }
+}
+
+impl<F, E> Future for RouteFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        match self.project() {
+            RouteFutureProj::Ready { response } => {
+                Poll::Ready(Ok(response.take().expect("polled after completion")))
+            }
+            RouteFutureProj::Inner { future, route } => {
+                let mut response = ready!(future.poll(cx))?;
+                response.extensions_mut().insert(route.clone());
+                Poll::Ready(Ok(response))
+            }
+        }
+    }
+}
+
+impl<F> RouteFuture<F> {
+    fn reject(reason: Reject, req: &Request<Body>, route: Option<Arc<Route>>) -> Self {
+        let mut response = reason.into_response(req.headers().get(&X_REQUEST_ID));
+        if let Some(route) = route {
+            response.extensions_mut().insert(MatchedRoute(route));
+        }
+        RouteFuture::Ready {
+            response: Some(response),
+        }
+    }
+}
+
+impl<S> Service<Request<Body>> for RouteService<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = RouteFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let Some(route) = self.routes.find(req.uri().path()).cloned() else {
+            return RouteFuture::reject(Reject::NotFound, &req, None);
+        };
+        if !route.allows(req.method()) {
+            let allow = route.allow.clone();
+            return RouteFuture::reject(Reject::MethodNotAllowed { allow }, &req, Some(route));
+        }
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body_size) {
+            return RouteFuture::reject(Reject::PayloadTooLarge, &req, Some(route));
+        }
+        let limit = usize::try_from(self.max_body_size).unwrap_or(usize::MAX);
+        let mut req = req.map(|b| {
+            Limited::new(b, limit)
+                .map_err(BoxError::from)
+                .boxed_unsync()
+        });
+        let matched = MatchedRoute(route);
+        req.extensions_mut().insert(matched.clone());
+        RouteFuture::Inner {
+            future: self.inner.call(req),
+            route: matched,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,138 +222,5 @@ mod tests {
         assert!(admin.allows(&Method::GET));
         assert!(!admin.allows(&Method::POST));
         assert_eq!(admin.allow, "GET");
-    }
-}
-
-/// Matches the route, answers 404 / 405 / 413 (declared length) itself, caps the body at
-/// `max_body_size` (a chunked body that grows past it fails the upstream call with 413),
-/// and puts [`MatchedRoute`] in the request and response extensions.
-#[derive(Clone)]
-pub struct RouteLayer {
-    routes: Routes,
-    max_body_size: u64,
-}
-
-impl RouteLayer {
-    pub fn new(routes: Routes, max_body_size: u64) -> Self {
-        RouteLayer {
-            routes,
-            max_body_size,
-        }
-    }
-}
-
-impl<S> tower::Layer<S> for RouteLayer {
-    type Service = RouteService<S>;
-    fn layer(&self, inner: S) -> RouteService<S> {
-        RouteService {
-            inner,
-            routes: self.routes.clone(),
-            max_body_size: self.max_body_size,
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct RouteService<S> {
-    inner: S,
-    routes: Routes,
-    max_body_size: u64,
-}
-
-pin_project_lite::pin_project! {
-    /// Either an answer made here or the inner service's future, tagged with the route.
-    #[project = RouteFutureProj]
-    pub enum RouteFuture<F> {
-        Ready { response: Option<http::Response<crate::response::Body>> },
-        Inner { #[pin] future: F, route: MatchedRoute },
-    }
-}
-
-impl<F, E> std::future::Future for RouteFuture<F>
-where
-    F: std::future::Future<Output = Result<http::Response<crate::response::Body>, E>>,
-{
-    type Output = F::Output;
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<F::Output> {
-        match self.project() {
-            RouteFutureProj::Ready { response } => {
-                std::task::Poll::Ready(Ok(response.take().expect("polled after completion")))
-            }
-            RouteFutureProj::Inner { future, route } => {
-                let mut response = std::task::ready!(future.poll(cx))?;
-                response.extensions_mut().insert(route.clone());
-                std::task::Poll::Ready(Ok(response))
-            }
-        }
-    }
-}
-
-impl<S> tower::Service<http::Request<crate::response::Body>> for RouteService<S>
-where
-    S: tower::Service<
-        http::Request<crate::response::Body>,
-        Response = http::Response<crate::response::Body>,
-    >,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = RouteFuture<S::Future>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<crate::response::Body>) -> Self::Future {
-        use crate::response::Reject;
-        use http_body_util::BodyExt;
-        let reject = |reason: Reject, req: &http::Request<_>| RouteFuture::Ready {
-            response: Some(reason.into_response(req.headers().get("x-request-id"))),
-        };
-        let Some(route) = self.routes.find(req.uri().path()).cloned() else {
-            return reject(Reject::NotFound, &req);
-        };
-        if !route.allows(req.method()) {
-            let mut response = Reject::MethodNotAllowed {
-                allow: route.allow.clone(),
-            }
-            .into_response(req.headers().get("x-request-id"));
-            response.extensions_mut().insert(MatchedRoute(route));
-            return RouteFuture::Ready {
-                response: Some(response),
-            };
-        }
-        let declared = req
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.max_body_size) {
-            let mut response =
-                Reject::PayloadTooLarge.into_response(req.headers().get("x-request-id"));
-            response.extensions_mut().insert(MatchedRoute(route));
-            return RouteFuture::Ready {
-                response: Some(response),
-            };
-        }
-        let limit = usize::try_from(self.max_body_size).unwrap_or(usize::MAX);
-        let mut req = req.map(|b| {
-            http_body_util::Limited::new(b, limit)
-                .map_err(crate::response::BoxError::from)
-                .boxed_unsync()
-        });
-        let matched = MatchedRoute(route);
-        req.extensions_mut().insert(matched.clone());
-        RouteFuture::Inner {
-            future: self.inner.call(req),
-            route: matched,
-        }
     }
 }
