@@ -242,6 +242,14 @@ impl IdentityCache {
         if let Some(f) = flights.get(&key) {
             return f.clone();
         }
+        // A flight may have ended between the caller's lookup and this lock. It stores its
+        // entry before it leaves `flights`, so look again rather than call CloudBase twice.
+        if let Some(entry) = self.inner.entries.get(&key) {
+            if Instant::now() < entry.fresh_until {
+                let done: BoxFuture<'static, Fetched> = Box::pin(std::future::ready(Some(entry)));
+                return done.shared();
+            }
+        }
         let inner = self.inner.clone();
         let token = token.to_owned();
         let opts = CallOptions {

@@ -63,7 +63,9 @@ impl AuthApi for FakeApi {
     ) -> BoxFuture<'a, Result<Introspection, ApiError>> {
         Box::pin(async move {
             self.introspects.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(self.delay).await;
+            if !self.delay.is_zero() {
+                tokio::time::sleep(self.delay).await;
+            }
             match *self.script.lock().unwrap() {
                 Script::Active | Script::Unauthenticated => Ok(Introspection {
                     sub: Some("42".into()),
@@ -83,7 +85,9 @@ impl AuthApi for FakeApi {
     ) -> BoxFuture<'a, Result<UserProfile, ApiError>> {
         Box::pin(async move {
             self.user_mes.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(self.delay).await;
+            if !self.delay.is_zero() {
+                tokio::time::sleep(self.delay).await;
+            }
             match *self.script.lock().unwrap() {
                 Script::Active | Script::Inactive => Ok(UserProfile {
                     sub: "42".into(),
@@ -241,4 +245,32 @@ fn keys_are_digests_not_tokens() {
     assert_ne!(&key[..], &b"secret-token"[..]);
     assert_eq!(key, token_key("secret-token"));
     assert_ne!(key, token_key("secret-tokeN"));
+}
+
+/// A flight can finish between a request's cache lookup and its look at the flights; that
+/// request must find the stored entry, not start a second flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_racing_a_finishing_flight_makes_no_second_call() {
+    let api = Arc::new(FakeApi {
+        script: StdMutex::new(Script::Active),
+        introspects: AtomicUsize::new(0),
+        user_mes: AtomicUsize::new(0),
+        delay: Duration::ZERO,
+        groups: vec![],
+    });
+    let c = cache(api.clone(), 60, 0);
+    const TOKENS: usize = 1000;
+    for t in 0..TOKENS {
+        let token: Arc<str> = format!("token-{t}").into();
+        let tasks: Vec<_> = (0..32)
+            .map(|_| {
+                let (c, token) = (c.clone(), token.clone());
+                tokio::spawn(async move { c.validate(&token, None).await })
+            })
+            .collect();
+        for task in tasks {
+            assert!(is_valid(&task.await.unwrap()));
+        }
+    }
+    assert_eq!(api.calls(), (TOKENS, TOKENS));
 }
