@@ -1,1 +1,570 @@
-fn main() {}
+//! What a request costs the gateway when its token is cached, and why the cache is built
+//! the way it is.
+//!
+//! Run all of it (about three minutes, most of it filling a cache with 1 000 000 entries):
+//!
+//! ```text
+//! cargo bench --bench cache_hot_path
+//! cargo bench --bench cache_hot_path -- 'hit/'        # only the hit path
+//! cargo bench --bench cache_hot_path -- --list        # every benchmark id
+//! ```
+//!
+//! Groups:
+//! - `hit/{1k,100k,1M}/{1_thread,all_cores}`: the per-request work on a hit — bearer token
+//!   from `Authorization`, BLAKE3 digest, lookup, freshness check, identity headers built
+//!   (`Identity::apply`) — through the real `IdentityCache`, filled with that many entries
+//!   by `validate` against an in-process CloudBase stand-in. Requests rotate over up to
+//!   100 000 tokens spread over the whole cache, so with 1M entries most lookups miss the
+//!   CPU caches, as with a large user population. `all_cores` runs one task per runtime
+//!   worker, all at once, and reports wall time per request (ideal: `1_thread / cores`).
+//! - `hit_parts/1M/*`: the same request split into its steps.
+//! - `digest/*`: BLAKE3 vs SHA-256 of an 800-byte token (SipHash, what a map keyed by the
+//!   raw token hashes instead, for scale).
+//! - `key/100k/*`: a moka cache keyed by the digest vs keyed by the raw token `String`.
+//! - `map/1M/*`: moka vs a sharded map (`dashmap`) for the lookup alone, and moka with a
+//!   hasher that trusts the digest's uniformity instead of SipHash.
+//! - `validate/*`: the miss path (a fresh token each time, the stand-in answering at once),
+//!   one token validated by 100 concurrent tasks (single flight), and 100 concurrent hits
+//!   as the baseline for the latter. Afterwards it asserts that the stand-in saw exactly
+//!   one introspect and one user/me call per distinct token.
+//!
+//! The stand-in, the tokens and the cache construction are in `benches/support/mod.rs`.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::cell::{Cell, RefCell};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cloudbase_gateway::auth::token::{bearer, Credentials};
+use cloudbase_gateway::cache::{token_key, Identity, IdentityCache, TokenKey, Validation};
+use cloudbase_gateway::cloudbase::types::{Introspection, UserProfile};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use sha2::Digest;
+use support::{jwt_like_token, StandIn};
+use tokio::runtime::Runtime;
+
+/// Most tokens a rotation visits; enough that with 1M entries the touched entries and
+/// tokens (about 120 MB) do not fit in the CPU caches.
+const POOL: u64 = 100_000;
+
+/// Criterion's filter (the first positional argument), read here as a literal substring so
+/// that `cargo bench --bench cache_hot_path -- digest` skips the fills of groups it would
+/// not run. A filter using regex syntax runs every setup.
+fn filter() -> Option<String> {
+    const TAKES_VALUE: &[&str] = &[
+        "-b",
+        "--baseline",
+        "--baseline-lenient",
+        "-c",
+        "--color",
+        "--colour",
+        "--confidence-level",
+        "--format",
+        "--load-baseline",
+        "--measurement-time",
+        "--noise-threshold",
+        "--nresamples",
+        "--output-format",
+        "--plotting-backend",
+        "--profile-time",
+        "--sample-size",
+        "-s",
+        "--save-baseline",
+        "--significance-level",
+        "--warm-up-time",
+    ];
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if TAKES_VALUE.contains(&arg.as_str()) {
+            args.next();
+        } else if !arg.starts_with('-') {
+            return Some(arg);
+        }
+    }
+    None
+}
+
+/// Whether a benchmark whose id starts with `prefix` may run under the filter.
+fn selected(prefix: &str) -> bool {
+    match filter() {
+        None => true,
+        Some(f) if f.contains(|c: char| "^$.*+?()[]{}|\\".contains(c)) => true,
+        Some(f) => prefix.contains(&f) || f.starts_with(prefix),
+    }
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500))
+}
+
+/// A request's headers as a client sends them.
+fn request_headers(token: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        http::header::HOST,
+        HeaderValue::from_static("api.example.com"),
+    );
+    h.insert(
+        http::header::USER_AGENT,
+        HeaderValue::from_static("bench/1.0"),
+    );
+    h.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
+    h.insert(
+        AUTHORIZATION,
+        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+    );
+    h
+}
+
+/// Request headers for up to [`POOL`] tokens spread evenly over `0..n`.
+fn pool(n: u64) -> Arc<[HeaderMap]> {
+    let size = n.min(POOL);
+    let step = n / size;
+    (0..size)
+        .map(|k| request_headers(&jwt_like_token(k * step)))
+        .collect()
+}
+
+/// Visits every pool slot, in an order that defeats the prefetcher.
+fn next_slot(i: usize, len: usize) -> usize {
+    (i + 40_503) % len
+}
+
+/// One request's auth work on a hit; identity headers go to `out` (cleared first, so its
+/// capacity is reused as a request's map would be).
+async fn hit(cache: &IdentityCache, names: &[HeaderName], req: &HeaderMap, out: &mut HeaderMap) {
+    let Credentials::Bearer(token) = bearer(req) else {
+        panic!("pool tokens are well-formed")
+    };
+    match cache.validate(token, None).await {
+        Validation::Valid(identity) => {
+            out.clear();
+            identity.apply(names, out);
+        }
+        other => panic!("expected a hit, got {other:?}"),
+    }
+}
+
+/// Runs `f(task, ops)` on one task per runtime worker, all at once, and returns the wall
+/// time per op scaled to `iters` ops (what criterion divides by).
+async fn on_all_workers<F, Fut>(iters: u64, f: F) -> Duration
+where
+    F: Fn(usize, u64) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per = iters.div_ceil(workers as u64).max(1);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..workers).map(|w| tokio::spawn(f(w, per))).collect();
+    for t in tasks {
+        t.await.expect("bench task");
+    }
+    start
+        .elapsed()
+        .mul_f64(iters as f64 / (per * workers as u64) as f64)
+}
+
+fn bench_hit(c: &mut Criterion) {
+    let rt = support::production_runtime();
+    for (label, n) in [("1k", 1_000u64), ("100k", 100_000), ("1M", 1_000_000)] {
+        if !selected(&format!("hit/{label}/")) && !(n == 1_000_000 && selected("hit_parts/1M/")) {
+            continue;
+        }
+        let config = support::config(n.max(1000));
+        let api = Arc::new(StandIn::default());
+        let (cache, names) = support::cache(&config, api.clone());
+        let started = Instant::now();
+        rt.block_on(support::fill(&cache, 0..n));
+        assert_eq!(cache.entry_count(), n, "every token is cached");
+        assert_eq!(api.calls(), (n, n));
+        eprintln!("filled {n} entries in {:.1?}", started.elapsed());
+        let pool = pool(n);
+        let names: Arc<[HeaderName]> = names.into();
+
+        let mut group = c.benchmark_group(format!("hit/{label}"));
+        group.throughput(Throughput::Elements(1));
+        {
+            let slot = Cell::new(0usize);
+            let out = RefCell::new(HeaderMap::with_capacity(16));
+            let (cache, names, pool) = (&cache, &names, &pool);
+            group.bench_function("1_thread", |b| {
+                b.to_async(&rt).iter(|| {
+                    let i = next_slot(slot.get(), pool.len());
+                    slot.set(i);
+                    let out = &out;
+                    async move { hit(cache, names, &pool[i], &mut out.borrow_mut()).await }
+                })
+            });
+        }
+        group.bench_function("all_cores", |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let (cache, names, pool) = (cache.clone(), names.clone(), pool.clone());
+                async move {
+                    on_all_workers(iters, move |w, ops| {
+                        let (cache, names, pool) = (cache.clone(), names.clone(), pool.clone());
+                        async move {
+                            let mut out = HeaderMap::with_capacity(16);
+                            let mut i = w * pool.len() / 2;
+                            for _ in 0..ops {
+                                i = next_slot(i, pool.len());
+                                hit(&cache, &names, &pool[i], &mut out).await;
+                            }
+                        }
+                    })
+                    .await
+                }
+            })
+        });
+        group.finish();
+        assert_eq!(api.calls(), (n, n), "hits never call CloudBase");
+
+        if n == 1_000_000 {
+            bench_hit_parts(c, &rt, &cache, &names, &pool);
+        }
+    }
+}
+
+/// The 1M hit, step by step.
+fn bench_hit_parts(
+    c: &mut Criterion,
+    rt: &Runtime,
+    cache: &IdentityCache,
+    names: &[HeaderName],
+    pool: &[HeaderMap],
+) {
+    let mut group = c.benchmark_group("hit_parts/1M");
+    let slot = Cell::new(0usize);
+    let next = || {
+        let i = next_slot(slot.get(), pool.len());
+        slot.set(i);
+        &pool[i]
+    };
+    let token = |h: &HeaderMap| -> String {
+        match bearer(h) {
+            Credentials::Bearer(t) => t.to_owned(),
+            _ => unreachable!(),
+        }
+    };
+    group.bench_function("bearer", |b| {
+        b.iter(|| matches!(bearer(next()), Credentials::Bearer(_)))
+    });
+    group.bench_function("blake3_token_key", |b| {
+        b.iter_batched_ref(|| token(next()), |t| token_key(t), BatchSize::SmallInput)
+    });
+    group.bench_function("validate", |b| {
+        b.to_async(rt).iter_batched(
+            || token(next()),
+            |t| async move { matches!(cache.validate(&t, None).await, Validation::Valid(_)) },
+            BatchSize::SmallInput,
+        )
+    });
+    let identity = match rt.block_on(cache.validate(&token(&pool[0]), None)) {
+        Validation::Valid(i) => i,
+        _ => unreachable!(),
+    };
+    let mut out = HeaderMap::with_capacity(16);
+    group.bench_function("apply_identity_headers", |b| {
+        b.iter(|| {
+            out.clear();
+            identity.apply(names, &mut out);
+        })
+    });
+    group.finish();
+}
+
+/// SipHash-1-3 with fixed keys: what std's `RandomState` (and moka's default) computes.
+fn siphash(bytes: &[u8]) -> u64 {
+    let mut h =
+        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .build_hasher();
+    h.write(bytes);
+    h.finish()
+}
+
+fn bench_digest(c: &mut Criterion) {
+    if !selected("digest/") {
+        return;
+    }
+    let token = jwt_like_token(7);
+    let mut group = c.benchmark_group("digest");
+    group.throughput(Throughput::Bytes(token.len() as u64));
+    let id = |name: &str| BenchmarkId::new(name, format!("{}B", token.len()));
+    group.bench_function(id("blake3"), |b| b.iter(|| blake3::hash(token.as_bytes())));
+    group.bench_function(id("sha256"), |b| {
+        b.iter(|| sha2::Sha256::digest(token.as_bytes()))
+    });
+    group.bench_function(id("siphash13_not_cryptographic"), |b| {
+        b.iter(|| siphash(token.as_bytes()))
+    });
+    group.finish();
+}
+
+/// A distinct identity per entry, as the cache would hold.
+fn identity(n: u64) -> Arc<Identity> {
+    let config = support::config(1000);
+    let fields: Vec<_> = config.identity.headers.iter().map(|(_, f)| *f).collect();
+    let introspection = Introspection {
+        sub: Some(format!("{:019}", 1_830_000_000_000_000_000 + n)),
+        scope: Some("user".into()),
+        ..Default::default()
+    };
+    let profile = UserProfile {
+        name: Some("演示用户".into()),
+        username: Some(format!("user{n}")),
+        email: Some(format!("user{n}@example.com")),
+        ..Default::default()
+    };
+    Arc::new(Identity::new(&introspection, &profile, None, &fields, 0))
+}
+
+/// Per-entry expiry as the production cache configures it.
+struct TenMinutes;
+impl<K, V> moka::Expiry<K, V> for TenMinutes {
+    fn expire_after_create(&self, _: &K, _: &V, _: std::time::Instant) -> Option<Duration> {
+        Some(Duration::from_secs(600))
+    }
+}
+
+fn moka_builder<K, V>(n: u64) -> moka::sync::CacheBuilder<K, V, moka::sync::Cache<K, V>>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    moka::sync::Cache::builder()
+        .max_capacity(n * 2)
+        .expire_after(TenMinutes)
+}
+
+fn bench_key(c: &mut Criterion) {
+    const N: u64 = 100_000;
+    if !selected("key/100k/") {
+        return;
+    }
+    let tokens: Vec<String> = (0..N).map(jwt_like_token).collect();
+    let by_digest = moka_builder::<TokenKey, Arc<Identity>>(N).build();
+    let by_token = moka_builder::<String, Arc<Identity>>(N).build();
+    for (i, t) in tokens.iter().enumerate() {
+        let id = identity(i as u64);
+        by_digest.insert(token_key(t), id.clone());
+        by_token.insert(t.clone(), id);
+    }
+    by_digest.run_pending_tasks();
+    by_token.run_pending_tasks();
+
+    let mut group = c.benchmark_group("key/100k");
+    let slot = Cell::new(0usize);
+    let next = || {
+        let i = next_slot(slot.get(), tokens.len());
+        slot.set(i);
+        tokens[i].as_str()
+    };
+    group.bench_function("blake3_digest_key", |b| {
+        b.iter(|| by_digest.get(&token_key(next())).expect("cached"))
+    });
+    group.bench_function("raw_token_string_key", |b| {
+        b.iter(|| by_token.get(next()).expect("cached"))
+    });
+    group.finish();
+}
+
+/// Hashes a [`TokenKey`] by its first eight bytes: the key is already a uniform digest,
+/// so running SipHash over it again buys nothing.
+#[derive(Clone, Default)]
+struct DigestPrefix;
+#[derive(Default)]
+struct DigestPrefixHasher(u64);
+impl BuildHasher for DigestPrefix {
+    type Hasher = DigestPrefixHasher;
+    fn build_hasher(&self) -> DigestPrefixHasher {
+        DigestPrefixHasher(0)
+    }
+}
+impl Hasher for DigestPrefixHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        if let Some(head) = bytes.first_chunk::<8>() {
+            self.0 ^= u64::from_le_bytes(*head);
+        }
+    }
+    fn write_usize(&mut self, _len: usize) {}
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+fn bench_map(c: &mut Criterion) {
+    const N: u64 = 1_000_000;
+    if !selected("map/1M/") {
+        return;
+    }
+    let keys: Vec<TokenKey> = (0..N)
+        .map(|i| *blake3::hash(&i.to_le_bytes()).as_bytes())
+        .collect();
+    let moka_sip = moka_builder::<TokenKey, Arc<Identity>>(N).build();
+    let moka_prefix = moka_builder::<TokenKey, Arc<Identity>>(N).build_with_hasher(DigestPrefix);
+    let dash = dashmap::DashMap::<TokenKey, Arc<Identity>>::new();
+    for (i, k) in keys.iter().enumerate() {
+        let id = identity(i as u64);
+        moka_sip.insert(*k, id.clone());
+        moka_prefix.insert(*k, id.clone());
+        dash.insert(*k, id);
+    }
+    moka_sip.run_pending_tasks();
+    moka_prefix.run_pending_tasks();
+    let step = (N / POOL) as usize;
+    let lookups: Vec<TokenKey> = keys.iter().step_by(step).copied().collect();
+    drop(keys);
+
+    let mut group = c.benchmark_group("map/1M");
+    group.throughput(Throughput::Elements(1));
+    let moka_get = |m: &moka::sync::Cache<TokenKey, Arc<Identity>>, k: &TokenKey| m.get(k);
+    let moka_prefix_get =
+        |m: &moka::sync::Cache<TokenKey, Arc<Identity>, DigestPrefix>, k: &TokenKey| m.get(k);
+    let dash_get = |m: &dashmap::DashMap<TokenKey, Arc<Identity>>, k: &TokenKey| {
+        m.get(k).map(|r| r.value().clone())
+    };
+    map_pair(&mut group, "moka_siphash", &moka_sip, &lookups, moka_get);
+    map_pair(
+        &mut group,
+        "moka_digest_prefix_hash",
+        &moka_prefix,
+        &lookups,
+        moka_prefix_get,
+    );
+    map_pair(&mut group, "dashmap_siphash", &dash, &lookups, dash_get);
+    group.finish();
+}
+
+/// One thread, then every core at once (wall time per lookup).
+fn map_pair<M: Sync>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    map: &M,
+    keys: &[TokenKey],
+    get: impl Fn(&M, &TokenKey) -> Option<Arc<Identity>> + Sync,
+) {
+    let slot = Cell::new(0usize);
+    group.bench_function(BenchmarkId::new(name, "1_thread"), |b| {
+        b.iter(|| {
+            let i = next_slot(slot.get(), keys.len());
+            slot.set(i);
+            get(map, &keys[i]).expect("present")
+        })
+    });
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    group.bench_function(BenchmarkId::new(name, "all_cores"), |b| {
+        b.iter_custom(|iters| {
+            let per = iters.div_ceil(threads as u64).max(1);
+            let start = Instant::now();
+            std::thread::scope(|s| {
+                for t in 0..threads {
+                    let get = &get;
+                    s.spawn(move || {
+                        let mut i = t * keys.len() / 2;
+                        for _ in 0..per {
+                            i = next_slot(i, keys.len());
+                            std::hint::black_box(get(map, &keys[i]).expect("present"));
+                        }
+                    });
+                }
+            });
+            start
+                .elapsed()
+                .mul_f64(iters as f64 / (per * threads as u64) as f64)
+        })
+    });
+}
+
+fn bench_validate(c: &mut Criterion) {
+    if !selected("validate/") {
+        return;
+    }
+    let rt = support::production_runtime();
+    let config = support::config(10_000_000);
+
+    // Once, untimed: 100 concurrent requests for one new token make one call of each.
+    {
+        let api = Arc::new(StandIn::default());
+        let (cache, _) = support::cache(&config, api.clone());
+        let token: Arc<str> = jwt_like_token(u64::MAX).into();
+        rt.block_on(concurrently(&cache, &token, 100));
+        assert_eq!(
+            api.calls(),
+            (1, 1),
+            "single flight: one introspect, one user/me"
+        );
+    }
+
+    let api = Arc::new(StandIn::default());
+    let (cache, _) = support::cache(&config, api.clone());
+    const CACHED: u64 = 100_000;
+    rt.block_on(support::fill(&cache, 0..CACHED));
+    let fresh = AtomicU64::new(CACHED);
+    let new_token = || -> Arc<str> { jwt_like_token(fresh.fetch_add(1, Ordering::Relaxed)).into() };
+    let cached_token: Arc<str> = jwt_like_token(42).into();
+
+    let mut group = c.benchmark_group("validate");
+    group.bench_function("hit", |b| {
+        b.to_async(&rt)
+            .iter(|| async { cache.validate(&cached_token, None).await })
+    });
+    group.bench_function("miss_fresh_token", |b| {
+        b.to_async(&rt).iter_batched(
+            new_token,
+            |t| {
+                let cache = &cache;
+                async move { cache.validate(&t, None).await }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("100_concurrent_hits", |b| {
+        b.to_async(&rt)
+            .iter(|| concurrently(&cache, &cached_token, 100))
+    });
+    group.bench_function("100_concurrent_one_new_token", |b| {
+        b.to_async(&rt).iter_batched(
+            new_token,
+            |t| {
+                let cache = &cache;
+                async move { concurrently(cache, &t, 100).await }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+    let distinct = fresh.load(Ordering::Relaxed);
+    assert_eq!(
+        api.calls(),
+        (distinct, distinct),
+        "exactly one introspect and one user/me per distinct token"
+    );
+}
+
+/// `n` tasks validating `token` at once, as `n` connections would.
+async fn concurrently(cache: &IdentityCache, token: &Arc<str>, n: usize) {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (cache, token) = (cache.clone(), token.clone());
+            tokio::spawn(async move { cache.validate(&token, None).await })
+        })
+        .collect();
+    for t in tasks {
+        assert!(matches!(t.await.expect("task"), Validation::Valid(_)));
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = bench_hit, bench_digest, bench_key, bench_map, bench_validate
+}
+criterion_main!(benches);
