@@ -287,7 +287,9 @@ pub async fn anonymous(State(inner): AppState, headers: HeaderMap) -> ApiResult<
     if !inner.allow_anonymous {
         return Err(ApiError::new(
             ErrorKind::Unimplemented,
-            "anonymous sign-in is disabled for this environment",
+            // The JS SDK recognises this wording ("anonymous login is not enabled") and
+            // tells the developer to enable the provider in the console.
+            "anonymous login is not enabled for this environment",
         ));
     }
     let device = headers
@@ -389,6 +391,28 @@ pub async fn revoke(
         None => inner.store().revoke_refresh(&token),
     }
     Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
+pub struct SignoutReq {
+    redirect_uri: Option<String>,
+}
+
+/// `POST /user/signout` (Bearer): what the JS SDK's `signOut({redirect_uri, state})`
+/// calls, rather than `/revoke`. Ends the caller's session, refresh token included, and
+/// answers `{redirect_uri}` (the one given, since there is no identity provider to leave)
+/// or `{}`.
+pub async fn signout(
+    State(inner): AppState,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<SignoutReq>,
+) -> ApiResult<Value> {
+    let caller = inner.authenticate(&headers, Now::current())?;
+    inner.store().end_session(caller.sid);
+    Ok(Json(match req.redirect_uri.filter(|u| !u.is_empty()) {
+        Some(uri) => json!({ "redirect_uri": uri }),
+        None => json!({}),
+    }))
 }
 
 /// `GET /user/me`.

@@ -45,6 +45,7 @@ pub enum Endpoint {
     SigninAnonymously,
     Token,
     Introspect,
+    /// `/revoke` and the JS SDK's `/user/signout`.
     Revoke,
     UserMe,
     Sudo,
@@ -240,6 +241,8 @@ impl Emulator {
                 counted(Endpoint::Introspect, get(h::introspect).post(h::introspect)),
             )
             .route("/revoke", counted(Endpoint::Revoke, post(h::revoke)))
+            // The JS SDK's `signOut({redirect_uri})`; counted with the other revocations.
+            .route("/user/signout", counted(Endpoint::Revoke, post(h::signout)))
             .route(
                 "/user/me",
                 counted(Endpoint::UserMe, get(h::user_me))

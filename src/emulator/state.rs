@@ -640,7 +640,8 @@ impl Store {
         }
     }
 
-    fn end_session(&mut self, sid: u64) {
+    /// Ends one session: its refresh token and every access token issued in it die.
+    pub fn end_session(&mut self, sid: u64) {
         if let Some(s) = self.sessions.remove(&sid) {
             self.refresh.remove(&s.refresh_token);
         }
