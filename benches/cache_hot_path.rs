@@ -206,7 +206,8 @@ where
 fn bench_hit(c: &mut Criterion) {
     let rt = support::production_runtime();
     for (label, n) in [("1k", 1_000u64), ("100k", 100_000), ("1M", 1_000_000)] {
-        if !selected(&format!("hit/{label}/")) && !(n == 1_000_000 && selected("hit_parts/1M/")) {
+        let parts = n == 1_000_000 && selected("hit_parts/1M/");
+        if !(selected(&format!("hit/{label}/")) || parts) {
             continue;
         }
         let config = support::config(n.max(1000));
