@@ -11,7 +11,8 @@
 //! stored; `stale_if_error` may then serve a recently expired positive entry.
 
 mod identity;
-mod store;
+/// Public for `benches/cache_hot_path.rs`, which compares it with moka and dashmap.
+pub mod store;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -40,6 +40,7 @@ const MAX_SHARDS: usize = 64;
 /// Expected entries per shard below which there are fewer shards.
 const MIN_SHARD_ENTRIES: u64 = 1024;
 
+/// A bounded map from token digests to `V`, in shards (see the module docs).
 pub struct Store<V> {
     shards: Box<[RwLock<Shard<V>>]>,
     capacity: u64,
@@ -192,6 +193,11 @@ impl<V: Clone> Store<V> {
             self.dropped(dropped);
         }
         self.len.load(Ordering::Relaxed)
+    }
+
+    /// Whether [`Store::len`] is 0.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
