@@ -13,19 +13,22 @@
 #       sent once; checks that the emulator saw exactly COLD_TOKENS introspect and
 #       COLD_TOKENS user/me calls (GET /__emulator/stats).
 # then the cache's memory per entry (examples/cache_memory.rs, 1 000 000 identities).
-# Prints a table with requests/s, p50 and p99, and the ratios (c)/(b) and (b),(c)/(a).
+# (a), (b) and (c) run ROUNDS times, interleaved, and the table shows their means (other work
+# on the machine then weighs on all three alike). Prints a table with requests/s, p50 and
+# p99, and the ratios (c)/(b) and (b),(c)/(a).
 #
 # Servers (gateway with its embedded emulator, upstream) run on SERVER_CPUS and wrk on
 # LOAD_CPUS, pinned with taskset; with one core both share it. The gateway logs at
 # RUST_LOG (default info: one access log line per request, as in production) to a file.
 #
-# Settings (environment): DURATION=10s CONNECTIONS=32 TOKENS=300 COLD_TOKENS=2000
+# Settings (environment): DURATION=10s ROUNDS=2 CONNECTIONS=32 TOKENS=300 COLD_TOKENS=2000
 # SERVER_CPUS=1 LOAD_CPUS=0 BASE_PORT=18000 SKIP_MEMORY=1 (skip the memory run)
 # KEEP=1 (keep the work directory with configs, tokens and logs).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-2}
 CONNECTIONS=${CONNECTIONS:-32}
 TOKENS=${TOKENS:-300}
 COLD_TOKENS=${COLD_TOKENS:-2000}
@@ -225,7 +228,9 @@ to_us() {
 }
 
 # Runs wrk with script $2 against URL $1; sets RPS, P50, P99 (µs). Extra wrk args after.
-RESULTS=()
+# Per scenario, in first-run order: summed requests/s, p50, p99 and the number of runs.
+ORDER=()
+declare -A SUM_RPS SUM_P50 SUM_P99 RUNS
 measure() {
     local name=$1 url=$2 script=$3
     shift 3
@@ -243,7 +248,14 @@ measure() {
     if grep -q '^COLD ' "$out"; then
         rps=$(awk '$1 == "COLD" { printf "%.0f", $2 / ($4 / 1e9) }' "$out")
     fi
-    RESULTS+=("$name|$rps|$p50|$p99")
+    if [ -z "${RUNS[$name]:-}" ]; then
+        ORDER+=("$name")
+        RUNS[$name]=0 SUM_RPS[$name]=0 SUM_P50[$name]=0 SUM_P99[$name]=0
+    fi
+    RUNS[$name]=$((RUNS[$name] + 1))
+    SUM_RPS[$name]=$((SUM_RPS[$name] + rps))
+    SUM_P50[$name]=$((SUM_P50[$name] + p50))
+    SUM_P99[$name]=$((SUM_P99[$name] + p99))
     printf '%-44s %9s req/s  p50 %6s us  p99 %6s us\n' "$name" "$rps" "$p50" "$p99" >&2
 }
 
@@ -261,9 +273,14 @@ warm "$WORK/tokens.txt"
 
 export TOKENS_FILE="$WORK/tokens.txt"
 say "measuring ($DURATION each)"
-measure "(a) upstream direct" "http://127.0.0.1:$UPSTREAM_PORT/auth/x" "$WORK/rotate.lua" -d "$DURATION"
-measure "(b) gateway, auth = none" "http://127.0.0.1:$GATEWAY_PORT/none/x" "$WORK/rotate.lua" -d "$DURATION"
-measure "(c) gateway, auth = required, cached" "http://127.0.0.1:$GATEWAY_PORT/auth/x" "$WORK/rotate.lua" -d "$DURATION"
+A="(a) upstream direct"
+B="(b) gateway, auth = none"
+C="(c) gateway, auth = required, cached"
+for _ in $(seq 1 "$ROUNDS"); do
+    measure "$A" "http://127.0.0.1:$UPSTREAM_PORT/auth/x" "$WORK/rotate.lua" -d "$DURATION"
+    measure "$B" "http://127.0.0.1:$GATEWAY_PORT/none/x" "$WORK/rotate.lua" -d "$DURATION"
+    measure "$C" "http://127.0.0.1:$GATEWAY_PORT/auth/x" "$WORK/rotate.lua" -d "$DURATION"
+done
 HOT_INTROSPECT=$(calls introspect)
 HOT_USER_ME=$(calls user_me)
 [ "$HOT_INTROSPECT" -eq "$TOKENS" ] && [ "$HOT_USER_ME" -eq "$TOKENS" ] ||
@@ -275,7 +292,8 @@ start_gateway
 sign_in "$COLD_TOKENS" "$WORK/cold-tokens.txt"
 BEFORE_I=$(calls introspect)
 BEFORE_U=$(calls user_me)
-TOKENS_FILE="$WORK/cold-tokens.txt" measure "(d) gateway, auth = required, cold" \
+D="(d) gateway, auth = required, cold"
+TOKENS_FILE="$WORK/cold-tokens.txt" measure "$D" \
     "http://127.0.0.1:$GATEWAY_PORT/auth/x" "$WORK/walk.lua" -d 60s
 COLD_I=$(($(calls introspect) - BEFORE_I))
 COLD_U=$(($(calls user_me) - BEFORE_U))
@@ -293,28 +311,27 @@ if [ "${SKIP_MEMORY:-0}" != 1 ]; then
     MEMORY_LINE="$(awk '/bytes per entry/ { print $4 }' "$WORK/memory.txt") bytes per cached identity (target <= 1024)"
 fi
 
-field() { # result index, field index (1 rps, 2 p50, 3 p99)
-    echo "${RESULTS[$1]}" | cut -d'|' -f$(($2 + 1))
+mean() { # sums array name, scenario
+    local -n sums=$1
+    echo $(( ${sums[$2]} / ${RUNS[$2]} ))
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
 echo
-echo "cloudbase-gateway load test: $(nproc) cores ($(lscpu | awk -F: '/Model name/ { gsub(/^ +/, "", $2); print $2 }')); servers on cpu $SERVER_CPUS, wrk on cpu $LOAD_CPUS"
-echo "wrk -t1 -c$CONNECTIONS -d$DURATION --latency; $TOKENS rotating tokens; RUST_LOG=$RUST_LOG"
+echo "cloudbase-gateway load test: $CORES cores ($(lscpu | awk -F: '/Model name/ { gsub(/^ +/, "", $2); print $2 }')); servers on cpu $SERVER_CPUS, wrk on cpu $LOAD_CPUS"
+echo "wrk -t1 -c$CONNECTIONS -d$DURATION --latency; (a)-(c): mean of $ROUNDS interleaved runs, $TOKENS rotating tokens; (d): $COLD_TOKENS new tokens once each; RUST_LOG=$RUST_LOG"
 echo
 printf '| %-40s | %10s | %9s | %9s |\n' "scenario" "requests/s" "p50 (us)" "p99 (us)"
 printf '|%s|%s|%s|%s|\n' "------------------------------------------" "------------" "-----------" "-----------"
-for r in "${RESULTS[@]}"; do
-    IFS='|' read -r name rps p50 p99 <<<"$r"
-    printf '| %-40s | %10s | %9s | %9s |\n' "$name" "$rps" "$p50" "$p99"
+for name in "${ORDER[@]}"; do
+    printf '| %-40s | %10s | %9s | %9s |\n' "$name" "$(mean SUM_RPS "$name")" \
+        "$(mean SUM_P50 "$name")" "$(mean SUM_P99 "$name")"
 done
 echo
-A_RPS=$(field 0 1); B_RPS=$(field 1 1); C_RPS=$(field 2 1)
-B_P99=$(field 1 3); C_P99=$(field 2 3)
-echo "(c)/(b) throughput: $(ratio "$C_RPS" "$B_RPS")   (target >= 0.90)"
-echo "(c)/(b) p99:        $(ratio "$C_P99" "$B_P99")   (target <= 1.20)"
-echo "(b)/(a) throughput: $(ratio "$B_RPS" "$A_RPS")"
-echo "(c)/(a) throughput: $(ratio "$C_RPS" "$A_RPS")"
+echo "(c)/(b) throughput: $(ratio "$(mean SUM_RPS "$C")" "$(mean SUM_RPS "$B")")   (target >= 0.90)"
+echo "(c)/(b) p99:        $(ratio "$(mean SUM_P99 "$C")" "$(mean SUM_P99 "$B")")   (target <= 1.20)"
+echo "(b)/(a) throughput: $(ratio "$(mean SUM_RPS "$B")" "$(mean SUM_RPS "$A")")"
+echo "(c)/(a) throughput: $(ratio "$(mean SUM_RPS "$C")" "$(mean SUM_RPS "$A")")"
 echo "(d) $COLD_TOKENS new tokens -> introspect $COLD_I, user_me $COLD_U: $COLD_VERDICT"
 echo "memory: $MEMORY_LINE"
 [ "$COLD_VERDICT" = ok ]
