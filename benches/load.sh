@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # End-to-end load test of the gateway with real processes on 127.0.0.1.
 #
-#   benches/load.sh                 # about 2 minutes on a fresh machine after the build
+#   benches/load.sh        # the table on stdout, progress on stderr
 #
-# Builds the release binary and examples/bench_upstream.rs, installs wrk with apt-get if it
-# is missing, then measures with wrk (one thread, 32 connections, 10 s, --latency):
+# About a minute after the release build (which takes 2-3 minutes on a fresh machine).
+# Builds the binary and examples/bench_upstream.rs, installs wrk and curl with apt-get if
+# missing, then measures with wrk (one thread, 32 connections, 10 s, --latency):
 #   (a) the upstream alone;
 #   (b) the gateway, route auth = "none";
 #   (c) the gateway, route auth = "required", every token cached: TOKENS users' tokens
@@ -74,10 +75,13 @@ GATEWAY_BIN=$PWD/target/release/cloudbase-gateway
 UPSTREAM_BIN=$PWD/target/release/examples/bench_upstream
 MEMORY_BIN=$PWD/target/release/examples/cache_memory
 
-if ! command -v wrk >/dev/null; then
-    say "installing wrk"
-    apt-get install -y wrk >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; }
-fi
+for tool in wrk curl; do
+    if ! command -v "$tool" >/dev/null; then
+        say "installing $tool"
+        apt-get install -y "$tool" >/dev/null 2>&1 ||
+            { apt-get update >/dev/null && apt-get install -y "$tool" >/dev/null; }
+    fi
+done
 
 cat >"$WORK/gateway.toml" <<EOF
 [server]
