@@ -316,7 +316,8 @@ where
 /// small HTTP/1.1 exchange.
 async fn refuse_overloaded(stream: tokio::net::TcpStream) {
     let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
-        let mut response = Reject::Overloaded.into_response(req.headers().get(&crate::proxy::headers::X_REQUEST_ID));
+        let mut response = Reject::Overloaded
+            .into_response(req.headers().get(&crate::proxy::headers::X_REQUEST_ID));
         response.headers_mut().insert(
             http::header::CONNECTION,
             http::HeaderValue::from_static("close"),
