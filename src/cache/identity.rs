@@ -150,18 +150,6 @@ impl Identity {
             start = end;
         }
     }
-
-    /// Bytes this identity holds on the heap, for sizing.
-    pub fn heap_size(&self) -> usize {
-        self.sub.len()
-            + self
-                .groups
-                .iter()
-                .map(|g| g.id.len() + std::mem::size_of::<Grant>())
-                .sum::<usize>()
-            + self.values.len()
-            + self.ends.len() * 4
-    }
 }
 
 impl Grant {
