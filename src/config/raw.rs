@@ -1,5 +1,5 @@
 //! The configuration file exactly as written: serde types mirroring the TOML, every key
-//! optional, unknown keys rejected. Nothing here is validated; see `super::validate`.
+//! optional, unknown keys rejected. Nothing here is validated; see `super` (the `validate_*` functions).
 
 use std::collections::BTreeMap;
 

@@ -1,3 +1,5 @@
+//! Loading and validating configuration: defaults, keyed errors, interpolation.
+
 use super::*;
 
 fn load(text: &str) -> Result<Config, ConfigErrors> {
