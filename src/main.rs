@@ -102,8 +102,12 @@ fn main() -> ExitCode {
                 // A closed pipe (`check | head`) is not an error worth a panic.
                 use std::io::Write;
                 let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{}: ok", cli.config.display());
-                let _ = writeln!(out, "{}", config.redacted_summary());
+                let _ = writeln!(
+                    out,
+                    "# {}: ok. The effective configuration, secrets redacted:",
+                    cli.config.display()
+                );
+                let _ = writeln!(out, "{}", config.effective_toml());
                 ExitCode::SUCCESS
             }
             Err(code) => code,

@@ -7,6 +7,7 @@
 //! (`routes[1].upstream: …`). Durations, sizes, URLs, CIDRs and header names are parsed
 //! here once; nothing downstream parses configuration again.
 
+mod effective;
 mod raw;
 mod secret;
 
@@ -370,11 +371,6 @@ impl Config {
         } else {
             Err(ConfigErrors(errors.0))
         }
-    }
-
-    /// The effective configuration as TOML-like text with secrets redacted, for `check`.
-    pub fn redacted_summary(&self) -> String {
-        format!("{self:#?}")
     }
 }
 

@@ -1,0 +1,256 @@
+//! The effective configuration as TOML, for `cloudbase-gateway check`: every key with the
+//! value in force (defaults and `${NAME}` filled in), secrets replaced by `[redacted]`.
+//!
+//! The output is itself a valid configuration file, so an operator can diff it, keep it,
+//! or start from it; a test holds it to that.
+
+use std::time::Duration;
+
+use toml::{Table, Value};
+
+use super::{AuthMode, Config, IntrospectAuth, Secret, Upstream};
+
+const REDACTED: &str = "[redacted]";
+
+fn text(s: impl Into<String>) -> Value {
+    Value::String(s.into())
+}
+
+fn duration(d: Duration) -> Value {
+    text(humantime::format_duration(d).to_string())
+}
+
+fn secret(s: &Secret) -> Value {
+    text(if s.is_empty() { "" } else { REDACTED })
+}
+
+fn strings<'a>(items: impl IntoIterator<Item = &'a str>) -> Value {
+    Value::Array(items.into_iter().map(text).collect())
+}
+
+fn table<const N: usize>(pairs: [(&str, Value); N]) -> Table {
+    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+impl Config {
+    /// The configuration in force, as TOML, with secrets redacted.
+    pub fn effective_toml(&self) -> String {
+        let s = &self.server;
+        let mut server = table([
+            ("listen", text(s.listen.to_string())),
+            ("request_timeout", duration(s.request_timeout)),
+            ("header_read_timeout", duration(s.header_read_timeout)),
+            ("max_body_size", text(s.max_body_size.to_string())),
+            ("max_connections", Value::Integer(s.max_connections as i64)),
+            ("shutdown_grace_period", duration(s.shutdown_grace_period)),
+            (
+                "trusted_proxies",
+                Value::Array(
+                    s.trusted_proxies
+                        .iter()
+                        .map(|n| text(n.to_string()))
+                        .collect(),
+                ),
+            ),
+        ]);
+        if let Some(tls) = &s.tls {
+            server.insert("tls_cert".into(), text(tls.cert.display().to_string()));
+            server.insert("tls_key".into(), text(tls.key.display().to_string()));
+        }
+
+        let c = &self.cloudbase;
+        let mut cloudbase = table([
+            ("env_id", text(&c.env_id)),
+            ("region", text(&c.region)),
+            ("base_url", text(&c.base_url)),
+            ("client_id", text(&c.client_id)),
+            ("client_secret", secret(&c.client_secret)),
+            ("device_id", text(&c.device_id)),
+            (
+                "introspect_auth",
+                text(match c.introspect_auth {
+                    IntrospectAuth::Bearer => "bearer",
+                    IntrospectAuth::Client => "client",
+                }),
+            ),
+            ("timeout", duration(c.timeout)),
+        ]);
+        if let Some(ca) = &c.ca_file {
+            cloudbase.insert("ca_file".into(), text(ca.display().to_string()));
+        }
+
+        let k = &self.cache;
+        let cache = table([
+            (
+                "max_entries",
+                Value::Integer(k.max_entries.min(i64::MAX as u64) as i64),
+            ),
+            ("ttl", duration(k.ttl)),
+            ("negative_ttl", duration(k.negative_ttl)),
+            ("stale_if_error", duration(k.stale_if_error)),
+        ]);
+
+        let mut headers = Table::new();
+        for name in &self.identity.strip {
+            let field = self
+                .identity
+                .headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, f)| f.as_str());
+            headers.insert(name.as_str().to_owned(), text(field.unwrap_or("")));
+        }
+
+        let routes = self
+            .routes
+            .iter()
+            .map(|r| {
+                Value::Table(table([
+                    ("prefix", text(&r.prefix)),
+                    (
+                        "upstream",
+                        text(match &r.upstream {
+                            Upstream::Whoami => "whoami".to_owned(),
+                            Upstream::Http {
+                                scheme,
+                                authority,
+                                base_path,
+                            } => {
+                                format!("{scheme}://{authority}{base_path}")
+                            }
+                        }),
+                    ),
+                    (
+                        "auth",
+                        text(match r.auth {
+                            AuthMode::Required => "required",
+                            AuthMode::Optional => "optional",
+                            AuthMode::None => "none",
+                        }),
+                    ),
+                    ("strip_prefix", Value::Boolean(r.strip_prefix)),
+                    ("methods", strings(r.methods.iter().map(|m| m.as_str()))),
+                    ("allow_anonymous", Value::Boolean(r.allow_anonymous)),
+                    (
+                        "require_groups",
+                        strings(r.require_groups.iter().map(String::as_str)),
+                    ),
+                    ("pass_token", Value::Boolean(r.pass_token)),
+                    ("allow_preflight", Value::Boolean(r.allow_preflight)),
+                ]))
+            })
+            .collect();
+
+        let e = &self.emulator;
+        let users = e
+            .users
+            .iter()
+            .map(|u| {
+                let mut user = table([
+                    ("username", text(&u.username)),
+                    ("password", secret(&u.password)),
+                ]);
+                for (key, value) in [
+                    ("name", &u.name),
+                    ("email", &u.email),
+                    ("phone_number", &u.phone_number),
+                ] {
+                    if let Some(v) = value {
+                        user.insert(key.into(), text(v));
+                    }
+                }
+                let groups = u.groups.iter().map(|g| match &g.expires_at {
+                    None => text(&g.id),
+                    Some(at) => {
+                        Value::Table(table([("id", text(&g.id)), ("expires_at", text(at))]))
+                    }
+                });
+                user.insert("groups".into(), Value::Array(groups.collect()));
+                Value::Table(user)
+            })
+            .collect();
+        let emulator = table([
+            ("enabled", Value::Boolean(e.enabled)),
+            ("listen", text(e.listen.to_string())),
+            ("verification_code", text(REDACTED)),
+            ("access_token_ttl", duration(e.access_token_ttl)),
+            ("allow_anonymous", Value::Boolean(e.allow_anonymous)),
+            ("users", Value::Array(users)),
+        ]);
+
+        let root = table([
+            ("server", Value::Table(server)),
+            (
+                "admin",
+                Value::Table(table([("listen", text(self.admin.listen.to_string()))])),
+            ),
+            ("cloudbase", Value::Table(cloudbase)),
+            ("cache", Value::Table(cache)),
+            (
+                "identity",
+                Value::Table(table([("headers", Value::Table(headers))])),
+            ),
+            ("routes", Value::Array(routes)),
+            ("emulator", Value::Table(emulator)),
+        ]);
+        toml::to_string(&root)
+            .unwrap_or_else(|e| format!("# cannot render the configuration: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+
+    #[test]
+    fn the_effective_config_is_a_valid_config_with_secrets_redacted() {
+        let text = r#"
+[server]
+trusted_proxies = ["10.0.0.0/8"]
+request_timeout = "1m 30s"
+[cloudbase]
+env_id = "e"
+client_secret = "${SECRET}"
+introspect_auth = "client"
+[identity.headers]
+"X-User-Email" = ""
+"X-Tenant" = "client_id"
+[[routes]]
+prefix = "/api/"
+upstream = "https://api.internal:8443/v2"
+methods = ["GET"]
+require_groups = ["admin"]
+[emulator]
+verification_code = "424242"
+[[emulator.users]]
+username = "u"
+password = "hunter2-password"
+name = "名字 \"quoted\""
+groups = ["a", { id = "b", expires_at = "2030-01-01T00:00:00Z" }]
+"#;
+        let env = |n: &str| (n == "SECRET").then(|| "s3cr3t-value".to_owned());
+        let config = Config::from_toml_str_with_env(text, env).unwrap();
+        let out = config.effective_toml();
+        for secret in ["s3cr3t-value", "hunter2-password", "424242"] {
+            assert!(!out.contains(secret), "{secret} printed:\n{out}");
+        }
+        let again = Config::from_toml_str_with_env(&out, env)
+            .unwrap_or_else(|e| panic!("effective config does not load:\n{e}\n{out}"));
+        assert_eq!(again.effective_toml(), out, "rendering is stable");
+        assert!(out.contains("request_timeout = \"1m 30s\""), "{out}");
+        assert!(
+            out.contains("upstream = \"https://api.internal:8443/v2\""),
+            "{out}"
+        );
+        assert!(
+            out.contains("x-user-email = \"\""),
+            "a turned-off header stays listed"
+        );
+        assert!(out.contains("x-tenant = \"client_id\""));
+        assert_eq!(again.routes[0].require_groups, ["admin"]);
+        assert_eq!(
+            again.emulator.users[0].name.as_deref(),
+            Some("名字 \"quoted\"")
+        );
+    }
+}
