@@ -3,10 +3,9 @@
 //! plain HTTP: the guide's paths, Basic client credentials, `--data-raw` bodies without a
 //! JSON content type, and `?token=` introspection.
 
-use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::time::Duration;
 
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
@@ -25,54 +24,6 @@ username = "test@example.com"
 password = "your password"
 name = "Test User"
 "#;
-
-/// Kills the emulator when the test ends, pass or panic.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn start_binary(config: &std::path::Path) -> (ChildGuard, SocketAddr) {
-    let addr = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_cloudbase-gateway"))
-        .args(["emulator", "--listen", &addr.to_string(), "--config"])
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("binary runs");
-    let mut guard = ChildGuard(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if TcpStream::connect(addr).is_ok() {
-            return (guard, addr);
-        }
-        if let Some(status) = guard.0.try_wait().unwrap() {
-            let mut stderr = String::new();
-            if let Some(mut e) = guard.0.stderr.take() {
-                let _ = e.read_to_string(&mut stderr);
-            }
-            panic!("emulator exited early with {status}: {stderr}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "emulator did not listen on {addr}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 struct Curl {
     http: Client,
@@ -124,9 +75,7 @@ fn s(v: &Value, key: &str) -> String {
 
 #[tokio::test]
 async fn the_binary_serves_the_seed_guides_curl_flows() {
-    let mut file = tempfile::NamedTempFile::new().unwrap();
-    std::io::Write::write_all(&mut file, CONFIG.as_bytes()).unwrap();
-    let (_child, addr) = start_binary(file.path());
+    let (_emulator, addr) = common::Process::emulator(CONFIG);
     let curl = Curl {
         http: Client::builder()
             .timeout(Duration::from_secs(10))

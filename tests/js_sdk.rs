@@ -10,12 +10,13 @@
 //! so CI cannot pass without running the SDK. `node_modules` is installed with `npm ci`
 //! when missing.
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use reqwest::Client;
 use serde_json::{json, Value};
@@ -41,58 +42,17 @@ name = "SDK User"
 
 const PHONE: &str = "+86 13800000000";
 
-/// Kills the emulator when the test ends, pass or panic.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 struct Emulator {
-    _child: ChildGuard,
-    _config: tempfile::NamedTempFile,
+    _process: common::Process,
     addr: SocketAddr,
     http: Client,
 }
 
 impl Emulator {
     fn start(config: &str) -> Emulator {
-        let mut file = tempfile::NamedTempFile::new().unwrap();
-        std::io::Write::write_all(&mut file, config.as_bytes()).unwrap();
-        let addr = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_cloudbase-gateway"))
-            .args(["emulator", "--listen", &addr.to_string(), "--config"])
-            .arg(file.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the binary runs");
-        let mut guard = ChildGuard(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(addr).is_err() {
-            if let Some(status) = guard.0.try_wait().unwrap() {
-                let mut stderr = String::new();
-                if let Some(mut e) = guard.0.stderr.take() {
-                    let _ = e.read_to_string(&mut stderr);
-                }
-                panic!("the emulator exited early with {status}: {stderr}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the emulator did not listen on {addr}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let (process, addr) = common::Process::emulator(config);
         Emulator {
-            _child: guard,
-            _config: file,
+            _process: process,
             addr,
             http: Client::builder()
                 .timeout(Duration::from_secs(10))

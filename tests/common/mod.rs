@@ -275,9 +275,12 @@ impl Process {
             .stderr(log)
             .spawn()
             .expect("binary runs");
-        let process = Process { child, dir };
+        let mut process = Process { child, dir };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while std::net::TcpStream::connect(wait_for).is_err() {
+            if let Ok(Some(status)) = process.child.try_wait() {
+                panic!("the binary exited early with {status}:\n{}", process.log());
+            }
             assert!(
                 std::time::Instant::now() < deadline,
                 "{wait_for} never opened:\n{}",
@@ -286,6 +289,18 @@ impl Process {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         process
+    }
+
+    /// Runs `cloudbase-gateway emulator --listen ADDR` with `config` on a free port.
+    pub fn emulator(config: &str) -> (Process, SocketAddr) {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let process = Process::spawn(
+            config,
+            &["emulator", "--listen", &addr.to_string()],
+            &[],
+            addr,
+        );
+        (process, addr)
     }
 
     pub fn pid(&self) -> u32 {
