@@ -34,17 +34,8 @@ async fn standard() -> (Harness, SocketAddr) {
 }
 
 async fn error_code(r: reqwest::Response) -> (u16, String, reqwest::header::HeaderMap) {
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    assert_eq!(headers["content-type"], "application/json");
-    let body: Value = r.json().await.expect("JSON envelope");
-    assert_eq!(
-        body["requestId"].as_str().unwrap(),
-        headers["x-request-id"].to_str().unwrap(),
-        "requestId in the body is the x-request-id header"
-    );
-    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
-    (status, body["code"].as_str().unwrap().to_owned(), headers)
+    let (status, code, headers) = rejection(r).await;
+    (status.as_u16(), code, headers)
 }
 
 fn fake_jwt(claims: &str) -> String {

@@ -98,18 +98,6 @@ fn http_client() -> reqwest::Client {
         .expect("reqwest")
 }
 
-/// Status, `code` of the JSON envelope, and the headers.
-async fn rejection(r: reqwest::Response) -> (StatusCode, String, http::HeaderMap) {
-    let status = r.status();
-    let headers = r.headers().clone();
-    let body: Value = r.json().await.expect("JSON envelope");
-    (
-        status,
-        body["code"].as_str().unwrap_or("").to_owned(),
-        headers,
-    )
-}
-
 /// An upstream that reads the whole request body, then answers 200 with its length.
 async fn spawn_draining_upstream() -> SocketAddr {
     let (addr, _) = spawn_upstream(|req: Request<Incoming>| async move {

@@ -357,3 +357,22 @@ fn try_wait_for_port(addr: SocketAddr) -> bool {
 pub fn wait_for_port(addr: SocketAddr) {
     assert!(try_wait_for_port(addr), "{addr} never opened");
 }
+
+/// Reads one of the gateway's own rejections: checks the JSON envelope (`code`, a
+/// `message`, `requestId` equal to the `x-request-id` header, `Content-Type`) and returns
+/// the status, the code and the headers.
+pub async fn rejection(
+    r: reqwest::Response,
+) -> (http::StatusCode, String, reqwest::header::HeaderMap) {
+    let status = r.status();
+    let headers = r.headers().clone();
+    assert_eq!(headers["content-type"], "application/json");
+    let body: serde_json::Value = r.json().await.expect("JSON envelope");
+    assert_eq!(
+        body["requestId"].as_str().unwrap(),
+        headers["x-request-id"].to_str().unwrap(),
+        "requestId in the body is the x-request-id header"
+    );
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+    (status, body["code"].as_str().unwrap().to_owned(), headers)
+}
