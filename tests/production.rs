@@ -8,7 +8,7 @@ mod common;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -85,12 +85,6 @@ fn route(prefix: &str, upstream: &str, auth: &str) -> String {
     format!("[[routes]]\nprefix = \"{prefix}\"\nupstream = \"{upstream}\"\nauth = \"{auth}\"\n")
 }
 
-/// A port nothing listens on (bound, read, released).
-fn closed_port() -> u16 {
-    let l = StdListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
 fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
@@ -129,93 +123,44 @@ async fn spawn_slow_upstream(chunks: usize, chunk: usize, every: Duration) -> So
     addr
 }
 
-/// A child process killed (and reaped) however the test ends.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The gateway binary on fixed ports, with stderr captured to a file.
+/// The gateway binary on free ports: `{LISTEN}`, `{ADMIN}` and `{EMULATOR}` in its config
+/// are replaced by them. Killed however the test ends (see [`Process`]).
 struct Binary {
-    child: ChildGuard,
+    process: Process,
     addr: SocketAddr,
     admin: SocketAddr,
-    stderr: PathBuf,
-    _dir: tempfile::TempDir,
 }
 
 impl Binary {
-    /// Writes `config` (with `{LISTEN}`, `{ADMIN}`, `{EMULATOR}` replaced by free ports) and
-    /// runs the binary with `args`, waiting until its admin listener answers.
+    /// Runs the binary with `config` and `args`, waiting until its admin listener accepts.
+    /// Returns the emulator's address too.
     async fn start(config: &str, args: &[&str], env: &[(&str, &str)]) -> (Binary, SocketAddr) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = |_| SocketAddr::from(([127, 0, 0, 1], closed_port()));
+        let port = |_| SocketAddr::from(([127, 0, 0, 1], free_port()));
         let (addr, admin, emulator) = (port(0), port(1), port(2));
         let config = config
             .replace("{LISTEN}", &addr.to_string())
             .replace("{ADMIN}", &admin.to_string())
             .replace("{EMULATOR}", &emulator.to_string());
-        let path = dir.path().join("config.toml");
-        std::fs::write(&path, config).expect("write config");
-        let stderr = dir.path().join("stderr.log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_cloudbase-gateway"));
-        command
-            .arg("--config")
-            .arg(&path)
-            .args(args)
-            .env_remove("RUST_LOG")
-            .env_remove("CLOUDBASE_GATEWAY_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).expect("stderr file"));
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let child = ChildGuard(command.spawn().expect("binary starts"));
-        let binary = Binary {
-            child,
-            addr,
-            admin,
-            stderr,
-            _dir: dir,
-        };
-        let http = http_client();
-        let up = async {
-            loop {
-                let ok = http.get(format!("http://{admin}/healthz")).send().await;
-                if ok.is_ok_and(|r| r.status() == 200) {
-                    break;
-                }
-                sleep(Duration::from_millis(50)).await;
-            }
-        };
-        if timeout(PATIENCE, up).await.is_err() {
-            panic!("binary did not start:\n{}", binary.logs());
-        }
-        (binary, emulator)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.0.id()
+        let process = Process::spawn(&config, args, env, admin);
+        (
+            Binary {
+                process,
+                addr,
+                admin,
+            },
+            emulator,
+        )
     }
 
     fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -TERM failed");
+        self.process.terminate();
     }
 
     /// Waits for the process to exit (at most [`PATIENCE`]).
     async fn wait_exit(&mut self) -> std::process::ExitStatus {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            if let Some(status) = self.child.0.try_wait().expect("try_wait") {
+            if let Some(status) = self.process.child.try_wait().expect("try_wait") {
                 return status;
             }
             assert!(
@@ -228,7 +173,7 @@ impl Binary {
     }
 
     fn logs(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        self.process.log()
     }
 }
 
@@ -500,7 +445,7 @@ async fn cloudbase_unreachable_answers_503_and_optional_routes_pass() {
     let (upstream, _) = spawn_echo_upstream().await;
     let cloudbase = format!(
         "timeout = \"300ms\"\nbase_url = \"http://127.0.0.1:{}/auth/v1\"\n",
-        closed_port()
+        free_port()
     );
     let routes = format!(
         "{}{}",
@@ -640,7 +585,7 @@ async fn upstream_refused_is_502_and_hanging_upstream_is_504() {
         "{}{}",
         route(
             "/refused/",
-            &format!("http://127.0.0.1:{}", closed_port()),
+            &format!("http://127.0.0.1:{}", free_port()),
             "none"
         ),
         route("/hang/", &format!("http://{hanging}"), "none")
@@ -1069,7 +1014,7 @@ async fn logged_mix(args: &[&str], level: &str) -> (String, Vec<String>) {
         route("/opt/", &format!("http://{echo}"), "optional"),
         route(
             "/refused/",
-            &format!("http://127.0.0.1:{}", closed_port()),
+            &format!("http://127.0.0.1:{}", free_port()),
             "none"
         ),
     );
