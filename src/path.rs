@@ -149,7 +149,18 @@ fn is_plain(b: u8) -> bool {
     is_unreserved(b)
         || matches!(
             b,
-            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@'
+            b'!' | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
         )
 }
 
@@ -202,8 +213,7 @@ fn is_normal(path: &[u8], escaped_slashes: EscapedSlashes) -> bool {
                 let stays = !is_unreserved(octet)
                     && !is_control(octet)
                     && octet != b'%'
-                    && (escaped_slashes == EscapedSlashes::Keep
-                        || !matches!(octet, b'/' | b'\\'));
+                    && (escaped_slashes == EscapedSlashes::Keep || !matches!(octet, b'/' | b'\\'));
                 if !stays {
                     return false;
                 }
@@ -277,9 +287,7 @@ fn rewrite(path: &[u8], escaped_slashes: EscapedSlashes) -> Result<String, PathE
                         return Err(PathError::AboveRoot);
                     }
                 }
-                s if is_disguised_dot_segment(s) => {
-                    return Err(PathError::DisguisedDotSegment)
-                }
+                s if is_disguised_dot_segment(s) => return Err(PathError::DisguisedDotSegment),
                 _ => {
                     segments.push(std::mem::take(&mut segment));
                     trailing_slash = false;

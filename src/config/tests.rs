@@ -223,7 +223,9 @@ fn route_prefixes_must_be_normal_and_hold_no_character_with_two_spellings() {
     ];
     let mut text = String::from("[emulator]\nenabled = true\n");
     for (p, _) in prefixes {
-        text.push_str(&format!("[[routes]]\nprefix = {p:?}\nupstream = \"whoami\"\n"));
+        text.push_str(&format!(
+            "[[routes]]\nprefix = {p:?}\nupstream = \"whoami\"\n"
+        ));
     }
     text.push_str("[[routes]]\nprefix = \"/ok/%E6%96%87/a.b_c-d~\"\nupstream = \"whoami\"\n");
     let got = errors(&text);
@@ -235,5 +237,9 @@ fn route_prefixes_must_be_normal_and_hold_no_character_with_two_spellings() {
             got.join("\n")
         );
     }
-    assert_eq!(got.len(), prefixes.len(), "the last prefix is fine: {got:?}");
+    assert_eq!(
+        got.len(),
+        prefixes.len(),
+        "the last prefix is fine: {got:?}"
+    );
 }

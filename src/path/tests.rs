@@ -83,7 +83,10 @@ fn repeated_slashes_are_merged() {
 fn characters_a_uri_cannot_hold_raw_are_percent_encoded() {
     assert_eq!(ok("/文档"), "/%E6%96%87%E6%A1%A3");
     assert_eq!(ok("/é"), ok("/%C3%A9"), "raw and encoded are one path");
-    assert_eq!(ok("/{\"a\"}|^`[]<> "), "/%7B%22a%22%7D%7C%5E%60%5B%5D%3C%3E%20");
+    assert_eq!(
+        ok("/{\"a\"}|^`[]<> "),
+        "/%7B%22a%22%7D%7C%5E%60%5B%5D%3C%3E%20"
+    );
 }
 
 #[test]
@@ -116,7 +119,15 @@ fn a_raw_backslash_is_refused() {
 
 #[test]
 fn encoded_and_raw_control_characters_are_refused() {
-    for raw in ["/a%00b", "/a%0d%0aX:1", "/a%1F", "/a%7f", "/a\u{7f}", "/a\tb", "/a\0"] {
+    for raw in [
+        "/a%00b",
+        "/a%0d%0aX:1",
+        "/a%1F",
+        "/a%7f",
+        "/a\u{7f}",
+        "/a\tb",
+        "/a\0",
+    ] {
         assert_eq!(refused(raw), PathError::ControlCharacter, "{raw:?}");
     }
 }
@@ -137,7 +148,11 @@ fn disguised_dot_segments_are_refused() {
     ] {
         assert_eq!(refused(raw), PathError::DisguisedDotSegment, "{raw:?}");
     }
-    assert_eq!(ok("/a/..b;c/...d"), "/a/..b;c/...d", "names that start with dots");
+    assert_eq!(
+        ok("/a/..b;c/...d"),
+        "/a/..b;c/...d",
+        "names that start with dots"
+    );
 }
 
 #[test]
@@ -179,8 +194,14 @@ fn targets_that_are_not_absolute_paths_are_refused() {
 
 #[test]
 fn path_parameters_are_dropped_for_the_second_opinion() {
-    assert_eq!(without_parameters("/admin;x/secret").unwrap(), "/admin/secret");
-    assert_eq!(without_parameters("/admin%3Bx/secret").unwrap(), "/admin/secret");
+    assert_eq!(
+        without_parameters("/admin;x/secret").unwrap(),
+        "/admin/secret"
+    );
+    assert_eq!(
+        without_parameters("/admin%3Bx/secret").unwrap(),
+        "/admin/secret"
+    );
     assert_eq!(without_parameters("/;x/api/y").unwrap(), "/api/y");
     assert_eq!(without_parameters("/a/b;c").unwrap(), "/a/b");
     assert!(matches!(
@@ -207,7 +228,8 @@ const PIECES: &[&str] = &[
 ];
 
 fn nasty_path() -> impl Strategy<Value = String> {
-    prop::collection::vec(prop::sample::select(PIECES), 0..12).prop_map(|v| format!("/{}", v.concat()))
+    prop::collection::vec(prop::sample::select(PIECES), 0..12)
+        .prop_map(|v| format!("/{}", v.concat()))
 }
 
 fn policy() -> impl Strategy<Value = EscapedSlashes> {
