@@ -189,13 +189,11 @@ fn is_normal(path: &[u8], escaped_slashes: EscapedSlashes) -> bool {
     while i < path.len() {
         match path[i] {
             b'/' => {
-                match path.get(i + 1..) {
-                    // `//`, and segments that are or may be dot segments (`.`, `..`, `.;`,
-                    // `..;`, `.%3B`): let the full pass decide.
-                    Some([b'/', ..] | [b'.'] | [b'.', b'/' | b'.' | b';' | b'%', ..]) => {
-                        return false
-                    }
-                    _ => {}
+                // `//`, and segments that are or may be dot segments (`.`, `..`, `.;`,
+                // `..;`, `.%3B`): let the full pass decide.
+                let next = path.get(i + 1..);
+                if let Some([b'/', ..] | [b'.'] | [b'.', b'/' | b'.' | b';' | b'%', ..]) = next {
+                    return false;
                 }
                 i += 1;
             }
