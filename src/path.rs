@@ -16,10 +16,10 @@
 //! - refused ([`PathError`]): an encoded slash or backslash (`%2F`, `%5C`; see
 //!   [`EscapedSlashes`]), a raw backslash (a separator on Windows and to WHATWG URL
 //!   parsers), an encoded or raw control character, a disguised dot segment (`..;`, which
-//!   Tomcat reads as `..`; `..%20` and `...`, which Windows trims to `..`), a dot segment
-//!   climbing above the root, invalid
-//!   percent-encoding, a double-encoded octet (`%25` followed by two hex digits: `..` to a
-//!   server that decodes twice), and anything not starting with `/` (`*`, authority-form).
+//!   Tomcat reads as `..`; `..%20` and `...`, which Windows may trim to `..`), a dot
+//!   segment climbing above the root, invalid percent-encoding, a double-encoded octet
+//!   (`%25` followed by two hex digits: `..` to a server that decodes twice), and anything
+//!   not starting with `/` (`*`, authority-form).
 //!
 //! Reserved characters (`:@!$&'()*+,;=`) stay exactly as sent, raw or encoded: RFC 3986
 //! §6.2.2.2 says decoding them may change the meaning. Route prefixes therefore may not
@@ -33,7 +33,6 @@
 //! rewriting pays for a `String`.
 
 use std::borrow::Cow;
-use std::fmt;
 
 /// What to do with `%2F` (encoded `/`) and `%5C` (encoded `\`) in a path
 /// (`server.escaped_slashes`).
@@ -92,7 +91,7 @@ pub enum PathError {
     DoubleEncoding,
     /// A dot segment with a parameter (`.;x`, `..;x`, `..%3Bx`), which Tomcat and Spring
     /// read as `.` / `..`, or padded with dots or spaces (`...`, `..%20`), which Windows
-    /// servers trim to `..`.
+    /// servers may trim to `..`.
     #[error("a disguised dot segment (..;, ..%20, ...)")]
     DisguisedDotSegment,
     /// More `..` than there are segments to remove.
@@ -134,8 +133,9 @@ pub fn without_parameters(path: &str) -> Result<Cow<'_, str>, PathError> {
             .unwrap_or(segment.len());
         bare.push_str(&segment[..end]);
     }
-    // Dropping a parameter can leave an empty or dot segment (`/;x/`, `/.;x/` is refused
-    // earlier); normalizing again merges and resolves them as such a server would.
+    // Dropping a parameter can leave an empty segment (`/;x/api`); normalizing again
+    // merges it as such a server would. (A dot segment with a parameter never gets here:
+    // `normalize` refused it.)
     normalize(&bare, EscapedSlashes::Keep).map(|n| Cow::Owned(n.into_owned()))
 }
 
@@ -364,12 +364,6 @@ fn is_disguised_dot_segment(segment: &str) -> bool {
         } else {
             return padding.is_empty();
         }
-    }
-}
-
-impl fmt::Display for EscapedSlashes {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

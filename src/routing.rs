@@ -103,8 +103,12 @@ impl Routes {
             Reject::BadRequest
         })?;
         let route = self.find(&normal).ok_or(Reject::NotFound)?;
-        let same_without_parameters = path::without_parameters(&normal)
-            .is_ok_and(|bare| self.find(&bare).is_some_and(|r| r.index == route.index));
+        // Borrowed: no parameters, the same path, the same route (the common case).
+        let same_without_parameters =
+            path::without_parameters(&normal).is_ok_and(|bare| match bare {
+                Cow::Borrowed(_) => true,
+                Cow::Owned(bare) => self.find(&bare).is_some_and(|r| r.index == route.index),
+            });
         if !same_without_parameters {
             tracing::debug!("request path refused: its ; parameters decide the route");
             return Err(Reject::BadRequest);
