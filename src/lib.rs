@@ -1,11 +1,12 @@
 //! cloudbase-gateway: an authenticating reverse proxy for CloudBase Auth v2.
 //!
 //! Layout, following a request: `server` (listeners, TLS, shutdown, the stack),
-//! `routing` (which route), `auth` (token and rules) over `cache` (validation, cached)
-//! over `cloudbase` (typed client of the Auth v2 HTTP API), `proxy` (header hygiene and
-//! forwarding), `response` (the gateway's own answers). Beside it: `config` (the TOML file
-//! and validated settings), `admin` (health, metrics, cache purge), `telemetry` (logs),
-//! `emulator` (a faithful in-memory CloudBase Auth v2).
+//! `routing` (which route, decided on the normal form `path` gives), `auth` (token and
+//! rules) over `cache` (validation, cached) over `cloudbase` (typed client of the Auth v2
+//! HTTP API), `proxy` (header hygiene and forwarding), `response` (the gateway's own
+//! answers). Beside it: `config` (the TOML file and validated settings), `admin` (health,
+//! metrics, cache purge), `telemetry` (logs), `emulator` (a faithful in-memory CloudBase
+//! Auth v2), `path` (the path policy, a leaf any layer can use).
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -14,6 +15,7 @@ pub mod cache;
 pub mod cloudbase;
 pub mod config;
 pub mod emulator;
+pub mod path;
 pub mod proxy;
 pub mod response;
 pub mod routing;

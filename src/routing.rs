@@ -1,20 +1,30 @@
-//! Route matching: the longest configured prefix that the path starts with wins.
+//! Route matching: the longest configured prefix that the normalized path starts with
+//! wins.
+//!
+//! The path is first put in the normal form of [`crate::path`] (or refused with 400), and
+//! the request's URI is rewritten to it, so the route, the auth rules, `strip_prefix` and
+//! the upstream all see one path; the query is kept byte for byte. A path whose route
+//! would change if a server dropped its `;` parameters (Tomcat's `/admin;x/secret` is
+//! `/admin/secret`) is refused too.
 //!
 //! Routes are sorted once at start (longest prefix first), so a match is a scan of a short
 //! list with `starts_with`; for the handful of routes a gateway has this beats a trie.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use http::header::CONTENT_LENGTH;
+use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, Method, Request, Response};
 use http_body_util::{BodyExt, Limited};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::config::RouteSettings;
+use crate::path::{self, EscapedSlashes};
 use crate::proxy::headers::X_REQUEST_ID;
 use crate::response::{Body, BoxError, Reject};
 
@@ -72,28 +82,73 @@ impl Routes {
         }
     }
 
-    /// The route for `path`, longest prefix first.
+    /// The route for `path` (already normal), longest prefix first.
     pub fn find(&self, path: &str) -> Option<&Arc<Route>> {
         self.by_length
             .iter()
             .find(|r| path.starts_with(r.settings.prefix.as_str()))
     }
+
+    /// The route that decides a request for the raw path `raw`, and the normal path when it
+    /// differs from `raw`; or the answer when none does: 400 for a path the policy refuses
+    /// (before any route is considered), 404 for no route.
+    pub fn decide(
+        &self,
+        raw: &str,
+        escaped_slashes: EscapedSlashes,
+    ) -> Result<(Arc<Route>, Option<String>), Reject> {
+        let normal = path::normalize(raw, escaped_slashes).map_err(|reason| {
+            // The reason only: paths can carry secrets and are never logged.
+            tracing::debug!(%reason, "request path refused");
+            Reject::BadRequest
+        })?;
+        let route = self.find(&normal).ok_or(Reject::NotFound)?;
+        // Borrowed: no parameters, the same path, the same route (the common case).
+        let same_without_parameters =
+            path::without_parameters(&normal).is_ok_and(|bare| match bare {
+                Cow::Borrowed(_) => true,
+                Cow::Owned(bare) => self.find(&bare).is_some_and(|r| r.index == route.index),
+            });
+        if !same_without_parameters {
+            tracing::debug!("request path refused: its ; parameters decide the route");
+            return Err(Reject::BadRequest);
+        }
+        let rewritten = match normal {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(p) => Some(p),
+        };
+        Ok((route.clone(), rewritten))
+    }
 }
 
-/// Matches the route, answers 404 / 405 / 413 (declared length) itself, caps the body at
-/// `max_body_size` (a chunked body that grows past it fails the upstream call with 413),
-/// and puts [`MatchedRoute`] in the request and response extensions.
+/// `uri` with its path replaced by `path` and its query kept byte for byte.
+fn with_path(uri: &Uri, path: String) -> Option<Uri> {
+    let path_and_query = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(PathAndQuery::try_from(path_and_query).ok()?);
+    Uri::from_parts(parts).ok()
+}
+
+/// Normalizes the path (400 when the policy refuses it), matches the route, answers 404 /
+/// 405 / 413 (declared length) itself, caps the body at `max_body_size` (a chunked body
+/// that grows past it fails the upstream call with 413), and puts [`MatchedRoute`] in the
+/// request and response extensions.
 #[derive(Clone)]
 pub struct RouteLayer {
     routes: Routes,
     max_body_size: u64,
+    escaped_slashes: EscapedSlashes,
 }
 
 impl RouteLayer {
-    pub fn new(routes: Routes, max_body_size: u64) -> Self {
+    pub fn new(routes: Routes, max_body_size: u64, escaped_slashes: EscapedSlashes) -> Self {
         RouteLayer {
             routes,
             max_body_size,
+            escaped_slashes,
         }
     }
 }
@@ -105,6 +160,7 @@ impl<S> Layer<S> for RouteLayer {
             inner,
             routes: self.routes.clone(),
             max_body_size: self.max_body_size,
+            escaped_slashes: self.escaped_slashes,
         }
     }
 }
@@ -114,6 +170,7 @@ pub struct RouteService<S> {
     inner: S,
     routes: Routes,
     max_body_size: u64,
+    escaped_slashes: EscapedSlashes,
 }
 
 pin_project! {
@@ -170,10 +227,19 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let Some(route) = self.routes.find(req.uri().path()).cloned() else {
-            return RouteFuture::reject(Reject::NotFound, &req, None);
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let (route, normal) = match self.routes.decide(req.uri().path(), self.escaped_slashes) {
+            Ok(decided) => decided,
+            Err(reason) => return RouteFuture::reject(reason, &req, None),
         };
+        // From here on the request is the normalized one: auth, `strip_prefix` and the
+        // upstream never see the raw path.
+        if let Some(path) = normal {
+            match with_path(req.uri(), path) {
+                Some(uri) => *req.uri_mut() = uri,
+                None => return RouteFuture::reject(Reject::BadRequest, &req, None),
+            }
+        }
         if !route.allows(req.method()) {
             let allow = route.allow.clone();
             return RouteFuture::reject(Reject::MethodNotAllowed { allow }, &req, Some(route));
@@ -200,6 +266,9 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod path_tests;
 
 #[cfg(test)]
 mod tests {

@@ -43,6 +43,7 @@ impl Config {
             ("max_body_size", text(s.max_body_size.to_string())),
             ("max_connections", Value::Integer(s.max_connections as i64)),
             ("shutdown_grace_period", duration(s.shutdown_grace_period)),
+            ("escaped_slashes", text(s.escaped_slashes.as_str())),
             (
                 "trusted_proxies",
                 Value::Array(
@@ -208,6 +209,7 @@ mod tests {
 [server]
 trusted_proxies = ["10.0.0.0/8"]
 request_timeout = "1m 30s"
+escaped_slashes = "keep"
 [cloudbase]
 env_id = "e"
 client_secret = "${SECRET}"
@@ -238,6 +240,11 @@ groups = ["a", { id = "b", expires_at = "2030-01-01T00:00:00Z" }]
             .unwrap_or_else(|e| panic!("effective config does not load:\n{e}\n{out}"));
         assert_eq!(again.effective_toml(), out, "rendering is stable");
         assert!(out.contains("request_timeout = \"1m 30s\""), "{out}");
+        assert!(out.contains("escaped_slashes = \"keep\""), "{out}");
+        assert_eq!(
+            again.server.escaped_slashes,
+            crate::path::EscapedSlashes::Keep
+        );
         assert!(
             out.contains("upstream = \"https://api.internal:8443/v2\""),
             "{out}"

@@ -21,6 +21,7 @@ use http::{HeaderName, Method, Uri};
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 
+pub use crate::path::EscapedSlashes;
 pub use raw::RawGroup;
 pub use secret::Secret;
 
@@ -55,6 +56,8 @@ pub struct ServerSettings {
     pub shutdown_grace_period: Duration,
     /// Peers whose `X-Forwarded-For` is extended rather than replaced. Default none.
     pub trusted_proxies: Vec<IpNet>,
+    /// `%2F` / `%5C` in a path: refused (default) or kept encoded. See [`crate::path`].
+    pub escaped_slashes: EscapedSlashes,
 }
 
 #[derive(Debug, Clone)]
@@ -569,6 +572,16 @@ fn validate_server(raw: raw::RawServer, errors: &mut Errors) -> ServerSettings {
             ),
         }
     }
+    let escaped_slashes = match raw.escaped_slashes.as_deref() {
+        None => EscapedSlashes::default(),
+        Some(s) => EscapedSlashes::parse(s).unwrap_or_else(|| {
+            errors.push(
+                "server.escaped_slashes",
+                format!("{s:?} is not one of \"reject\", \"keep\""),
+            );
+            EscapedSlashes::default()
+        }),
+    };
     ServerSettings {
         listen: socket_addr(raw.listen, "server.listen", "127.0.0.1:8080", errors),
         tls,
@@ -588,6 +601,7 @@ fn validate_server(raw: raw::RawServer, errors: &mut Errors) -> ServerSettings {
             errors,
         ),
         trusted_proxies,
+        escaped_slashes,
     }
 }
 
@@ -773,7 +787,12 @@ fn validate_routes(raws: Vec<Option<raw::RawRoute>>, errors: &mut Errors) -> Vec
         let Some(raw) = raw else { continue };
         let key = |k: &str| format!("routes[{i}].{k}");
         let prefix = match raw.prefix {
-            Some(p) if p.starts_with('/') => p,
+            Some(p) if p.starts_with('/') => {
+                if let Err(e) = check_prefix(&p) {
+                    errors.push(key("prefix"), e);
+                }
+                p
+            }
             Some(p) => {
                 errors.push(key("prefix"), format!("{p:?} must start with /"));
                 continue;
@@ -837,6 +856,37 @@ fn validate_routes(raws: Vec<Option<raw::RawRoute>>, errors: &mut Errors) -> Vec
         });
     }
     routes
+}
+
+/// Characters a client may send raw or percent-encoded with different meanings to
+/// different servers (RFC 3986 reserved characters the normalizer leaves as sent).
+const TWO_SPELLINGS: &str = ":@!$&'()*+,;=";
+
+/// A route prefix must be a path the normalizer leaves unchanged, so requests and prefixes
+/// are compared in one form, and must not hold a character with two spellings: with a
+/// prefix `/a:b/`, `/a%3Ab/x` would miss the route here but be `/a:b/x` upstream.
+fn check_prefix(prefix: &str) -> Result<(), String> {
+    match crate::path::normalize(prefix, EscapedSlashes::Reject) {
+        Err(e) => return Err(format!("{prefix:?} is refused by the path policy: {e}")),
+        Ok(normal) if normal != prefix => {
+            return Err(format!(
+                "{prefix:?} is not in normal form; write {normal:?} (see README \"Path policy\")"
+            ))
+        }
+        Ok(_) => {}
+    }
+    let encoded = |c: char| format!("%{:02X}", u32::from(c));
+    match TWO_SPELLINGS
+        .chars()
+        .find(|&c| prefix.contains(c) || prefix.contains(&encoded(c)))
+    {
+        Some(c) => Err(format!(
+            "{prefix:?} holds {c:?}, which clients may send raw or as {}; a prefix may hold \
+             letters, digits, \"-._~\", \"/\" and percent-encoded octets other than {TWO_SPELLINGS}",
+            encoded(c)
+        )),
+        None => Ok(()),
+    }
 }
 
 /// `"whoami"`, or an `http://` / `https://` URL with an optional base path.

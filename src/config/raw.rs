@@ -17,6 +17,7 @@ pub struct RawServer {
     pub max_connections: Option<u64>,
     pub shutdown_grace_period: Option<String>,
     pub trusted_proxies: Option<Vec<String>>,
+    pub escaped_slashes: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -78,6 +78,7 @@ request_timeout = "soon"
 max_body_size = "10 parsecs"
 trusted_proxies = ["10.0.0.0/8", "nope"]
 tls_cert = "c.pem"
+escaped_slashes = "decode"
 [cache]
 ttl = 5
 [cloudbase]
@@ -108,6 +109,7 @@ surprise = true
         "server.max_body_size:",
         "server.trusted_proxies[1]:",
         "server.tls_key:",
+        "server.escaped_slashes:",
         "cache.ttl:",
         "cloudbase.introspect_auth:",
         "identity.headers.X-Team:",
@@ -196,4 +198,48 @@ fn invalid_toml_is_one_clear_error() {
     let got = errors("[server\nlisten = 1");
     assert_eq!(got.len(), 1);
     assert!(got[0].starts_with("not valid TOML"), "{got:?}");
+}
+
+#[test]
+fn escaped_slashes_defaults_to_reject_and_reads_keep() {
+    let c = load("[emulator]\nenabled = true\n").unwrap();
+    assert_eq!(c.server.escaped_slashes, EscapedSlashes::Reject);
+    let c = load("[emulator]\nenabled = true\n[server]\nescaped_slashes = \"keep\"\n").unwrap();
+    assert_eq!(c.server.escaped_slashes, EscapedSlashes::Keep);
+}
+
+#[test]
+fn route_prefixes_must_be_normal_and_hold_no_character_with_two_spellings() {
+    let prefixes = [
+        ("/%61pi/", "write \"/api/\""),
+        ("/a//b/", "write \"/a/b/\""),
+        ("/a/../b/", "write \"/b/\""),
+        ("/文档/", "write \"/%E6%96%87%E6%A1%A3/\""),
+        ("/../x/", "above the root"),
+        ("/a%2Fb/", "encoded slash"),
+        ("/v1:batch/", "':'"),
+        ("/a%3Bb/", "';'"),
+        ("/x@y/", "'@'"),
+    ];
+    let mut text = String::from("[emulator]\nenabled = true\n");
+    for (p, _) in prefixes {
+        text.push_str(&format!(
+            "[[routes]]\nprefix = {p:?}\nupstream = \"whoami\"\n"
+        ));
+    }
+    text.push_str("[[routes]]\nprefix = \"/ok/%E6%96%87/a.b_c-d~\"\nupstream = \"whoami\"\n");
+    let got = errors(&text);
+    for (i, (p, says)) in prefixes.iter().enumerate() {
+        let key = format!("routes[{i}].prefix:");
+        assert!(
+            got.iter().any(|e| e.starts_with(&key) && e.contains(says)),
+            "{p:?}: no error under {key} saying {says:?} in:\n{}",
+            got.join("\n")
+        );
+    }
+    assert_eq!(
+        got.len(),
+        prefixes.len(),
+        "the last prefix is fine: {got:?}"
+    );
 }

@@ -83,11 +83,13 @@ pub fn build_with_api(
         .layer(crate::telemetry::AccessLogLayer::new(metrics.clone()))
         // Forged identity headers go before any route, auth mode or upstream sees them.
         .layer(StripIdentityLayer::new(&config.identity.strip))
-        // Routing before auth: the route decides whether and how to authenticate. Outside
-        // the timeout, so a 504 is still tagged with its route for metrics and the log.
+        // Routing before auth: the route decides whether and how to authenticate, on the
+        // normalized path it also hands to every later layer. Outside the timeout, so a 504
+        // is still tagged with its route for metrics and the log.
         .layer(RouteLayer::new(
             Routes::new(&config.routes),
             config.server.max_body_size,
+            config.server.escaped_slashes,
         ))
         // The timeout covers CloudBase validation and the upstream alike.
         .layer(RequestTimeoutLayer::new(config.server.request_timeout))
