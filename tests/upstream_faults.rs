@@ -1,0 +1,581 @@
+//! The gateway in front of misbehaving upstreams and a half-broken CloudBase.
+//!
+//! Upstreams here are scripted raw sockets (a `TcpListener` writing exact bytes), so the
+//! faults are the real ones: a stale `Content-Length` beside `Transfer-Encoding`, a `101`
+//! nobody asked for, keep-alive connections closed just as the gateway reuses them, a
+//! connection dropped after the request arrived. CloudBase is an in-test server whose
+//! `/token/introspect` and `/user/me` fail independently.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+// ---------------------------------------------------------------------------------------
+// A scripted raw-socket upstream
+// ---------------------------------------------------------------------------------------
+
+/// A request as the scripted upstream read it.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    /// The `x-seq` header the test put on the request, to tell requests apart.
+    seq: Option<String>,
+    body: Vec<u8>,
+    /// Which accepted connection it arrived on (0, 1, …).
+    connection: usize,
+}
+
+/// What the upstream does after answering a request.
+#[derive(Debug, Clone, Copy)]
+enum After {
+    /// Waits this long for the next request on the connection, then closes it (an idle
+    /// keep-alive timeout, like gunicorn's 2 s), without ever saying `Connection: close`.
+    IdleClose(Duration),
+    /// Closes the connection right away, without saying `Connection: close`.
+    Close,
+}
+
+type Answer = Arc<dyn Fn(&Seen) -> Vec<u8> + Send + Sync>;
+
+struct Scripted {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    connections: Arc<AtomicUsize>,
+}
+
+impl Scripted {
+    /// Accepts connections; answers each request with `answer(request)` then does `after`.
+    /// With `swallow_first`, the first request of the first connection is read and the
+    /// connection dropped without a byte of answer (an upstream crashing mid-request).
+    async fn start(answer: Answer, after: After, swallow_first: bool) -> Scripted {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let swallow = Arc::new(AtomicBool::new(swallow_first));
+        let (seen2, connections2) = (seen.clone(), connections.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let connection = connections2.fetch_add(1, Ordering::SeqCst);
+                let (answer, seen, swallow) = (answer.clone(), seen2.clone(), swallow.clone());
+                tokio::spawn(serve(
+                    stream, connection, answer, after, seen, swallow,
+                ));
+            }
+        });
+        Scripted {
+            addr,
+            seen,
+            connections,
+        }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    connection: usize,
+    answer: Answer,
+    after: After,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    swallow: Arc<AtomicBool>,
+) {
+    let mut buf = Vec::new();
+    let mut first = true;
+    loop {
+        let next = read_request(&mut stream, &mut buf, connection);
+        let request = match (first, after) {
+            (false, After::IdleClose(idle)) => match tokio::time::timeout(idle, next).await {
+                Ok(r) => r,
+                Err(_) => return,
+            },
+            _ => next.await,
+        };
+        first = false;
+        let Some(request) = request else { return };
+        seen.lock().unwrap().push(request.clone());
+        if swallow.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        if stream.write_all(&answer(&request)).await.is_err() {
+            return;
+        }
+        if let After::Close = after {
+            return;
+        }
+    }
+}
+
+/// Reads one HTTP/1.1 request (head, then a `Content-Length` or chunked body).
+async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>, connection: usize) -> Option<Seen> {
+    let head_end = loop {
+        if let Some(i) = find(buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        fill(stream, buf).await?;
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    buf.drain(..head_end);
+    let mut lines = head.split("\r\n");
+    let method = lines.next()?.split(' ').next()?.to_owned();
+    let mut seq = None;
+    let mut length = 0usize;
+    let mut chunked = false;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        match name.to_ascii_lowercase().as_str() {
+            "x-seq" => seq = Some(value.to_owned()),
+            "content-length" => length = value.parse().ok()?,
+            "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
+            _ => {}
+        }
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            let line_end = loop {
+                if let Some(i) = find(buf, b"\r\n") {
+                    break i;
+                }
+                fill(stream, buf).await?;
+            };
+            let size_text = String::from_utf8_lossy(&buf[..line_end]).into_owned();
+            let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+            buf.drain(..line_end + 2);
+            while buf.len() < size + 2 {
+                fill(stream, buf).await?;
+            }
+            body.extend_from_slice(&buf[..size]);
+            buf.drain(..size + 2);
+            if size == 0 {
+                break;
+            }
+        }
+    } else {
+        while buf.len() < length {
+            fill(stream, buf).await?;
+        }
+        body.extend_from_slice(&buf[..length]);
+        buf.drain(..length);
+    }
+    Some(Seen {
+        method,
+        seq,
+        body,
+        connection,
+    })
+}
+
+async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+    let mut chunk = [0u8; 8192];
+    match stream.read(&mut chunk).await {
+        Ok(0) | Err(_) => None,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Some(())
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A plain `200` with a `Content-Length` body, keep-alive implied (HTTP/1.1).
+fn ok_answer() -> Answer {
+    Arc::new(|seen: &Seen| {
+        let body = format!("ok {}", seen.seq.as_deref().unwrap_or("-"));
+        let body = if seen.method == "HEAD" { "" } else { &body };
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            if seen.method == "HEAD" { 2 } else { body.len() }
+        )
+        .into_bytes()
+    })
+}
+
+/// A fixed answer whatever the request.
+fn fixed(bytes: &'static [u8]) -> Answer {
+    Arc::new(move |_: &Seen| bytes.to_vec())
+}
+
+fn route(prefix: &str, upstream: SocketAddr) -> String {
+    format!("[[routes]]\nprefix = \"{prefix}\"\nupstream = \"http://{upstream}\"\nauth = \"none\"\n")
+}
+
+/// A gateway routing `/up/` to `upstream`, with extra `[upstream]` lines.
+async fn gateway(upstream: SocketAddr, pool: &str) -> Harness {
+    let extra = format!("[upstream]\n{pool}\n{}", route("/up/", upstream));
+    Harness::start(&extra).await
+}
+
+fn h2_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. Framing: Content-Length beside Transfer-Encoding
+// ---------------------------------------------------------------------------------------
+
+/// 59 bytes, sent chunked.
+const BODY_59: &str = "fifty-nine bytes of body that a stale length would truncate";
+
+fn chunked_with_length(length: &str) -> Answer {
+    let half = BODY_59.len() / 2;
+    let (a, b) = BODY_59.split_at(half);
+    let bytes = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {length}\r\nTransfer-Encoding: chunked\r\n\r\n\
+         {:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+        a.len(),
+        b.len()
+    );
+    Arc::new(move |_: &Seen| bytes.clone().into_bytes())
+}
+
+#[tokio::test]
+async fn a_stale_content_length_beside_transfer_encoding_neither_truncates_nor_breaks_the_body() {
+    assert_eq!(BODY_59.len(), 59);
+    for stale in ["10", "0", "1000"] {
+        let up = Scripted::start(
+            chunked_with_length(stale),
+            After::IdleClose(Duration::from_secs(10)),
+            false,
+        )
+        .await;
+        let h = gateway(up.addr, "").await;
+        for (client, name) in [(h.http.clone(), "HTTP/1.1"), (h2_client(), "HTTP/2")] {
+            let r = tokio::time::timeout(
+                Duration::from_secs(10),
+                client.get(format!("{}/up/x", h.base)).send(),
+            )
+            .await
+            .expect("answered")
+            .unwrap_or_else(|e| panic!("{name}, Content-Length {stale}: {e}"));
+            assert_eq!(r.status(), 200, "{name}, Content-Length {stale}");
+            let length = r.headers().get("content-length").cloned();
+            assert!(
+                length.is_none() || length.as_ref().unwrap() == "59",
+                "{name}: the upstream's Content-Length {stale} was forwarded: {length:?}"
+            );
+            let body = r
+                .text()
+                .await
+                .unwrap_or_else(|e| panic!("{name}, Content-Length {stale}: body cut: {e}"));
+            assert_eq!(body, BODY_59, "{name}, Content-Length {stale}");
+        }
+        h.shutdown().await;
+    }
+}
+
+/// Sends `request` on a fresh connection to `addr` and reads the answer's head (up to the
+/// blank line) and whatever body arrives before the gateway goes quiet.
+async fn raw_exchange(addr: SocketAddr, request: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_millis(500), s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&got).to_ascii_lowercase()
+}
+
+#[tokio::test]
+async fn head_204_and_304_answers_keep_the_length_semantics_of_their_kind() {
+    let answer: Answer = Arc::new(|seen: &Seen| {
+        match seen.seq.as_deref() {
+            Some("204") => "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n".into(),
+            Some("304") => "HTTP/1.1 304 Not Modified\r\nContent-Length: 1234\r\nETag: \"a\"\r\n\r\n".into(),
+            _ => "HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n".to_owned(),
+        }
+        .into_bytes()
+    });
+    let up = Scripted::start(answer, After::IdleClose(Duration::from_secs(10)), false).await;
+    let h = gateway(up.addr, "").await;
+    let addr = h.running.as_ref().unwrap().addr;
+
+    let head = raw_exchange(addr, "HEAD /up/x HTTP/1.1\r\nHost: g\r\n\r\n").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains("content-length: 1234\r\n"),
+        "HEAD keeps the representation's length: {head}"
+    );
+    assert!(head.ends_with("\r\n\r\n"), "and sends no body: {head:?}");
+
+    let not_modified = raw_exchange(addr, "GET /up/x HTTP/1.1\r\nHost: g\r\nX-Seq: 304\r\n\r\n").await;
+    assert!(not_modified.starts_with("http/1.1 304"), "{not_modified}");
+    assert!(
+        not_modified.ends_with("\r\n\r\n"),
+        "a 304 has no body: {not_modified:?}"
+    );
+
+    let no_content = raw_exchange(addr, "GET /up/x HTTP/1.1\r\nHost: g\r\nX-Seq: 204\r\n\r\n").await;
+    assert!(no_content.starts_with("http/1.1 204"), "{no_content}");
+    assert!(
+        !no_content.contains("content-length: 5"),
+        "a 204 never carries a length: {no_content}"
+    );
+
+    // The same over HTTP/2, where a wrong length is a stream error.
+    let client = h2_client();
+    let r = client
+        .head(format!("{}/up/x", h.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], "1234");
+    let r = client
+        .get(format!("{}/up/x", h.base))
+        .header("x-seq", "204")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.bytes().await.unwrap().len(), 0);
+    h.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. A 101 nobody asked for
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_101_to_a_request_that_did_not_ask_to_upgrade_is_a_502_on_h1_and_h2() {
+    let up = Scripted::start(
+        fixed(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"),
+        After::IdleClose(Duration::from_secs(10)),
+        false,
+    )
+    .await;
+    let h = gateway(up.addr, "").await;
+    for (client, name) in [(h.http.clone(), "HTTP/1.1"), (h2_client(), "HTTP/2")] {
+        let r = client
+            .get(format!("{}/up/x", h.base))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (status, code, _) = rejection(r).await;
+        assert_eq!(
+            (status.as_u16(), code.as_str()),
+            (502, "UPSTREAM_UNAVAILABLE"),
+            "{name}"
+        );
+    }
+    // The client connection is still usable afterwards.
+    let r = h.http.get(format!("{}/up/y", h.base)).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    h.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Stale pooled connections and the retry rule
+// ---------------------------------------------------------------------------------------
+
+/// Sends `GET`, `HEAD`, `PUT`, `DELETE` and `POST` (all without a body) in turn, `n` in
+/// all, each with its own `x-seq`, pausing `pause(i)` before request `i`. Returns the
+/// statuses per method.
+async fn mixed_requests(
+    h: &Harness,
+    n: usize,
+    pause: impl Fn(usize) -> Duration,
+) -> Vec<(String, u16, String)> {
+    let methods = ["GET", "HEAD", "PUT", "DELETE", "POST"];
+    let mut out = Vec::new();
+    for i in 0..n {
+        tokio::time::sleep(pause(i)).await;
+        let method = methods[i % methods.len()];
+        let seq = format!("{method}-{i}");
+        let r = h
+            .http
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("{}/up/x", h.base),
+            )
+            .header("x-seq", &seq)
+            .send()
+            .await
+            .expect("the gateway answers");
+        out.push((method.to_owned(), r.status().as_u16(), seq));
+    }
+    out
+}
+
+/// Every idempotent request got a 200, and no POST reached the upstream twice.
+fn assert_no_idempotent_502_and_no_post_replayed(
+    results: &[(String, u16, String)],
+    up: &Scripted,
+) {
+    let failed: Vec<_> = results
+        .iter()
+        .filter(|(m, status, _)| m != "POST" && *status != 200)
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} idempotent requests failed: {failed:?}",
+        failed.len(),
+        results.iter().filter(|(m, ..)| m != "POST").count()
+    );
+    let seen = up.seen();
+    for (method, status, seq) in results.iter().filter(|(m, ..)| m == "POST") {
+        let arrivals = seen
+            .iter()
+            .filter(|s| s.seq.as_deref() == Some(seq))
+            .count();
+        assert!(arrivals <= 1, "{seq} reached the upstream {arrivals} times");
+        if *status == 200 {
+            assert_eq!(arrivals, 1, "{method} {seq}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_closing_each_connection_after_its_answer_costs_no_idempotent_request_a_502()
+{
+    let up = Scripted::start(ok_answer(), After::Close, false).await;
+    // A long pool timeout: the gateway keeps every connection, so only the retry rule
+    // stands between the race and the user.
+    let h = gateway(up.addr, "pool_idle_timeout = \"60s\"").await;
+    let results = mixed_requests(&h, 150, |_| Duration::ZERO).await;
+    assert_no_idempotent_502_and_no_post_replayed(&results, &up);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_upstream_closing_idle_connections_as_the_pool_reuses_them_costs_no_idempotent_request_a_502(
+) {
+    let idle = Duration::from_millis(40);
+    let up = Scripted::start(ok_answer(), After::IdleClose(idle), false).await;
+    let h = gateway(up.addr, "pool_idle_timeout = \"60s\"").await;
+    // Pauses sweep across the upstream's idle timeout, so requests land just before,
+    // at and just after the moment it closes the connection.
+    let results = mixed_requests(&h, 100, |i| Duration::from_millis(30 + (i as u64 % 21))).await;
+    assert_no_idempotent_502_and_no_post_replayed(&results, &up);
+    assert!(
+        up.connections() > 10,
+        "the upstream's idle closes were exercised ({} connections)",
+        up.connections()
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_post_the_upstream_may_have_received_is_never_replayed_but_a_get_is() {
+    // The upstream reads the first request, then drops the connection without answering.
+    let up = Scripted::start(ok_answer(), After::IdleClose(Duration::from_secs(10)), true).await;
+    let h = gateway(up.addr, "").await;
+    let r = h
+        .http
+        .post(format!("{}/up/x", h.base))
+        .header("x-seq", "post-1")
+        .body("")
+        .send()
+        .await
+        .unwrap();
+    let (status, code, _) = rejection(r).await;
+    assert_eq!((status.as_u16(), code.as_str()), (502, "UPSTREAM_UNAVAILABLE"));
+    let posts: Vec<_> = up.seen().into_iter().filter(|s| s.method == "POST").collect();
+    assert_eq!(posts.len(), 1, "the POST was not sent again: {posts:?}");
+
+    // A POST with a body, same fault: not replayed either.
+    let up = Scripted::start(ok_answer(), After::IdleClose(Duration::from_secs(10)), true).await;
+    let h2 = gateway(up.addr, "").await;
+    let r = h2
+        .http
+        .post(format!("{}/up/x", h2.base))
+        .header("x-seq", "post-2")
+        .body("payload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let posts: Vec<_> = up.seen().into_iter().filter(|s| s.method == "POST").collect();
+    assert_eq!(posts.len(), 1, "{posts:?}");
+    assert_eq!(posts[0].body, b"payload");
+    h2.shutdown().await;
+
+    // A GET meeting the same fault is idempotent: sent again, on a new connection.
+    let up = Scripted::start(ok_answer(), After::IdleClose(Duration::from_secs(10)), true).await;
+    let h3 = gateway(up.addr, "").await;
+    let r = h3
+        .http
+        .get(format!("{}/up/x", h3.base))
+        .header("x-seq", "get-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "ok get-1");
+    let gets: Vec<_> = up.seen().into_iter().filter(|s| s.method == "GET").collect();
+    assert_eq!(gets.len(), 2, "{gets:?}");
+    assert_ne!(
+        gets[0].connection, gets[1].connection,
+        "the retry used a new connection"
+    );
+    h3.shutdown().await;
+
+    // A PUT with a body cannot be replayed (the body streamed through): 502, sent once.
+    let up = Scripted::start(ok_answer(), After::IdleClose(Duration::from_secs(10)), true).await;
+    let h4 = gateway(up.addr, "").await;
+    let r = h4
+        .http
+        .put(format!("{}/up/x", h4.base))
+        .body("streamed")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(up.seen().len(), 1);
+    h4.shutdown().await;
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_upstream_connections_are_not_reused_past_pool_idle_timeout() {
+    let up = Scripted::start(ok_answer(), After::IdleClose(Duration::from_secs(30)), false).await;
+    let h = gateway(up.addr, "pool_idle_timeout = \"200ms\"").await;
+    assert_eq!(h.get("/up/a", None).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(h.get("/up/b", None).await.status(), 200);
+    assert_eq!(
+        up.connections(),
+        2,
+        "the connection idle past pool_idle_timeout was not reused"
+    );
+    h.shutdown().await;
+
+    let up = Scripted::start(ok_answer(), After::IdleClose(Duration::from_secs(30)), false).await;
+    let h = gateway(up.addr, "pool_max_idle_per_host = 0").await;
+    for _ in 0..3 {
+        assert_eq!(h.get("/up/a", None).await.status(), 200);
+    }
+    assert_eq!(up.connections(), 3, "no pooling: one connection per request");
+    h.shutdown().await;
+}
