@@ -38,8 +38,10 @@ enum After {
     /// Waits this long for the next request on the connection, then closes it (an idle
     /// keep-alive timeout, like gunicorn's 2 s), without ever saying `Connection: close`.
     IdleClose(Duration),
-    /// Closes the connection right away, without saying `Connection: close`.
-    Close,
+    /// Keeps the connection open after the first answer, but reads a second request on
+    /// it and drops the connection unanswered: a keep-alive close that always loses the
+    /// race with the gateway reusing the connection.
+    DropSecond,
 }
 
 type Answer = Arc<dyn Fn(&Seen) -> Vec<u8> + Send + Sync>;
@@ -68,9 +70,7 @@ impl Scripted {
                 };
                 let connection = connections2.fetch_add(1, Ordering::SeqCst);
                 let (answer, seen, swallow) = (answer.clone(), seen2.clone(), swallow.clone());
-                tokio::spawn(serve(
-                    stream, connection, answer, after, seen, swallow,
-                ));
+                tokio::spawn(serve(stream, connection, answer, after, seen, swallow));
             }
         });
         Scripted {
@@ -108,23 +108,24 @@ async fn serve(
             },
             _ => next.await,
         };
-        first = false;
         let Some(request) = request else { return };
         seen.lock().unwrap().push(request.clone());
-        if swallow.swap(false, Ordering::SeqCst) {
+        if swallow.swap(false, Ordering::SeqCst) || (!first && matches!(after, After::DropSecond)) {
             return;
         }
+        first = false;
         if stream.write_all(&answer(&request)).await.is_err() {
-            return;
-        }
-        if let After::Close = after {
             return;
         }
     }
 }
 
 /// Reads one HTTP/1.1 request (head, then a `Content-Length` or chunked body).
-async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>, connection: usize) -> Option<Seen> {
+async fn read_request(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    connection: usize,
+) -> Option<Seen> {
     let head_end = loop {
         if let Some(i) = find(buf, b"\r\n\r\n") {
             break i + 4;
@@ -220,7 +221,9 @@ fn fixed(bytes: &'static [u8]) -> Answer {
 }
 
 fn route(prefix: &str, upstream: SocketAddr) -> String {
-    format!("[[routes]]\nprefix = \"{prefix}\"\nupstream = \"http://{upstream}\"\nauth = \"none\"\n")
+    format!(
+        "[[routes]]\nprefix = \"{prefix}\"\nupstream = \"http://{upstream}\"\nauth = \"none\"\n"
+    )
 }
 
 /// A gateway routing `/up/` to `upstream`, with extra `[upstream]` lines.
@@ -312,7 +315,9 @@ async fn head_204_and_304_answers_keep_the_length_semantics_of_their_kind() {
     let answer: Answer = Arc::new(|seen: &Seen| {
         match seen.seq.as_deref() {
             Some("204") => "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n".into(),
-            Some("304") => "HTTP/1.1 304 Not Modified\r\nContent-Length: 1234\r\nETag: \"a\"\r\n\r\n".into(),
+            Some("304") => {
+                "HTTP/1.1 304 Not Modified\r\nContent-Length: 1234\r\nETag: \"a\"\r\n\r\n".into()
+            }
             _ => "HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n".to_owned(),
         }
         .into_bytes()
@@ -329,14 +334,16 @@ async fn head_204_and_304_answers_keep_the_length_semantics_of_their_kind() {
     );
     assert!(head.ends_with("\r\n\r\n"), "and sends no body: {head:?}");
 
-    let not_modified = raw_exchange(addr, "GET /up/x HTTP/1.1\r\nHost: g\r\nX-Seq: 304\r\n\r\n").await;
+    let not_modified =
+        raw_exchange(addr, "GET /up/x HTTP/1.1\r\nHost: g\r\nX-Seq: 304\r\n\r\n").await;
     assert!(not_modified.starts_with("http/1.1 304"), "{not_modified}");
     assert!(
         not_modified.ends_with("\r\n\r\n"),
         "a 304 has no body: {not_modified:?}"
     );
 
-    let no_content = raw_exchange(addr, "GET /up/x HTTP/1.1\r\nHost: g\r\nX-Seq: 204\r\n\r\n").await;
+    let no_content =
+        raw_exchange(addr, "GET /up/x HTTP/1.1\r\nHost: g\r\nX-Seq: 204\r\n\r\n").await;
     assert!(no_content.starts_with("http/1.1 204"), "{no_content}");
     assert!(
         !no_content.contains("content-length: 5"),
@@ -429,10 +436,7 @@ async fn mixed_requests(
 }
 
 /// Every idempotent request got a 200, and no POST reached the upstream twice.
-fn assert_no_idempotent_502_and_no_post_replayed(
-    results: &[(String, u16, String)],
-    up: &Scripted,
-) {
+fn assert_no_idempotent_502_and_no_post_replayed(results: &[(String, u16, String)], up: &Scripted) {
     let failed: Vec<_> = results
         .iter()
         .filter(|(m, status, _)| m != "POST" && *status != 200)
@@ -457,14 +461,21 @@ fn assert_no_idempotent_502_and_no_post_replayed(
 }
 
 #[tokio::test]
-async fn an_upstream_closing_each_connection_after_its_answer_costs_no_idempotent_request_a_502()
-{
-    let up = Scripted::start(ok_answer(), After::Close, false).await;
+async fn an_upstream_closing_every_reused_connection_costs_no_idempotent_request_a_502() {
+    let up = Scripted::start(ok_answer(), After::DropSecond, false).await;
     // A long pool timeout: the gateway keeps every connection, so only the retry rule
     // stands between the race and the user.
     let h = gateway(up.addr, "pool_idle_timeout = \"60s\"").await;
     let results = mixed_requests(&h, 150, |_| Duration::ZERO).await;
     assert_no_idempotent_502_and_no_post_replayed(&results, &up);
+    let dropped_posts = results
+        .iter()
+        .filter(|(m, status, _)| m == "POST" && *status == 502)
+        .count();
+    assert!(
+        dropped_posts > 0,
+        "some POSTs met a dropped connection and were answered 502, not replayed"
+    );
     h.shutdown().await;
 }
 
@@ -500,8 +511,15 @@ async fn a_post_the_upstream_may_have_received_is_never_replayed_but_a_get_is() 
         .await
         .unwrap();
     let (status, code, _) = rejection(r).await;
-    assert_eq!((status.as_u16(), code.as_str()), (502, "UPSTREAM_UNAVAILABLE"));
-    let posts: Vec<_> = up.seen().into_iter().filter(|s| s.method == "POST").collect();
+    assert_eq!(
+        (status.as_u16(), code.as_str()),
+        (502, "UPSTREAM_UNAVAILABLE")
+    );
+    let posts: Vec<_> = up
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "POST")
+        .collect();
     assert_eq!(posts.len(), 1, "the POST was not sent again: {posts:?}");
 
     // A POST with a body, same fault: not replayed either.
@@ -516,7 +534,11 @@ async fn a_post_the_upstream_may_have_received_is_never_replayed_but_a_get_is() 
         .await
         .unwrap();
     assert_eq!(r.status(), 502);
-    let posts: Vec<_> = up.seen().into_iter().filter(|s| s.method == "POST").collect();
+    let posts: Vec<_> = up
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "POST")
+        .collect();
     assert_eq!(posts.len(), 1, "{posts:?}");
     assert_eq!(posts[0].body, b"payload");
     h2.shutdown().await;
@@ -533,7 +555,11 @@ async fn a_post_the_upstream_may_have_received_is_never_replayed_but_a_get_is() 
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "ok get-1");
-    let gets: Vec<_> = up.seen().into_iter().filter(|s| s.method == "GET").collect();
+    let gets: Vec<_> = up
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "GET")
+        .collect();
     assert_eq!(gets.len(), 2, "{gets:?}");
     assert_ne!(
         gets[0].connection, gets[1].connection,
@@ -559,7 +585,12 @@ async fn a_post_the_upstream_may_have_received_is_never_replayed_but_a_get_is() 
 
 #[tokio::test]
 async fn idle_upstream_connections_are_not_reused_past_pool_idle_timeout() {
-    let up = Scripted::start(ok_answer(), After::IdleClose(Duration::from_secs(30)), false).await;
+    let up = Scripted::start(
+        ok_answer(),
+        After::IdleClose(Duration::from_secs(30)),
+        false,
+    )
+    .await;
     let h = gateway(up.addr, "pool_idle_timeout = \"200ms\"").await;
     assert_eq!(h.get("/up/a", None).await.status(), 200);
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -571,11 +602,20 @@ async fn idle_upstream_connections_are_not_reused_past_pool_idle_timeout() {
     );
     h.shutdown().await;
 
-    let up = Scripted::start(ok_answer(), After::IdleClose(Duration::from_secs(30)), false).await;
+    let up = Scripted::start(
+        ok_answer(),
+        After::IdleClose(Duration::from_secs(30)),
+        false,
+    )
+    .await;
     let h = gateway(up.addr, "pool_max_idle_per_host = 0").await;
     for _ in 0..3 {
         assert_eq!(h.get("/up/a", None).await.status(), 200);
     }
-    assert_eq!(up.connections(), 3, "no pooling: one connection per request");
+    assert_eq!(
+        up.connections(),
+        3,
+        "no pooling: one connection per request"
+    );
     h.shutdown().await;
 }

@@ -210,12 +210,16 @@ fn the_upstream_pool_has_defaults_below_common_keep_alives_and_keyed_errors() {
     assert_eq!(c.upstream.pool_idle_timeout, Duration::ZERO);
     assert_eq!(c.upstream.pool_max_idle_per_host, 0);
     for (text, key) in [
-        ("pool_idle_timeout = \"soon\"", "upstream.pool_idle_timeout:"),
-        ("pool_max_idle_per_host = -1", "upstream.pool_max_idle_per_host:"),
+        (
+            "pool_idle_timeout = \"soon\"",
+            "upstream.pool_idle_timeout:",
+        ),
+        (
+            "pool_max_idle_per_host = -1",
+            "upstream.pool_max_idle_per_host:",
+        ),
     ] {
-        let got = errors(&format!(
-            "[emulator]\nenabled = true\n[upstream]\n{text}\n"
-        ));
+        let got = errors(&format!("[emulator]\nenabled = true\n[upstream]\n{text}\n"));
         assert!(got.iter().any(|e| e.starts_with(key)), "{key} in {got:?}");
     }
     let got = errors("[emulator]\nenabled = true\n[upstream]\nidle = \"1s\"\n");

@@ -88,12 +88,7 @@ mod tests {
 
     fn framed(pairs: &[(&str, &str)], status: u16, method: Method, len: Option<u64>) -> HeaderMap {
         let mut h = headers(pairs);
-        frame_response(
-            &mut h,
-            StatusCode::from_u16(status).unwrap(),
-            &method,
-            len,
-        );
+        frame_response(&mut h, StatusCode::from_u16(status).unwrap(), &method, len);
         h
     }
 
