@@ -5,12 +5,14 @@
 //! over `cloudbase` (typed client of the Auth v2 HTTP API), `proxy` (header hygiene and
 //! forwarding), `response` (the gateway's own answers). Beside it: `config` (the TOML file
 //! and validated settings), `admin` (health, metrics, cache purge), `telemetry` (logs),
-//! `emulator` (a faithful in-memory CloudBase Auth v2).
+//! `emulator` (a faithful in-memory CloudBase Auth v2). At the bottom: `clock` (Unix time
+//! that tests can control).
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod auth;
 pub mod cache;
+pub mod clock;
 pub mod cloudbase;
 pub mod config;
 pub mod emulator;

@@ -186,6 +186,7 @@ pub struct Metrics {
     cache: [AtomicU64; 4],
     cloudbase: [[AtomicU64; 5]; 2],
     cloudbase_durations: [Histogram; 2],
+    sub_mismatches: AtomicU64,
     inflight: AtomicI64,
 }
 
@@ -202,6 +203,7 @@ impl Metrics {
             cache: Default::default(),
             cloudbase: Default::default(),
             cloudbase_durations: Default::default(),
+            sub_mismatches: AtomicU64::new(0),
             inflight: AtomicI64::new(0),
         }
     }
@@ -236,6 +238,11 @@ impl Metrics {
     pub fn cloudbase_call(&self, e: CloudbaseEndpoint, o: CloudbaseOutcome, took: Duration) {
         self.cloudbase[e as usize][o as usize].fetch_add(1, Relaxed);
         self.cloudbase_durations[e as usize].observe(took);
+    }
+
+    /// `/token/introspect` and `/user/me` named different users for one token.
+    pub fn cloudbase_sub_mismatch(&self) {
+        self.sub_mismatches.fetch_add(1, Relaxed);
     }
 
     pub fn inflight_add(&self, delta: i64) {
@@ -340,6 +347,18 @@ impl Metrics {
                 &labels,
             );
         }
+        family(
+            o,
+            "cloudbase_sub_mismatches_total",
+            "counter",
+            "Validations refused because /token/introspect and /user/me named different users.",
+        );
+        sample(
+            o,
+            "cloudbase_sub_mismatches_total",
+            "",
+            self.sub_mismatches.load(Relaxed),
+        );
         family(
             o,
             "inflight_requests",
