@@ -619,3 +619,258 @@ async fn idle_upstream_connections_are_not_reused_past_pool_idle_timeout() {
     );
     h.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// 8, 9. A CloudBase whose two endpoints disagree
+// ---------------------------------------------------------------------------------------
+
+/// What one stand-in CloudBase endpoint answers.
+#[derive(Debug, Clone, Copy)]
+enum Says {
+    /// 200 for this user (`sub`).
+    User(&'static str),
+    /// 200 `{}`: introspection's "not active".
+    Empty,
+    /// 401 `unauthenticated`: CloudBase refuses the token.
+    Unauthenticated,
+    /// 500 `internal`: CloudBase failing.
+    Fails,
+}
+
+/// A stand-in CloudBase serving `/auth/v1/token/introspect` and `/auth/v1/user/me`, each
+/// answering as scripted, independently of the other.
+struct StandIn {
+    addr: SocketAddr,
+    script: Arc<Mutex<(Says, Says)>>,
+    calls: Arc<[AtomicUsize; 2]>,
+}
+
+impl StandIn {
+    async fn start(introspect: Says, user_me: Says) -> StandIn {
+        let script = Arc::new(Mutex::new((introspect, user_me)));
+        let calls: Arc<[AtomicUsize; 2]> = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+        let (s, c) = (script.clone(), calls.clone());
+        let (addr, _) = spawn_upstream(move |req: http::Request<hyper::body::Incoming>| {
+            let (script, calls) = (s.clone(), c.clone());
+            async move {
+                let path = req.uri().path();
+                let (which, says) = if path.ends_with("/token/introspect") {
+                    (0, script.lock().unwrap().0)
+                } else if path.ends_with("/user/me") {
+                    (1, script.lock().unwrap().1)
+                } else {
+                    return json(404, r#"{"error":"not_found","error_code":5}"#.into());
+                };
+                calls[which].fetch_add(1, Ordering::SeqCst);
+                match (which, says) {
+                    (0, Says::User(sub)) => json(
+                        200,
+                        format!(r#"{{"token_type":"Bearer","client_id":"c","sub":"{sub}","scope":"user"}}"#),
+                    ),
+                    (_, Says::User(sub)) => json(
+                        200,
+                        format!(r#"{{"sub":"{sub}","name":"Someone","groups":["user"]}}"#),
+                    ),
+                    (_, Says::Empty) => json(200, "{}".into()),
+                    (_, Says::Unauthenticated) => json(
+                        401,
+                        r#"{"error":"unauthenticated","error_code":16,"error_description":"invalid token"}"#.into(),
+                    ),
+                    (_, Says::Fails) => json(
+                        500,
+                        r#"{"error":"internal","error_code":13,"error_description":"boom"}"#.into(),
+                    ),
+                }
+            }
+        })
+        .await;
+        StandIn {
+            addr,
+            script,
+            calls,
+        }
+    }
+
+    fn says(&self, introspect: Says, user_me: Says) {
+        *self.script.lock().unwrap() = (introspect, user_me);
+    }
+
+    fn calls(&self) -> (usize, usize) {
+        (
+            self.calls[0].load(Ordering::SeqCst),
+            self.calls[1].load(Ordering::SeqCst),
+        )
+    }
+}
+
+fn json(status: u16, body: String) -> http::Response<cloudbase_gateway::response::Body> {
+    let mut r = http::Response::new(cloudbase_gateway::response::full(body));
+    *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// A gateway whose CloudBase is `cloudbase`, with `/api/` (auth required) routed to an
+/// echo upstream and `[cache]` set by `cache`.
+async fn gateway_over(cloudbase: &StandIn, cache: &str) -> Harness {
+    let (echo, _) = spawn_echo_upstream().await;
+    let text = config_text_with(
+        "",
+        &format!("base_url = \"http://{}/auth/v1\"", cloudbase.addr),
+        "",
+        &format!(
+            "[cache]\n{cache}\n[[routes]]\nprefix = \"/api/\"\nupstream = \"http://{echo}\"\n"
+        ),
+    );
+    Harness::start_text(&text).await
+}
+
+async fn status_and_code(r: reqwest::Response) -> (u16, String) {
+    if r.status() == 200 {
+        return (200, String::new());
+    }
+    let (status, code, _) = rejection(r).await;
+    (status.as_u16(), code)
+}
+
+#[tokio::test]
+async fn introspect_failing_while_user_me_says_unauthenticated_is_a_401_and_is_remembered() {
+    let cloudbase = StandIn::start(Says::Fails, Says::Unauthenticated).await;
+    let h = gateway_over(
+        &cloudbase,
+        "ttl = \"300ms\"\nnegative_ttl = \"1m\"\nstale_if_error = \"1m\"",
+    )
+    .await;
+    let invalid = (401, "INVALID_ACCESS_TOKEN".to_owned());
+
+    // Cold: CloudBase said no; that beats the failing introspection.
+    assert_eq!(
+        status_and_code(h.get("/api/x", Some("cold-token")).await).await,
+        invalid
+    );
+    assert_eq!(
+        status_and_code(h.get("/api/x", Some("cold-token")).await).await,
+        invalid
+    );
+    assert_eq!(
+        cloudbase.calls(),
+        (1, 1),
+        "the negative entry answered the second time"
+    );
+
+    // Warm, inside its stale window: still 401, not the stale identity.
+    cloudbase.says(Says::User("u1"), Says::User("u1"));
+    assert_eq!(h.get("/api/x", Some("warm-token")).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    cloudbase.says(Says::Fails, Says::Unauthenticated);
+    assert_eq!(
+        status_and_code(h.get("/api/x", Some("warm-token")).await).await,
+        invalid
+    );
+    cloudbase.says(Says::User("u1"), Says::User("u1"));
+    assert_eq!(
+        status_and_code(h.get("/api/x", Some("warm-token")).await).await,
+        invalid,
+        "the negative entry was stored over the positive one"
+    );
+
+    // The reverse mix: introspection says "not active" while /user/me fails.
+    cloudbase.says(Says::Empty, Says::Fails);
+    let before = cloudbase.calls();
+    assert_eq!(
+        status_and_code(h.get("/api/x", Some("other-token")).await).await,
+        invalid
+    );
+    assert_eq!(
+        status_and_code(h.get("/api/x", Some("other-token")).await).await,
+        invalid
+    );
+    assert_eq!(cloudbase.calls(), (before.0 + 1, before.1 + 1));
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn introspection_and_profile_naming_different_users_is_a_503_counted_and_never_cached() {
+    let cloudbase = StandIn::start(Says::User("u1"), Says::User("u2")).await;
+    let h = gateway_over(&cloudbase, "").await;
+    for round in 1..=2 {
+        let r = h.get("/api/x", Some("mixed-up-token")).await;
+        let (status, code, headers) = rejection(r).await;
+        assert_eq!((status.as_u16(), code.as_str()), (503, "AUTH_UNAVAILABLE"));
+        assert!(headers.contains_key("retry-after"));
+        assert_eq!(cloudbase.calls(), (round, round), "nothing cached");
+        let m = h.metrics().await;
+        assert_eq!(
+            metric(&m, "cloudbase_gateway_cloudbase_sub_mismatches_total"),
+            round as f64
+        );
+    }
+    // Once CloudBase agrees with itself the token works.
+    cloudbase.says(Says::User("u1"), Says::User("u1"));
+    assert_eq!(h.get("/api/x", Some("mixed-up-token")).await.status(), 200);
+    h.shutdown().await;
+}
+
+#[test]
+fn a_sub_mismatch_is_logged_with_both_users_and_never_the_token() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cloudbase = rt.block_on(StandIn::start(Says::User("u1"), Says::User("u2")));
+    let (listen, admin) = (free_port(), free_port());
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:{listen}"
+[admin]
+listen = "127.0.0.1:{admin}"
+[cloudbase]
+base_url = "http://{}/auth/v1"
+client_id = "test-client"
+[[routes]]
+prefix = "/api/"
+upstream = "whoami"
+"#,
+        cloudbase.addr
+    );
+    let gateway = Process::spawn(
+        &config,
+        &[],
+        &[("RUST_LOG", "debug")],
+        format!("127.0.0.1:{listen}").parse().unwrap(),
+    );
+    let token = "tok-4f1c9e-never-in-a-log";
+    let status = rt.block_on(async {
+        reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get(format!("http://127.0.0.1:{listen}/api/x"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, 503);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = gateway.log();
+        if log.contains("named different users") || std::time::Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let line = log
+        .lines()
+        .find(|l| l.contains("named different users"))
+        .unwrap_or_else(|| panic!("no warning logged:\n{log}"));
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("u1") && line.contains("u2"), "{line}");
+    assert!(!log.contains(token), "the token reached the log:\n{log}");
+    assert!(
+        !log.contains("4f1c9e"),
+        "part of the token reached the log:\n{log}"
+    );
+}
