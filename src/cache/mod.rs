@@ -217,6 +217,12 @@ impl IdentityCache {
             Some(entry) => {
                 self.inner.metrics.cache_lookup(CacheLookup::Miss);
                 match &entry.verdict {
+                    // `exp` may have come while CloudBase was answering.
+                    Verdict::Positive { identity, .. }
+                        if identity.exp.is_some_and(|exp| clock.has_reached(exp)) =>
+                    {
+                        Validation::Invalid
+                    }
                     Verdict::Positive { identity, .. } => Validation::Valid(identity.clone()),
                     Verdict::Negative => Validation::Invalid,
                 }

@@ -505,3 +505,23 @@ async fn introspection_and_profile_of_different_users_validate_nobody_and_store_
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_token_whose_exp_comes_while_cloudbase_answers_is_refused() {
+    let api = Arc::new(FakeApi {
+        script: StdMutex::new(Script::Active),
+        introspects: AtomicUsize::new(0),
+        user_mes: AtomicUsize::new(0),
+        delay: Duration::from_millis(500),
+        groups: vec![],
+    });
+    let clock = UnixClock::following_tokio(X_9);
+    let (c, _) = cache_with_clock(api.clone(), 60, 0, UnixClock::Tokio(clock));
+    // exp is 100 ms away when asked; CloudBase takes 500 ms to vouch for it.
+    let token = jwt_with_exp(X + 1);
+    assert!(matches!(
+        c.validate(&token, None).await,
+        Validation::Invalid
+    ));
+    assert_eq!(api.calls(), (1, 1));
+}
