@@ -6,12 +6,14 @@
 //! HTTP API), `proxy` (header hygiene and forwarding), `response` (the gateway's own
 //! answers). Beside it: `config` (the TOML file and validated settings), `admin` (health,
 //! metrics, cache purge), `telemetry` (logs), `emulator` (a faithful in-memory CloudBase
-//! Auth v2), `path` (the path policy, a leaf any layer can use).
+//! Auth v2). At the bottom, leaves any layer can use: `path` (the path policy) and
+//! `clock` (Unix time that tests can control).
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod auth;
 pub mod cache;
+pub mod clock;
 pub mod cloudbase;
 pub mod config;
 pub mod emulator;

@@ -88,7 +88,9 @@ where
 {
     type Response = Response<RB>;
     type Error = S::Error;
-    // Boxed: holds the inner future across an await; measured as noise in benches/.
+    // Boxed: holds the inner future across an await. One allocation per request, not
+    // measured on its own (no bench builds the tower stack; `benches/load.sh` measures the
+    // whole proxy).
     type Future = Pin<Box<dyn Future<Output = Result<Response<RB>, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {

@@ -4,11 +4,17 @@
 //! heap dump of it). Entries are positive (an [`Identity`]) or negative (CloudBase called the
 //! token invalid). Freshness is tracked with `tokio::time` (so tests can pause time); the
 //! [`store`] bounds memory and drops entries once even their stale window has passed.
+//! A positive entry is fresh until the earliest of `ttl`, the token's `exp` and the next
+//! group expiry, computed to the nanosecond against a [`UnixClock`]; on every hit a token
+//! whose `exp` has come is refused whatever the entry says, so no clock skew between
+//! tokio's clock and Unix time can serve a token past its `exp`.
 //!
 //! A miss starts one *flight* per token, run as its own task: concurrent requests for the
 //! same token wait on it, a client that disconnects does not cancel it, and its result is
 //! stored before the flight is forgotten. Transport errors, timeouts and 5xx are never
-//! stored; `stale_if_error` may then serve a recently expired positive entry.
+//! stored; `stale_if_error` may then serve a recently expired positive entry. When the two
+//! calls disagree, a definitive "no" from either wins over an error from the other, and
+//! answers naming two different users are treated as a CloudBase fault.
 
 mod identity;
 /// Public for `benches/cache_hot_path.rs`, which compares it with moka and dashmap.
@@ -19,7 +25,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::future::{FutureExt, Shared};
 use http::StatusCode;
@@ -29,6 +35,7 @@ pub use identity::{encode_header_value, Grant, Identity, SharedIdentity};
 
 use crate::admin::metrics::{CacheLookup, CloudbaseEndpoint, CloudbaseOutcome, Metrics};
 use crate::auth::token::jwt_exp;
+use crate::clock::{remaining, unix_secs, UnixClock};
 use crate::cloudbase::types::{Introspection, UserProfile};
 use crate::cloudbase::{CallOptions, Client, Error as ApiError};
 use crate::config::{CacheSettings, IdentityField};
@@ -129,14 +136,13 @@ struct Inner {
     settings: CacheSettings,
     fields: Box<[IdentityField]>,
     metrics: Arc<Metrics>,
+    /// Unix time, for `exp` and group expiries.
+    clock: UnixClock,
 }
 
-/// Unix seconds now.
+/// Unix seconds now (rounded down), from the system clock.
 pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    UnixClock::System.now_secs()
 }
 
 impl IdentityCache {
@@ -146,6 +152,17 @@ impl IdentityCache {
         fields: &[IdentityField],
         api: Arc<dyn AuthApi>,
         metrics: Arc<Metrics>,
+    ) -> IdentityCache {
+        Self::with_clock(settings, fields, api, metrics, UnixClock::System)
+    }
+
+    /// Like [`IdentityCache::new`], reading Unix time from `clock` (tests control it).
+    pub fn with_clock(
+        settings: &CacheSettings,
+        fields: &[IdentityField],
+        api: Arc<dyn AuthApi>,
+        metrics: Arc<Metrics>,
+        clock: UnixClock,
     ) -> IdentityCache {
         let entries = store::Store::new(settings.max_entries);
         IdentityCache {
@@ -157,6 +174,7 @@ impl IdentityCache {
                 settings: settings.clone(),
                 fields: fields.into(),
                 metrics,
+                clock,
             }),
         }
     }
@@ -166,9 +184,18 @@ impl IdentityCache {
     pub async fn validate(&self, token: &str, request_id: Option<&str>) -> Validation {
         let key = token_key(token);
         let cached = self.inner.entries.get(&key);
+        let clock = &self.inner.clock;
         if let Some(entry) = &cached {
             if Instant::now() < entry.fresh_until {
                 return match &entry.verdict {
+                    // Fresh entries end at or before `exp`; this holds even if the system
+                    // clock and tokio's clock drift apart.
+                    Verdict::Positive { identity, .. }
+                        if identity.exp.is_some_and(|exp| clock.has_reached(exp)) =>
+                    {
+                        self.inner.metrics.cache_lookup(CacheLookup::Miss);
+                        Validation::Invalid
+                    }
                     Verdict::Positive { identity, .. } => {
                         self.inner.metrics.cache_lookup(CacheLookup::Hit);
                         Validation::Valid(identity.clone())
@@ -180,9 +207,8 @@ impl IdentityCache {
                 };
             }
         }
-        let now_unix = unix_now();
         let exp = jwt_exp(token);
-        if exp.is_some_and(|exp| exp <= now_unix) {
+        if exp.is_some_and(|exp| clock.has_reached(exp)) {
             // Dead by its own claim: no CloudBase call, nothing cached.
             self.inner.metrics.cache_lookup(CacheLookup::Miss);
             return Validation::Invalid;
@@ -191,6 +217,12 @@ impl IdentityCache {
             Some(entry) => {
                 self.inner.metrics.cache_lookup(CacheLookup::Miss);
                 match &entry.verdict {
+                    // `exp` may have come while CloudBase was answering.
+                    Verdict::Positive { identity, .. }
+                        if identity.exp.is_some_and(|exp| clock.has_reached(exp)) =>
+                    {
+                        Validation::Invalid
+                    }
                     Verdict::Positive { identity, .. } => Validation::Valid(identity.clone()),
                     Verdict::Negative => Validation::Invalid,
                 }
@@ -201,7 +233,7 @@ impl IdentityCache {
                         identity,
                         stale_until,
                     } if Instant::now() < *stale_until
-                        && identity.exp.is_none_or(|exp| exp > unix_now()) =>
+                        && identity.exp.is_none_or(|exp| !clock.has_reached(exp)) =>
                     {
                         Some(identity.clone())
                     }
@@ -316,33 +348,46 @@ impl Inner {
                 |_| true
             ),
         );
+        // Read before the Unix time below, so the entry ends a hair early, never late.
         let now = Instant::now();
         let negative = || Entry {
             verdict: Verdict::Negative,
             fresh_until: now + self.settings.negative_ttl,
             keep_for: self.settings.negative_ttl,
         };
-        let introspection = match introspection {
-            Ok(i) if i.is_active() => i,
-            Ok(_) => return Some(negative()),
-            Err(e) if is_rejection(&e) => return Some(negative()),
-            Err(_) => return None,
+        // A definitive "no" from either call decides, whatever the other one did: CloudBase
+        // has said the token is not valid, and a failure of the other call cannot undo it.
+        let refused = match &introspection {
+            Ok(i) => !i.is_active(),
+            Err(e) => is_rejection(e),
+        } || matches!(&profile, Err(e) if is_rejection(e));
+        if refused {
+            return Some(negative());
+        }
+        let (Ok(introspection), Ok(profile)) = (introspection, profile) else {
+            return None;
         };
-        let profile = match profile {
-            Ok(p) => p,
-            Err(e) if is_rejection(&e) => return Some(negative()),
-            Err(_) => return None,
-        };
-        let now_unix = unix_now();
-        let identity = Identity::new(&introspection, &profile, exp, &self.fields, now_unix);
+        if introspection.sub.as_deref() != Some(profile.sub.as_str()) {
+            // Only a CloudBase or network fault can pair one user's introspection with
+            // another's profile: no identity is made from it, and nothing is stored.
+            self.metrics.cloudbase_sub_mismatch();
+            tracing::warn!(
+                request_id = opts.request_id.as_deref().unwrap_or(""),
+                introspect_sub = introspection.sub.as_deref().unwrap_or(""),
+                user_me_sub = %profile.sub,
+                "CloudBase /token/introspect and /user/me named different users; not validated"
+            );
+            return None;
+        }
+        let unix_now = self.clock.now();
+        let now_secs = unix_secs(unix_now);
+        let identity = Identity::new(&introspection, &profile, exp, &self.fields, now_secs);
         let mut fresh = self.settings.ttl;
-        for limit in [exp, identity.next_group_expiry(now_unix)]
+        for limit in [exp, identity.next_group_expiry(now_secs)]
             .into_iter()
             .flatten()
         {
-            fresh = fresh.min(Duration::from_secs(
-                limit.saturating_sub(now_unix).max(0) as u64
-            ));
+            fresh = fresh.min(remaining(limit, unix_now));
         }
         let keep_for = if fresh.is_zero() {
             Duration::ZERO

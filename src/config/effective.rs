@@ -80,6 +80,15 @@ impl Config {
             cloudbase.insert("ca_file".into(), text(ca.display().to_string()));
         }
 
+        let u = &self.upstream;
+        let upstream = table([
+            ("pool_idle_timeout", duration(u.pool_idle_timeout)),
+            (
+                "pool_max_idle_per_host",
+                Value::Integer(u.pool_max_idle_per_host.min(i64::MAX as usize) as i64),
+            ),
+        ]);
+
         let k = &self.cache;
         let cache = table([
             (
@@ -186,6 +195,7 @@ impl Config {
                 Value::Table(table([("listen", text(self.admin.listen.to_string()))])),
             ),
             ("cloudbase", Value::Table(cloudbase)),
+            ("upstream", Value::Table(upstream)),
             ("cache", Value::Table(cache)),
             (
                 "identity",
@@ -214,6 +224,9 @@ escaped_slashes = "keep"
 env_id = "e"
 client_secret = "${SECRET}"
 introspect_auth = "client"
+[upstream]
+pool_idle_timeout = "1500ms"
+pool_max_idle_per_host = 8
 [identity.headers]
 "X-User-Email" = ""
 "X-Tenant" = "client_id"
@@ -254,6 +267,8 @@ groups = ["a", { id = "b", expires_at = "2030-01-01T00:00:00Z" }]
             "a turned-off header stays listed"
         );
         assert!(out.contains("x-tenant = \"client_id\""));
+        assert!(out.contains("pool_idle_timeout = \"1s 500ms\""), "{out}");
+        assert_eq!(again.upstream.pool_max_idle_per_host, 8);
         assert_eq!(again.routes[0].require_groups, ["admin"]);
         assert_eq!(
             again.emulator.users[0].name.as_deref(),

@@ -31,6 +31,7 @@ pub struct Config {
     pub server: ServerSettings,
     pub admin: AdminSettings,
     pub cloudbase: CloudbaseSettings,
+    pub upstream: UpstreamSettings,
     pub cache: CacheSettings,
     pub identity: IdentitySettings,
     pub routes: Vec<RouteSettings>,
@@ -103,6 +104,18 @@ pub struct CloudbaseSettings {
     pub timeout: Duration,
     /// Extra PEM roots trusted for CloudBase and `https://` upstreams.
     pub ca_file: Option<PathBuf>,
+}
+
+/// `[upstream]`: the connection pool to the routes' upstreams.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// How long an idle pooled connection may be reused. Default 1 s: below the idle
+    /// timeouts of common upstream servers (gunicorn 2 s, Node.js and uvicorn 5 s), so the
+    /// gateway drops a connection before the upstream closes it under a request. Zero:
+    /// no connection is reused.
+    pub pool_idle_timeout: Duration,
+    /// Idle connections kept per upstream host at most. Default 1024; zero: no pooling.
+    pub pool_max_idle_per_host: usize,
 }
 
 /// `[cache]`: the validation cache.
@@ -333,6 +346,7 @@ impl Config {
         let server: raw::RawServer = section(take("server"), "server", &mut errors);
         let admin: raw::RawAdmin = section(take("admin"), "admin", &mut errors);
         let cloudbase: raw::RawCloudbase = section(take("cloudbase"), "cloudbase", &mut errors);
+        let upstream: raw::RawUpstream = section(take("upstream"), "upstream", &mut errors);
         let cache: raw::RawCache = section(take("cache"), "cache", &mut errors);
         let identity: raw::RawIdentity = section(take("identity"), "identity", &mut errors);
         let emulator: raw::RawEmulator = section(take("emulator"), "emulator", &mut errors);
@@ -353,7 +367,7 @@ impl Config {
         for key in value.keys() {
             errors.push(
                 key.clone(),
-                "unknown key (expected server, admin, cloudbase, cache, identity, routes, emulator)",
+                "unknown key (expected server, admin, cloudbase, upstream, cache, identity, routes, emulator)",
             );
         }
 
@@ -364,6 +378,7 @@ impl Config {
                 listen: socket_addr(admin.listen, "admin.listen", "127.0.0.1:9090", &mut errors),
             },
             cloudbase: validate_cloudbase(cloudbase, &emulator, &mut errors),
+            upstream: validate_upstream(upstream, &mut errors),
             cache: validate_cache(cache, &mut errors),
             identity: validate_identity(identity, &mut errors),
             routes: validate_routes(routes, &mut errors),
@@ -691,6 +706,21 @@ fn validate_cloudbase(
         introspect_auth,
         timeout: duration(raw.timeout, "cloudbase.timeout", "2s", errors),
         ca_file,
+    }
+}
+
+fn validate_upstream(raw: raw::RawUpstream, errors: &mut Errors) -> UpstreamSettings {
+    UpstreamSettings {
+        pool_idle_timeout: duration(
+            raw.pool_idle_timeout,
+            "upstream.pool_idle_timeout",
+            "1s",
+            errors,
+        ),
+        // Beyond usize (32-bit targets) is as good as unbounded.
+        pool_max_idle_per_host: raw
+            .pool_max_idle_per_host
+            .map_or(1024, |n| usize::try_from(n).unwrap_or(usize::MAX)),
     }
 }
 

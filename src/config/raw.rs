@@ -42,6 +42,13 @@ pub struct RawCloudbase {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub pool_idle_timeout: Option<String>,
+    pub pool_max_idle_per_host: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawCache {
     pub max_entries: Option<u64>,
     pub ttl: Option<String>,

@@ -243,3 +243,31 @@ fn route_prefixes_must_be_normal_and_hold_no_character_with_two_spellings() {
         "the last prefix is fine: {got:?}"
     );
 }
+
+#[test]
+fn the_upstream_pool_has_defaults_below_common_keep_alives_and_keyed_errors() {
+    let c = load("[emulator]\nenabled = true\n").unwrap();
+    assert_eq!(c.upstream.pool_idle_timeout, Duration::from_secs(1));
+    assert_eq!(c.upstream.pool_max_idle_per_host, 1024);
+    let c = load(
+        "[emulator]\nenabled = true\n[upstream]\npool_idle_timeout = \"0s\"\npool_max_idle_per_host = 0\n",
+    )
+    .unwrap();
+    assert_eq!(c.upstream.pool_idle_timeout, Duration::ZERO);
+    assert_eq!(c.upstream.pool_max_idle_per_host, 0);
+    for (text, key) in [
+        (
+            "pool_idle_timeout = \"soon\"",
+            "upstream.pool_idle_timeout:",
+        ),
+        (
+            "pool_max_idle_per_host = -1",
+            "upstream.pool_max_idle_per_host:",
+        ),
+    ] {
+        let got = errors(&format!("[emulator]\nenabled = true\n[upstream]\n{text}\n"));
+        assert!(got.iter().any(|e| e.starts_with(key)), "{key} in {got:?}");
+    }
+    let got = errors("[emulator]\nenabled = true\n[upstream]\nidle = \"1s\"\n");
+    assert!(got.iter().any(|e| e.starts_with("upstream")), "{got:?}");
+}

@@ -3,7 +3,10 @@
 //! Bodies are never collected: the client's body flows into the upstream request and the
 //! upstream's body flows back frame by frame, so memory per request stays at a few buffers
 //! whatever the size. WebSocket upgrades are proxied by joining the two upgraded
-//! connections once the upstream has answered 101.
+//! connections once the upstream has answered 101; a 101 to any other request is a broken
+//! upstream (502). Connections are pooled per upstream (`[upstream]` settings); a failed
+//! exchange is retried once where that is safe (see [`super::retry`]), and the response's
+//! framing is made true for what the gateway sends (see [`super::framing`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,16 +19,19 @@ use http::header::{HeaderValue, AUTHORIZATION, HOST};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
+use hyper::body::Body as _;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use ipnet::IpNet;
 use tower::Service;
 
+use super::framing::frame_response;
 use super::headers::{is_websocket_upgrade, remove_hop_by_hop, set_forwarded, X_REQUEST_ID};
+use super::retry::{may_retry, never_sent, Replay};
 use super::whoami;
-use crate::config::Upstream;
+use crate::config::{Upstream, UpstreamSettings};
 use crate::response::{Body, BoxError, Reject};
 use crate::routing::MatchedRoute;
 
@@ -36,11 +42,22 @@ pub struct ConnInfo {
     pub tls: bool,
 }
 
-/// The upstream HTTP client: HTTP/1.1 over plain TCP or rustls.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
+type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 
-/// Builds the upstream client. TLS trusts the platform roots plus `extra_roots` (PEM).
-pub fn upstream_client(extra_roots: Option<&std::path::Path>) -> Result<UpstreamClient, BoxError> {
+/// The upstream HTTP clients: HTTP/1.1 over plain TCP or rustls. Cheap to clone.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    /// Pooled per `[upstream]`; every first try goes here.
+    pooled: HttpClient,
+    /// Never pools: a retry must not meet another connection the upstream has closed.
+    fresh: HttpClient,
+}
+
+/// Builds the upstream clients. TLS trusts the platform roots plus `extra_roots` (PEM).
+pub fn upstream_client(
+    pool: &UpstreamSettings,
+    extra_roots: Option<&std::path::Path>,
+) -> Result<UpstreamClient, BoxError> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {
@@ -66,9 +83,24 @@ pub fn upstream_client(extra_roots: Option<&std::path::Path>) -> Result<Upstream
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(1024)
-        .build(https))
+    // A zero idle timeout means no reuse: say so to the pool rather than rely on how it
+    // compares an instant with itself.
+    let max_idle = if pool.pool_idle_timeout.is_zero() {
+        0
+    } else {
+        pool.pool_max_idle_per_host
+    };
+    let pooled = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(max_idle)
+        .pool_idle_timeout(pool.pool_idle_timeout)
+        // Closes expired idle connections in the background too, not only when a checkout
+        // happens to find them.
+        .pool_timer(TokioTimer::new())
+        .build(https.clone());
+    let fresh = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build(https);
+    Ok(UpstreamClient { pooled, fresh })
 }
 
 /// Sends requests to their route's upstream.
@@ -174,14 +206,30 @@ impl Forward {
             req.headers_mut().insert(HOST, h);
         }
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
-        let mut response = match self.client.request(req).await {
-            Ok(r) => r,
-            Err(e) => {
-                return upstream_error(&e).into_response(request_id.as_ref());
+        let method = req.method().clone();
+        let replay = Replay::capture(&req);
+        let result = match (self.client.pooled.request(req).await, replay) {
+            (Err(e), Some(replay)) if may_retry(replay.method(), never_sent(&e)) => {
+                tracing::debug!(error = %e, "upstream exchange failed; retrying on a new connection");
+                self.client.fresh.request(replay.into_request()).await
             }
+            (result, _) => result,
+        };
+        let mut response = match result {
+            Ok(r) => r,
+            Err(e) => return upstream_error(&e).into_response(request_id.as_ref()),
         };
         let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        remove_hop_by_hop(response.headers_mut(), websocket && switched);
+        if switched && client_upgrade.is_none() {
+            // Only a WebSocket upgrade is ever forwarded; a 101 to anything else would
+            // leave the client on a connection neither side can speak.
+            tracing::warn!("upstream answered 101 to a request that did not ask to upgrade");
+            return Reject::UpstreamUnavailable.into_response(request_id.as_ref());
+        }
+        let body_len = response.body().size_hint().exact();
+        let status = response.status();
+        frame_response(response.headers_mut(), status, &method, body_len);
+        remove_hop_by_hop(response.headers_mut(), switched);
         if let (Some(client_upgrade), true) = (client_upgrade, switched) {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             tokio::spawn(async move {

@@ -1,8 +1,11 @@
-//! Proxying: header hygiene (`headers`), the upstream call (`forward`), the built-in echo
-//! upstream (`whoami`), and the layer that removes client-supplied identity headers.
+//! Proxying: header hygiene (`headers`), the upstream call (`forward`) with its retry rule
+//! (`retry`) and response framing (`framing`), the built-in echo upstream (`whoami`), and
+//! the layer that removes client-supplied identity headers.
 
 pub mod forward;
+pub mod framing;
 pub mod headers;
+pub mod retry;
 pub mod whoami;
 
 use std::sync::Arc;

@@ -58,12 +58,12 @@ pub fn build_with_api(
         .map(|(n, _)| n.clone())
         .collect();
     let cache = IdentityCache::new(&config.cache, &fields, api, metrics.clone());
-    let upstream = upstream_client(config.cloudbase.ca_file.as_deref()).map_err(|source| {
-        StartError::Setup {
+    let upstream = upstream_client(&config.upstream, config.cloudbase.ca_file.as_deref()).map_err(
+        |source| StartError::Setup {
             what: "upstream client",
             source,
-        }
-    })?;
+        },
+    )?;
     let sensitive: Arc<[HeaderName]> =
         Arc::new([AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE, SET_COOKIE]);
 
