@@ -175,6 +175,16 @@ impl Config {
             ("verification_code", text(REDACTED)),
             ("access_token_ttl", duration(e.access_token_ttl)),
             ("allow_anonymous", Value::Boolean(e.allow_anonymous)),
+            ("test_hooks", Value::Boolean(e.test_hooks)),
+            (
+                "failed_attempts_per_user",
+                Value::Integer(e.limits.per_user.into()),
+            ),
+            (
+                "failed_attempts_per_client",
+                Value::Integer(e.limits.per_client.into()),
+            ),
+            ("lockout", duration(e.limits.lockout)),
             ("users", Value::Array(users)),
         ]);
 
