@@ -112,6 +112,7 @@ auth = "required"
 enabled = true
 listen = "127.0.0.1:$EMULATOR_PORT"
 access_token_ttl = "2h"
+test_hooks = true                  # the call counts below come from /__emulator/stats
 
 [[emulator.users]]
 username = "bench"

@@ -232,6 +232,9 @@ methods = ["GET"]
 require_groups = ["admin"]
 [emulator]
 verification_code = "424242"
+test_hooks = true
+failed_attempts_per_client = 0
+lockout = "90s"
 [[emulator.users]]
 username = "u"
 password = "hunter2-password"
@@ -258,6 +261,9 @@ groups = ["a", { id = "b", expires_at = "2030-01-01T00:00:00Z" }]
         );
         assert!(out.contains("x-tenant = \"client_id\""));
         assert_eq!(again.routes[0].require_groups, ["admin"]);
+        assert!(again.emulator.test_hooks);
+        assert_eq!(again.emulator.limits, config.emulator.limits);
+        assert!(out.contains("lockout = \"1m 30s\""), "{out}");
         assert_eq!(
             again.emulator.users[0].name.as_deref(),
             Some("名字 \"quoted\"")

@@ -57,6 +57,11 @@ pub async fn cors(req: Request, next: Next) -> Response {
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
     h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    // A locked-out page can read when to try again (429 `resource_exhausted`).
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("retry-after"),
+    );
     h.insert(header::VARY, HeaderValue::from_static("Origin"));
     resp
 }

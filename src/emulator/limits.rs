@@ -42,9 +42,7 @@ impl Subject {
     /// without a known peer (the router served without connection info) counts as one
     /// shared client, so the limit still holds.
     pub fn client(peer: Option<IpAddr>) -> Subject {
-        Subject::Client(
-            peer.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |ip| ip.to_canonical()),
-        )
+        Subject::Client(peer.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |ip| ip.to_canonical()))
     }
 }
 

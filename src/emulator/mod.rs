@@ -400,7 +400,8 @@ fn invalid_client() -> ApiError {
 /// `?client_id=` is optional; when given (non-empty) it must be this environment's.
 fn check_query(inner: &Inner, req: &Request) -> Result<(), ApiError> {
     // A malformed query is the handler's to refuse, if it reads one.
-    let Ok(Query(query)) = Query::<std::collections::HashMap<String, String>>::try_from_uri(req.uri())
+    let Ok(Query(query)) =
+        Query::<std::collections::HashMap<String, String>>::try_from_uri(req.uri())
     else {
         return Ok(());
     };

@@ -460,7 +460,13 @@ impl Store {
             .map(|p| p.contact.clone())
             .ok_or_else(|| ApiError::invalid_argument("verification_id is unknown or expired"))?;
         let wrong = ApiError::invalid_argument("verification code mismatch");
-        self.guess(&Subject::Contact(contact.key()), client, code_ok, wrong, now)?;
+        self.guess(
+            &Subject::Contact(contact.key()),
+            client,
+            code_ok,
+            wrong,
+            now,
+        )?;
         self.verifications.remove(id);
         let token = random_token(24);
         self.verification_tokens
@@ -899,6 +905,16 @@ mod tests {
         Subject::client(None)
     }
 
+    /// A store with one anonymous user and one session of it.
+    fn one_session(now: Now) -> (Store, Issued) {
+        let mut store = Store::default();
+        let sub = store.anonymous_user("device-1234567890", now);
+        let first = store
+            .open_session(&sub, "anonymous", now.unix + 10, now)
+            .unwrap();
+        (store, first)
+    }
+
     fn later(now: Now, secs: u64) -> Now {
         Now {
             unix: now.unix + secs as i64,
@@ -984,7 +1000,9 @@ mod tests {
         let sub = store
             .check_login("alice", "password1", &client(), now)
             .unwrap();
-        let session = store.open_session(&sub, "username", now.unix + 10, now).unwrap();
+        let session = store
+            .open_session(&sub, "username", now.unix + 10, now)
+            .unwrap();
         let caller = store.caller(&session.jti, "user sso").unwrap();
         let sudo = store
             .sudo(&sub, Some("password1"), None, &client(), now)
@@ -1008,11 +1026,8 @@ mod tests {
     #[test]
     fn a_replayed_refresh_token_ends_its_whole_family() {
         let now = Now::current();
-        let mut store = Store::default();
-        let sub = store.anonymous_user("device-1234567890", now);
-        let first = store
-            .open_session(&sub, "anonymous", now.unix + 10, now)
-            .unwrap();
+        let (mut store, first) = one_session(now);
+        let sub = first.sub.clone();
         let second = store
             .rotate(&first.refresh_token, now.unix + 10, now)
             .unwrap();
@@ -1040,11 +1055,7 @@ mod tests {
     #[test]
     fn retired_refresh_tokens_are_remembered_within_a_bound() {
         let now = Now::current();
-        let mut store = Store::default();
-        let sub = store.anonymous_user("device-1234567890", now);
-        let mut t = store
-            .open_session(&sub, "anonymous", now.unix + 10, now)
-            .unwrap();
+        let (mut store, mut t) = one_session(now);
         for _ in 0..RETIRED_PER_SESSION + 10 {
             t = store.rotate(&t.refresh_token, now.unix + 10, now).unwrap();
         }
@@ -1054,11 +1065,7 @@ mod tests {
     #[test]
     fn refresh_tokens_rotate_and_expire() {
         let now = Now::current();
-        let mut store = Store::default();
-        let sub = store.anonymous_user("device-1234567890", now);
-        let first = store
-            .open_session(&sub, "anonymous", now.unix + 10, now)
-            .unwrap();
+        let (mut store, first) = one_session(now);
         let second = store
             .rotate(&first.refresh_token, now.unix + 10, now)
             .unwrap();
