@@ -27,7 +27,7 @@ pub enum ErrorKind {
     InvalidPassword,
     /// 400 `invalid_grant`: unknown, used or expired refresh token.
     InvalidGrant,
-    /// 401 `invalid_client`: client credentials sent but wrong.
+    /// 401 `invalid_client`: client credentials sent but wrong, or another client's id.
     InvalidClient,
     /// 401 `unauthenticated`: missing, invalid, expired or revoked access token.
     Unauthenticated,
@@ -147,6 +147,11 @@ impl ApiError {
             ErrorKind::InvalidArgument,
             format!("missing field `{field}`"),
         )
+    }
+
+    /// 401 `invalid_client`: wrong client credentials or another client's `client_id`.
+    pub fn invalid_client() -> Self {
+        Self::new(ErrorKind::InvalidClient, "client authentication failed")
     }
 
     pub fn unauthenticated() -> Self {

@@ -308,16 +308,15 @@ pub async fn token(
     State(inner): AppState,
     JsonBody(req): JsonBody<TokenReq>,
 ) -> ApiResult<TokenResponse> {
-    let invalid_client = || ApiError::new(ErrorKind::InvalidClient, "client authentication failed");
     if let Some(id) = req.client_id.as_deref().filter(|id| !id.is_empty()) {
         if !inner.is_our_client(id) {
-            return Err(invalid_client());
+            return Err(ApiError::invalid_client());
         }
     }
     // The JS SDK sends `client_secret: ""`: only a non-empty secret is checked.
     if let Some(secret) = req.client_secret.as_deref().filter(|s| !s.is_empty()) {
         if secret != inner.client_secret.expose() {
-            return Err(invalid_client());
+            return Err(ApiError::invalid_client());
         }
     }
     match req.grant_type.as_deref() {

@@ -393,10 +393,6 @@ async fn gate(
     next.run(req).await
 }
 
-fn invalid_client() -> ApiError {
-    ApiError::new(ErrorKind::InvalidClient, "client authentication failed")
-}
-
 /// `?client_id=` is optional; when given (non-empty) it must be this environment's.
 fn check_query(inner: &Inner, req: &Request) -> Result<(), ApiError> {
     // A malformed query is the handler's to refuse, if it reads one.
@@ -406,7 +402,7 @@ fn check_query(inner: &Inner, req: &Request) -> Result<(), ApiError> {
         return Ok(());
     };
     match query.get("client_id").map(String::as_str) {
-        Some(id) if !id.is_empty() && !inner.is_our_client(id) => Err(invalid_client()),
+        Some(id) if !id.is_empty() && !inner.is_our_client(id) => Err(ApiError::invalid_client()),
         _ => Ok(()),
     }
 }
@@ -434,13 +430,15 @@ fn check_basic(inner: &Inner, headers: &HeaderMap) -> Result<(), ApiError> {
     };
     let decoded = STANDARD
         .decode(encoded.trim())
-        .map_err(|_| invalid_client())?;
-    let decoded = String::from_utf8(decoded).map_err(|_| invalid_client())?;
-    let (id, secret) = decoded.split_once(':').ok_or_else(invalid_client)?;
+        .map_err(|_| ApiError::invalid_client())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| ApiError::invalid_client())?;
+    let (id, secret) = decoded
+        .split_once(':')
+        .ok_or_else(ApiError::invalid_client)?;
     let secret_ok = inner.client_secret.is_empty() || secret == inner.client_secret.expose();
     if inner.is_our_client(id) && secret_ok {
         Ok(())
     } else {
-        Err(invalid_client())
+        Err(ApiError::invalid_client())
     }
 }
