@@ -185,6 +185,16 @@ impl Config {
             ("verification_code", text(REDACTED)),
             ("access_token_ttl", duration(e.access_token_ttl)),
             ("allow_anonymous", Value::Boolean(e.allow_anonymous)),
+            ("test_hooks", Value::Boolean(e.test_hooks)),
+            (
+                "failed_attempts_per_user",
+                Value::Integer(e.limits.per_user.into()),
+            ),
+            (
+                "failed_attempts_per_client",
+                Value::Integer(e.limits.per_client.into()),
+            ),
+            ("lockout", duration(e.limits.lockout)),
             ("users", Value::Array(users)),
         ]);
 
@@ -237,6 +247,9 @@ methods = ["GET"]
 require_groups = ["admin"]
 [emulator]
 verification_code = "424242"
+test_hooks = true
+failed_attempts_per_client = 0
+lockout = "90s"
 [[emulator.users]]
 username = "u"
 password = "hunter2-password"
@@ -270,6 +283,9 @@ groups = ["a", { id = "b", expires_at = "2030-01-01T00:00:00Z" }]
         assert!(out.contains("pool_idle_timeout = \"1s 500ms\""), "{out}");
         assert_eq!(again.upstream.pool_max_idle_per_host, 8);
         assert_eq!(again.routes[0].require_groups, ["admin"]);
+        assert!(again.emulator.test_hooks);
+        assert_eq!(again.emulator.limits, config.emulator.limits);
+        assert!(out.contains("lockout = \"1m 30s\""), "{out}");
         assert_eq!(
             again.emulator.users[0].name.as_deref(),
             Some("名字 \"quoted\"")

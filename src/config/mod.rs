@@ -241,7 +241,35 @@ pub struct EmulatorSettings {
     pub access_token_ttl: Duration,
     /// Anonymous sign-in allowed. Default true.
     pub allow_anonymous: bool,
+    /// Serve `/__emulator/stats` and `/__emulator/fault` (no CORS, JSON only). Default
+    /// false: they answer 404, so no web page can inject faults.
+    pub test_hooks: bool,
+    /// How many wrong secrets the emulator takes before it answers 429.
+    pub limits: AttemptLimits,
     pub users: Vec<EmulatorUser>,
+}
+
+/// Wrong passwords and verification codes the emulator takes before locking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptLimits {
+    /// Failures per user (passwords) or per phone number / email (codes); 0 = no limit.
+    /// Default 5.
+    pub per_user: u32,
+    /// Failures per client address, whatever the account; 0 = no limit. Default 20.
+    pub per_client: u32,
+    /// A locked user or client stays locked this long after its last counted failure,
+    /// and failures are forgotten after this long without one. Default 15 min.
+    pub lockout: Duration,
+}
+
+impl Default for AttemptLimits {
+    fn default() -> Self {
+        AttemptLimits {
+            per_user: 5,
+            per_client: 20,
+            lockout: Duration::from_secs(15 * 60),
+        }
+    }
 }
 
 /// A user seeded into the emulator.
@@ -943,6 +971,7 @@ pub fn parse_upstream(s: &str) -> Result<Upstream, String> {
 }
 
 fn validate_emulator(raw: raw::RawEmulator, errors: &mut Errors) -> EmulatorSettings {
+    let limits = validate_limits(&raw, errors);
     let mut users = Vec::new();
     for (i, u) in raw.users.unwrap_or_default().into_iter().enumerate() {
         let key = |k: &str| format!("emulator.users[{i}].{k}");
@@ -993,7 +1022,30 @@ fn validate_emulator(raw: raw::RawEmulator, errors: &mut Errors) -> EmulatorSett
             errors,
         ),
         allow_anonymous: raw.allow_anonymous.unwrap_or(true),
+        test_hooks: raw.test_hooks.unwrap_or(false),
+        limits,
         users,
+    }
+}
+
+fn validate_limits(raw: &raw::RawEmulator, errors: &mut Errors) -> AttemptLimits {
+    let default = AttemptLimits::default();
+    let lockout = duration(
+        raw.lockout.clone(),
+        "emulator.lockout",
+        &humantime::format_duration(default.lockout).to_string(),
+        errors,
+    );
+    if lockout.is_zero() {
+        errors.push(
+            "emulator.lockout",
+            "must be longer than 0 (set failed_attempts_per_user/per_client = 0 to turn a limit off)",
+        );
+    }
+    AttemptLimits {
+        per_user: raw.failed_attempts_per_user.unwrap_or(default.per_user),
+        per_client: raw.failed_attempts_per_client.unwrap_or(default.per_client),
+        lockout,
     }
 }
 
@@ -1005,6 +1057,8 @@ impl Default for EmulatorSettings {
             verification_code: "000000".to_owned(),
             access_token_ttl: Duration::from_secs(7200),
             allow_anonymous: true,
+            test_hooks: false,
+            limits: AttemptLimits::default(),
             users: Vec::new(),
         }
     }

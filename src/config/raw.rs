@@ -84,6 +84,10 @@ pub struct RawEmulator {
     pub verification_code: Option<String>,
     pub access_token_ttl: Option<String>,
     pub allow_anonymous: Option<bool>,
+    pub test_hooks: Option<bool>,
+    pub failed_attempts_per_user: Option<u32>,
+    pub failed_attempts_per_client: Option<u32>,
+    pub lockout: Option<String>,
     pub users: Option<Vec<RawEmulatorUser>>,
 }
 

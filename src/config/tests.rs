@@ -271,3 +271,40 @@ fn the_upstream_pool_has_defaults_below_common_keep_alives_and_keyed_errors() {
     let got = errors("[emulator]\nenabled = true\n[upstream]\nidle = \"1s\"\n");
     assert!(got.iter().any(|e| e.starts_with("upstream")), "{got:?}");
 }
+
+#[test]
+fn emulator_test_hooks_are_off_and_attempts_limited_by_default() {
+    let c = load("[emulator]\nenabled = true\n").unwrap();
+    assert!(!c.emulator.test_hooks);
+    assert_eq!(c.emulator.limits, AttemptLimits::default());
+    assert_eq!(c.emulator.limits.per_user, 5);
+    assert_eq!(c.emulator.limits.lockout, Duration::from_secs(900));
+
+    let c = load(
+        "[emulator]\nenabled = true\ntest_hooks = true\nfailed_attempts_per_user = 0\n\
+         failed_attempts_per_client = 3\nlockout = \"2s\"\n",
+    )
+    .unwrap();
+    assert!(c.emulator.test_hooks);
+    assert_eq!(
+        c.emulator.limits,
+        AttemptLimits {
+            per_user: 0,
+            per_client: 3,
+            lockout: Duration::from_secs(2)
+        }
+    );
+
+    for (text, key) in [
+        ("lockout = \"0s\"", "emulator.lockout:"),
+        ("lockout = \"soon\"", "emulator.lockout:"),
+        (
+            "failed_attempts_per_user = -1",
+            "emulator.failed_attempts_per_user:",
+        ),
+        ("test_hooks = \"yes\"", "emulator.test_hooks:"),
+    ] {
+        let got = errors(&format!("[emulator]\n{text}\n"));
+        assert!(got.iter().any(|e| e.starts_with(key)), "{key} in {got:?}");
+    }
+}

@@ -56,6 +56,11 @@ password = "crlf-password"
 name = "evil\r\nX-Injected: yes"
 "#;
 
+/// The `[emulator]` line that turns on `/__emulator/stats` and `/__emulator/fault` (off by
+/// default, so no web page can drive them). Test configs that call the hooks over HTTP
+/// include it; in-process tests can use `Emulator::set_fault` / `calls` without it.
+pub const EMULATOR_TEST_HOOKS: &str = "test_hooks = true";
+
 /// A gateway with its embedded emulator.
 pub struct Harness {
     pub running: Option<Running>,
@@ -70,7 +75,8 @@ pub struct Harness {
 }
 
 /// The whole configuration for a test: listeners on port 0, the emulator embedded with
-/// [`USERS`], and `extra` (routes, `[cache]`, …) appended.
+/// [`USERS`] and its HTTP test hooks on ([`EMULATOR_TEST_HOOKS`]), and `extra` (routes,
+/// `[cache]`, …) appended.
 pub fn config_text(extra: &str) -> String {
     config_text_with("", "", "", extra)
 }
@@ -93,6 +99,7 @@ timeout = "1s"
 [emulator]
 enabled = true
 listen = "127.0.0.1:0"
+{EMULATOR_TEST_HOOKS}
 {emulator}
 {USERS}
 {extra}

@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // Drives a CloudBase Auth v2 endpoint (the emulator) with the official JS SDK,
 // @cloudbase/oauth, the way a web page does: username + password sign-in, user info, a
-// forced token refresh, phone verification + sign-up, sign-out with a redirect, sign-in
-// with a verification code, anonymous sign-in and sign-out.
+// forced token refresh (and a replay of the rotated-out refresh token, which ends the
+// session), phone verification + sign-up, sign-out with a redirect, sign-in with a
+// verification code, anonymous sign-in and sign-out.
 //
 // Usage: node drive.mjs http://127.0.0.1:PORT      (or EMULATOR_URL=http://…)
 // Optional environment: CLOUDBASE_ENV (default "js-sdk-env"), CLOUDBASE_CLIENT_ID
@@ -197,12 +198,19 @@ async function main() {
     return { ...tokenFields(after), previous_refresh_token: before.refresh_token }
   })
 
-  await expectError('refresh_old_token_rejected', 'invalid_grant', async () => {
+  await step('user_info_after_refresh', async () => userFields(await auth.getUserInfo()))
+
+  // A rotated-out refresh token comes back (as a thief's copy would): refused, and the
+  // whole session ends (RFC 9700 §4.14.2), so the SDK's current tokens die too.
+  await expectError('refresh_replay_rejected', 'invalid_grant', async () => {
     check(refreshed, 'no refresh to replay')
     return auth.grantToken({ grant_type: 'refresh_token', refresh_token: refreshed.previous_refresh_token })
   })
 
-  await step('user_info_after_refresh', async () => userFields(await auth.getUserInfo()))
+  await expectError('refresh_after_replay_rejected', 'invalid_grant', async () => {
+    check(refreshed, 'no refresh to replay')
+    return auth.grantToken({ grant_type: 'refresh_token', refresh_token: refreshed.refresh_token })
+  })
 
   const verified = await verifyPhone('')
 
