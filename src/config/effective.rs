@@ -40,6 +40,11 @@ impl Config {
             ("listen", text(s.listen.to_string())),
             ("request_timeout", duration(s.request_timeout)),
             ("header_read_timeout", duration(s.header_read_timeout)),
+            ("idle_timeout", duration(s.idle_timeout)),
+            (
+                "max_concurrent_streams",
+                Value::Integer(i64::from(s.max_concurrent_streams)),
+            ),
             ("max_body_size", text(s.max_body_size.to_string())),
             ("max_connections", Value::Integer(s.max_connections as i64)),
             ("shutdown_grace_period", duration(s.shutdown_grace_period)),
@@ -58,6 +63,11 @@ impl Config {
             server.insert("tls_key".into(), text(tls.key.display().to_string()));
         }
 
+        let mut admin = table([("listen", text(self.admin.listen.to_string()))]);
+        if let Some(token) = &self.admin.token {
+            admin.insert("token".into(), secret(token));
+        }
+
         let c = &self.cloudbase;
         let mut cloudbase = table([
             ("env_id", text(&c.env_id)),
@@ -74,6 +84,10 @@ impl Config {
                 }),
             ),
             ("timeout", duration(c.timeout)),
+            (
+                "max_in_flight",
+                Value::Integer(c.max_in_flight.min(i64::MAX as usize) as i64),
+            ),
         ]);
         if let Some(ca) = &c.ca_file {
             cloudbase.insert("ca_file".into(), text(ca.display().to_string()));
@@ -180,15 +194,18 @@ impl Config {
 
         let root = table([
             ("server", Value::Table(server)),
-            (
-                "admin",
-                Value::Table(table([("listen", text(self.admin.listen.to_string()))])),
-            ),
+            ("admin", Value::Table(admin)),
             ("cloudbase", Value::Table(cloudbase)),
             ("cache", Value::Table(cache)),
             (
                 "identity",
-                Value::Table(table([("headers", Value::Table(headers))])),
+                Value::Table(table([
+                    ("headers", Value::Table(headers)),
+                    (
+                        "max_header_bytes",
+                        text(self.identity.max_header_bytes.to_string()),
+                    ),
+                ])),
             ),
             ("routes", Value::Array(routes)),
             ("emulator", Value::Table(emulator)),

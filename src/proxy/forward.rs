@@ -117,7 +117,8 @@ impl Forward {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        remove_hop_by_hop(req.headers_mut(), websocket);
+        // The request's hop-by-hop headers went at the edge (`inbound::HopByHop`), before
+        // the gateway set its own; removing them here would let `Connection` name those.
         if let Some(conn) = req.extensions().get::<ConnInfo>().copied() {
             set_forwarded(
                 req.headers_mut(),
