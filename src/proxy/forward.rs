@@ -26,7 +26,7 @@ use tower::Service;
 use super::headers::{is_websocket_upgrade, remove_hop_by_hop, set_forwarded, X_REQUEST_ID};
 use super::whoami;
 use crate::config::Upstream;
-use crate::response::{Body, BoxError, Reject};
+use crate::response::{client_body_fault, Body, BoxError, Reject};
 use crate::routing::MatchedRoute;
 
 /// Facts about the client connection, put in every request's extensions by the server.
@@ -207,22 +207,11 @@ fn with_query(path: &str, query: Option<&str>) -> String {
     }
 }
 
-/// Whether `e` (or an error it wraps) is the body limit tripping.
-pub fn is_body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
-}
-
-/// Maps an upstream client error to the gateway's answer.
+/// Maps an upstream client error to the gateway's answer. A failure to read the client's
+/// own body is the client's (413 or 400), never the upstream's.
 fn upstream_error(e: &hyper_util::client::legacy::Error) -> Reject {
-    if is_body_too_large(e) {
-        return Reject::PayloadTooLarge;
+    if let Some(reject) = client_body_fault(e) {
+        return reject;
     }
     tracing::warn!(error = %e, connect = e.is_connect(), "upstream request failed");
     Reject::UpstreamUnavailable
