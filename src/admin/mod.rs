@@ -75,7 +75,10 @@ fn is_json(headers: &HeaderMap) -> bool {
 fn same_secret(given: &[u8], expected: &[u8]) -> bool {
     use sha2::Digest;
     let (a, b) = (sha2::Sha256::digest(given), sha2::Sha256::digest(expected));
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 /// The bearer token of `Authorization`, if it is one.
@@ -89,7 +92,11 @@ fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
 
 /// Every admin POST: the token when `admin.token` is set (401), then a JSON content type
 /// (415).
-async fn guard_post(State(state): State<AdminState>, request: Request, next: Next) -> axum::response::Response {
+async fn guard_post(
+    State(state): State<AdminState>,
+    request: Request,
+    next: Next,
+) -> axum::response::Response {
     if let Some(expected) = &state.token {
         let given = bearer(request.headers());
         if !given.is_some_and(|g| same_secret(g, expected.expose().as_bytes())) {

@@ -229,6 +229,7 @@ pub type SharedIdentity = Arc<Identity>;
 mod tests {
     use super::*;
     use crate::cloudbase::types::Group;
+    use std::sync::Arc;
 
     fn fields() -> HeaderFields {
         HeaderFields::new(
@@ -316,5 +317,114 @@ mod tests {
         assert!(id.in_any_group(&["admin".into()], 1_700_000_000));
         assert!(!id.in_any_group(&["old".into()], 1_700_000_000));
         assert_eq!(id.next_group_expiry(1_700_000_000), Some(4_070_908_800));
+    }
+
+    #[test]
+    fn a_comma_inside_a_group_id_cannot_split_it_in_two() {
+        let id = build(
+            "n",
+            vec![Group::Id("user,admin".into()), Group::Id("50%".into())],
+        );
+        let mut h = HeaderMap::new();
+        id.apply(&names(), &mut h);
+        assert_eq!(h["x-user-groups"], "user%2Cadmin,50%25");
+        assert!(!id.in_any_group(&["admin".into()], 1_700_000_000));
+    }
+
+    #[test]
+    fn a_value_over_the_bound_is_left_out_and_counted_once_per_entry() {
+        let metrics = Arc::new(Metrics::new(Vec::<String>::new()));
+        let fields = HeaderFields::new(
+            &[IdentityField::Sub, IdentityField::Name],
+            8 << 10,
+            Some(metrics.clone()),
+        );
+        let i = Introspection {
+            sub: Some("42".into()),
+            ..Default::default()
+        };
+        let p = UserProfile {
+            name: Some("名".repeat(200_000)),
+            ..Default::default()
+        };
+        let id = Identity::new(&i, &p, None, &fields, 0);
+        let names = [
+            HeaderName::from_static("x-user-id"),
+            HeaderName::from_static("x-user-name"),
+        ];
+        for _ in 0..3 {
+            let mut h = HeaderMap::new();
+            id.apply(&names, &mut h);
+            assert_eq!(h["x-user-id"], "42");
+            assert!(h.get("x-user-name").is_none());
+        }
+        assert!(id.values.len() < 100, "the oversized value is not cached");
+        let text = metrics.render(0);
+        assert!(
+            text.contains("cloudbase_gateway_identity_headers_omitted_total{field=\"name\"} 1"),
+            "{text}"
+        );
+        // Exactly at the bound is still sent.
+        let p = UserProfile {
+            name: Some("a".repeat(8 << 10)),
+            ..Default::default()
+        };
+        let id = Identity::new(&i, &p, None, &fields, 0);
+        let mut h = HeaderMap::new();
+        id.apply(&names, &mut h);
+        assert_eq!(h["x-user-name"].len(), 8 << 10);
+    }
+
+    mod properties {
+        //! Property tests: whatever CloudBase puts in a profile, the header is a valid
+        //! value that percent-decodes back to it, and a group list splits back into its ids.
+        use super::*;
+        use percent_encoding::percent_decode_str;
+        use proptest::prelude::*;
+
+        fn decode(v: &str) -> String {
+            percent_decode_str(v).decode_utf8().unwrap().into_owned()
+        }
+
+        proptest! {
+            #[test]
+            fn every_string_becomes_a_valid_header_value_that_decodes_back(
+                value in any::<String>()
+            ) {
+                let mut buf = BytesMut::new();
+                encode_header_value(&value, &mut buf);
+                let header = HeaderValue::from_maybe_shared(buf.freeze());
+                prop_assert!(header.is_ok());
+                let header = header.unwrap();
+                let text = header.to_str().unwrap();
+                prop_assert!(text.bytes().all(|b| (0x20..0x7f).contains(&b)));
+                prop_assert_eq!(text.trim(), text, "no edge whitespace to be stripped");
+                prop_assert_eq!(decode(text), value);
+            }
+
+            #[test]
+            fn every_byte_sequence_read_as_text_round_trips(
+                bytes in proptest::collection::vec(any::<u8>(), 0..256)
+            ) {
+                let value = String::from_utf8_lossy(&bytes).into_owned();
+                let mut buf = BytesMut::new();
+                encode_header_value(&value, &mut buf);
+                let header = HeaderValue::from_maybe_shared(buf.freeze()).unwrap();
+                prop_assert_eq!(decode(header.to_str().unwrap()), value);
+            }
+
+            #[test]
+            fn a_group_list_splits_back_into_exactly_its_ids(
+                ids in proptest::collection::vec(".{1,12}", 1..8)
+            ) {
+                let groups = ids.iter().map(|id| Group::Id(id.clone())).collect();
+                let id = build("n", groups);
+                let mut h = HeaderMap::new();
+                id.apply(&names(), &mut h);
+                let value = h["x-user-groups"].to_str().unwrap();
+                let back: Vec<String> = value.split(',').map(decode).collect();
+                prop_assert_eq!(back, ids);
+            }
+        }
     }
 }

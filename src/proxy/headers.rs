@@ -439,4 +439,184 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "6.6.6.6, 10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "https");
     }
+
+    #[test]
+    fn identity_headers_go_when_dots_or_other_punctuation_stand_for_dashes() {
+        let strip = vec![HeaderName::from_static("x-user-id")];
+        let mut h = map(&[
+            ("X.User.Id", "admin"),
+            ("x~user~id", "admin"),
+            ("x-user.id", "admin"),
+            ("x-user-idx", "keep"),
+        ]);
+        strip_identity(&mut h, &strip);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-user-idx"], "keep");
+    }
+
+    #[test]
+    fn repeated_forwarded_lines_from_a_trusted_proxy_are_one_list() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-for", "203.0.113.7"),
+            ("forwarded", "for=6.6.6.6"),
+            ("forwarded", "for=203.0.113.7"),
+        ]);
+        set_forwarded(&mut h, "10.0.0.1".parse().unwrap(), true, None, &trusted);
+        assert_eq!(h["x-forwarded-for"], "6.6.6.6, 203.0.113.7, 10.0.0.1");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(
+            h["forwarded"],
+            "for=6.6.6.6, for=203.0.113.7, for=10.0.0.1;proto=https"
+        );
+    }
+
+    #[test]
+    fn forwarded_and_x_real_ip_from_an_untrusted_peer_are_removed() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = map(&[
+            ("forwarded", "for=1.1.1.1;host=evil"),
+            ("x-real-ip", "1.1.1.1"),
+        ]);
+        set_forwarded(&mut h, "192.0.2.1".parse().unwrap(), false, None, &trusted);
+        assert!(h.get("forwarded").is_none());
+        assert!(h.get("x-real-ip").is_none());
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1");
+
+        let mut h = map(&[("x-real-ip", "198.51.100.4")]);
+        let host = Some(HeaderValue::from_static("api.example:8443"));
+        set_forwarded(&mut h, "10.0.0.1".parse().unwrap(), false, host, &trusted);
+        assert_eq!(
+            h["x-real-ip"], "198.51.100.4",
+            "one X-Real-IP from a trusted proxy"
+        );
+    }
+
+    #[test]
+    fn an_ipv4_mapped_peer_matches_ipv4_trusted_proxies_and_is_written_as_ipv4() {
+        let trusted: Vec<IpNet> = vec!["127.0.0.2/32".parse().unwrap()];
+        let mut h = map(&[("x-forwarded-for", "203.0.113.7")]);
+        let mapped: IpAddr = "::ffff:127.0.0.2".parse().unwrap();
+        set_forwarded(&mut h, mapped, false, None, &trusted);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.2");
+        let mut h = map(&[("forwarded", "for=x")]);
+        set_forwarded(&mut h, "2001:db8::1".parse().unwrap(), false, None, &[]);
+        assert_eq!(h["x-forwarded-for"], "2001:db8::1");
+        let trusted: Vec<IpNet> = vec!["2001:db8::/32".parse().unwrap()];
+        let mut h = map(&[("forwarded", "for=x")]);
+        let host = Some(HeaderValue::from_static("a.example"));
+        set_forwarded(
+            &mut h,
+            "2001:db8::1".parse().unwrap(),
+            false,
+            host,
+            &trusted,
+        );
+        assert_eq!(
+            h["forwarded"],
+            "for=x, for=\"[2001:db8::1]\";host=\"a.example\";proto=http"
+        );
+    }
+
+    #[test]
+    fn authorities_are_host_and_port_only() {
+        for ok in [
+            "example.com",
+            "example.com:8080",
+            "127.0.0.1",
+            "[::1]:443",
+            "a_b.internal",
+            "host:",
+        ] {
+            assert!(is_authority(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "",
+            "example.com/path",
+            "user@example.com",
+            "a b",
+            "a,b",
+            "example.com:80:80",
+            "example.com:123456",
+            "[::1",
+            "[]",
+            "[::1]x",
+            "\"q\"",
+            ":80",
+        ] {
+            assert!(!is_authority(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_targets_authority_wins_and_ambiguous_hosts_are_refused() {
+        let uri: Uri = "/x".parse().unwrap();
+        let h = map(&[("host", "a.example")]);
+        assert_eq!(
+            request_authority(Version::HTTP_11, &uri, &h)
+                .unwrap()
+                .unwrap(),
+            "a.example"
+        );
+        let h = map(&[("host", "a.example"), ("host", "a.example")]);
+        assert_eq!(
+            request_authority(Version::HTTP_11, &uri, &h),
+            Err(BadHost::Repeated)
+        );
+        assert_eq!(
+            request_authority(Version::HTTP_11, &uri, &HeaderMap::new()),
+            Err(BadHost::Missing)
+        );
+        assert_eq!(
+            request_authority(Version::HTTP_10, &uri, &HeaderMap::new()),
+            Ok(None)
+        );
+        let h = map(&[("host", "")]);
+        assert_eq!(request_authority(Version::HTTP_11, &uri, &h), Ok(None));
+        // HTTP/2 :authority (and HTTP/1.1 absolute-form) beat a disagreeing Host.
+        let absolute: Uri = "https://real.example/x".parse().unwrap();
+        let h = map(&[("host", "evil.example")]);
+        assert_eq!(
+            request_authority(Version::HTTP_2, &absolute, &h)
+                .unwrap()
+                .unwrap(),
+            "real.example"
+        );
+        let userinfo: Uri = "http://user@real.example/x".parse().unwrap();
+        assert_eq!(
+            request_authority(Version::HTTP_11, &userinfo, &HeaderMap::new()),
+            Err(BadHost::Invalid)
+        );
+    }
+
+    #[test]
+    fn a_preflight_needs_origin_and_one_method_token() {
+        let opt = Method::OPTIONS;
+        let h = map(&[
+            ("origin", "https://app.example"),
+            ("access-control-request-method", "POST"),
+        ]);
+        assert!(is_cors_preflight(&opt, &h));
+        assert!(!is_cors_preflight(&Method::POST, &h));
+        for bad in [
+            map(&[("access-control-request-method", "POST")]),
+            map(&[
+                ("origin", "https://a"),
+                ("access-control-request-method", ""),
+            ]),
+            map(&[
+                ("origin", "https://a"),
+                ("access-control-request-method", "PO ST"),
+            ]),
+            map(&[
+                ("origin", "https://a"),
+                ("access-control-request-method", "GET"),
+                ("access-control-request-method", "POST"),
+            ]),
+            map(&[("origin", ""), ("access-control-request-method", "GET")]),
+        ] {
+            assert!(!is_cors_preflight(&opt, &bad), "{bad:?}");
+        }
+    }
 }
