@@ -1,0 +1,855 @@
+//! The gateway attacked as a client would attack it (issues 8 and 16): the real binary,
+//! raw sockets, HTTP/1.1, h2c and HTTP/2 over TLS, a recording upstream that shows
+//! exactly what got through, and a CloudBase stand-in where CloudBase's answers are the
+//! weapon. Each test is named after the attack it stops.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cloudbase_gateway::cloudbase::{CallOptions, Client};
+use cloudbase_gateway::config::Config;
+use cloudbase_gateway::response::{full, Body, BoxError};
+use common::{free_port, metric, Process, USERS};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Notify;
+use tokio::time::{sleep, timeout, Instant};
+
+/// Generous bound for anything that should happen "at once"; never a performance claim.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------
+// The recording upstream
+// ---------------------------------------------------------------------------------------
+
+/// One request as the upstream received it.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+    /// Every header line, lower-case names, in order.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    trailers: Vec<(String, String)>,
+}
+
+impl Seen {
+    fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The header's only value; fails the test if it came more than once.
+    fn one(&self, name: &str) -> Option<&str> {
+        let all = self.all(name);
+        assert!(all.len() <= 1, "{name} arrived {} times: {all:?}", all.len());
+        all.first().copied()
+    }
+}
+
+/// An upstream that records every request and answers with what it saw as JSON. Paths
+/// under `/slow/` stream their answer over a few seconds; WebSocket upgrades get a 101.
+#[derive(Clone)]
+struct Recorder {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+fn pairs(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+impl Recorder {
+    async fn start() -> Recorder {
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let log = seen.clone();
+        let (addr, _) = common::spawn_upstream(move |req: Request<Incoming>| {
+            let log = log.clone();
+            async move { record(req, log).await }
+        })
+        .await;
+        Recorder { addr, seen }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The one recorded request whose path is `path`.
+    fn request(&self, path: &str) -> Seen {
+        let all: Vec<Seen> = self
+            .seen()
+            .into_iter()
+            .filter(|s| s.path == path)
+            .collect();
+        assert_eq!(all.len(), 1, "requests to {path}: {all:?}");
+        all.into_iter().next().unwrap()
+    }
+
+    fn paths(&self) -> Vec<String> {
+        self.seen().into_iter().map(|s| s.path).collect()
+    }
+}
+
+async fn record(req: Request<Incoming>, log: Arc<Mutex<Vec<Seen>>>) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let mut seen = Seen {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        headers: pairs(&parts.headers),
+        body: Vec::new(),
+        trailers: Vec::new(),
+    };
+    if parts.headers.contains_key(http::header::UPGRADE) {
+        log.lock().unwrap().push(seen);
+        return Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("upgrade", "websocket")
+            .header("connection", "upgrade")
+            .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+            .body(full(""))
+            .unwrap();
+    }
+    if let Ok(collected) = body.collect().await {
+        if let Some(t) = collected.trailers() {
+            seen.trailers = pairs(t);
+        }
+        seen.body = collected.to_bytes().to_vec();
+    }
+    let echo = serde_json::json!({
+        "path": seen.path,
+        "headers": seen
+            .headers
+            .iter()
+            .map(|(n, v)| (n.clone(), Value::String(v.clone())))
+            .collect::<serde_json::Map<_, _>>(),
+    });
+    let slow = seen.path.starts_with("/open/slow");
+    log.lock().unwrap().push(seen);
+    if slow {
+        // Four chunks, 0.6 s apart: longer than the idle timeout of the tests using it.
+        let stream = futures_util::stream::unfold(0, |i| async move {
+            if i == 4 {
+                return None;
+            }
+            sleep(Duration::from_millis(600)).await;
+            let frame = hyper::body::Frame::data(Bytes::from_static(b"chunk;"));
+            Some((Ok::<_, BoxError>(frame), i + 1))
+        });
+        return Response::new(http_body_util::StreamBody::new(stream).boxed_unsync());
+    }
+    let mut response = Response::new(full(echo.to_string()));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+// ---------------------------------------------------------------------------------------
+// A CloudBase stand-in
+// ---------------------------------------------------------------------------------------
+
+/// CloudBase as the tests need it: each token maps to a profile (`/user/me` JSON); a token
+/// starting with `held-` has its introspection held until [`StandIn::release`].
+#[derive(Clone)]
+struct StandIn {
+    addr: SocketAddr,
+    held_arrived: Arc<Notify>,
+    release: Arc<Notify>,
+}
+
+impl StandIn {
+    async fn start(profiles: HashMap<&'static str, Value>) -> StandIn {
+        let held_arrived = Arc::new(Notify::new());
+        let release = Arc::new(Notify::new());
+        let profiles = Arc::new(profiles);
+        let (arrived, gate) = (held_arrived.clone(), release.clone());
+        let (addr, _) = common::spawn_upstream(move |req: Request<Incoming>| {
+            let (profiles, arrived, gate) = (profiles.clone(), arrived.clone(), gate.clone());
+            async move {
+                let token = req
+                    .headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .unwrap_or("")
+                    .to_owned();
+                let Some(profile) = profiles.get(token.as_str()) else {
+                    return json_response(StatusCode::OK, serde_json::json!({}));
+                };
+                if req.uri().path().ends_with("/token/introspect") {
+                    if token.starts_with("held-") {
+                        arrived.notify_one();
+                        gate.notified().await;
+                    }
+                    let sub = profile["sub"].clone();
+                    let active = serde_json::json!({
+                        "token_type": "Bearer", "client_id": "test-client",
+                        "sub": sub, "scope": "user",
+                    });
+                    json_response(StatusCode::OK, active)
+                } else {
+                    json_response(StatusCode::OK, profile.clone())
+                }
+            }
+        })
+        .await;
+        StandIn {
+            addr,
+            held_arrived,
+            release,
+        }
+    }
+}
+
+fn json_response(status: StatusCode, value: Value) -> Response<Body> {
+    let mut r = Response::new(full(value.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+// ---------------------------------------------------------------------------------------
+// The gateway binary
+// ---------------------------------------------------------------------------------------
+
+/// Twenty more emulator users, `user00` … `user19`.
+fn twenty_users() -> String {
+    (0..20)
+        .map(|i| {
+            format!(
+                "[[emulator.users]]\nusername = \"user{i:02}\"\npassword = \"password-{i:02}\"\n\
+                 name = \"User {i}\"\ngroups = [\"user\"]\n"
+            )
+        })
+        .collect()
+}
+
+/// How to start the binary. Strings are extra lines of each table.
+#[derive(Default)]
+struct Setup<'a> {
+    server: &'a str,
+    admin: &'a str,
+    cloudbase: &'a str,
+    /// Use this CloudBase instead of the embedded emulator.
+    stand_in: Option<SocketAddr>,
+    /// `listen` of the public listener, when not 127.0.0.1 on a free port.
+    listen: Option<SocketAddr>,
+}
+
+/// The gateway binary, its emulator (unless a stand-in replaces it) and the upstream.
+struct Gateway {
+    process: Process,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    emulator: SocketAddr,
+    upstream: Recorder,
+    http: reqwest::Client,
+}
+
+impl Gateway {
+    async fn start(setup: Setup<'_>) -> Gateway {
+        let upstream = Recorder::start().await;
+        let up = format!("http://{}", upstream.addr);
+        let port = || SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let addr = setup.listen.unwrap_or_else(port);
+        let (admin, emulator) = (port(), port());
+        let (cloudbase, emulator_section) = match setup.stand_in {
+            Some(s) => (
+                format!("base_url = \"http://{s}/auth/v1\"\n"),
+                "enabled = false\n".to_owned(),
+            ),
+            None => (
+                String::new(),
+                format!(
+                    "enabled = true\nlisten = \"{emulator}\"\n{USERS}\n{}",
+                    twenty_users()
+                ),
+            ),
+        };
+        let route = |prefix: &str, rest: &str| {
+            format!("[[routes]]\nprefix = \"{prefix}\"\nupstream = \"{up}\"\n{rest}\n")
+        };
+        let routes = [
+            route("/api/", ""),
+            route("/anon/", "allow_anonymous = true"),
+            route("/opt/", "auth = \"optional\""),
+            route("/open/", "auth = \"none\""),
+            route("/admin/", "require_groups = [\"admin\"]"),
+            route("/cors/", "allow_preflight = true\nmethods = [\"GET\"]"),
+            "[[routes]]\nprefix = \"/who/\"\nupstream = \"whoami\"\n".to_owned(),
+        ]
+        .concat();
+        let config = format!(
+            "[server]\nlisten = \"{addr}\"\nmax_body_size = \"4KiB\"\n{}\n\
+             [admin]\nlisten = \"{admin}\"\n{}\n\
+             [cloudbase]\nenv_id = \"test-env\"\nclient_id = \"test-client\"\n{cloudbase}{}\n\
+             [emulator]\n{emulator_section}\n{routes}",
+            setup.server,
+            setup.admin,
+            if setup.cloudbase.contains("timeout") {
+                setup.cloudbase.to_owned()
+            } else {
+                format!("timeout = \"2s\"\n{}", setup.cloudbase)
+            },
+        );
+        if let Err(e) = Config::from_toml_str(&config) {
+            panic!("test config invalid:\n{e}\n{config}");
+        }
+        let process = Process::spawn(&config, &[], &[("RUST_LOG", "info")], admin);
+        common::wait_for_port(SocketAddr::from(([127, 0, 0, 1], addr.port())));
+        Gateway {
+            process,
+            addr: SocketAddr::from(([127, 0, 0, 1], addr.port())),
+            admin,
+            emulator,
+            upstream,
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn emulator_client(&self) -> Client {
+        let config = Config::from_toml_str(&format!(
+            "[cloudbase]\nbase_url = \"http://{}/auth/v1\"\nclient_id = \"test-client\"\n",
+            self.emulator
+        ))
+        .unwrap();
+        Client::new(&config.cloudbase).unwrap()
+    }
+
+    /// Signs a seeded user in; returns the access token and the user's `sub`.
+    async fn sign_in(&self, username: &str, password: &str) -> (String, String) {
+        let t = self
+            .emulator_client()
+            .signin_password(username, password, &CallOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("sign-in of {username}: {e}"));
+        (t.access_token, t.sub)
+    }
+
+    async fn demo(&self) -> (String, String) {
+        self.sign_in("demo", "demo-password").await
+    }
+
+    async fn metrics(&self) -> String {
+        self.http
+            .get(format!("http://{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Writes `bytes` on a fresh connection and returns everything the gateway answers
+    /// until it closes or falls quiet (see [`read_answers`]).
+    async fn raw(&self, bytes: &[u8]) -> String {
+        let mut s = TcpStream::connect(self.addr).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        read_answers(&mut s).await
+    }
+}
+
+/// Reads until the peer closes, errors, or sends nothing for a second; at most
+/// [`PATIENCE`].
+async fn read_answers<S: AsyncRead + Unpin>(s: &mut S) -> String {
+    let mut buf = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    let mut chunk = [0u8; 16 * 1024];
+    while Instant::now() < deadline {
+        match timeout(Duration::from_secs(1), s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// The status codes of every HTTP/1.1 response in `text`.
+fn statuses(text: &str) -> Vec<u16> {
+    text.match_indices("HTTP/1.1 ")
+        .filter(|(i, _)| *i == 0 || text[..*i].ends_with('\n'))
+        .filter_map(|(i, _)| text.get(i + 9..i + 12)?.parse().ok())
+        .collect()
+}
+
+/// Waits until the peer closes the connection (EOF or reset); fails the test if it is
+/// still open after [`PATIENCE`]. Returns what was read.
+async fn closed_by_gateway<S: AsyncRead + Unpin>(s: &mut S) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let read = timeout(PATIENCE, s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the gateway kept the connection open");
+    buf
+}
+
+/// A connection to `addr` from `local` (e.g. 127.0.0.2, a trusted proxy).
+async fn connect_from(local: [u8; 4], addr: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((local, 0))).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// The JSON body of an HTTP/1.1 answer in `text` (after the first blank line).
+fn json_body(text: &str) -> Value {
+    let start = text.find("\r\n\r\n").expect("a response head") + 4;
+    let body = &text[start..];
+    // Chunked or not, the JSON is the one {...} in the body.
+    let (a, b) = (body.find('{').expect("JSON"), body.rfind('}').expect("JSON"));
+    serde_json::from_str(&body[a..=b]).expect("JSON body")
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP/2 and TLS clients
+// ---------------------------------------------------------------------------------------
+
+trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// A self-signed certificate for `localhost`: (cert path, key path, rustls client config
+/// trusting it with ALPN `alpn`).
+fn tls_files(dir: &std::path::Path) -> (String, rustls::pki_types::CertificateDer<'static>) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), ck.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), ck.key_pair.serialize_pem()).unwrap();
+    let server = format!(
+        "tls_cert = {:?}\ntls_key = {:?}\n",
+        dir.join("cert.pem"),
+        dir.join("key.pem")
+    );
+    (server, ck.cert.der().clone())
+}
+
+fn tls_client(cert: &rustls::pki_types::CertificateDer<'static>, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+async fn tls_connect(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+}
+
+/// An HTTP/2 client over `io`: the sender, the connection task (it ends when the gateway
+/// closes the connection) and the server's `SETTINGS_MAX_CONCURRENT_STREAMS`.
+async fn h2_over(io: Box<dyn Io>) -> H2 {
+    let (send, mut conn) = h2::client::handshake(io).await.expect("h2 handshake");
+    // One PING round trip: the server's SETTINGS come before its PING ack.
+    let mut ping_pong = conn.ping_pong().expect("ping_pong");
+    tokio::select! {
+        pong = ping_pong.ping(h2::Ping::opaque()) => { pong.expect("pong"); }
+        ended = &mut conn => panic!("connection ended during the handshake: {ended:?}"),
+    }
+    let max_streams = conn.max_concurrent_send_streams();
+    (send, tokio::spawn(conn), max_streams)
+}
+
+/// Sends one HTTP/2 request and collects the answer (status, body, trailers ignored).
+async fn h2_send(
+    send: &mut h2::client::SendRequest<Bytes>,
+    req: Request<()>,
+    body: &[u8],
+    trailers: Option<HeaderMap>,
+) -> (StatusCode, Bytes) {
+    let mut send = send.clone().ready().await.expect("ready");
+    let end = body.is_empty() && trailers.is_none();
+    let (response, mut stream) = send.send_request(req, end).expect("send");
+    if !body.is_empty() {
+        stream
+            .send_data(Bytes::copy_from_slice(body), trailers.is_none())
+            .expect("data");
+    }
+    if let Some(t) = trailers {
+        stream.send_trailers(t).expect("trailers");
+    }
+    let response = timeout(PATIENCE, response)
+        .await
+        .expect("answered in time")
+        .expect("response");
+    let status = response.status();
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("body");
+        let _ = body.flow_control().release_capacity(chunk.len());
+        bytes.extend_from_slice(&chunk);
+    }
+    (status, bytes.into())
+}
+
+type H2 = (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+    usize,
+);
+
+async fn h2c(addr: SocketAddr) -> H2 {
+    h2_over(Box::new(TcpStream::connect(addr).await.unwrap())).await
+}
+
+/// Identity header names as configured (the defaults), lower-case.
+const IDENTITY: [&str; 8] = [
+    "x-user-id",
+    "x-user-name",
+    "x-user-username",
+    "x-user-email",
+    "x-user-phone",
+    "x-user-groups",
+    "x-user-scope",
+    "x-user-anonymous",
+];
+
+/// `name` read the way some server could read it: lower-case, every non-alphanumeric
+/// character as `-`.
+fn folded(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// Header lines (and trailers) of `seen` that any server could read as an identity header.
+fn identity_lines(seen: &Seen) -> Vec<(String, String)> {
+    seen.headers
+        .iter()
+        .chain(&seen.trailers)
+        .filter(|(n, _)| IDENTITY.contains(&folded(n).as_str()))
+        .cloned()
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// 8.1 Headers the gateway sets survive whatever `Connection` lists
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn connection_listing_identity_and_gateway_headers_cannot_delete_them() {
+    let g = Gateway::start(Setup::default()).await;
+    let (token, sub) = g.demo().await;
+    let answer = g
+        .raw(
+            format!(
+                "GET /api/conn HTTP/1.1\r\nHost: gw.example\r\nAuthorization: Bearer {token}\r\n\
+                 Connection: X-User-Id, X-User-Groups, X-User-Anonymous, X-User-Scope, \
+                 X-Request-Id, X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host, close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+    assert_eq!(statuses(&answer), [200], "{answer}");
+    let seen = g.upstream.request("/api/conn");
+    assert_eq!(seen.one("x-user-id"), Some(sub.as_str()));
+    assert_eq!(seen.one("x-user-groups"), Some("user"));
+    assert_eq!(seen.one("x-user-anonymous"), Some("false"));
+    assert!(seen.one("x-user-scope").is_some());
+    assert_eq!(seen.one("x-request-id").map(str::len), Some(36));
+    assert_eq!(seen.one("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen.one("x-forwarded-proto"), Some("http"));
+    assert_eq!(seen.one("x-forwarded-host"), Some("gw.example"));
+    assert!(seen.one("connection").is_none());
+}
+
+#[tokio::test]
+async fn an_anonymous_user_cannot_pass_as_a_full_user_by_listing_x_user_anonymous() {
+    let g = Gateway::start(Setup::default()).await;
+    let opts = CallOptions {
+        device_id: Some("security-test-device-0001".into()),
+        ..CallOptions::default()
+    };
+    let anon = g
+        .emulator_client()
+        .signin_anonymously(&opts)
+        .await
+        .expect("anonymous sign-in");
+    let answer = g
+        .raw(
+            format!(
+                "GET /anon/x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {}\r\n\
+                 Connection: close, X-User-Anonymous\r\n\r\n",
+                anon.access_token
+            )
+            .as_bytes(),
+        )
+        .await;
+    assert_eq!(statuses(&answer), [200], "{answer}");
+    let seen = g.upstream.request("/anon/x");
+    assert_eq!(seen.one("x-user-anonymous"), Some("true"));
+    assert!(seen.one("x-user-id").is_some());
+}
+
+#[tokio::test]
+async fn a_websocket_upgrade_cannot_delete_identity_headers_with_connection() {
+    let g = Gateway::start(Setup::default()).await;
+    let (token, sub) = g.demo().await;
+    let mut s = TcpStream::connect(g.addr).await.unwrap();
+    s.write_all(
+        format!(
+            "GET /api/ws HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\n\
+             Connection: Upgrade, X-User-Id, X-User-Anonymous, X-Request-Id\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = vec![0u8; 12];
+    timeout(PATIENCE, s.read_exact(&mut head))
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101");
+    let seen = g.upstream.request("/api/ws");
+    assert_eq!(seen.one("x-user-id"), Some(sub.as_str()));
+    assert_eq!(seen.one("x-user-anonymous"), Some("false"));
+    assert!(seen.one("x-request-id").is_some());
+    assert_eq!(seen.one("upgrade"), Some("websocket"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Identity-header spoofing in every spelling and position
+// ---------------------------------------------------------------------------------------
+
+/// Forged identity lines in every spelling a server might fold into `X-User-Id` & co.
+const FORGED: &str = "X-User-Id: forged-1\r\nx_user_id: forged-2\r\nX_USER_ID: forged-3\r\n\
+    X.User.Id: forged-4\r\nX~User~Id: forged-5\r\nx-user-id: forged-6\r\n\
+    X-User-Groups: admin\r\nX_User_Groups: admin\r\nx.user.groups: admin\r\n\
+    X-User-Anonymous: false\r\nX-USER-SCOPE: admin\r\nX-User-Name: forged\r\n";
+
+#[tokio::test]
+async fn forged_identity_headers_in_every_spelling_never_reach_the_upstream_over_http1() {
+    let g = Gateway::start(Setup::default()).await;
+    let (token, sub) = g.demo().await;
+    for (path, auth) in [
+        ("/open/f", String::new()),
+        ("/opt/f", String::new()),
+        ("/opt/g", "Authorization: Bearer not-a-valid-token\r\n".to_owned()),
+        ("/api/f", format!("Authorization: Bearer {token}\r\n")),
+    ] {
+        let answer = g
+            .raw(
+                format!("GET {path} HTTP/1.1\r\nHost: a\r\n{auth}{FORGED}Connection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await;
+        assert_eq!(statuses(&answer), [200], "{path}: {answer}");
+        let seen = g.upstream.request(path);
+        let lines = identity_lines(&seen);
+        if path == "/api/f" {
+            // Only the gateway's own lines, each once.
+            let mut names: Vec<&str> = lines.iter().map(|(n, _)| n.as_str()).collect();
+            names.sort();
+            names.dedup();
+            assert_eq!(names.len(), lines.len(), "{lines:?}");
+            assert_eq!(seen.one("x-user-id"), Some(sub.as_str()));
+            assert_eq!(seen.one("x-user-groups"), Some("user"));
+            assert!(lines.iter().all(|(n, _)| IDENTITY.contains(&n.as_str())));
+            assert!(!lines.iter().any(|(_, v)| v.starts_with("forged")));
+        } else {
+            assert!(lines.is_empty(), "{path}: {lines:?}");
+        }
+    }
+}
+
+/// Sends forged identity headers over HTTP/2 (`send`), on an open and an authenticated
+/// route, and checks what the upstream got. `scheme_host` is `http://a` or
+/// `https://localhost`.
+async fn forge_over_h2(g: &Gateway, send: &mut h2::client::SendRequest<Bytes>, scheme_host: &str, tag: &str) {
+    let (token, sub) = g.demo().await;
+    for (route, bearer) in [("open", None), ("api", Some(token.as_str()))] {
+        let path = format!("/{route}/{tag}");
+        let mut req = Request::builder()
+            .method("GET")
+            .uri(format!("{scheme_host}{path}"))
+            .header("x_user_id", "forged-1")
+            .header("x-user-id", "forged-2")
+            .header("x-user-id", "forged-3")
+            .header("x.user.id", "forged-4")
+            .header("x-user-groups", "admin")
+            .header("x-user-anonymous", "false");
+        if let Some(t) = bearer {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let (status, _) = h2_send(send, req.body(()).unwrap(), b"", None).await;
+        assert_eq!(status, 200, "{path}");
+        let seen = g.upstream.request(&path);
+        let lines = identity_lines(&seen);
+        if bearer.is_some() {
+            assert_eq!(seen.one("x-user-id"), Some(sub.as_str()));
+            assert_eq!(seen.one("x-user-groups"), Some("user"));
+            assert!(!lines.iter().any(|(_, v)| v.starts_with("forged")), "{lines:?}");
+        } else {
+            assert!(lines.is_empty(), "{path}: {lines:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn forged_identity_headers_never_reach_the_upstream_over_h2c_or_h2_over_tls() {
+    let g = Gateway::start(Setup::default()).await;
+    let (mut send, _conn, _) = h2c(g.addr).await;
+    forge_over_h2(&g, &mut send, "http://a", "h2c").await;
+    drop(g);
+
+    let dir = tempfile::tempdir().unwrap();
+    let (tls, cert) = tls_files(dir.path());
+    let g = Gateway::start(Setup {
+        server: &tls,
+        ..Setup::default()
+    })
+    .await;
+    let stream = tls_connect(g.addr, tls_client(&cert, &[b"h2"]))
+        .await
+        .expect("TLS");
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, _conn, _) = h2_over(Box::new(stream)).await;
+    forge_over_h2(&g, &mut send, "https://localhost", "tls").await;
+}
+
+#[tokio::test]
+async fn identity_headers_sent_as_request_trailers_never_reach_the_upstream() {
+    let g = Gateway::start(Setup::default()).await;
+    let (token, sub) = g.demo().await;
+    // HTTP/1.1 chunked trailers, declared in `Trailer` as a careful client would.
+    for (path, auth) in [
+        ("/open/t1", String::new()),
+        ("/api/t1", format!("Authorization: Bearer {token}\r\n")),
+    ] {
+        let answer = g
+            .raw(
+                format!(
+                    "POST {path} HTTP/1.1\r\nHost: a\r\n{auth}Transfer-Encoding: chunked\r\n\
+                     Trailer: X-User-Id, X-User-Groups\r\nTE: trailers\r\nConnection: close\r\n\r\n\
+                     5\r\nhello\r\n0\r\nX-User-Id: forged\r\nX-User-Groups: admin\r\nx_user_id: forged\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await;
+        assert_eq!(statuses(&answer), [200], "{path}: {answer}");
+        let seen = g.upstream.request(path);
+        assert_eq!(seen.body, b"hello");
+        assert!(seen.trailers.is_empty(), "{path}: {:?}", seen.trailers);
+        let lines = identity_lines(&seen);
+        assert!(!lines.iter().any(|(_, v)| v == "forged" || v == "admin"), "{lines:?}");
+        if path.starts_with("/api/") {
+            assert_eq!(seen.one("x-user-id"), Some(sub.as_str()));
+        }
+    }
+    // HTTP/2 trailers.
+    let (mut send, _conn, _) = h2c(g.addr).await;
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-user-id", HeaderValue::from_static("forged"));
+    trailers.insert("x-user-groups", HeaderValue::from_static("admin"));
+    let req = Request::builder()
+        .method("POST")
+        .uri("http://a/open/t2")
+        .body(())
+        .unwrap();
+    let (status, _) = h2_send(&mut send, req, b"hello", Some(trailers)).await;
+    assert_eq!(status, 200);
+    let seen = g.upstream.request("/open/t2");
+    assert_eq!(seen.body, b"hello");
+    assert!(identity_lines(&seen).is_empty(), "{seen:?}");
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_requests_of_twenty_users_never_get_each_others_identity() {
+    let g = Gateway::start(Setup::default()).await;
+    let mut users = Vec::new();
+    for i in 0..20 {
+        let (token, sub) = g
+            .sign_in(&format!("user{i:02}"), &format!("password-{i:02}"))
+            .await;
+        users.push((token, sub, format!("user{i:02}")));
+    }
+    let users = Arc::new(users);
+    let h1 = reqwest::Client::builder().no_proxy().build().unwrap();
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let client = if i % 2 == 0 { h1.clone() } else { h2.clone() };
+            let users = users.clone();
+            let url = g.url(&format!("/api/concurrent/{i}"));
+            tokio::spawn(async move {
+                let (token, sub, username) = &users[i % 20];
+                let r = client.get(url).bearer_auth(token).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                let echo: Value = r.json().await.unwrap();
+                assert_eq!(echo["headers"]["x-user-id"], sub.as_str(), "request {i}");
+                assert_eq!(
+                    echo["headers"]["x-user-username"],
+                    username.as_str(),
+                    "request {i}"
+                );
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("every request saw its own user");
+    }
+    // And the upstream's own record agrees, request by request.
+    for i in 0..200 {
+        let seen = g.upstream.request(&format!("/api/concurrent/{i}"));
+        assert_eq!(seen.one("x-user-id"), Some(users[i % 20].1.as_str()));
+    }
+    let m = g.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "cloudbase_gateway_cloudbase_requests_total{endpoint=\"introspect\",outcome=\"ok\"}"
+        ),
+        20.0,
+        "one validation per user"
+    );
+}
