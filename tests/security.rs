@@ -853,3 +853,221 @@ async fn two_hundred_concurrent_requests_of_twenty_users_never_get_each_others_i
         "one validation per user"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Request smuggling
+// ---------------------------------------------------------------------------------------
+
+/// A request line the attacks hide in bodies and framing; the upstream must never see it.
+fn smuggled(tag: &str) -> String {
+    format!("GET /open/smuggled-{tag} HTTP/1.1\r\nHost: a\r\n\r\n")
+}
+
+/// Sends every attack on its own connection, all at once, then checks that no hidden
+/// request reached the upstream. Returns each attack's statuses.
+async fn attack(g: &Gateway, attacks: Vec<(&'static str, String)>) -> HashMap<&'static str, Vec<u16>> {
+    let runs: Vec<_> = attacks
+        .into_iter()
+        .map(|(name, bytes)| {
+            let addr = g.addr;
+            tokio::spawn(async move {
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                let _ = s.write_all(bytes.as_bytes()).await;
+                (name, statuses(&read_answers(&mut s).await))
+            })
+        })
+        .collect();
+    let mut out = HashMap::new();
+    for run in runs {
+        let (name, statuses) = run.await.unwrap();
+        out.insert(name, statuses);
+    }
+    let smuggled: Vec<String> = g
+        .upstream
+        .paths()
+        .into_iter()
+        .filter(|p| p.contains("smuggled"))
+        .collect();
+    assert!(smuggled.is_empty(), "reached the upstream: {smuggled:?}; answers: {out:?}");
+    out
+}
+
+#[tokio::test]
+async fn request_smuggling_shapes_never_deliver_a_hidden_request_upstream() {
+    let g = Gateway::start(Setup {
+        server: "request_timeout = \"3s\"",
+        ..Setup::default()
+    })
+    .await;
+    let head = |framing: &str| format!("POST /open/s HTTP/1.1\r\nHost: a\r\n{framing}\r\n");
+    let after = "GET /open/after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    let hidden = smuggled("x");
+    let n = hidden.len();
+    let chunked_empty = format!("0\r\n\r\n{hidden}");
+    let attacks: Vec<(&'static str, String)> = vec![
+        (
+            "CL then TE",
+            format!(
+                "{}{chunked_empty}",
+                head(&format!("Content-Length: {}\r\nTransfer-Encoding: chunked\r\n", chunked_empty.len()))
+            ),
+        ),
+        (
+            "TE then CL",
+            format!(
+                "{}{chunked_empty}",
+                head(&format!("Transfer-Encoding: chunked\r\nContent-Length: {}\r\n", chunked_empty.len()))
+            ),
+        ),
+        (
+            "CL 0 then TE, body in a chunk",
+            format!(
+                "{}{:x}\r\n{hidden}\r\n0\r\n\r\n{after}",
+                head("Content-Length: 0\r\nTransfer-Encoding: chunked\r\n"),
+                n
+            ),
+        ),
+        (
+            "two different Content-Length",
+            format!("{}{hidden}", head(&format!("Content-Length: 0\r\nContent-Length: {n}\r\n"))),
+        ),
+        ("Content-Length +n", format!("{}{hidden}", head(&format!("Content-Length: +{n}\r\n")))),
+        ("Content-Length hex", format!("{}{hidden}", head(&format!("Content-Length: 0x{n:x}\r\n")))),
+        ("Content-Length -1", format!("{}{hidden}", head("Content-Length: -1\r\n"))),
+        ("Content-Length 1 2", format!("{}{hidden}", head("Content-Length: 1 2\r\n"))),
+        (
+            "space before colon",
+            format!("{}{hidden}", head(&format!("Content-Length : {n}\r\n"))),
+        ),
+        (
+            "TE chunked, identity",
+            format!("{}{chunked_empty}", head("Transfer-Encoding: chunked, identity\r\n")),
+        ),
+        (
+            "TE xchunked",
+            format!("{}{chunked_empty}", head("Transfer-Encoding: xchunked\r\n")),
+        ),
+        (
+            "TE chunked then identity lines",
+            format!(
+                "{}{chunked_empty}",
+                head("Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n")
+            ),
+        ),
+        (
+            "TE with leading space and CL",
+            format!(
+                "{}{chunked_empty}",
+                head(&format!("Transfer-Encoding:  chunked\r\nContent-Length: {}\r\n", chunked_empty.len()))
+            ),
+        ),
+        (
+            "obs-fold TE",
+            format!("{}{chunked_empty}", head("X-Pad: a\r\n Transfer-Encoding: chunked\r\n")),
+        ),
+        (
+            "bare LF head with CL",
+            format!(
+                "POST /open/s HTTP/1.1\nHost: a\nContent-Length: {n}\n\n{hidden}{after}"
+            ),
+        ),
+        (
+            "bare LF inside a header line",
+            format!(
+                "POST /open/s HTTP/1.1\r\nHost: a\r\nX-A: b\nContent-Length: {n}\r\n\r\n{hidden}{after}"
+            ),
+        ),
+        (
+            "chunk size with extension and LF",
+            format!(
+                "{}{:x};ext=\"q\"\n{hidden}\r\n0\r\n\r\n{after}",
+                head("Transfer-Encoding: chunked\r\n"),
+                n
+            ),
+        ),
+    ];
+    let answers = attack(&g, attacks).await;
+    for refused in [
+        "two different Content-Length",
+        "Content-Length +n",
+        "Content-Length hex",
+        "Content-Length -1",
+        "Content-Length 1 2",
+        "space before colon",
+        "TE chunked, identity",
+        "TE xchunked",
+        "TE chunked then identity lines",
+    ] {
+        assert_eq!(answers[refused].first(), Some(&400), "{refused}: {answers:?}");
+    }
+    // Where the gateway did forward, every forwarded request was one the gateway framed
+    // itself: its body is exactly what the gateway read, never a request of its own.
+    for seen in g.upstream.seen() {
+        assert!(seen.path == "/open/s" || seen.path == "/open/after", "{seen:?}");
+        let lengths = seen.all("content-length");
+        let chunked = seen.all("transfer-encoding");
+        assert!(lengths.len() + chunked.len() <= 1, "ambiguous framing upstream: {seen:?}");
+    }
+}
+
+#[tokio::test]
+async fn requests_pipelined_behind_a_401_413_or_431_are_never_smuggled_upstream() {
+    let g = Gateway::start(Setup {
+        server: "request_timeout = \"3s\"",
+        ..Setup::default()
+    })
+    .await;
+    let after = "GET /open/after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    let h401 = smuggled("401");
+    let h401c = smuggled("401-chunked");
+    let h413 = smuggled("413");
+    let h413c = smuggled("413-chunked");
+    let h431 = smuggled("431");
+    let big = "b".repeat(70 * 1024);
+    let attacks: Vec<(&'static str, String)> = vec![
+        (
+            "401 with a Content-Length body",
+            format!(
+                "POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{h401}{after}",
+                h401.len()
+            ),
+        ),
+        (
+            "401 with a chunked body",
+            format!(
+                "POST /api/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+                 {:x}\r\n{h401c}\r\n0\r\n\r\n{after}",
+                h401c.len()
+            ),
+        ),
+        (
+            "413 by declared length",
+            format!(
+                "POST /open/x HTTP/1.1\r\nHost: a\r\nContent-Length: 999999\r\n\r\n{h413}{after}"
+            ),
+        ),
+        (
+            "413 by a chunked body that grows past the limit",
+            format!(
+                "POST /open/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+                 1400\r\n{}\r\n{:x}\r\n{h413c}\r\n0\r\n\r\n{after}",
+                "z".repeat(0x1400),
+                h413c.len()
+            ),
+        ),
+        (
+            "431",
+            format!("GET /open/x HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\n{h431}{after}"),
+        ),
+    ];
+    let answers = attack(&g, attacks).await;
+    assert_eq!(answers["401 with a Content-Length body"].first(), Some(&401), "{answers:?}");
+    assert_eq!(answers["401 with a chunked body"].first(), Some(&401), "{answers:?}");
+    assert_eq!(answers["413 by declared length"].first(), Some(&413), "{answers:?}");
+    assert_eq!(
+        answers["413 by a chunked body that grows past the limit"].first(),
+        Some(&413),
+        "{answers:?}"
+    );
+    assert_eq!(answers["431"].first(), Some(&431), "{answers:?}");
+}
