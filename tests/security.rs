@@ -1071,3 +1071,274 @@ async fn requests_pipelined_behind_a_401_413_or_431_are_never_smuggled_upstream(
     );
     assert_eq!(answers["431"].first(), Some(&431), "{answers:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// 8.3 Silent connections; idle connections; stream limits
+// ---------------------------------------------------------------------------------------
+
+/// Reads one HTTP/1.1 response with a `Content-Length` body, leaving the connection open.
+async fn read_one_response<S: AsyncRead + Unpin>(s: &mut S) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = timeout(PATIENCE, s.read(&mut chunk))
+            .await
+            .expect("answered in time")
+            .expect("read");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return text;
+            }
+        }
+    }
+}
+
+/// The empty SETTINGS frame a client sends after the preface.
+const H2_PREFACE_AND_SETTINGS: &[u8] =
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// Opens a connection, writes `bytes`, and returns how long the gateway took to close it.
+async fn time_to_close(addr: SocketAddr, bytes: &'static [u8]) -> Duration {
+    let start = Instant::now();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    if !bytes.is_empty() {
+        s.write_all(bytes).await.unwrap();
+    }
+    closed_by_gateway(&mut s).await;
+    start.elapsed()
+}
+
+#[tokio::test]
+async fn silent_connections_in_every_protocol_are_closed_after_header_read_timeout() {
+    let g = Gateway::start(Setup {
+        server: "header_read_timeout = \"500ms\"",
+        ..Setup::default()
+    })
+    .await;
+    let addr = g.addr;
+    let shapes: [(&str, &'static [u8]); 5] = [
+        ("nothing at all", b""),
+        ("part of the HTTP/2 preface", b"PRI * HTTP/2.0\r\n"),
+        ("the HTTP/2 preface and SETTINGS, then nothing", H2_PREFACE_AND_SETTINGS),
+        ("part of an HTTP/1.1 head", b"GET /open/x HTTP/1.1\r\nHost: a\r\n"),
+        ("one byte", b"G"),
+    ];
+    let runs: Vec<_> = shapes
+        .into_iter()
+        .map(|(name, bytes)| tokio::spawn(async move { (name, time_to_close(addr, bytes).await) }))
+        .collect();
+    for run in runs {
+        let (name, took) = run.await.expect("closed in time");
+        // Not before the timeout: the deadline, not some early refusal, closed it.
+        assert!(took >= Duration::from_millis(450), "{name}: closed after {took:?}");
+    }
+    // A real HTTP/2 client that completes the handshake and never sends a request.
+    let start = Instant::now();
+    let (_send, conn, _) = h2c(addr).await;
+    timeout(PATIENCE, conn)
+        .await
+        .expect("an h2 connection without a request is closed")
+        .unwrap()
+        .ok();
+    assert!(start.elapsed() >= Duration::from_millis(450));
+    // Prompt clients are unaffected.
+    assert_eq!(g.http.get(g.url("/open/ok")).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn silent_connections_up_to_max_connections_cannot_lock_clients_out() {
+    let g = Gateway::start(Setup {
+        server: "header_read_timeout = \"700ms\"\nmax_connections = 3",
+        ..Setup::default()
+    })
+    .await;
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(TcpStream::connect(g.addr).await.unwrap());
+    }
+    let readyz = || async {
+        g.http
+            .get(format!("http://{}/readyz", g.admin))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    // Every slot taken: readiness says so (a new connection would only be refused).
+    let deadline = Instant::now() + PATIENCE;
+    while readyz().await != StatusCode::SERVICE_UNAVAILABLE {
+        assert!(Instant::now() < deadline, "/readyz never reported the full listener");
+        sleep(Duration::from_millis(20)).await;
+    }
+    // The silent connections are dropped, the slots come back, clients get in.
+    for s in &mut silent {
+        closed_by_gateway(s).await;
+    }
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let r = g.http.get(g.url("/open/in")).send().await;
+        if r.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "clients stayed locked out");
+        sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(readyz().await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn silent_tls_connections_are_closed_after_header_read_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tls, cert) = tls_files(dir.path());
+    let server = format!("{tls}header_read_timeout = \"500ms\"\n");
+    let g = Gateway::start(Setup {
+        server: &server,
+        ..Setup::default()
+    })
+    .await;
+    // No ClientHello at all.
+    let took = time_to_close(g.addr, b"").await;
+    assert!(took >= Duration::from_millis(450), "{took:?}");
+    // A finished handshake, then silence, with either ALPN.
+    for alpn in [&b"http/1.1"[..], &b"h2"[..]] {
+        let start = Instant::now();
+        let mut s = tls_connect(g.addr, tls_client(&cert, &[alpn]))
+            .await
+            .expect("handshake");
+        closed_by_gateway(&mut s).await;
+        assert!(start.elapsed() >= Duration::from_millis(450));
+    }
+}
+
+#[tokio::test]
+async fn idle_http1_and_http2_connections_are_closed_after_idle_timeout() {
+    let g = Gateway::start(Setup {
+        server: "idle_timeout = \"1s\"\nheader_read_timeout = \"10s\"",
+        ..Setup::default()
+    })
+    .await;
+    // HTTP/2: a request, then nothing; the connection ends (GOAWAY) once idle.
+    let (mut send, conn, _) = h2c(g.addr).await;
+    let req = Request::get("http://a/open/h2").body(()).unwrap();
+    assert_eq!(h2_send(&mut send, req, b"", None).await.0, 200);
+    let idle_from = Instant::now();
+    timeout(PATIENCE, conn)
+        .await
+        .expect("an idle h2 connection is closed")
+        .unwrap()
+        .ok();
+    assert!(idle_from.elapsed() >= Duration::from_millis(900));
+    // HTTP/1.1 keep-alive: likewise, though header_read_timeout is longer.
+    let mut s = TcpStream::connect(g.addr).await.unwrap();
+    s.write_all(b"GET /open/h1 HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    assert!(read_one_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    let idle_from = Instant::now();
+    closed_by_gateway(&mut s).await;
+    assert!(idle_from.elapsed() >= Duration::from_millis(900));
+}
+
+#[tokio::test]
+async fn a_download_longer_than_idle_timeout_is_not_cut_off() {
+    let g = Gateway::start(Setup {
+        server: "idle_timeout = \"1s\"",
+        ..Setup::default()
+    })
+    .await;
+    let (mut send, _conn, _) = h2c(g.addr).await;
+    let req = Request::get("http://a/open/slow-h2").body(()).unwrap();
+    let (status, body) = h2_send(&mut send, req, b"", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(&body[..], b"chunk;chunk;chunk;chunk;");
+    let answer = g
+        .raw(b"GET /open/slow-h1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(answer.matches("chunk;").count(), 4, "{answer}");
+}
+
+#[tokio::test]
+async fn http2_clients_are_told_the_configured_stream_limit() {
+    let g = Gateway::start(Setup {
+        server: "max_concurrent_streams = 7",
+        ..Setup::default()
+    })
+    .await;
+    let (_send, _conn, max_streams) = h2c(g.addr).await;
+    assert_eq!(max_streams, 7);
+    drop(g);
+    let g = Gateway::start(Setup::default()).await;
+    let (_send, _conn, max_streams) = h2c(g.addr).await;
+    assert_eq!(max_streams, 100, "the default");
+}
+
+#[tokio::test]
+async fn over_limit_tls_connections_get_a_503_after_the_handshake_not_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tls, cert) = tls_files(dir.path());
+    let server = format!("{tls}max_connections = 1\n");
+    let g = Gateway::start(Setup {
+        server: &server,
+        ..Setup::default()
+    })
+    .await;
+    // Hold the only slot with a kept-alive HTTPS connection (once the start-up probe's
+    // connection has let go of it).
+    let deadline = Instant::now() + PATIENCE;
+    let mut held = loop {
+        let mut s = tls_connect(g.addr, tls_client(&cert, &[b"http/1.1"]))
+            .await
+            .expect("handshake");
+        s.write_all(b"GET /open/hold HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_one_response(&mut s).await;
+        if answer.starts_with("HTTP/1.1 200") {
+            break s;
+        }
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(Instant::now() < deadline, "the slot never came free");
+        sleep(Duration::from_millis(50)).await;
+    };
+
+    // A browser-like client (offering h2 and http/1.1) reads a proper 503.
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .resolve("localhost", g.addr)
+        .add_root_certificate(reqwest::Certificate::from_der(&cert).unwrap())
+        .build()
+        .unwrap();
+    let r = timeout(
+        PATIENCE,
+        client
+            .get(format!("https://localhost:{}/open/x", g.addr.port()))
+            .send(),
+    )
+    .await
+    .expect("answered in time")
+    .expect("a readable answer, not a TLS error");
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "OVERLOADED");
+    // An HTTP/2-only client fails the handshake cleanly instead of hanging.
+    let h2_only = timeout(PATIENCE, tls_connect(g.addr, tls_client(&cert, &[b"h2"])))
+        .await
+        .expect("no hang");
+    assert!(h2_only.is_err(), "no common protocol, so no connection");
+    // The held connection is still served.
+    held.write_all(b"GET /open/again HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_one_response(&mut held).await.starts_with("HTTP/1.1 200"));
+}
