@@ -54,7 +54,11 @@ impl Seen {
     /// The header's only value; fails the test if it came more than once.
     fn one(&self, name: &str) -> Option<&str> {
         let all = self.all(name);
-        assert!(all.len() <= 1, "{name} arrived {} times: {all:?}", all.len());
+        assert!(
+            all.len() <= 1,
+            "{name} arrived {} times: {all:?}",
+            all.len()
+        );
         all.first().copied()
     }
 }
@@ -97,11 +101,7 @@ impl Recorder {
 
     /// The one recorded request whose path is `path`.
     fn request(&self, path: &str) -> Seen {
-        let all: Vec<Seen> = self
-            .seen()
-            .into_iter()
-            .filter(|s| s.path == path)
-            .collect();
+        let all: Vec<Seen> = self.seen().into_iter().filter(|s| s.path == path).collect();
         assert_eq!(all.len(), 1, "requests to {path}: {all:?}");
         all.into_iter().next().unwrap()
     }
@@ -300,7 +300,8 @@ impl Gateway {
             route("/opt/", "auth = \"optional\""),
             route("/open/", "auth = \"none\""),
             route("/admin/", "require_groups = [\"admin\"]"),
-            route("/cors/", "allow_preflight = true\nmethods = [\"GET\"]"),
+            route("/cors/", "allow_preflight = true"),
+            route("/cors-get/", "allow_preflight = true\nmethods = [\"GET\"]"),
             "[[routes]]\nprefix = \"/who/\"\nupstream = \"whoami\"\n".to_owned(),
         ]
         .concat();
@@ -423,7 +424,10 @@ fn json_body(text: &str) -> Value {
     let start = text.find("\r\n\r\n").expect("a response head") + 4;
     let body = &text[start..];
     // Chunked or not, the JSON is the one {...} in the body.
-    let (a, b) = (body.find('{').expect("JSON"), body.rfind('}').expect("JSON"));
+    let (a, b) = (
+        body.find('{').expect("JSON"),
+        body.rfind('}').expect("JSON"),
+    );
     serde_json::from_str(&body[a..=b]).expect("JSON body")
 }
 
@@ -448,7 +452,10 @@ fn tls_files(dir: &std::path::Path) -> (String, rustls::pki_types::CertificateDe
     (server, ck.cert.der().clone())
 }
 
-fn tls_client(cert: &rustls::pki_types::CertificateDer<'static>, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+fn tls_client(
+    cert: &rustls::pki_types::CertificateDer<'static>,
+    alpn: &[&[u8]],
+) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.clone()).unwrap();
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -670,13 +677,18 @@ async fn forged_identity_headers_in_every_spelling_never_reach_the_upstream_over
     for (path, auth) in [
         ("/open/f", String::new()),
         ("/opt/f", String::new()),
-        ("/opt/g", "Authorization: Bearer not-a-valid-token\r\n".to_owned()),
+        (
+            "/opt/g",
+            "Authorization: Bearer not-a-valid-token\r\n".to_owned(),
+        ),
         ("/api/f", format!("Authorization: Bearer {token}\r\n")),
     ] {
         let answer = g
             .raw(
-                format!("GET {path} HTTP/1.1\r\nHost: a\r\n{auth}{FORGED}Connection: close\r\n\r\n")
-                    .as_bytes(),
+                format!(
+                    "GET {path} HTTP/1.1\r\nHost: a\r\n{auth}{FORGED}Connection: close\r\n\r\n"
+                )
+                .as_bytes(),
             )
             .await;
         assert_eq!(statuses(&answer), [200], "{path}: {answer}");
@@ -701,7 +713,12 @@ async fn forged_identity_headers_in_every_spelling_never_reach_the_upstream_over
 /// Sends forged identity headers over HTTP/2 (`send`), on an open and an authenticated
 /// route, and checks what the upstream got. `scheme_host` is `http://a` or
 /// `https://localhost`.
-async fn forge_over_h2(g: &Gateway, send: &mut h2::client::SendRequest<Bytes>, scheme_host: &str, tag: &str) {
+async fn forge_over_h2(
+    g: &Gateway,
+    send: &mut h2::client::SendRequest<Bytes>,
+    scheme_host: &str,
+    tag: &str,
+) {
     let (token, sub) = g.demo().await;
     for (route, bearer) in [("open", None), ("api", Some(token.as_str()))] {
         let path = format!("/{route}/{tag}");
@@ -724,7 +741,10 @@ async fn forge_over_h2(g: &Gateway, send: &mut h2::client::SendRequest<Bytes>, s
         if bearer.is_some() {
             assert_eq!(seen.one("x-user-id"), Some(sub.as_str()));
             assert_eq!(seen.one("x-user-groups"), Some("user"));
-            assert!(!lines.iter().any(|(_, v)| v.starts_with("forged")), "{lines:?}");
+            assert!(
+                !lines.iter().any(|(_, v)| v.starts_with("forged")),
+                "{lines:?}"
+            );
         } else {
             assert!(lines.is_empty(), "{path}: {lines:?}");
         }
@@ -777,7 +797,10 @@ async fn identity_headers_sent_as_request_trailers_never_reach_the_upstream() {
         assert_eq!(seen.body, b"hello");
         assert!(seen.trailers.is_empty(), "{path}: {:?}", seen.trailers);
         let lines = identity_lines(&seen);
-        assert!(!lines.iter().any(|(_, v)| v == "forged" || v == "admin"), "{lines:?}");
+        assert!(
+            !lines.iter().any(|(_, v)| v == "forged" || v == "admin"),
+            "{lines:?}"
+        );
         if path.starts_with("/api/") {
             assert_eq!(seen.one("x-user-id"), Some(sub.as_str()));
         }
@@ -865,7 +888,10 @@ fn smuggled(tag: &str) -> String {
 
 /// Sends every attack on its own connection, all at once, then checks that no hidden
 /// request reached the upstream. Returns each attack's statuses.
-async fn attack(g: &Gateway, attacks: Vec<(&'static str, String)>) -> HashMap<&'static str, Vec<u16>> {
+async fn attack(
+    g: &Gateway,
+    attacks: Vec<(&'static str, String)>,
+) -> HashMap<&'static str, Vec<u16>> {
     let runs: Vec<_> = attacks
         .into_iter()
         .map(|(name, bytes)| {
@@ -888,7 +914,10 @@ async fn attack(g: &Gateway, attacks: Vec<(&'static str, String)>) -> HashMap<&'
         .into_iter()
         .filter(|p| p.contains("smuggled"))
         .collect();
-    assert!(smuggled.is_empty(), "reached the upstream: {smuggled:?}; answers: {out:?}");
+    assert!(
+        smuggled.is_empty(),
+        "reached the upstream: {smuggled:?}; answers: {out:?}"
+    );
     out
 }
 
@@ -998,15 +1027,25 @@ async fn request_smuggling_shapes_never_deliver_a_hidden_request_upstream() {
         "TE xchunked",
         "TE chunked then identity lines",
     ] {
-        assert_eq!(answers[refused].first(), Some(&400), "{refused}: {answers:?}");
+        assert_eq!(
+            answers[refused].first(),
+            Some(&400),
+            "{refused}: {answers:?}"
+        );
     }
     // Where the gateway did forward, every forwarded request was one the gateway framed
     // itself: its body is exactly what the gateway read, never a request of its own.
     for seen in g.upstream.seen() {
-        assert!(seen.path == "/open/s" || seen.path == "/open/after", "{seen:?}");
+        assert!(
+            seen.path == "/open/s" || seen.path == "/open/after",
+            "{seen:?}"
+        );
         let lengths = seen.all("content-length");
         let chunked = seen.all("transfer-encoding");
-        assert!(lengths.len() + chunked.len() <= 1, "ambiguous framing upstream: {seen:?}");
+        assert!(
+            lengths.len() + chunked.len() <= 1,
+            "ambiguous framing upstream: {seen:?}"
+        );
     }
 }
 
@@ -1061,9 +1100,21 @@ async fn requests_pipelined_behind_a_401_413_or_431_are_never_smuggled_upstream(
         ),
     ];
     let answers = attack(&g, attacks).await;
-    assert_eq!(answers["401 with a Content-Length body"].first(), Some(&401), "{answers:?}");
-    assert_eq!(answers["401 with a chunked body"].first(), Some(&401), "{answers:?}");
-    assert_eq!(answers["413 by declared length"].first(), Some(&413), "{answers:?}");
+    assert_eq!(
+        answers["401 with a Content-Length body"].first(),
+        Some(&401),
+        "{answers:?}"
+    );
+    assert_eq!(
+        answers["401 with a chunked body"].first(),
+        Some(&401),
+        "{answers:?}"
+    );
+    assert_eq!(
+        answers["413 by declared length"].first(),
+        Some(&413),
+        "{answers:?}"
+    );
     assert_eq!(
         answers["413 by a chunked body that grows past the limit"].first(),
         Some(&413),
@@ -1130,8 +1181,14 @@ async fn silent_connections_in_every_protocol_are_closed_after_header_read_timeo
     let shapes: [(&str, &'static [u8]); 5] = [
         ("nothing at all", b""),
         ("part of the HTTP/2 preface", b"PRI * HTTP/2.0\r\n"),
-        ("the HTTP/2 preface and SETTINGS, then nothing", H2_PREFACE_AND_SETTINGS),
-        ("part of an HTTP/1.1 head", b"GET /open/x HTTP/1.1\r\nHost: a\r\n"),
+        (
+            "the HTTP/2 preface and SETTINGS, then nothing",
+            H2_PREFACE_AND_SETTINGS,
+        ),
+        (
+            "part of an HTTP/1.1 head",
+            b"GET /open/x HTTP/1.1\r\nHost: a\r\n",
+        ),
         ("one byte", b"G"),
     ];
     let runs: Vec<_> = shapes
@@ -1141,7 +1198,10 @@ async fn silent_connections_in_every_protocol_are_closed_after_header_read_timeo
     for run in runs {
         let (name, took) = run.await.expect("closed in time");
         // Not before the timeout: the deadline, not some early refusal, closed it.
-        assert!(took >= Duration::from_millis(450), "{name}: closed after {took:?}");
+        assert!(
+            took >= Duration::from_millis(450),
+            "{name}: closed after {took:?}"
+        );
     }
     // A real HTTP/2 client that completes the handshake and never sends a request.
     let start = Instant::now();
@@ -1153,7 +1213,10 @@ async fn silent_connections_in_every_protocol_are_closed_after_header_read_timeo
         .ok();
     assert!(start.elapsed() >= Duration::from_millis(450));
     // Prompt clients are unaffected.
-    assert_eq!(g.http.get(g.url("/open/ok")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        g.http.get(g.url("/open/ok")).send().await.unwrap().status(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -1163,10 +1226,6 @@ async fn silent_connections_up_to_max_connections_cannot_lock_clients_out() {
         ..Setup::default()
     })
     .await;
-    let mut silent = Vec::new();
-    for _ in 0..3 {
-        silent.push(TcpStream::connect(g.addr).await.unwrap());
-    }
     let readyz = || async {
         g.http
             .get(format!("http://{}/readyz", g.admin))
@@ -1175,10 +1234,15 @@ async fn silent_connections_up_to_max_connections_cannot_lock_clients_out() {
             .unwrap()
             .status()
     };
-    // Every slot taken: readiness says so (a new connection would only be refused).
-    let deadline = Instant::now() + PATIENCE;
+    // Silent connections until every slot is taken (the start-up probe's connection may
+    // still hold one for a moment); readiness then says a new connection would be refused.
+    let mut silent = Vec::new();
     while readyz().await != StatusCode::SERVICE_UNAVAILABLE {
-        assert!(Instant::now() < deadline, "/readyz never reported the full listener");
+        assert!(
+            silent.len() < 10,
+            "/readyz never reported the full listener"
+        );
+        silent.push(TcpStream::connect(g.addr).await.unwrap());
         sleep(Duration::from_millis(20)).await;
     }
     // The silent connections are dropped, the slots come back, clients get in.
@@ -1241,7 +1305,9 @@ async fn idle_http1_and_http2_connections_are_closed_after_idle_timeout() {
     assert!(idle_from.elapsed() >= Duration::from_millis(900));
     // HTTP/1.1 keep-alive: likewise, though header_read_timeout is longer.
     let mut s = TcpStream::connect(g.addr).await.unwrap();
-    s.write_all(b"GET /open/h1 HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    s.write_all(b"GET /open/h1 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
     assert!(read_one_response(&mut s).await.starts_with("HTTP/1.1 200"));
     let idle_from = Instant::now();
     closed_by_gateway(&mut s).await;
@@ -1340,5 +1406,554 @@ async fn over_limit_tls_connections_get_a_503_after_the_handshake_not_plaintext(
     held.write_all(b"GET /open/again HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
-    assert!(read_one_response(&mut held).await.starts_with("HTTP/1.1 200"));
+    assert!(read_one_response(&mut held)
+        .await
+        .starts_with("HTTP/1.1 200"));
+}
+
+// ---------------------------------------------------------------------------------------
+// 8.4 Fan-out to CloudBase is bounded
+// ---------------------------------------------------------------------------------------
+
+fn profile(sub: &str) -> Value {
+    serde_json::json!({"sub": sub, "name": format!("name of {sub}"), "groups": ["user"]})
+}
+
+#[tokio::test]
+async fn new_tokens_beyond_max_in_flight_are_shed_with_503_at_once_not_queued() {
+    let stand_in = StandIn::start(HashMap::from([
+        ("held-1", profile("1")),
+        ("tok-a", profile("2")),
+        ("tok-b", profile("3")),
+    ]))
+    .await;
+    let g = Gateway::start(Setup {
+        cloudbase: "max_in_flight = 2\ntimeout = \"20s\"",
+        stand_in: Some(stand_in.addr),
+        ..Setup::default()
+    })
+    .await;
+    // One validation holds both call slots while CloudBase sits on it.
+    let held = {
+        let (http, url) = (g.http.clone(), g.url("/api/held"));
+        tokio::spawn(async move { http.get(url).bearer_auth("held-1").send().await })
+    };
+    timeout(PATIENCE, stand_in.held_arrived.notified())
+        .await
+        .expect("the held introspection reached CloudBase");
+    // A new token on a required route: refused at once, not queued behind CloudBase.
+    let r = timeout(
+        PATIENCE,
+        g.http.get(g.url("/api/a")).bearer_auth("tok-a").send(),
+    )
+    .await
+    .expect("answered without waiting for CloudBase")
+    .unwrap();
+    let (status, code, headers) = common::rejection(r).await;
+    assert_eq!((status.as_u16(), code.as_str()), (503, "AUTH_UNAVAILABLE"));
+    assert!(headers.contains_key("retry-after"));
+    // On an optional route it passes, without identity.
+    let r = g
+        .http
+        .get(g.url("/opt/b"))
+        .bearer_auth("tok-b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(g.upstream.request("/opt/b").one("x-user-id").is_none());
+    let m = g.metrics().await;
+    let shed =
+        "cloudbase_gateway_cloudbase_requests_total{endpoint=\"introspect\",outcome=\"shed\"}";
+    assert_eq!(metric(&m, shed), 2.0, "{m}");
+    // Once CloudBase answers, the slot is free again and the held request goes through.
+    stand_in.release.notify_one();
+    let held = held.await.unwrap().unwrap();
+    assert_eq!(held.status(), 200);
+    let r = g
+        .http
+        .get(g.url("/api/a2"))
+        .bearer_auth("tok-a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(g.upstream.request("/api/a2").one("x-user-id"), Some("2"));
+}
+
+// ---------------------------------------------------------------------------------------
+// 8.5 Only a real CORS preflight passes without a token
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn only_a_real_cors_preflight_skips_auth_and_it_carries_no_body_or_method_override() {
+    let g = Gateway::start(Setup::default()).await;
+    let (token, _) = g.demo().await;
+    for (what, headers) in [
+        ("no Origin", "Access-Control-Request-Method: DELETE\r\n"),
+        (
+            "empty method",
+            "Origin: https://app.example\r\nAccess-Control-Request-Method: \r\n",
+        ),
+        (
+            "not a method token",
+            "Origin: https://app.example\r\nAccess-Control-Request-Method: DE LETE\r\n",
+        ),
+        (
+            "two methods",
+            "Origin: https://app.example\r\nAccess-Control-Request-Method: GET\r\n\
+             Access-Control-Request-Method: DELETE\r\n",
+        ),
+    ] {
+        let answer = g
+            .raw(
+                format!(
+                    "OPTIONS /cors/x HTTP/1.1\r\nHost: a\r\n{headers}Connection: close\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await;
+        assert_eq!(statuses(&answer), [401], "{what}: {answer}");
+    }
+    // A real preflight smuggling a body and a method override: forwarded without either
+    // (on a route whose `methods` lack OPTIONS, too: a preflight passes those).
+    let body = "{\"delete\":\"everything\"}";
+    let answer = g
+        .raw(
+            format!(
+                "OPTIONS /cors-get/pre HTTP/1.1\r\nHost: a\r\nOrigin: https://app.example\r\n\
+                 Access-Control-Request-Method: DELETE\r\nX-HTTP-Method-Override: DELETE\r\n\
+                 X-HTTP-Method: DELETE\r\nX-Method-Override: DELETE\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await;
+    assert_eq!(statuses(&answer), [200], "{answer}");
+    let seen = g.upstream.request("/cors-get/pre");
+    assert_eq!(seen.method, "OPTIONS");
+    assert!(seen.body.is_empty(), "{seen:?}");
+    for name in [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    ] {
+        assert!(seen.one(name).is_none(), "{name} forwarded");
+    }
+    assert!(
+        seen.all("content-length").iter().all(|v| *v == "0"),
+        "{seen:?}"
+    );
+    // An OPTIONS that is not a preflight is an ordinary request: `methods` applies.
+    let r = g
+        .http
+        .request(reqwest::Method::OPTIONS, g.url("/cors-get/x"))
+        .bearer_auth(&token)
+        .header("access-control-request-method", "GET")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+}
+
+// ---------------------------------------------------------------------------------------
+// 8.6, 16.4, 16.5 Forwarding headers and who is trusted
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn forwarded_and_x_real_ip_from_an_untrusted_client_never_reach_the_upstream() {
+    let g = Gateway::start(Setup::default()).await;
+    let answer = g
+        .raw(
+            b"GET /open/fwd HTTP/1.1\r\nHost: a\r\nForwarded: for=1.2.3.4;host=admin.internal\r\n\
+              X-Real-IP: 1.2.3.4\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Host: admin.internal\r\n\
+              X-Forwarded-Proto: https\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+    assert_eq!(statuses(&answer), [200], "{answer}");
+    let seen = g.upstream.request("/open/fwd");
+    assert!(seen.one("forwarded").is_none());
+    assert!(seen.one("x-real-ip").is_none());
+    assert_eq!(seen.one("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen.one("x-forwarded-host"), Some("a"));
+    assert_eq!(seen.one("x-forwarded-proto"), Some("http"));
+}
+
+const FROM_A_BALANCER: &[u8] = b"GET /open/PATH HTTP/1.1\r\nHost: a\r\n\
+    X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 203.0.113.7\r\n\
+    Forwarded: for=6.6.6.6\r\nForwarded: for=203.0.113.7\r\nX-Real-IP: 203.0.113.7\r\n\
+    X-Forwarded-Proto: https\r\nConnection: close\r\n\r\n";
+
+async fn send_from(local: [u8; 4], addr: SocketAddr, path: &str) -> String {
+    let mut s = connect_from(local, addr).await;
+    let text = String::from_utf8_lossy(FROM_A_BALANCER).replace("PATH", path);
+    s.write_all(text.as_bytes()).await.unwrap();
+    read_answers(&mut s).await
+}
+
+#[tokio::test]
+async fn a_trusted_proxys_repeated_forwarding_lines_are_read_as_one_list() {
+    let g = Gateway::start(Setup {
+        server: "trusted_proxies = [\"127.0.0.2\"]",
+        ..Setup::default()
+    })
+    .await;
+    let answer = send_from([127, 0, 0, 2], g.addr, "lb").await;
+    assert_eq!(statuses(&answer), [200], "{answer}");
+    let seen = g.upstream.request("/open/lb");
+    assert_eq!(
+        seen.one("x-forwarded-for"),
+        Some("6.6.6.6, 203.0.113.7, 127.0.0.2"),
+        "the balancer's own line keeps the real client"
+    );
+    assert_eq!(
+        seen.one("forwarded"),
+        Some("for=6.6.6.6, for=203.0.113.7, for=127.0.0.2;host=\"a\";proto=http")
+    );
+    assert_eq!(seen.one("x-real-ip"), Some("203.0.113.7"));
+    assert_eq!(seen.one("x-forwarded-proto"), Some("https"));
+    // The same lines from a peer that is not trusted are all replaced or removed.
+    let answer = send_from([127, 0, 0, 3], g.addr, "direct").await;
+    assert_eq!(statuses(&answer), [200], "{answer}");
+    let seen = g.upstream.request("/open/direct");
+    assert_eq!(seen.one("x-forwarded-for"), Some("127.0.0.3"));
+    assert!(seen.one("forwarded").is_none());
+    assert!(seen.one("x-real-ip").is_none());
+    assert_eq!(seen.one("x-forwarded-proto"), Some("http"));
+}
+
+#[tokio::test]
+async fn an_ipv4_client_of_a_dual_stack_listener_is_matched_and_written_as_ipv4() {
+    let port = free_port();
+    let listen: SocketAddr = format!("[::]:{port}").parse().unwrap();
+    let g = Gateway::start(Setup {
+        server: "trusted_proxies = [\"127.0.0.2\"]",
+        listen: Some(listen),
+        ..Setup::default()
+    })
+    .await;
+    let answer = send_from([127, 0, 0, 2], g.addr, "v4-trusted").await;
+    assert_eq!(statuses(&answer), [200], "{answer}");
+    let seen = g.upstream.request("/open/v4-trusted");
+    assert_eq!(
+        seen.one("x-forwarded-for"),
+        Some("6.6.6.6, 203.0.113.7, 127.0.0.2"),
+        "::ffff:127.0.0.2 is 127.0.0.2, a trusted proxy"
+    );
+    let answer = send_from([127, 0, 0, 3], g.addr, "v4-client").await;
+    assert_eq!(statuses(&answer), [200], "{answer}");
+    assert_eq!(
+        g.upstream.request("/open/v4-client").one("x-forwarded-for"),
+        Some("127.0.0.3")
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 8.7 Host
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn two_hosts_or_a_host_that_is_not_an_authority_are_refused_and_never_forwarded() {
+    let g = Gateway::start(Setup::default()).await;
+    for (what, head) in [
+        ("two Host lines", "Host: a.example\r\nHost: b.example\r\n"),
+        ("a path in Host", "Host: a.example/evil\r\n"),
+        ("user info in Host", "Host: admin@a.example\r\n"),
+        ("a space in Host", "Host: a.example b\r\n"),
+        ("a comma in Host", "Host: a.example,b.example\r\n"),
+        ("no Host on HTTP/1.1", ""),
+    ] {
+        let answer = g
+            .raw(format!("GET /open/host HTTP/1.1\r\n{head}Connection: close\r\n\r\n").as_bytes())
+            .await;
+        assert_eq!(statuses(&answer), [400], "{what}: {answer}");
+        assert_eq!(json_body(&answer)["code"], "BAD_REQUEST", "{what}");
+    }
+    assert!(g.upstream.seen().is_empty(), "{:?}", g.upstream.seen());
+    // Absolute-form: the target's authority wins over Host (RFC 9112 §3.2.2).
+    let answer = g
+        .raw(b"GET http://real.example:8080/open/abs HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n")
+        .await;
+    assert_eq!(statuses(&answer), [200], "{answer}");
+    assert_eq!(
+        g.upstream.request("/open/abs").one("x-forwarded-host"),
+        Some("real.example:8080")
+    );
+}
+
+#[tokio::test]
+async fn on_http2_the_authority_beats_a_disagreeing_host_header() {
+    let g = Gateway::start(Setup::default()).await;
+    let (mut send, _conn, _) = h2c(g.addr).await;
+    let req = Request::get("http://real.example:8443/open/h2host")
+        .header("host", "evil.example")
+        .body(())
+        .unwrap();
+    assert_eq!(h2_send(&mut send, req, b"", None).await.0, 200);
+    let seen = g.upstream.request("/open/h2host");
+    assert_eq!(seen.one("x-forwarded-host"), Some("real.example:8443"));
+    assert_eq!(seen.one("host"), Some(g.upstream.addr.to_string().as_str()));
+    // A :authority that is not host[:port] is refused like a bad Host.
+    let req = Request::get("http://user@real.example/open/h2bad")
+        .body(())
+        .unwrap();
+    assert_eq!(h2_send(&mut send, req, b"", None).await.0, 400);
+}
+
+// ---------------------------------------------------------------------------------------
+// 8.8, 8.9 What CloudBase says cannot be turned against the upstream
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_group_id_holding_a_comma_cannot_pass_as_two_groups() {
+    let stand_in = StandIn::start(HashMap::from([(
+        "tok-comma",
+        serde_json::json!({"sub": "7", "groups": ["user,admin", {"id": "50%"}]}),
+    )]))
+    .await;
+    let g = Gateway::start(Setup {
+        stand_in: Some(stand_in.addr),
+        ..Setup::default()
+    })
+    .await;
+    let r = g
+        .http
+        .get(g.url("/admin/x"))
+        .bearer_auth("tok-comma")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "the gateway's own rule refuses the user");
+    let r = g
+        .http
+        .get(g.url("/api/groups"))
+        .bearer_auth("tok-comma")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = g.upstream.request("/api/groups");
+    let groups = seen.one("x-user-groups").unwrap();
+    assert_eq!(groups, "user%2Cadmin,50%25");
+    assert!(!groups.split(',').any(|g| g.trim() == "admin"));
+}
+
+#[tokio::test]
+async fn an_oversized_profile_field_is_not_sent_and_is_logged_once() {
+    let stand_in = StandIn::start(HashMap::from([(
+        "tok-big",
+        serde_json::json!({"sub": "8", "name": "n".repeat(600_000), "email": "e@example.com"}),
+    )]))
+    .await;
+    let g = Gateway::start(Setup {
+        stand_in: Some(stand_in.addr),
+        ..Setup::default()
+    })
+    .await;
+    for i in 0..3 {
+        let r = g
+            .http
+            .get(g.url(&format!("/api/big{i}")))
+            .bearer_auth("tok-big")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let seen = g.upstream.request(&format!("/api/big{i}"));
+        assert_eq!(seen.one("x-user-id"), Some("8"));
+        assert_eq!(seen.one("x-user-email"), Some("e@example.com"));
+        assert!(
+            seen.one("x-user-name").is_none(),
+            "the oversized name is not sent"
+        );
+    }
+    let m = g.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "cloudbase_gateway_identity_headers_omitted_total{field=\"name\"}"
+        ),
+        1.0,
+        "counted once per entry, not per request"
+    );
+    let log = g.process.log();
+    assert_eq!(log.matches("identity.max_header_bytes").count(), 1, "{log}");
+    assert!(
+        !log.contains("nnnnnnnnnn"),
+        "the value itself is never logged"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 8.10, 16.7 The admin listener
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn admin_posts_a_browser_form_could_send_are_refused() {
+    let g = Gateway::start(Setup::default()).await;
+    let url = format!("http://{}/cache/purge", g.admin);
+    for content_type in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        None,
+    ] {
+        let mut req = g.http.post(&url).body("{\"all\": true}");
+        if let Some(t) = content_type {
+            req = req.header("content-type", t);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 415, "{content_type:?}");
+    }
+    let r = g
+        .http
+        .post(&url)
+        .header("content-type", "application/json; charset=utf-8")
+        .body("{\"all\": true}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn with_admin_token_set_every_admin_post_needs_it() {
+    let secret = "s3cret-admin-token-0123456789";
+    let admin = format!("token = \"{secret}\"");
+    let g = Gateway::start(Setup {
+        admin: &admin,
+        ..Setup::default()
+    })
+    .await;
+    let url = format!("http://{}/cache/purge", g.admin);
+    let post = |auth: Option<&str>| {
+        let mut req = g
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body("{\"all\": true}");
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        req.send()
+    };
+    for auth in [
+        None,
+        Some("Bearer wrong-token"),
+        Some("Bearer s3cret-admin-token-012345678"),
+        Some("Basic czNjcmV0"),
+    ] {
+        let r = post(auth).await.unwrap();
+        assert_eq!(r.status(), 401, "{auth:?}");
+        assert!(r.headers().contains_key("www-authenticate"));
+    }
+    let good = format!("Bearer {secret}");
+    assert_eq!(post(Some(&good)).await.unwrap().status(), 200);
+    // Reads stay open for probes and scrapers.
+    let r = g
+        .http
+        .get(format!("http://{}/metrics", g.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(!g.process.log().contains(secret));
+}
+
+#[tokio::test]
+async fn an_admin_listener_beyond_loopback_without_a_token_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |admin: &str| {
+        let path = dir.path().join("check.toml");
+        std::fs::write(
+            &path,
+            format!("[admin]\n{admin}\n[cloudbase]\nenv_id = \"e\"\n"),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cloudbase-gateway"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (_, stderr) = check("listen = \"0.0.0.0:9090\"");
+    assert!(stderr.contains("warning: admin.listen"), "{stderr}");
+    let (stdout, stderr) = check("listen = \"0.0.0.0:9090\"\ntoken = \"long-enough-admin-token\"");
+    assert!(!stderr.contains("warning"), "{stderr}");
+    assert!(
+        !stdout.contains("long-enough-admin-token"),
+        "the token is redacted"
+    );
+    let (_, stderr) = check("listen = \"127.0.0.1:9090\"");
+    assert!(!stderr.contains("warning"), "{stderr}");
+    // The running gateway warns too.
+    let port = free_port();
+    let admin = format!("listen = \"0.0.0.0:{port}\"");
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{}\"\n[admin]\n{admin}\n[cloudbase]\nenv_id = \"e\"\n",
+        free_port()
+    );
+    let process = Process::spawn(&config, &[], &[], SocketAddr::from(([127, 0, 0, 1], port)));
+    let log = process.log();
+    assert!(
+        log.contains("admin.listen") && log.contains("WARN"),
+        "{log}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 8.11 Bodies: whoami's limit, broken chunked framing
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn whoami_refuses_a_chunked_body_over_max_body_size() {
+    let g = Gateway::start(Setup::default()).await;
+    let (token, _) = g.demo().await;
+    let answer = g
+        .raw(
+            format!(
+                "POST /who/x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\n\
+                 Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n1400\r\n{}\r\n0\r\n\r\n",
+                "z".repeat(0x1400)
+            )
+            .as_bytes(),
+        )
+        .await;
+    assert_eq!(statuses(&answer), [413], "{answer}");
+    assert_eq!(json_body(&answer)["code"], "PAYLOAD_TOO_LARGE");
+}
+
+#[tokio::test]
+async fn malformed_chunked_framing_from_a_client_is_a_400_not_an_upstream_failure() {
+    let g = Gateway::start(Setup::default()).await;
+    let (token, _) = g.demo().await;
+    for path in ["/open/chunk", "/who/chunk"] {
+        let answer = g
+            .raw(
+                format!(
+                    "POST {path} HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\n\
+                     Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nnot a chunk\r\n0\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await;
+        assert_eq!(statuses(&answer), [400], "{path}: {answer}");
+    }
+    let m = g.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "cloudbase_gateway_requests_total{route=\"/open/\",method=\"POST\",status=\"400\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+    assert!(!m.contains("status=\"502\""), "{m}");
+    assert!(!g.process.log().contains("upstream request failed"));
 }
