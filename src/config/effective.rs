@@ -225,10 +225,17 @@ mod tests {
 [server]
 trusted_proxies = ["10.0.0.0/8"]
 request_timeout = "1m 30s"
+idle_timeout = "90s"
+max_concurrent_streams = 50
+[admin]
+token = "${ADMIN_TOKEN}"
 [cloudbase]
+max_in_flight = 64
 env_id = "e"
 client_secret = "${SECRET}"
 introspect_auth = "client"
+[identity]
+max_header_bytes = "4KiB"
 [identity.headers]
 "X-User-Email" = ""
 "X-Tenant" = "client_id"
@@ -245,10 +252,19 @@ password = "hunter2-password"
 name = "名字 \"quoted\""
 groups = ["a", { id = "b", expires_at = "2030-01-01T00:00:00Z" }]
 "#;
-        let env = |n: &str| (n == "SECRET").then(|| "s3cr3t-value".to_owned());
+        let env = |n: &str| match n {
+            "SECRET" => Some("s3cr3t-value".to_owned()),
+            "ADMIN_TOKEN" => Some("admin-t0ken-value".to_owned()),
+            _ => None,
+        };
         let config = Config::from_toml_str_with_env(text, env).unwrap();
         let out = config.effective_toml();
-        for secret in ["s3cr3t-value", "hunter2-password", "424242"] {
+        for secret in [
+            "s3cr3t-value",
+            "admin-t0ken-value",
+            "hunter2-password",
+            "424242",
+        ] {
             assert!(!out.contains(secret), "{secret} printed:\n{out}");
         }
         let again = Config::from_toml_str_with_env(&out, env)
@@ -265,6 +281,17 @@ groups = ["a", { id = "b", expires_at = "2030-01-01T00:00:00Z" }]
         );
         assert!(out.contains("x-tenant = \"client_id\""));
         assert_eq!(again.routes[0].require_groups, ["admin"]);
+        assert_eq!(
+            again.server.idle_timeout,
+            std::time::Duration::from_secs(90)
+        );
+        assert_eq!(again.server.max_concurrent_streams, 50);
+        assert_eq!(again.cloudbase.max_in_flight, 64);
+        assert_eq!(again.identity.max_header_bytes, 4096);
+        assert!(
+            again.admin.token.is_some(),
+            "a set token stays set (redacted)"
+        );
         assert_eq!(
             again.emulator.users[0].name.as_deref(),
             Some("名字 \"quoted\"")
