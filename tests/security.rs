@@ -1138,19 +1138,8 @@ async fn read_one_response<S: AsyncRead + Unpin>(s: &mut S) -> String {
             .expect("read");
         assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&buf));
         buf.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let len = text[..end]
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse::<usize>().unwrap())
-                })
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                return text;
-            }
+        if common::http1_response_complete(&buf) {
+            return String::from_utf8_lossy(&buf).into_owned();
         }
     }
 }

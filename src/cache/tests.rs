@@ -107,13 +107,17 @@ impl AuthApi for FakeApi {
     }
 }
 
-fn cache(api: Arc<FakeApi>, ttl: u64, stale: u64) -> IdentityCache {
-    let settings = CacheSettings {
+fn settings(ttl: u64, stale: u64) -> CacheSettings {
+    CacheSettings {
         max_entries: 1000,
         ttl: Duration::from_secs(ttl),
         negative_ttl: Duration::from_secs(5),
         stale_if_error: Duration::from_secs(stale),
-    };
+    }
+}
+
+fn cache(api: Arc<FakeApi>, ttl: u64, stale: u64) -> IdentityCache {
+    let settings = settings(ttl, stale);
     let metrics = Arc::new(Metrics::new(Vec::<String>::new()));
     IdentityCache::new(
         &settings,
@@ -277,19 +281,13 @@ async fn a_request_racing_a_finishing_flight_makes_no_second_call() {
 
 /// A cache allowing one flight (two calls) at a time, and its metrics.
 fn one_flight_cache(api: Arc<FakeApi>, ttl: u64, stale: u64) -> (IdentityCache, Arc<Metrics>) {
-    let settings = CacheSettings {
-        max_entries: 1000,
-        ttl: Duration::from_secs(ttl),
-        negative_ttl: Duration::from_secs(5),
-        stale_if_error: Duration::from_secs(stale),
-    };
     let metrics = Arc::new(Metrics::new(Vec::<String>::new()));
     let limits = Limits {
         max_in_flight: 2,
         ..Limits::default()
     };
     let c = IdentityCache::with_limits(
-        &settings,
+        &settings(ttl, stale),
         &[IdentityField::Sub],
         limits,
         api,
