@@ -333,6 +333,15 @@ impl Gateway {
         }
     }
 
+    /// [`Gateway::start`] with extra `[server]` lines and nothing else changed.
+    async fn with_server(server: &str) -> Gateway {
+        Gateway::start(Setup {
+            server,
+            ..Setup::default()
+        })
+        .await
+    }
+
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
@@ -760,11 +769,7 @@ async fn forged_identity_headers_never_reach_the_upstream_over_h2c_or_h2_over_tl
 
     let dir = tempfile::tempdir().unwrap();
     let (tls, cert) = tls_files(dir.path());
-    let g = Gateway::start(Setup {
-        server: &tls,
-        ..Setup::default()
-    })
-    .await;
+    let g = Gateway::with_server(&tls).await;
     let stream = tls_connect(g.addr, tls_client(&cert, &[b"h2"]))
         .await
         .expect("TLS");
@@ -923,11 +928,7 @@ async fn attack(
 
 #[tokio::test]
 async fn request_smuggling_shapes_never_deliver_a_hidden_request_upstream() {
-    let g = Gateway::start(Setup {
-        server: "request_timeout = \"3s\"",
-        ..Setup::default()
-    })
-    .await;
+    let g = Gateway::with_server("request_timeout = \"3s\"").await;
     let head = |framing: &str| format!("POST /open/s HTTP/1.1\r\nHost: a\r\n{framing}\r\n");
     let after = "GET /open/after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
     let hidden = smuggled("x");
@@ -1051,11 +1052,7 @@ async fn request_smuggling_shapes_never_deliver_a_hidden_request_upstream() {
 
 #[tokio::test]
 async fn requests_pipelined_behind_a_401_413_or_431_are_never_smuggled_upstream() {
-    let g = Gateway::start(Setup {
-        server: "request_timeout = \"3s\"",
-        ..Setup::default()
-    })
-    .await;
+    let g = Gateway::with_server("request_timeout = \"3s\"").await;
     let after = "GET /open/after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
     let h401 = smuggled("401");
     let h401c = smuggled("401-chunked");
@@ -1161,11 +1158,7 @@ async fn time_to_close(addr: SocketAddr, bytes: &'static [u8]) -> Duration {
 
 #[tokio::test]
 async fn silent_connections_in_every_protocol_are_closed_after_header_read_timeout() {
-    let g = Gateway::start(Setup {
-        server: "header_read_timeout = \"500ms\"",
-        ..Setup::default()
-    })
-    .await;
+    let g = Gateway::with_server("header_read_timeout = \"500ms\"").await;
     let addr = g.addr;
     let shapes: [(&str, &'static [u8]); 5] = [
         ("nothing at all", b""),
@@ -1210,11 +1203,7 @@ async fn silent_connections_in_every_protocol_are_closed_after_header_read_timeo
 
 #[tokio::test]
 async fn silent_connections_up_to_max_connections_cannot_lock_clients_out() {
-    let g = Gateway::start(Setup {
-        server: "header_read_timeout = \"700ms\"\nmax_connections = 3",
-        ..Setup::default()
-    })
-    .await;
+    let g = Gateway::with_server("header_read_timeout = \"700ms\"\nmax_connections = 3").await;
     let readyz = || async {
         g.http
             .get(format!("http://{}/readyz", g.admin))
@@ -1255,11 +1244,7 @@ async fn silent_tls_connections_are_closed_after_header_read_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let (tls, cert) = tls_files(dir.path());
     let server = format!("{tls}header_read_timeout = \"500ms\"\n");
-    let g = Gateway::start(Setup {
-        server: &server,
-        ..Setup::default()
-    })
-    .await;
+    let g = Gateway::with_server(&server).await;
     // No ClientHello at all.
     let took = time_to_close(g.addr, b"").await;
     assert!(took >= Duration::from_millis(450), "{took:?}");
@@ -1276,11 +1261,7 @@ async fn silent_tls_connections_are_closed_after_header_read_timeout() {
 
 #[tokio::test]
 async fn idle_http1_and_http2_connections_are_closed_after_idle_timeout() {
-    let g = Gateway::start(Setup {
-        server: "idle_timeout = \"1s\"\nheader_read_timeout = \"10s\"",
-        ..Setup::default()
-    })
-    .await;
+    let g = Gateway::with_server("idle_timeout = \"1s\"\nheader_read_timeout = \"10s\"").await;
     // HTTP/2: a request, then nothing; the connection ends (GOAWAY) once idle.
     let (mut send, conn, _) = h2c(g.addr).await;
     let req = Request::get("http://a/open/h2").body(()).unwrap();
@@ -1305,11 +1286,7 @@ async fn idle_http1_and_http2_connections_are_closed_after_idle_timeout() {
 
 #[tokio::test]
 async fn a_download_longer_than_idle_timeout_is_not_cut_off() {
-    let g = Gateway::start(Setup {
-        server: "idle_timeout = \"1s\"",
-        ..Setup::default()
-    })
-    .await;
+    let g = Gateway::with_server("idle_timeout = \"1s\"").await;
     let (mut send, _conn, _) = h2c(g.addr).await;
     let req = Request::get("http://a/open/slow-h2").body(()).unwrap();
     let (status, body) = h2_send(&mut send, req, b"", None).await;
@@ -1324,11 +1301,7 @@ async fn a_download_longer_than_idle_timeout_is_not_cut_off() {
 
 #[tokio::test]
 async fn http2_clients_are_told_the_configured_stream_limit() {
-    let g = Gateway::start(Setup {
-        server: "max_concurrent_streams = 7",
-        ..Setup::default()
-    })
-    .await;
+    let g = Gateway::with_server("max_concurrent_streams = 7").await;
     let (_send, _conn, max_streams) = h2c(g.addr).await;
     assert_eq!(max_streams, 7);
     drop(g);
@@ -1342,11 +1315,7 @@ async fn over_limit_tls_connections_get_a_503_after_the_handshake_not_plaintext(
     let dir = tempfile::tempdir().unwrap();
     let (tls, cert) = tls_files(dir.path());
     let server = format!("{tls}max_connections = 1\n");
-    let g = Gateway::start(Setup {
-        server: &server,
-        ..Setup::default()
-    })
-    .await;
+    let g = Gateway::with_server(&server).await;
     // Hold the only slot with a kept-alive HTTPS connection (once the start-up probe's
     // connection has let go of it).
     let deadline = Instant::now() + PATIENCE;
@@ -1583,11 +1552,7 @@ async fn send_from(local: [u8; 4], addr: SocketAddr, path: &str) -> String {
 
 #[tokio::test]
 async fn a_trusted_proxys_repeated_forwarding_lines_are_read_as_one_list() {
-    let g = Gateway::start(Setup {
-        server: "trusted_proxies = [\"127.0.0.2\"]",
-        ..Setup::default()
-    })
-    .await;
+    let g = Gateway::with_server("trusted_proxies = [\"127.0.0.2\"]").await;
     let answer = send_from([127, 0, 0, 2], g.addr, "lb").await;
     assert_eq!(statuses(&answer), [200], "{answer}");
     let seen = g.upstream.request("/open/lb");
