@@ -27,6 +27,31 @@ pub fn empty() -> Body {
     full(Bytes::new())
 }
 
+/// Reading the client's request body failed: malformed chunked framing, a body cut short,
+/// a broken HTTP/2 stream. Wraps every client body error where the server hands the body
+/// to the stack, so wherever that body is read (the upstream call, `whoami`) the failure
+/// is known to be the client's (400), not the upstream's (502).
+#[derive(Debug, thiserror::Error)]
+#[error("reading the client's request body failed")]
+pub struct ClientBodyError(#[source] pub BoxError);
+
+/// What a request failing while its body was read means for the client: 413 when the
+/// body outgrew `max_body_size` (`http_body_util::Limited` tripped), 400 when the client's
+/// body itself was broken ([`ClientBodyError`]), `None` when neither is in `e`'s chain.
+pub fn client_body_fault(e: &(dyn std::error::Error + 'static)) -> Option<Reject> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return Some(Reject::PayloadTooLarge);
+        }
+        if err.is::<ClientBodyError>() {
+            return Some(Reject::BadRequest);
+        }
+        cur = err.source();
+    }
+    None
+}
+
 /// A case of SPEC's table of the gateway's own responses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reject {

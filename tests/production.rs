@@ -1178,19 +1178,8 @@ fn http1_exchange(stream: &mut StdStream, path: &str) -> String {
             String::from_utf8_lossy(&buf)
         );
         buf.extend_from_slice(&byte[..n]);
-        let text = String::from_utf8_lossy(&buf).to_string();
-        if let Some(head_end) = text.find("\r\n\r\n") {
-            let len = text[..head_end]
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse::<usize>().unwrap())
-                })
-                .unwrap_or(0);
-            if buf.len() >= head_end + 4 + len {
-                return text;
-            }
+        if http1_response_complete(&buf) {
+            return String::from_utf8_lossy(&buf).into_owned();
         }
     }
 }

@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use http::Method;
 
+use crate::config::IdentityField;
+
 /// Histogram bucket upper bounds, seconds.
 const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -141,15 +143,18 @@ pub enum CloudbaseOutcome {
     Timeout,
     /// Connection refused or reset.
     Transport,
+    /// Not made: `cloudbase.max_in_flight` calls were already open.
+    Shed,
 }
 
 impl CloudbaseOutcome {
-    const ALL: [CloudbaseOutcome; 5] = [
+    const ALL: [CloudbaseOutcome; 6] = [
         CloudbaseOutcome::Ok,
         CloudbaseOutcome::Rejected,
         CloudbaseOutcome::Error,
         CloudbaseOutcome::Timeout,
         CloudbaseOutcome::Transport,
+        CloudbaseOutcome::Shed,
     ];
     fn as_str(self) -> &'static str {
         match self {
@@ -158,6 +163,7 @@ impl CloudbaseOutcome {
             CloudbaseOutcome::Error => "error",
             CloudbaseOutcome::Timeout => "timeout",
             CloudbaseOutcome::Transport => "transport",
+            CloudbaseOutcome::Shed => "shed",
         }
     }
 }
@@ -189,10 +195,12 @@ pub struct Metrics {
     durations: Vec<Histogram>,
     auth: [AtomicU64; 5],
     cache: [AtomicU64; 4],
-    cloudbase: [[AtomicU64; 5]; 2],
+    cloudbase: [[AtomicU64; 6]; 2],
     cloudbase_durations: [Histogram; 2],
     sub_mismatches: AtomicU64,
     inflight: AtomicI64,
+    /// By position in [`IdentityField::ALL`].
+    omitted_headers: [AtomicU64; IdentityField::ALL.len()],
 }
 
 impl Metrics {
@@ -210,6 +218,7 @@ impl Metrics {
             cloudbase_durations: Default::default(),
             sub_mismatches: AtomicU64::new(0),
             inflight: AtomicI64::new(0),
+            omitted_headers: Default::default(),
         }
     }
 
@@ -248,6 +257,21 @@ impl Metrics {
     /// `/token/introspect` and `/user/me` named different users for one token.
     pub fn cloudbase_sub_mismatch(&self) {
         self.sub_mismatches.fetch_add(1, Relaxed);
+    }
+
+    /// A validation that would have called CloudBase but was refused a slot: counted as
+    /// a `shed` call of each endpoint it would have made.
+    pub fn cloudbase_shed(&self) {
+        for e in CloudbaseEndpoint::ALL {
+            self.cloudbase[e as usize][CloudbaseOutcome::Shed as usize].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// An identity header value left out for being over `identity.max_header_bytes`.
+    pub fn identity_header_omitted(&self, field: IdentityField) {
+        if let Some(i) = IdentityField::ALL.iter().position(|(_, f)| *f == field) {
+            self.omitted_headers[i].fetch_add(1, Relaxed);
+        }
     }
 
     pub fn inflight_add(&self, delta: i64) {
@@ -371,6 +395,17 @@ impl Metrics {
             "Requests being handled now.",
         );
         sample(o, "inflight_requests", "", self.inflight.load(Relaxed));
+        family(
+            o,
+            "identity_headers_omitted_total",
+            "counter",
+            "Identity header values left out for being over identity.max_header_bytes, by profile field (once per cache entry).",
+        );
+        for (i, (name, _)) in IdentityField::ALL.iter().enumerate() {
+            let labels = format!("field=\"{name}\"");
+            let n = self.omitted_headers[i].load(Relaxed);
+            sample(o, "identity_headers_omitted_total", &labels, n);
+        }
         out
     }
 }

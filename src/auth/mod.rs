@@ -13,15 +13,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::header::{HeaderName, ACCESS_CONTROL_REQUEST_METHOD};
+use http::header::HeaderName;
 use http::{Method, Request, Response};
 use tower::{Layer, Service};
 
 use crate::admin::metrics::{AuthDecision, Metrics};
 use crate::cache::{unix_now, IdentityCache, SharedIdentity, Validation};
 use crate::config::AuthMode;
-use crate::proxy::headers::X_REQUEST_ID;
-use crate::response::{Body, Reject};
+use crate::proxy::headers::{is_cors_preflight, strip_preflight, X_REQUEST_ID};
+use crate::response::{empty, Body, Reject};
 use crate::routing::MatchedRoute;
 use token::Credentials;
 
@@ -68,6 +68,9 @@ pub struct Auth<S> {
 /// What to do with a request after authentication.
 enum Outcome {
     Forward(Option<SharedIdentity>),
+    /// A CORS preflight on a route that lets them through: forwarded without a token,
+    /// a body, or anything that could make it more than a preflight.
+    Preflight,
     Reject(Reject),
 }
 
@@ -100,26 +103,29 @@ where
             let outcome = shared
                 .authenticate(req.method(), req.headers(), req.extensions())
                 .await;
-            match outcome {
+            let identity = match outcome {
                 Outcome::Reject(reason) => {
-                    Ok(reason.into_response(req.headers().get(&X_REQUEST_ID)))
+                    return Ok(reason.into_response(req.headers().get(&X_REQUEST_ID)));
                 }
-                Outcome::Forward(identity) => {
-                    if let Some(identity) = &identity {
-                        identity.apply(&shared.header_names, req.headers_mut());
-                    }
-                    // Boxed at once: proving `S::Future: Send` inside this async block trips
-                    // rustc's higher-ranked lifetime check (rust-lang/rust#110338).
-                    let future: Pin<
-                        Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>,
-                    > = Box::pin(inner.call(req));
-                    let mut response = future.await?;
-                    if let Some(identity) = identity {
-                        response.extensions_mut().insert(Authenticated(identity));
-                    }
-                    Ok(response)
+                Outcome::Preflight => {
+                    strip_preflight(req.headers_mut());
+                    *req.body_mut() = empty();
+                    None
                 }
+                Outcome::Forward(identity) => identity,
+            };
+            if let Some(identity) = &identity {
+                identity.apply(&shared.header_names, req.headers_mut());
             }
+            // Boxed at once: proving `S::Future: Send` inside this async block trips
+            // rustc's higher-ranked lifetime check (rust-lang/rust#110338).
+            let future: Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>> =
+                Box::pin(inner.call(req));
+            let mut response = future.await?;
+            if let Some(identity) = identity {
+                response.extensions_mut().insert(Authenticated(identity));
+            }
+            Ok(response)
         })
     }
 }
@@ -140,11 +146,8 @@ impl AuthLayer {
         if rules.auth == AuthMode::None {
             return Outcome::Forward(None);
         }
-        if rules.allow_preflight
-            && method == Method::OPTIONS
-            && headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD)
-        {
-            return Outcome::Forward(None);
+        if rules.allow_preflight && is_cors_preflight(method, headers) {
+            return Outcome::Preflight;
         }
         let required = rules.auth == AuthMode::Required;
         // On an optional route every failure passes without identity.

@@ -169,4 +169,60 @@ mod tests {
         assert_eq!(jwt_exp("opaque-token"), None);
         assert_eq!(jwt_exp("a.!!!.c"), None);
     }
+
+    mod properties {
+        //! Property tests: `Authorization` faces every client, so no value may panic it,
+        //! and every well-formed bearer token must come back exactly.
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn no_header_value_panics_and_a_bearer_token_is_only_token_characters(
+                bytes in proptest::collection::vec(any::<u8>(), 0..600)
+            ) {
+                let Ok(value) = HeaderValue::from_bytes(&bytes) else {
+                    return Ok(()); // not a value hyper would hand us
+                };
+                let mut h = HeaderMap::new();
+                h.insert(AUTHORIZATION, value);
+                if let Credentials::Bearer(token) = bearer(&h) {
+                    prop_assert!(!token.is_empty() && token.len() <= MAX_TOKEN_LEN);
+                    prop_assert!(all_token_chars(token.as_bytes()));
+                }
+                let _ = jwt_exp(&String::from_utf8_lossy(&bytes));
+            }
+
+            #[test]
+            fn a_bearer_token_round_trips_whatever_the_scheme_case_and_spacing(
+                token in "[A-Za-z0-9._~+/=-]{1,4096}",
+                upper in proptest::collection::vec(any::<bool>(), 6),
+                before in "[ \t]{0,3}",
+                after in "[ \t]{0,3}",
+            ) {
+                let scheme: String = "bearer"
+                    .chars()
+                    .zip(&upper)
+                    .map(|(c, up)| if *up { c.to_ascii_uppercase() } else { c })
+                    .collect();
+                let text = format!("{scheme} {before}{token}{after}");
+                let mut h = HeaderMap::new();
+                h.insert(AUTHORIZATION, HeaderValue::from_str(&text).unwrap());
+                prop_assert_eq!(bearer(&h), Credentials::Bearer(&token));
+            }
+
+            #[test]
+            fn a_token_holding_any_other_character_is_never_passed_on(
+                head in "[A-Za-z0-9]{0,20}",
+                odd in "[^A-Za-z0-9._~+/= \t-]",
+                tail in "[A-Za-z0-9]{0,20}",
+            ) {
+                let text = format!("Bearer {head}{odd}{tail}");
+                let Ok(value) = HeaderValue::from_str(&text) else { return Ok(()) };
+                let mut h = HeaderMap::new();
+                h.insert(AUTHORIZATION, value);
+                prop_assert!(!matches!(bearer(&h), Credentials::Bearer(_)));
+            }
+        }
+    }
 }

@@ -15,6 +15,14 @@
 //! stored; `stale_if_error` may then serve a recently expired positive entry. When the two
 //! calls disagree, a definitive "no" from either wins over an error from the other, and
 //! answers naming two different users are treated as a CloudBase fault.
+//!
+//! Flights are bounded (`cloudbase.max_in_flight` calls open at once): every made-up token
+//! misses, so without a bound a flood of them while CloudBase is slow opens a socket and a
+//! task per token (measured: 700 MB and 19 600 descriptors). A miss that finds no free slot
+//! is answered at once as if CloudBase had failed — a stale entry if `stale_if_error` has
+//! one, else "unavailable" — and counted as `shed`; joining a flight already in the air
+//! needs no slot. The trade-off: under such a flood some real users' first requests are
+//! refused with 503 for a moment, instead of everyone waiting on an exhausted process.
 
 mod identity;
 /// Public for `benches/cache_hot_path.rs`, which compares it with moka and dashmap.
@@ -31,14 +39,18 @@ use futures_util::future::{FutureExt, Shared};
 use http::StatusCode;
 use tokio::time::Instant;
 
-pub use identity::{encode_header_value, Grant, Identity, SharedIdentity};
+pub use identity::{
+    encode_header_value, encode_list_element, Grant, HeaderFields, Identity, SharedIdentity,
+};
 
 use crate::admin::metrics::{CacheLookup, CloudbaseEndpoint, CloudbaseOutcome, Metrics};
 use crate::auth::token::jwt_exp;
 use crate::clock::{remaining, unix_secs, UnixClock};
 use crate::cloudbase::types::{Introspection, UserProfile};
 use crate::cloudbase::{CallOptions, Client, Error as ApiError};
-use crate::config::{CacheSettings, IdentityField};
+use crate::config::{
+    CacheSettings, IdentityField, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_IN_FLIGHT,
+};
 
 /// Cache key: SHA-256 of the token.
 pub type TokenKey = [u8; 32];
@@ -134,11 +146,34 @@ struct Inner {
     generation: AtomicU64,
     api: Arc<dyn AuthApi>,
     settings: CacheSettings,
-    fields: Box<[IdentityField]>,
+    fields: HeaderFields,
+    /// One permit per CloudBase call that may be open; a flight holds two.
+    calls: Arc<tokio::sync::Semaphore>,
     metrics: Arc<Metrics>,
     /// Unix time, for `exp` and group expiries.
     clock: UnixClock,
 }
+
+/// Bounds of the cache that come from outside `[cache]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `cloudbase.max_in_flight`: CloudBase calls open at once (at least 2).
+    pub max_in_flight: usize,
+    /// `identity.max_header_bytes`: the most bytes of one encoded identity header value.
+    pub max_header_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+        }
+    }
+}
+
+/// CloudBase calls one flight makes at once (introspect and `/user/me`, concurrently).
+const CALLS_PER_FLIGHT: u32 = 2;
 
 /// Unix seconds now (rounded down), from the system clock.
 pub fn unix_now() -> i64 {
@@ -146,14 +181,22 @@ pub fn unix_now() -> i64 {
 }
 
 impl IdentityCache {
-    /// `fields` are the configured identity header fields, in header order.
+    /// `fields` are the configured identity header fields, in header order. The
+    /// [`Limits`] are the defaults.
     pub fn new(
         settings: &CacheSettings,
         fields: &[IdentityField],
         api: Arc<dyn AuthApi>,
         metrics: Arc<Metrics>,
     ) -> IdentityCache {
-        Self::with_clock(settings, fields, api, metrics, UnixClock::System)
+        Self::with_options(
+            settings,
+            fields,
+            Limits::default(),
+            api,
+            metrics,
+            UnixClock::System,
+        )
     }
 
     /// Like [`IdentityCache::new`], reading Unix time from `clock` (tests control it).
@@ -164,7 +207,34 @@ impl IdentityCache {
         metrics: Arc<Metrics>,
         clock: UnixClock,
     ) -> IdentityCache {
+        Self::with_options(settings, fields, Limits::default(), api, metrics, clock)
+    }
+
+    /// Like [`IdentityCache::new`], with the given [`Limits`].
+    pub fn with_limits(
+        settings: &CacheSettings,
+        fields: &[IdentityField],
+        limits: Limits,
+        api: Arc<dyn AuthApi>,
+        metrics: Arc<Metrics>,
+    ) -> IdentityCache {
+        Self::with_options(settings, fields, limits, api, metrics, UnixClock::System)
+    }
+
+    /// The cache with every option: [`Limits`] and the Unix clock.
+    pub fn with_options(
+        settings: &CacheSettings,
+        fields: &[IdentityField],
+        limits: Limits,
+        api: Arc<dyn AuthApi>,
+        metrics: Arc<Metrics>,
+        clock: UnixClock,
+    ) -> IdentityCache {
         let entries = store::Store::new(settings.max_entries);
+        let permits = limits.max_in_flight.clamp(
+            CALLS_PER_FLIGHT as usize,
+            tokio::sync::Semaphore::MAX_PERMITS,
+        );
         IdentityCache {
             inner: Arc::new(Inner {
                 entries,
@@ -172,7 +242,8 @@ impl IdentityCache {
                 generation: AtomicU64::new(0),
                 api,
                 settings: settings.clone(),
-                fields: fields.into(),
+                fields: HeaderFields::new(fields, limits.max_header_bytes, Some(metrics.clone())),
+                calls: Arc::new(tokio::sync::Semaphore::new(permits)),
                 metrics,
                 clock,
             }),
@@ -253,7 +324,8 @@ impl IdentityCache {
         }
     }
 
-    /// Joins the flight for `key`, starting it if there is none.
+    /// Joins the flight for `key`, starting it if there is none and a CloudBase slot is
+    /// free; with none free the flight ends at once with nothing (counted as shed).
     fn flight(
         &self,
         key: TokenKey,
@@ -273,6 +345,16 @@ impl IdentityCache {
                 return done.shared();
             }
         }
+        let Ok(permit) = self
+            .inner
+            .calls
+            .clone()
+            .try_acquire_many_owned(CALLS_PER_FLIGHT)
+        else {
+            self.inner.metrics.cloudbase_shed();
+            let shed: BoxFuture<'static, Fetched> = Box::pin(std::future::ready(None));
+            return shed.shared();
+        };
         let inner = self.inner.clone();
         let token = token.to_owned();
         let opts = CallOptions {
@@ -282,6 +364,7 @@ impl IdentityCache {
         let task = tokio::spawn(async move {
             let generation = inner.generation.load(Ordering::Acquire);
             let entry = inner.fetch(&token, exp, &opts).await;
+            drop(permit);
             if let Some(entry) = &entry {
                 if !entry.keep_for.is_zero()
                     && inner.generation.load(Ordering::Acquire) == generation

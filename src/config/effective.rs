@@ -40,6 +40,11 @@ impl Config {
             ("listen", text(s.listen.to_string())),
             ("request_timeout", duration(s.request_timeout)),
             ("header_read_timeout", duration(s.header_read_timeout)),
+            ("idle_timeout", duration(s.idle_timeout)),
+            (
+                "max_concurrent_streams",
+                Value::Integer(i64::from(s.max_concurrent_streams)),
+            ),
             ("max_body_size", text(s.max_body_size.to_string())),
             ("max_connections", Value::Integer(s.max_connections as i64)),
             ("shutdown_grace_period", duration(s.shutdown_grace_period)),
@@ -59,6 +64,11 @@ impl Config {
             server.insert("tls_key".into(), text(tls.key.display().to_string()));
         }
 
+        let mut admin = table([("listen", text(self.admin.listen.to_string()))]);
+        if let Some(token) = &self.admin.token {
+            admin.insert("token".into(), secret(token));
+        }
+
         let c = &self.cloudbase;
         let mut cloudbase = table([
             ("env_id", text(&c.env_id)),
@@ -75,6 +85,10 @@ impl Config {
                 }),
             ),
             ("timeout", duration(c.timeout)),
+            (
+                "max_in_flight",
+                Value::Integer(c.max_in_flight.min(i64::MAX as usize) as i64),
+            ),
         ]);
         if let Some(ca) = &c.ca_file {
             cloudbase.insert("ca_file".into(), text(ca.display().to_string()));
@@ -200,16 +214,19 @@ impl Config {
 
         let root = table([
             ("server", Value::Table(server)),
-            (
-                "admin",
-                Value::Table(table([("listen", text(self.admin.listen.to_string()))])),
-            ),
+            ("admin", Value::Table(admin)),
             ("cloudbase", Value::Table(cloudbase)),
             ("upstream", Value::Table(upstream)),
             ("cache", Value::Table(cache)),
             (
                 "identity",
-                Value::Table(table([("headers", Value::Table(headers))])),
+                Value::Table(table([
+                    ("headers", Value::Table(headers)),
+                    (
+                        "max_header_bytes",
+                        text(self.identity.max_header_bytes.to_string()),
+                    ),
+                ])),
             ),
             ("routes", Value::Array(routes)),
             ("emulator", Value::Table(emulator)),
@@ -230,13 +247,20 @@ mod tests {
 trusted_proxies = ["10.0.0.0/8"]
 request_timeout = "1m 30s"
 escaped_slashes = "keep"
+idle_timeout = "90s"
+max_concurrent_streams = 50
+[admin]
+token = "${ADMIN_TOKEN}"
 [cloudbase]
+max_in_flight = 64
 env_id = "e"
 client_secret = "${SECRET}"
 introspect_auth = "client"
 [upstream]
 pool_idle_timeout = "1500ms"
 pool_max_idle_per_host = 8
+[identity]
+max_header_bytes = "4KiB"
 [identity.headers]
 "X-User-Email" = ""
 "X-Tenant" = "client_id"
@@ -256,10 +280,19 @@ password = "hunter2-password"
 name = "名字 \"quoted\""
 groups = ["a", { id = "b", expires_at = "2030-01-01T00:00:00Z" }]
 "#;
-        let env = |n: &str| (n == "SECRET").then(|| "s3cr3t-value".to_owned());
+        let env = |n: &str| match n {
+            "SECRET" => Some("s3cr3t-value".to_owned()),
+            "ADMIN_TOKEN" => Some("admin-t0ken-value".to_owned()),
+            _ => None,
+        };
         let config = Config::from_toml_str_with_env(text, env).unwrap();
         let out = config.effective_toml();
-        for secret in ["s3cr3t-value", "hunter2-password", "424242"] {
+        for secret in [
+            "s3cr3t-value",
+            "admin-t0ken-value",
+            "hunter2-password",
+            "424242",
+        ] {
             assert!(!out.contains(secret), "{secret} printed:\n{out}");
         }
         let again = Config::from_toml_str_with_env(&out, env)
@@ -286,6 +319,17 @@ groups = ["a", { id = "b", expires_at = "2030-01-01T00:00:00Z" }]
         assert!(again.emulator.test_hooks);
         assert_eq!(again.emulator.limits, config.emulator.limits);
         assert!(out.contains("lockout = \"1m 30s\""), "{out}");
+        assert_eq!(
+            again.server.idle_timeout,
+            std::time::Duration::from_secs(90)
+        );
+        assert_eq!(again.server.max_concurrent_streams, 50);
+        assert_eq!(again.cloudbase.max_in_flight, 64);
+        assert_eq!(again.identity.max_header_bytes, 4096);
+        assert!(
+            again.admin.token.is_some(),
+            "a set token stays set (redacted)"
+        );
         assert_eq!(
             again.emulator.users[0].name.as_deref(),
             Some("名字 \"quoted\"")

@@ -47,15 +47,24 @@ pub struct ServerSettings {
     pub tls: Option<TlsFiles>,
     /// Whole request, upstream included. Default 30 s.
     pub request_timeout: Duration,
-    /// Time allowed for a client to send its request head. Default 10 s.
+    /// Time from accept (TLS handshake included) to a complete first request head, in
+    /// every protocol; on HTTP/1.1 also from the end of one exchange to the next head.
+    /// Default 10 s.
     pub header_read_timeout: Duration,
+    /// A connection with no request in flight is closed after this long (HTTP/2 with a
+    /// GOAWAY). Default 60 s.
+    pub idle_timeout: Duration,
+    /// HTTP/2 streams one connection may have open at once (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+    /// Default 100.
+    pub max_concurrent_streams: u32,
     /// Largest request body accepted. Default 10 MiB.
     pub max_body_size: u64,
     /// Open client connections at most. Default 10 000.
     pub max_connections: usize,
     /// Time in-flight requests get to finish on shutdown. Default 30 s.
     pub shutdown_grace_period: Duration,
-    /// Peers whose `X-Forwarded-For` is extended rather than replaced. Default none.
+    /// Peers whose `X-Forwarded-*`, `Forwarded` and `X-Real-IP` are believed. Default none.
+    /// IPv4-mapped IPv6 networks are stored as IPv4, the form peers are matched in.
     pub trusted_proxies: Vec<IpNet>,
     /// `%2F` / `%5C` in a path: refused (default) or kept encoded. See [`crate::path`].
     pub escaped_slashes: EscapedSlashes,
@@ -72,6 +81,8 @@ pub struct TlsFiles {
 pub struct AdminSettings {
     /// Default `127.0.0.1:9090`.
     pub listen: SocketAddr,
+    /// Bearer token every admin POST must carry when set. Default unset.
+    pub token: Option<Secret>,
 }
 
 /// How `/token/introspect` is called.
@@ -102,6 +113,9 @@ pub struct CloudbaseSettings {
     pub introspect_auth: IntrospectAuth,
     /// Per CloudBase call. Default 2 s.
     pub timeout: Duration,
+    /// CloudBase calls open at once, at most; a validation needing more is answered as
+    /// if CloudBase were unavailable. Default [`DEFAULT_MAX_IN_FLIGHT`].
+    pub max_in_flight: usize,
     /// Extra PEM roots trusted for CloudBase and `https://` upstreams.
     pub ca_file: Option<PathBuf>,
 }
@@ -190,7 +204,16 @@ pub struct IdentitySettings {
     /// matching one of these (with `_` read as `-`) are removed on every route. Turned-off
     /// defaults stay here: an upstream that once trusted them must never see a forgery.
     pub strip: Vec<HeaderName>,
+    /// The most bytes one encoded identity header value may take; a longer one is not
+    /// sent. Default [`DEFAULT_MAX_HEADER_BYTES`].
+    pub max_header_bytes: usize,
 }
+
+/// `cloudbase.max_in_flight` when unset.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
+/// `identity.max_header_bytes` when unset: 8 KiB, below every common server's limit for
+/// one header line (nginx 8 KiB buffers, Node 16 KiB for the whole head).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 8 << 10;
 
 /// `auth` of a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -336,7 +359,36 @@ impl Errors {
     }
 }
 
+/// A setting that is valid but probably a mistake; `check` and start-up print each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
 impl Config {
+    /// Settings that are allowed but expose something an operator probably did not mean to.
+    pub fn warnings(&self) -> Vec<ConfigWarning> {
+        let mut out = Vec::new();
+        if !self.admin.listen.ip().to_canonical().is_loopback() && self.admin.token.is_none() {
+            out.push(ConfigWarning {
+                key: "admin.listen".into(),
+                message: format!(
+                    "{} is not a loopback address and admin.token is unset: anyone who can \
+                     reach it can purge the cache and read the metrics",
+                    self.admin.listen
+                ),
+            });
+        }
+        out
+    }
+
     /// Reads, interpolates and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
@@ -402,9 +454,7 @@ impl Config {
         let emulator = validate_emulator(emulator, &mut errors);
         let config = Config {
             server: validate_server(server, &mut errors),
-            admin: AdminSettings {
-                listen: socket_addr(admin.listen, "admin.listen", "127.0.0.1:9090", &mut errors),
-            },
+            admin: validate_admin(admin, &mut errors),
             cloudbase: validate_cloudbase(cloudbase, &emulator, &mut errors),
             upstream: validate_upstream(upstream, &mut errors),
             cache: validate_cache(cache, &mut errors),
@@ -608,7 +658,7 @@ fn validate_server(raw: raw::RawServer, errors: &mut Errors) -> ServerSettings {
             .parse::<IpNet>()
             .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from));
         match parsed {
-            Ok(net) => trusted_proxies.push(net),
+            Ok(net) => trusted_proxies.push(canonical_net(net)),
             Err(_) => errors.push(
                 format!("server.trusted_proxies[{i}]"),
                 format!("{s:?} is not a CIDR like \"10.0.0.0/8\" or an IP address"),
@@ -635,6 +685,17 @@ fn validate_server(raw: raw::RawServer, errors: &mut Errors) -> ServerSettings {
             "10s",
             errors,
         ),
+        idle_timeout: duration(raw.idle_timeout, "server.idle_timeout", "60s", errors),
+        max_concurrent_streams: match raw.max_concurrent_streams.unwrap_or(100) {
+            n @ 1..=0x7fff_ffff => n as u32,
+            _ => {
+                errors.push(
+                    "server.max_concurrent_streams",
+                    "must be between 1 and 2147483647",
+                );
+                100
+            }
+        },
         max_body_size,
         max_connections,
         shutdown_grace_period: duration(
@@ -645,6 +706,43 @@ fn validate_server(raw: raw::RawServer, errors: &mut Errors) -> ServerSettings {
         ),
         trusted_proxies,
         escaped_slashes,
+    }
+}
+
+/// An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) as the IPv4 network it maps
+/// (`10.0.0.0/8`): peers are matched in their canonical form, so the mapped spelling of a
+/// trusted range must still match.
+fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map(IpNet::V4)
+                .unwrap_or(net),
+            None => net,
+        },
+        _ => net,
+    }
+}
+
+fn validate_admin(raw: raw::RawAdmin, errors: &mut Errors) -> AdminSettings {
+    let token = raw.token.map(Secret::new);
+    if let Some(token) = &token {
+        let t = token.expose();
+        if t.is_empty() {
+            errors.push(
+                "admin.token",
+                "must not be empty (remove the key to turn the token off)",
+            );
+        } else if !t.bytes().all(|b| b.is_ascii_graphic()) {
+            errors.push(
+                "admin.token",
+                "must be visible ASCII without spaces (it is sent as a bearer token)",
+            );
+        }
+    }
+    AdminSettings {
+        listen: socket_addr(raw.listen, "admin.listen", "127.0.0.1:9090", errors),
+        token,
     }
 }
 
@@ -733,6 +831,17 @@ fn validate_cloudbase(
             .unwrap_or_else(|| "cloudbase-gateway".to_owned()),
         introspect_auth,
         timeout: duration(raw.timeout, "cloudbase.timeout", "2s", errors),
+        max_in_flight: match raw.max_in_flight {
+            None => DEFAULT_MAX_IN_FLIGHT,
+            Some(n @ 2..) => usize::try_from(n).unwrap_or(usize::MAX),
+            Some(_) => {
+                errors.push(
+                    "cloudbase.max_in_flight",
+                    "must be at least 2 (one validation makes two calls at once)",
+                );
+                DEFAULT_MAX_IN_FLIGHT
+            }
+        },
         ca_file,
     }
 }
@@ -811,8 +920,19 @@ fn validate_identity(raw: raw::RawIdentity, errors: &mut Errors) -> IdentitySett
     for norm in order {
         let (name, field) = &merged[&norm];
         let key = format!("identity.headers.{}", quote_key(name));
-        let Ok(header) = HeaderName::from_bytes(norm.as_bytes()) else {
-            errors.push(key, format!("{name:?} is not a valid header name"));
+        let plain =
+            !norm.is_empty() && norm.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        let header = plain
+            .then(|| HeaderName::from_bytes(norm.as_bytes()).ok())
+            .flatten();
+        let Some(header) = header else {
+            errors.push(
+                key,
+                format!(
+                    "{name:?} is not a header name of letters, digits, - and _ (servers read \
+                     other characters in different ways)"
+                ),
+            );
             continue;
         };
         if !strip.contains(&header) {
@@ -836,7 +956,23 @@ fn validate_identity(raw: raw::RawIdentity, errors: &mut Errors) -> IdentitySett
             ),
         }
     }
-    IdentitySettings { headers, strip }
+    let max_header_bytes = match raw.max_header_bytes.as_deref().map(parse_size) {
+        None => DEFAULT_MAX_HEADER_BYTES,
+        Some(Ok(n)) if n >= 64 => usize::try_from(n).unwrap_or(usize::MAX),
+        Some(Ok(_)) => {
+            errors.push("identity.max_header_bytes", "must be at least 64 bytes");
+            DEFAULT_MAX_HEADER_BYTES
+        }
+        Some(Err(e)) => {
+            errors.push("identity.max_header_bytes", e);
+            DEFAULT_MAX_HEADER_BYTES
+        }
+    };
+    IdentitySettings {
+        headers,
+        strip,
+        max_header_bytes,
+    }
 }
 
 fn validate_routes(raws: Vec<Option<raw::RawRoute>>, errors: &mut Errors) -> Vec<RouteSettings> {

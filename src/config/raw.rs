@@ -13,6 +13,8 @@ pub struct RawServer {
     pub tls_key: Option<String>,
     pub request_timeout: Option<String>,
     pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_concurrent_streams: Option<u64>,
     pub max_body_size: Option<String>,
     pub max_connections: Option<u64>,
     pub shutdown_grace_period: Option<String>,
@@ -20,10 +22,11 @@ pub struct RawServer {
     pub escaped_slashes: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: Option<String>,
+    pub token: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -37,6 +40,7 @@ pub struct RawCloudbase {
     pub device_id: Option<String>,
     pub introspect_auth: Option<String>,
     pub timeout: Option<String>,
+    pub max_in_flight: Option<u64>,
     pub ca_file: Option<String>,
 }
 
@@ -60,6 +64,7 @@ pub struct RawCache {
 #[serde(deny_unknown_fields)]
 pub struct RawIdentity {
     pub headers: Option<BTreeMap<String, String>>,
+    pub max_header_bytes: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -245,6 +245,43 @@ fn route_prefixes_must_be_normal_and_hold_no_character_with_two_spellings() {
 }
 
 #[test]
+fn security_limits_have_their_defaults() {
+    let c = load("[emulator]\nenabled = true\n").unwrap();
+    assert_eq!(c.server.idle_timeout, Duration::from_secs(60));
+    assert_eq!(c.server.max_concurrent_streams, 100);
+    assert_eq!(c.cloudbase.max_in_flight, DEFAULT_MAX_IN_FLIGHT);
+    assert_eq!(c.identity.max_header_bytes, 8 << 10);
+    assert!(c.admin.token.is_none());
+    assert!(c.warnings().is_empty(), "loopback admin needs no token");
+}
+
+#[test]
+fn security_limit_mistakes_are_reported_with_their_keys() {
+    let errs = errors(
+        "[server]\nmax_concurrent_streams = 0\nidle_timeout = \"soon\"\n\
+         [admin]\ntoken = \"two words\"\n\
+         [cloudbase]\nenv_id = \"e\"\nmax_in_flight = 1\n\
+         [identity]\nmax_header_bytes = \"10\"\n\
+         [identity.headers]\n\"X.Tenant\" = \"client_id\"\n",
+    );
+    for key in [
+        "server.max_concurrent_streams:",
+        "server.idle_timeout:",
+        "admin.token:",
+        "cloudbase.max_in_flight:",
+        "identity.max_header_bytes:",
+        "identity.headers.\"X.Tenant\":",
+    ] {
+        assert!(errs.iter().any(|e| e.starts_with(key)), "{key} in {errs:?}");
+    }
+    let errs = errors("[admin]\ntoken = \"\"\n[cloudbase]\nenv_id = \"e\"\n");
+    assert!(
+        errs.iter().any(|e| e.starts_with("admin.token:")),
+        "{errs:?}"
+    );
+}
+
+#[test]
 fn the_upstream_pool_has_defaults_below_common_keep_alives_and_keyed_errors() {
     let c = load("[emulator]\nenabled = true\n").unwrap();
     assert_eq!(c.upstream.pool_idle_timeout, Duration::from_secs(1));
@@ -307,4 +344,42 @@ fn emulator_test_hooks_are_off_and_attempts_limited_by_default() {
         let got = errors(&format!("[emulator]\n{text}\n"));
         assert!(got.iter().any(|e| e.starts_with(key)), "{key} in {got:?}");
     }
+}
+
+#[test]
+fn ipv4_mapped_trusted_proxies_are_matched_as_ipv4() {
+    let c = load(
+        "[server]\ntrusted_proxies = [\"::ffff:10.0.0.0/104\", \"::ffff:127.0.0.2\", \"2001:db8::/32\"]\n\
+         [cloudbase]\nenv_id = \"e\"\n",
+    )
+    .unwrap();
+    let nets: Vec<String> = c
+        .server
+        .trusted_proxies
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(nets, ["10.0.0.0/8", "127.0.0.2/32", "2001:db8::/32"]);
+}
+
+#[test]
+fn a_non_loopback_admin_listener_without_a_token_is_warned_about() {
+    let open = load("[admin]\nlisten = \"0.0.0.0:9090\"\n[cloudbase]\nenv_id = \"e\"\n").unwrap();
+    let warnings = open.warnings();
+    assert_eq!(warnings.len(), 1);
+    assert_eq!(warnings[0].key, "admin.listen");
+    let guarded = load(
+        "[admin]\nlisten = \"[::]:9090\"\ntoken = \"${SECRET}\"\n[cloudbase]\nenv_id = \"e\"\n",
+    )
+    .unwrap();
+    assert!(guarded.warnings().is_empty());
+    assert_eq!(guarded.admin.token.as_ref().unwrap().expose(), "s3cr3t");
+    assert!(!format!("{guarded:?}").contains("s3cr3t"));
+    let mapped =
+        load("[admin]\nlisten = \"[::ffff:127.0.0.1]:9090\"\n[cloudbase]\nenv_id = \"e\"\n")
+            .unwrap();
+    assert!(
+        mapped.warnings().is_empty(),
+        "a mapped loopback is loopback"
+    );
 }

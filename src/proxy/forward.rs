@@ -32,7 +32,7 @@ use super::headers::{is_websocket_upgrade, remove_hop_by_hop, set_forwarded, X_R
 use super::retry::{may_retry, never_sent, Replay};
 use super::whoami;
 use crate::config::{Upstream, UpstreamSettings};
-use crate::response::{Body, BoxError, Reject};
+use crate::response::{client_body_fault, Body, BoxError, Reject};
 use crate::routing::MatchedRoute;
 
 /// Facts about the client connection, put in every request's extensions by the server.
@@ -149,7 +149,8 @@ impl Forward {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        remove_hop_by_hop(req.headers_mut(), websocket);
+        // The request's hop-by-hop headers went at the edge (`inbound::HopByHop`), before
+        // the gateway set its own; removing them here would let `Connection` name those.
         if let Some(conn) = req.extensions().get::<ConnInfo>().copied() {
             set_forwarded(
                 req.headers_mut(),
@@ -254,22 +255,11 @@ fn with_query(path: &str, query: Option<&str>) -> String {
     }
 }
 
-/// Whether `e` (or an error it wraps) is the body limit tripping.
-pub fn is_body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
-}
-
-/// Maps an upstream client error to the gateway's answer.
+/// Maps an upstream client error to the gateway's answer. A failure to read the client's
+/// own body is the client's (413 or 400), never the upstream's.
 fn upstream_error(e: &hyper_util::client::legacy::Error) -> Reject {
-    if is_body_too_large(e) {
-        return Reject::PayloadTooLarge;
+    if let Some(reject) = client_body_fault(e) {
+        return reject;
     }
     tracing::warn!(error = %e, connect = e.is_connect(), "upstream request failed");
     Reject::UpstreamUnavailable

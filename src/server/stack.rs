@@ -15,12 +15,12 @@ use super::timeout::RequestTimeoutLayer;
 use super::StartError;
 use crate::admin::metrics::Metrics;
 use crate::auth::AuthLayer;
-use crate::cache::IdentityCache;
+use crate::cache::{IdentityCache, Limits};
 use crate::cloudbase::Client;
 use crate::config::Config;
 use crate::proxy::forward::{upstream_client, Forward};
 use crate::proxy::headers::X_REQUEST_ID;
-use crate::proxy::StripIdentityLayer;
+use crate::proxy::{ClientHeadersLayer, HopByHopLayer};
 use crate::response::Body;
 use crate::routing::{RouteLayer, Routes};
 
@@ -57,7 +57,11 @@ pub fn build_with_api(
         .iter()
         .map(|(n, _)| n.clone())
         .collect();
-    let cache = IdentityCache::new(&config.cache, &fields, api, metrics.clone());
+    let limits = Limits {
+        max_in_flight: config.cloudbase.max_in_flight,
+        max_header_bytes: config.identity.max_header_bytes,
+    };
+    let cache = IdentityCache::with_limits(&config.cache, &fields, limits, api, metrics.clone());
     let upstream = upstream_client(&config.upstream, config.cloudbase.ca_file.as_deref()).map_err(
         |source| StartError::Setup {
             what: "upstream client",
@@ -68,7 +72,11 @@ pub fn build_with_api(
         Arc::new([AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE, SET_COOKIE]);
 
     let service = ServiceBuilder::new()
-        // Request id first, so every later layer, log line and rejection carries it.
+        // Hop-by-hop headers go before anything else: a name the client lists in
+        // `Connection` may remove only what the client sent, never a header a later layer
+        // sets (the request id, the identity, `X-Forwarded-*`).
+        .layer(HopByHopLayer)
+        // Request id next, so every later layer, log line and rejection carries it.
         .layer(SetRequestIdLayer::new(
             X_REQUEST_ID.clone(),
             MakeRequestUuid,
@@ -81,8 +89,9 @@ pub fn build_with_api(
         .layer(SetSensitiveResponseHeadersLayer::from_shared(sensitive))
         // Access log and metrics outside the timeout, so 504s are logged and counted.
         .layer(crate::telemetry::AccessLogLayer::new(metrics.clone()))
-        // Forged identity headers go before any route, auth mode or upstream sees them.
-        .layer(StripIdentityLayer::new(&config.identity.strip))
+        // Forged identity headers go, and an ambiguous Host is refused, before any route,
+        // auth mode or upstream sees them; inside the access log, so a 400 is logged.
+        .layer(ClientHeadersLayer::new(&config.identity.strip))
         // Routing before auth: the route decides whether and how to authenticate, on the
         // normalized path it also hands to every later layer. Outside the timeout, so a 504
         // is still tagged with its route for metrics and the log.

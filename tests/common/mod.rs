@@ -383,3 +383,21 @@ pub async fn rejection(
     assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
     (status, body["code"].as_str().unwrap().to_owned(), headers)
 }
+
+/// Whether `buf` holds a whole HTTP/1.1 response with a `Content-Length` body (none
+/// counts as 0): for raw-socket tests that keep the connection open after one answer.
+pub fn http1_response_complete(buf: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(buf);
+    let Some(head_end) = text.find("\r\n\r\n") else {
+        return false;
+    };
+    let len = text[..head_end]
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>().expect("a Content-Length"))
+        })
+        .unwrap_or(0);
+    buf.len() >= head_end + 4 + len
+}
