@@ -11,6 +11,9 @@
 //! stored; `stale_if_error` may then serve a recently expired positive entry.
 
 mod identity;
+/// The shared second tier on Redis (`[cache.redis]`); not yet consulted by
+/// [`IdentityCache`].
+pub mod shared;
 /// Public for `benches/cache_hot_path.rs`, which compares it with moka and dashmap.
 pub mod store;
 

@@ -113,6 +113,7 @@ fn cache(api: Arc<FakeApi>, ttl: u64, stale: u64) -> IdentityCache {
         ttl: Duration::from_secs(ttl),
         negative_ttl: Duration::from_secs(5),
         stale_if_error: Duration::from_secs(stale),
+        redis: None,
     };
     let metrics = Arc::new(Metrics::new(Vec::<String>::new()));
     IdentityCache::new(
