@@ -570,4 +570,24 @@ mod tests {
             "cloudbase_gateway_request_duration_seconds_bucket{route=\"/api/\",le=\"0.005\"} 2"
         ));
     }
+
+    #[test]
+    fn redis_series_are_rendered_for_every_label_and_count_what_they_are_told() {
+        let m = Metrics::new(Vec::<String>::new());
+        m.redis_lookup(RedisLookup::Invalid);
+        m.redis_lookup(RedisLookup::Invalid);
+        m.redis_write(RedisWrite::Superseded);
+        m.redis_purge(RedisPurge::Error);
+        m.redis_invalidation(RedisInvalidation::Sub);
+        m.set_redis_breaker_open(true);
+        let text = m.render(0);
+        assert!(text.contains("cloudbase_gateway_redis_lookups_total{result=\"invalid\"} 2"));
+        assert!(text.contains("cloudbase_gateway_redis_lookups_total{result=\"skipped\"} 0"));
+        assert!(text.contains("cloudbase_gateway_redis_writes_total{result=\"superseded\"} 1"));
+        assert!(text.contains("cloudbase_gateway_redis_purges_total{result=\"error\"} 1"));
+        assert!(text.contains("cloudbase_gateway_redis_invalidations_total{kind=\"sub\"} 1"));
+        assert!(text.contains("cloudbase_gateway_redis_breaker_open 1"));
+        assert!(text.contains("cloudbase_gateway_redis_subscribed 0"));
+        assert!(text.contains("# TYPE cloudbase_gateway_redis_lookups_total counter"));
+    }
 }

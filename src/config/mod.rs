@@ -745,11 +745,11 @@ fn validate_redis(raw: raw::RawRedis, errors: &mut Errors) -> RedisSettings {
     } else if !(url.expose().starts_with("redis://") || url.expose().starts_with("rediss://")) {
         errors.push(
             "cache.redis.url",
-            format!("{url} is not a redis:// or rediss:// URL"),
+            format!("{url:?} is not a redis:// or rediss:// URL"),
         );
     } else if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url.expose()) {
         // The client's own parser: what it refuses here it would refuse at start.
-        errors.push("cache.redis.url", format!("{url}: {e}"));
+        errors.push("cache.redis.url", format!("{url:?}: {e}"));
     }
     let key_prefix = raw
         .key_prefix

@@ -42,8 +42,8 @@ pub struct SharedEntry {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SharedVerdict {
-    /// Active token and its user's profile.
-    Positive(Claims),
+    /// Active token and its user's profile (boxed: a negative entry stays small).
+    Positive(Box<Claims>),
     /// CloudBase called the token invalid (introspection `{}` or a 401 from `/user/me`).
     Negative,
 }
@@ -175,7 +175,7 @@ struct Body {
     generation: u64,
     expires_at_ms: i64,
     /// `None`: a negative entry.
-    claims: Option<Claims>,
+    claims: Option<Box<Claims>>,
 }
 
 /// [`Body`] for writing, without cloning the claims.
@@ -234,7 +234,7 @@ impl Codec {
             generation,
             expires_at_ms: entry.expires_at_ms,
             claims: match &entry.verdict {
-                SharedVerdict::Positive(claims) => Some(claims),
+                SharedVerdict::Positive(claims) => Some(&**claims),
                 SharedVerdict::Negative => None,
             },
         };
@@ -329,7 +329,7 @@ mod tests {
     #[test]
     fn positive_and_negative_records_round_trip() {
         let codec = Codec::new(KEY);
-        for verdict in [SharedVerdict::Positive(claims()), SharedVerdict::Negative] {
+        for verdict in [SharedVerdict::Positive(Box::new(claims())), SharedVerdict::Negative] {
             let r = record(verdict);
             let bytes = codec.encode(REDIS_KEY, r.generation, &r.entry);
             assert_eq!(bytes[0], VERSION);
@@ -372,7 +372,7 @@ mod tests {
         let direct = Identity::new(&introspection, &profile, Some(1_800_000_000), &fields, now);
         let claims = Claims::from_answers(&introspection, &profile, Some(1_800_000_000));
         let codec = Codec::new(KEY);
-        let r = record(SharedVerdict::Positive(claims));
+        let r = record(SharedVerdict::Positive(Box::new(claims)));
         let stored = codec.encode(REDIS_KEY, r.generation, &r.entry);
         let Ok(Record {
             entry:
@@ -413,7 +413,7 @@ mod tests {
     #[test]
     fn each_kind_of_bad_value_is_refused_with_its_reason() {
         let codec = Codec::new(KEY);
-        let r = record(SharedVerdict::Positive(claims()));
+        let r = record(SharedVerdict::Positive(Box::new(claims())));
         let good = codec.encode(REDIS_KEY, r.generation, &r.entry);
         assert_eq!(codec.decode(REDIS_KEY, b""), Err(Invalid::Truncated));
         assert_eq!(codec.decode(REDIS_KEY, &good[..20]), Err(Invalid::Truncated));
@@ -482,7 +482,7 @@ mod tests {
                 generation,
                 entry: SharedEntry {
                     expires_at_ms,
-                    verdict: if positive { SharedVerdict::Positive(claims) } else { SharedVerdict::Negative },
+                    verdict: if positive { SharedVerdict::Positive(Box::new(claims)) } else { SharedVerdict::Negative },
                 },
             };
             let mut bytes = codec.encode(REDIS_KEY, r.generation, &r.entry);

@@ -458,3 +458,38 @@ impl Inner {
         self.metrics.set_redis_subscribed(subscribed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Secret, SecretUrl};
+
+    fn settings(hmac_key: &str) -> RedisSettings {
+        RedisSettings {
+            // Nothing listens here: building the tier must not need Redis.
+            url: SecretUrl::new("redis://127.0.0.1:1/0"),
+            key_prefix: "t:".into(),
+            timeout: Duration::from_millis(50),
+            hmac_key: Secret::new(hmac_key),
+            breaker_failures: 1,
+            breaker_cooldown: Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_tier_builds_with_redis_down_and_refuses_checks_placeholder_key() {
+        let metrics = Arc::new(Metrics::new(Vec::<String>::new()));
+        let tier = SharedTier::new(&settings(&"k".repeat(32)), metrics.clone())
+            .expect("no connection needed to start");
+        assert!(!tier.degraded());
+        assert!(matches!(
+            tier.get(&[0; 32]).await,
+            Lookup::Skipped(Skip::Failed | Skip::Timeout)
+        ));
+        assert!(tier.degraded(), "one failure opens a breaker of 1");
+        assert!(matches!(
+            SharedTier::new(&settings(REDACTED_HMAC_KEY), metrics),
+            Err(SetupError::PlaceholderKey)
+        ));
+    }
+}
