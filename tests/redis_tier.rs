@@ -174,7 +174,10 @@ where
 #[tokio::test]
 async fn an_entry_stored_by_one_replica_is_a_hit_on_another_rendered_with_its_own_headers() {
     let redis = RedisServer::start();
-    let (a, b) = (Replica::new(&settings(&redis)), Replica::new(&settings(&redis)));
+    let (a, b) = (
+        Replica::new(&settings(&redis)),
+        Replica::new(&settings(&redis)),
+    );
     let key = token_key("token-1");
     let entry = positive("user-1", Duration::from_secs(60));
     a.store(&key, &entry).await;
@@ -203,7 +206,10 @@ async fn an_entry_stored_by_one_replica_is_a_hit_on_another_rendered_with_its_ow
 #[tokio::test]
 async fn a_negative_entry_is_shared_and_counted_as_a_negative_hit() {
     let redis = RedisServer::start();
-    let (a, b) = (Replica::new(&settings(&redis)), Replica::new(&settings(&redis)));
+    let (a, b) = (
+        Replica::new(&settings(&redis)),
+        Replica::new(&settings(&redis)),
+    );
     let key = token_key("revoked-token");
     a.store(&key, &negative(Duration::from_secs(5))).await;
     let Lookup::Hit(read) = b.tier.get(&key).await else {
@@ -255,7 +261,10 @@ async fn the_redis_ttl_is_the_entrys_remaining_life_and_a_sub_index_outlives_its
 #[tokio::test]
 async fn an_answer_fetched_before_a_purge_on_another_replica_is_not_stored_after_it() {
     let redis = RedisServer::start();
-    let (a, b) = (Replica::new(&settings(&redis)), Replica::new(&settings(&redis)));
+    let (a, b) = (
+        Replica::new(&settings(&redis)),
+        Replica::new(&settings(&redis)),
+    );
     let key = token_key("racing-token");
     for purge in ["token", "sub", "all"] {
         // A misses and asks CloudBase; meanwhile B purges; then A's answer arrives.
@@ -267,7 +276,11 @@ async fn an_answer_fetched_before_a_purge_on_another_replica_is_not_stored_after
         }
         let put = a
             .tier
-            .put(&key, &positive("racing-user", Duration::from_secs(60)), ticket)
+            .put(
+                &key,
+                &positive("racing-user", Duration::from_secs(60)),
+                ticket,
+            )
             .await;
         assert_eq!(put, Put::Superseded, "after a purge by {purge}");
         a.miss(&key).await;
@@ -278,7 +291,10 @@ async fn an_answer_fetched_before_a_purge_on_another_replica_is_not_stored_after
 #[tokio::test]
 async fn a_purge_by_token_deletes_the_entry_and_reaches_another_replica_within_a_second() {
     let redis = RedisServer::start();
-    let (a, b) = (Replica::new(&settings(&redis)), Replica::new(&settings(&redis)));
+    let (a, b) = (
+        Replica::new(&settings(&redis)),
+        Replica::new(&settings(&redis)),
+    );
     let (_subscription, mut rx) = b.subscribe().await;
     let key = token_key("purged-token");
     let kept = token_key("kept-token");
@@ -288,7 +304,10 @@ async fn a_purge_by_token_deletes_the_entry_and_reaches_another_replica_within_a
         .await;
 
     assert_eq!(a.tier.purge_token(&key).await, Ok(1));
-    assert_eq!(next(&mut rx, PURGE_DELIVERY).await, Invalidation::Token(key));
+    assert_eq!(
+        next(&mut rx, PURGE_DELIVERY).await,
+        Invalidation::Token(key)
+    );
     b.miss(&key).await;
     assert!(matches!(b.tier.get(&kept).await, Lookup::Hit(_)));
     assert_eq!(a.count("redis_purges_total{result=\"ok\"}"), 1.0);
@@ -299,7 +318,10 @@ async fn a_purge_by_token_deletes_the_entry_and_reaches_another_replica_within_a
 async fn a_purge_by_sub_deletes_every_token_of_the_user_and_reaches_another_replica_within_a_second(
 ) {
     let redis = RedisServer::start();
-    let (a, b) = (Replica::new(&settings(&redis)), Replica::new(&settings(&redis)));
+    let (a, b) = (
+        Replica::new(&settings(&redis)),
+        Replica::new(&settings(&redis)),
+    );
     let (_subscription, mut rx) = b.subscribe().await;
     let phone = token_key("phone-token");
     let laptop = token_key("laptop-token");
@@ -328,7 +350,10 @@ async fn a_purge_by_sub_deletes_every_token_of_the_user_and_reaches_another_repl
 async fn a_purge_of_everything_makes_every_entry_a_miss_and_reaches_another_replica_within_a_second(
 ) {
     let redis = RedisServer::start();
-    let (a, b) = (Replica::new(&settings(&redis)), Replica::new(&settings(&redis)));
+    let (a, b) = (
+        Replica::new(&settings(&redis)),
+        Replica::new(&settings(&redis)),
+    );
     let (_subscription, mut rx) = b.subscribe().await;
     let keys: Vec<TokenKey> = (0..3).map(|i| token_key(&format!("t{i}"))).collect();
     for k in &keys {
@@ -478,7 +503,10 @@ async fn a_killed_redis_is_skipped_and_once_restarted_is_used_again_and_resubscr
     redis.kill();
     for _ in 0..2 {
         let started = Instant::now();
-        assert!(matches!(bounded(b.tier.get(&key)).await, Lookup::Skipped(_)));
+        assert!(matches!(
+            bounded(b.tier.get(&key)).await,
+            Lookup::Skipped(_)
+        ));
         assert!(started.elapsed() < Duration::from_secs(2));
     }
     assert!(matches!(
@@ -488,9 +516,11 @@ async fn a_killed_redis_is_skipped_and_once_restarted_is_used_again_and_resubscr
     assert!(b.tier.purge_token(&key).await.is_err(), "nowhere to purge");
     assert_eq!(a.count("redis_purges_total{result=\"error\"}"), 0.0);
     assert_eq!(b.count("redis_purges_total{result=\"error\"}"), 1.0);
-    eventually(Duration::from_secs(5), "subscription loss noticed", || async {
-        b.count("redis_subscribed") == 0.0
-    })
+    eventually(
+        Duration::from_secs(5),
+        "subscription loss noticed",
+        || async { b.count("redis_subscribed") == 0.0 },
+    )
     .await;
     assert!(b.tier.degraded());
 
@@ -512,7 +542,10 @@ async fn a_killed_redis_is_skipped_and_once_restarted_is_used_again_and_resubscr
     assert_eq!(b.count("redis_breaker_open"), 0.0);
     // And purges flow again.
     assert_eq!(a.tier.purge_token(&key).await, Ok(1));
-    assert_eq!(next(&mut rx, PURGE_DELIVERY).await, Invalidation::Token(key));
+    assert_eq!(
+        next(&mut rx, PURGE_DELIVERY).await,
+        Invalidation::Token(key)
+    );
 }
 
 /// What README "Running several replicas" states for sizing: Redis memory per cached

@@ -138,7 +138,13 @@ trait LabelSet: Copy + 'static {
 }
 
 /// One counter family with one label over a closed set.
-fn counters<L: LabelSet>(o: &mut String, name: &str, help: &str, label: &str, values: &[AtomicU64]) {
+fn counters<L: LabelSet>(
+    o: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[AtomicU64],
+) {
     family(o, name, "counter", help);
     for &l in L::ALL {
         let labels = format!("{label}=\"{}\"", l.as_str());
@@ -506,14 +512,24 @@ impl Metrics {
             "gauge",
             "1 while the shared tier is skipped after repeated Redis failures.",
         );
-        sample(o, "redis_breaker_open", "", self.redis_breaker_open.load(Relaxed));
+        sample(
+            o,
+            "redis_breaker_open",
+            "",
+            self.redis_breaker_open.load(Relaxed),
+        );
         family(
             o,
             "redis_subscribed",
             "gauge",
             "1 while this replica receives the other replicas' purges.",
         );
-        sample(o, "redis_subscribed", "", self.redis_subscribed.load(Relaxed));
+        sample(
+            o,
+            "redis_subscribed",
+            "",
+            self.redis_subscribed.load(Relaxed),
+        );
     }
 }
 

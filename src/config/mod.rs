@@ -754,8 +754,7 @@ fn validate_redis(raw: raw::RawRedis, errors: &mut Errors) -> RedisSettings {
     let key_prefix = raw
         .key_prefix
         .unwrap_or_else(|| "cloudbase-gateway:".to_owned());
-    if key_prefix.is_empty() || key_prefix.len() > 128 || key_prefix.chars().any(char::is_control)
-    {
+    if key_prefix.is_empty() || key_prefix.len() > 128 || key_prefix.chars().any(char::is_control) {
         errors.push(
             "cache.redis.key_prefix",
             "must be 1 to 128 bytes without control characters",

@@ -270,15 +270,27 @@ fn redis_mistakes_are_reported_with_their_keys() {
             "url = \"http://127.0.0.1:6379\"\n",
             "cache.redis.url: \"http://127.0.0.1:6379\" is not a redis://",
         ),
-        ("url = \"redis://127.0.0.1:6379/zero\"\n", "cache.redis.url:"),
+        (
+            "url = \"redis://127.0.0.1:6379/zero\"\n",
+            "cache.redis.url:",
+        ),
         ("url = \"redis://r\"\n", "cache.redis.hmac_key: missing"),
         (
             "url = \"redis://r\"\nhmac_key = \"31-bytes-is-one-byte-too-short!\"\n",
             "cache.redis.hmac_key: must be at least 32 bytes",
         ),
-        ("url = \"redis://r\"\ntimeout = \"0s\"\n", "cache.redis.timeout:"),
-        ("url = \"redis://r\"\ntimeout = \"soon\"\n", "cache.redis.timeout:"),
-        ("url = \"redis://r\"\nkey_prefix = \"\"\n", "cache.redis.key_prefix:"),
+        (
+            "url = \"redis://r\"\ntimeout = \"0s\"\n",
+            "cache.redis.timeout:",
+        ),
+        (
+            "url = \"redis://r\"\ntimeout = \"soon\"\n",
+            "cache.redis.timeout:",
+        ),
+        (
+            "url = \"redis://r\"\nkey_prefix = \"\"\n",
+            "cache.redis.key_prefix:",
+        ),
         (
             "url = \"redis://r\"\nbreaker_failures = 0\n",
             "cache.redis.breaker_failures:",
@@ -287,7 +299,10 @@ fn redis_mistakes_are_reported_with_their_keys() {
             "url = \"redis://r\"\nbreaker_cooldown = \"0s\"\n",
             "cache.redis.breaker_cooldown:",
         ),
-        ("url = \"redis://r\"\ncluster = true\n", "cache.redis.cluster"),
+        (
+            "url = \"redis://r\"\ncluster = true\n",
+            "cache.redis.cluster",
+        ),
     ];
     for (table, says) in cases {
         let got = errors(&format!(
@@ -326,4 +341,29 @@ fn the_redis_password_and_hmac_key_never_print_and_check_output_still_loads() {
     assert_eq!(r.timeout, Duration::from_millis(20));
     assert_eq!(r.hmac_key.expose(), REDACTED_HMAC_KEY);
     assert_eq!(again.effective_toml(), out, "rendering is stable");
+}
+
+#[test]
+fn the_shipped_configs_commented_redis_table_is_valid_once_uncommented() {
+    let shipped = include_str!("../../config.toml");
+    let mut in_table = false;
+    let text: String = shipped
+        .lines()
+        .map(|line| {
+            in_table = line.starts_with("# [cache.redis]")
+                || (in_table && line.starts_with("# ") && line.contains(" = "));
+            let line = if in_table { &line[2..] } else { line };
+            format!("{line}\n")
+        })
+        .collect();
+    let env = |name: &str| match name {
+        "REDIS_PASSWORD" => Some("pw".to_owned()),
+        "CACHE_HMAC_KEY" => Some("k".repeat(64)),
+        _ => None,
+    };
+    let c = Config::from_toml_str_with_env(&text, env).unwrap();
+    let r = c.cache.redis.expect("the uncommented table turns Redis on");
+    assert_eq!(r.url.expose(), "redis://gateway:pw@127.0.0.1:6379/0");
+    assert_eq!(r.timeout, Duration::from_millis(50));
+    assert_eq!(r.breaker_failures, 5);
 }

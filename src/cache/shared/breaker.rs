@@ -14,8 +14,12 @@ use tokio::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    Closed { failures: u32 },
-    Open { until: Instant },
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
     /// Open, and the one probe is out.
     Probing,
 }
@@ -214,6 +218,9 @@ mod tests {
         tokio::time::advance(COOL_DOWN / 2).await;
         assert_eq!(early.failed(), None);
         tokio::time::advance(COOL_DOWN / 2).await;
-        assert!(b.admit().is_some(), "cool-down counted from the opening failure");
+        assert!(
+            b.admit().is_some(),
+            "cool-down counted from the opening failure"
+        );
     }
 }

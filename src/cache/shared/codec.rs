@@ -329,7 +329,10 @@ mod tests {
     #[test]
     fn positive_and_negative_records_round_trip() {
         let codec = Codec::new(KEY);
-        for verdict in [SharedVerdict::Positive(Box::new(claims())), SharedVerdict::Negative] {
+        for verdict in [
+            SharedVerdict::Positive(Box::new(claims())),
+            SharedVerdict::Negative,
+        ] {
             let r = record(verdict);
             let bytes = codec.encode(REDIS_KEY, r.generation, &r.entry);
             assert_eq!(bytes[0], VERSION);
@@ -405,7 +408,10 @@ mod tests {
         let ha = headers(&a, &["x-id", "x-groups"]);
         let hb = headers(&b, &["x-mail", "x-name"]);
         assert_eq!(ha["x-id"], "user-42");
-        assert_eq!(ha["x-groups"], "user,admin", "the expired group is left out");
+        assert_eq!(
+            ha["x-groups"], "user,admin",
+            "the expired group is left out"
+        );
         assert_eq!(hb["x-mail"], "a@example.com");
         assert_eq!(hb["x-name"], "%E6%89%8B%E6%9C%BA%E7%94%A8%E6%88%B7");
     }
@@ -416,7 +422,10 @@ mod tests {
         let r = record(SharedVerdict::Positive(Box::new(claims())));
         let good = codec.encode(REDIS_KEY, r.generation, &r.entry);
         assert_eq!(codec.decode(REDIS_KEY, b""), Err(Invalid::Truncated));
-        assert_eq!(codec.decode(REDIS_KEY, &good[..20]), Err(Invalid::Truncated));
+        assert_eq!(
+            codec.decode(REDIS_KEY, &good[..20]),
+            Err(Invalid::Truncated)
+        );
         let mut v2 = good.clone();
         v2[0] = 2;
         assert_eq!(codec.decode(REDIS_KEY, &v2), Err(Invalid::Version(2)));

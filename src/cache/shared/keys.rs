@@ -72,7 +72,11 @@ impl Keys {
     }
 
     pub fn sub_index(&self, sub: &str) -> String {
-        format!("{}sub:{}", self.prefix, hex(&Sha256::digest(sub.as_bytes())))
+        format!(
+            "{}sub:{}",
+            self.prefix,
+            hex(&Sha256::digest(sub.as_bytes()))
+        )
     }
 
     pub fn generation(&self) -> String {
@@ -126,7 +130,10 @@ mod tests {
         assert!(entry.starts_with("gw:") && entry.len() == 3 + 64, "{entry}");
         assert!(!entry.contains("secret"));
         let index = keys.sub_index("a very long sub ".repeat(100).as_str());
-        assert!(index.starts_with("gw:sub:") && index.len() == 7 + 64, "{index}");
+        assert!(
+            index.starts_with("gw:sub:") && index.len() == 7 + 64,
+            "{index}"
+        );
         assert_ne!(keys.sub_index("a"), keys.sub_index("b"));
     }
 
