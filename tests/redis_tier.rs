@@ -38,6 +38,16 @@ fn settings(redis: &RedisServer) -> RedisSettings {
     }
 }
 
+/// A fresh server and two replicas on it.
+fn two_replicas() -> (RedisServer, Replica, Replica) {
+    let redis = RedisServer::start();
+    let (a, b) = (
+        Replica::new(&settings(&redis)),
+        Replica::new(&settings(&redis)),
+    );
+    (redis, a, b)
+}
+
 /// One replica's view of the tier, with its own metrics.
 struct Replica {
     tier: SharedTier,
@@ -118,6 +128,11 @@ fn positive(sub: &str, life: Duration) -> SharedEntry {
     }
 }
 
+/// A positive entry with a minute to live.
+fn valid(sub: &str) -> SharedEntry {
+    positive(sub, Duration::from_secs(60))
+}
+
 fn negative(life: Duration) -> SharedEntry {
     SharedEntry {
         verdict: SharedVerdict::Negative,
@@ -173,13 +188,9 @@ where
 
 #[tokio::test]
 async fn an_entry_stored_by_one_replica_is_a_hit_on_another_rendered_with_its_own_headers() {
-    let redis = RedisServer::start();
-    let (a, b) = (
-        Replica::new(&settings(&redis)),
-        Replica::new(&settings(&redis)),
-    );
+    let (_redis, a, b) = two_replicas();
     let key = token_key("token-1");
-    let entry = positive("user-1", Duration::from_secs(60));
+    let entry = valid("user-1");
     a.store(&key, &entry).await;
 
     let Lookup::Hit(read) = b.tier.get(&key).await else {
@@ -205,11 +216,7 @@ async fn an_entry_stored_by_one_replica_is_a_hit_on_another_rendered_with_its_ow
 
 #[tokio::test]
 async fn a_negative_entry_is_shared_and_counted_as_a_negative_hit() {
-    let redis = RedisServer::start();
-    let (a, b) = (
-        Replica::new(&settings(&redis)),
-        Replica::new(&settings(&redis)),
-    );
+    let (_redis, a, b) = two_replicas();
     let key = token_key("revoked-token");
     a.store(&key, &negative(Duration::from_secs(5))).await;
     let Lookup::Hit(read) = b.tier.get(&key).await else {
@@ -260,11 +267,7 @@ async fn the_redis_ttl_is_the_entrys_remaining_life_and_a_sub_index_outlives_its
 
 #[tokio::test]
 async fn an_answer_fetched_before_a_purge_on_another_replica_is_not_stored_after_it() {
-    let redis = RedisServer::start();
-    let (a, b) = (
-        Replica::new(&settings(&redis)),
-        Replica::new(&settings(&redis)),
-    );
+    let (_redis, a, b) = two_replicas();
     let key = token_key("racing-token");
     for purge in ["token", "sub", "all"] {
         // A misses and asks CloudBase; meanwhile B purges; then A's answer arrives.
@@ -274,14 +277,7 @@ async fn an_answer_fetched_before_a_purge_on_another_replica_is_not_stored_after
             "sub" => assert_eq!(b.tier.purge_sub("racing-user").await, Ok(0)),
             _ => assert_eq!(b.tier.purge_all().await, Ok(())),
         }
-        let put = a
-            .tier
-            .put(
-                &key,
-                &positive("racing-user", Duration::from_secs(60)),
-                ticket,
-            )
-            .await;
+        let put = a.tier.put(&key, &valid("racing-user"), ticket).await;
         assert_eq!(put, Put::Superseded, "after a purge by {purge}");
         a.miss(&key).await;
     }
@@ -290,18 +286,12 @@ async fn an_answer_fetched_before_a_purge_on_another_replica_is_not_stored_after
 
 #[tokio::test]
 async fn a_purge_by_token_deletes_the_entry_and_reaches_another_replica_within_a_second() {
-    let redis = RedisServer::start();
-    let (a, b) = (
-        Replica::new(&settings(&redis)),
-        Replica::new(&settings(&redis)),
-    );
+    let (_redis, a, b) = two_replicas();
     let (_subscription, mut rx) = b.subscribe().await;
     let key = token_key("purged-token");
     let kept = token_key("kept-token");
-    a.store(&key, &positive("user-1", Duration::from_secs(60)))
-        .await;
-    a.store(&kept, &positive("user-1", Duration::from_secs(60)))
-        .await;
+    a.store(&key, &valid("user-1")).await;
+    a.store(&kept, &valid("user-1")).await;
 
     assert_eq!(a.tier.purge_token(&key).await, Ok(1));
     assert_eq!(
@@ -317,21 +307,14 @@ async fn a_purge_by_token_deletes_the_entry_and_reaches_another_replica_within_a
 #[tokio::test]
 async fn a_purge_by_sub_deletes_every_token_of_the_user_and_reaches_another_replica_within_a_second(
 ) {
-    let redis = RedisServer::start();
-    let (a, b) = (
-        Replica::new(&settings(&redis)),
-        Replica::new(&settings(&redis)),
-    );
+    let (_redis, a, b) = two_replicas();
     let (_subscription, mut rx) = b.subscribe().await;
     let phone = token_key("phone-token");
     let laptop = token_key("laptop-token");
     let other = token_key("other-users-token");
-    a.store(&phone, &positive("用户 42", Duration::from_secs(60)))
-        .await;
-    a.store(&laptop, &positive("用户 42", Duration::from_secs(60)))
-        .await;
-    a.store(&other, &positive("user-43", Duration::from_secs(60)))
-        .await;
+    a.store(&phone, &valid("用户 42")).await;
+    a.store(&laptop, &valid("用户 42")).await;
+    a.store(&other, &valid("user-43")).await;
 
     assert_eq!(a.tier.purge_sub("用户 42").await, Ok(2));
     assert_eq!(
@@ -349,16 +332,11 @@ async fn a_purge_by_sub_deletes_every_token_of_the_user_and_reaches_another_repl
 #[tokio::test]
 async fn a_purge_of_everything_makes_every_entry_a_miss_and_reaches_another_replica_within_a_second(
 ) {
-    let redis = RedisServer::start();
-    let (a, b) = (
-        Replica::new(&settings(&redis)),
-        Replica::new(&settings(&redis)),
-    );
+    let (_redis, a, b) = two_replicas();
     let (_subscription, mut rx) = b.subscribe().await;
     let keys: Vec<TokenKey> = (0..3).map(|i| token_key(&format!("t{i}"))).collect();
     for k in &keys {
-        a.store(k, &positive("user-1", Duration::from_secs(60)))
-            .await;
+        a.store(k, &valid("user-1")).await;
     }
     assert_eq!(a.tier.purge_all().await, Ok(()));
     assert_eq!(next(&mut rx, PURGE_DELIVERY).await, Invalidation::All);
@@ -366,8 +344,7 @@ async fn a_purge_of_everything_makes_every_entry_a_miss_and_reaches_another_repl
         b.miss(k).await;
     }
     // The new generation is usable at once.
-    a.store(&keys[0], &positive("user-1", Duration::from_secs(60)))
-        .await;
+    a.store(&keys[0], &valid("user-1")).await;
     assert!(matches!(b.tier.get(&keys[0]).await, Lookup::Hit(_)));
 }
 
@@ -382,9 +359,7 @@ async fn tampered_is_a_counted_miss(
     tamper: impl FnOnce(TokenKey, Vec<u8>) -> (TokenKey, Vec<u8>),
 ) {
     let key = token_key(token);
-    writer
-        .store(&key, &positive("victim", Duration::from_secs(60)))
-        .await;
+    writer.store(&key, &valid("victim")).await;
     let mut raw = redis.connection().await;
     let value: Vec<u8> = raw.get(entry_key(&key)).await.unwrap();
     let (target, forged) = tamper(key, value);
@@ -394,7 +369,7 @@ async fn tampered_is_a_counted_miss(
     let before = reader.count(invalid);
     let ticket = reader.miss(&target).await;
     assert_eq!(reader.count(invalid), before + 1.0, "counted as invalid");
-    let entry = positive("victim", Duration::from_secs(60));
+    let entry = valid("victim");
     assert_eq!(reader.tier.put(&target, &entry, ticket).await, Put::Stored);
     assert!(matches!(reader.tier.get(&target).await, Lookup::Hit(e) if e == entry));
 }
@@ -449,8 +424,7 @@ async fn a_frozen_redis_costs_each_call_at_most_the_timeout_then_the_breaker_ski
     s.breaker_cooldown = Duration::from_secs(600);
     let a = Replica::new(&s);
     let key = token_key("frozen");
-    a.store(&key, &positive("user-1", Duration::from_secs(60)))
-        .await;
+    a.store(&key, &valid("user-1")).await;
     let ticket = a.miss(&token_key("fetched before the freeze")).await;
 
     redis.freeze();
@@ -487,6 +461,29 @@ async fn a_frozen_redis_costs_each_call_at_most_the_timeout_then_the_breaker_ski
 }
 
 #[tokio::test]
+async fn a_subscription_to_a_frozen_redis_is_found_dead_by_ping_and_renewed_with_all() {
+    let redis = RedisServer::start();
+    let b = Replica::new(&settings(&redis));
+    let (_subscription, mut rx) = b.subscribe().await;
+    // Nothing closes the connection: only the subscriber's PING can tell.
+    redis.freeze();
+    eventually(
+        Duration::from_secs(10),
+        "frozen subscription noticed",
+        || async { b.count("redis_subscribed") == 0.0 },
+    )
+    .await;
+    assert!(b.tier.degraded());
+    redis.thaw();
+    assert_eq!(
+        next(&mut rx, Duration::from_secs(10)).await,
+        Invalidation::All
+    );
+    assert_eq!(b.count("redis_subscribed"), 1.0);
+    assert!(!b.tier.degraded());
+}
+
+#[tokio::test]
 async fn a_killed_redis_is_skipped_and_once_restarted_is_used_again_and_resubscribed() {
     let mut redis = RedisServer::start();
     let mut s = settings(&redis);
@@ -496,8 +493,7 @@ async fn a_killed_redis_is_skipped_and_once_restarted_is_used_again_and_resubscr
     let (a, b) = (Replica::new(&s), Replica::new(&s));
     let (_subscription, mut rx) = b.subscribe().await;
     let key = token_key("survivor");
-    a.store(&key, &positive("user-1", Duration::from_secs(60)))
-        .await;
+    a.store(&key, &valid("user-1")).await;
     assert!(!b.tier.degraded());
 
     redis.kill();
@@ -535,8 +531,7 @@ async fn a_killed_redis_is_skipped_and_once_restarted_is_used_again_and_resubscr
         matches!(b.tier.get(&key).await, Lookup::Miss(_))
     })
     .await;
-    a.store(&key, &positive("user-1", Duration::from_secs(60)))
-        .await;
+    a.store(&key, &valid("user-1")).await;
     assert!(matches!(b.tier.get(&key).await, Lookup::Hit(_)));
     assert!(!b.tier.degraded());
     assert_eq!(b.count("redis_breaker_open"), 0.0);
@@ -566,7 +561,7 @@ async fn a_cached_identity_costs_redis_no_more_memory_than_the_readme_states() {
         let key = token_key(&format!("token-{i}"));
         // A realistic profile: UUID-like sub, name, username, email, phone, two groups.
         let sub = format!("9f3c1a2e-7b4d-4e8a-b1c6-{i:012}");
-        let mut entry = positive(&sub, Duration::from_secs(60));
+        let mut entry = valid(&sub);
         if let SharedVerdict::Positive(c) = &mut entry.verdict {
             c.phone_number = Some("+86 138 0000 0000".into());
             c.username = Some(format!("user{i}"));
