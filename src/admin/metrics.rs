@@ -114,6 +114,95 @@ impl CacheLookup {
     }
 }
 
+/// Declares a closed label set: the enum, `ALL` in declaration order, and `as_str`.
+macro_rules! label_set {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant),+
+        }
+
+        impl LabelSet for $name {
+            const ALL: &'static [$name] = &[$($name::$variant),+];
+            fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+            fn index(self) -> usize {
+                self as usize
+            }
+        }
+    };
+}
+
+/// A closed set of label values, rendered in `ALL` order; `index` picks its counter.
+trait LabelSet: Copy + 'static {
+    const ALL: &'static [Self];
+    fn as_str(self) -> &'static str;
+    fn index(self) -> usize;
+}
+
+/// One counter family with one label over a closed set.
+fn counters<L: LabelSet>(
+    o: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[AtomicU64],
+) {
+    family(o, name, "counter", help);
+    for &l in L::ALL {
+        let labels = format!("{label}=\"{}\"", l.as_str());
+        sample(o, name, &labels, values[l.index()].load(Relaxed));
+    }
+}
+
+label_set! {
+    /// `redis_lookups_total{result}`: what a read of the shared tier gave.
+    RedisLookup {
+        Hit => "hit",
+        NegativeHit => "negative_hit",
+        Miss => "miss",
+        /// A value with an unknown version, a bad HMAC or an unreadable body: treated as a miss.
+        Invalid => "invalid",
+        /// Redis failed or did not answer within `timeout`.
+        Error => "error",
+        /// Not asked: the circuit breaker is open.
+        Skipped => "skipped",
+    }
+}
+
+label_set! {
+    /// `redis_writes_total{result}`: what a write of CloudBase's answer to the shared tier did.
+    RedisWrite {
+        Stored => "stored",
+        /// Dropped: a purge happened after the lookup that preceded the CloudBase call.
+        Superseded => "superseded",
+        Error => "error",
+        Skipped => "skipped",
+    }
+}
+
+label_set! {
+    /// `redis_purges_total{result}`: purges sent to the shared tier (and published).
+    RedisPurge {
+        Ok => "ok",
+        Error => "error",
+    }
+}
+
+label_set! {
+    /// `redis_invalidations_total{kind}`: purge messages received from any replica.
+    RedisInvalidation {
+        Token => "token",
+        Sub => "sub",
+        /// A purge of everything, or a (re)subscription after which everything is dropped.
+        All => "all",
+    }
+}
+
 /// The CloudBase endpoints the gateway calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloudbaseEndpoint {
@@ -201,6 +290,12 @@ pub struct Metrics {
     inflight: AtomicI64,
     /// By position in [`IdentityField::ALL`].
     omitted_headers: [AtomicU64; IdentityField::ALL.len()],
+    redis_lookups: [AtomicU64; 6],
+    redis_writes: [AtomicU64; 4],
+    redis_purges: [AtomicU64; 2],
+    redis_invalidations: [AtomicU64; 3],
+    redis_breaker_open: AtomicI64,
+    redis_subscribed: AtomicI64,
 }
 
 impl Metrics {
@@ -219,6 +314,12 @@ impl Metrics {
             sub_mismatches: AtomicU64::new(0),
             inflight: AtomicI64::new(0),
             omitted_headers: Default::default(),
+            redis_lookups: Default::default(),
+            redis_writes: Default::default(),
+            redis_purges: Default::default(),
+            redis_invalidations: Default::default(),
+            redis_breaker_open: AtomicI64::new(0),
+            redis_subscribed: AtomicI64::new(0),
         }
     }
 
@@ -276,6 +377,30 @@ impl Metrics {
 
     pub fn inflight_add(&self, delta: i64) {
         self.inflight.fetch_add(delta, Relaxed);
+    }
+
+    pub fn redis_lookup(&self, r: RedisLookup) {
+        self.redis_lookups[r as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn redis_write(&self, r: RedisWrite) {
+        self.redis_writes[r as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn redis_purge(&self, r: RedisPurge) {
+        self.redis_purges[r as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn redis_invalidation(&self, k: RedisInvalidation) {
+        self.redis_invalidations[k as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn set_redis_breaker_open(&self, open: bool) {
+        self.redis_breaker_open.store(i64::from(open), Relaxed);
+    }
+
+    pub fn set_redis_subscribed(&self, subscribed: bool) {
+        self.redis_subscribed.store(i64::from(subscribed), Relaxed);
     }
 
     /// Prometheus text exposition format 0.0.4.
@@ -406,7 +531,64 @@ impl Metrics {
             let n = self.omitted_headers[i].load(Relaxed);
             sample(o, "identity_headers_omitted_total", &labels, n);
         }
+        self.render_redis(o);
         out
+    }
+
+    /// The shared tier's series; all zero while `[cache.redis]` is off.
+    fn render_redis(&self, o: &mut String) {
+        counters::<RedisLookup>(
+            o,
+            "redis_lookups_total",
+            "Reads of the shared (Redis) tier after a local miss.",
+            "result",
+            &self.redis_lookups,
+        );
+        counters::<RedisWrite>(
+            o,
+            "redis_writes_total",
+            "Writes of CloudBase's answers to the shared (Redis) tier.",
+            "result",
+            &self.redis_writes,
+        );
+        counters::<RedisPurge>(
+            o,
+            "redis_purges_total",
+            "Purges sent to the shared (Redis) tier and published to the other replicas.",
+            "result",
+            &self.redis_purges,
+        );
+        counters::<RedisInvalidation>(
+            o,
+            "redis_invalidations_total",
+            "Purge messages received from the replicas (this one included).",
+            "kind",
+            &self.redis_invalidations,
+        );
+        family(
+            o,
+            "redis_breaker_open",
+            "gauge",
+            "1 while the shared tier is skipped after repeated Redis failures.",
+        );
+        sample(
+            o,
+            "redis_breaker_open",
+            "",
+            self.redis_breaker_open.load(Relaxed),
+        );
+        family(
+            o,
+            "redis_subscribed",
+            "gauge",
+            "1 while this replica receives the other replicas' purges.",
+        );
+        sample(
+            o,
+            "redis_subscribed",
+            "",
+            self.redis_subscribed.load(Relaxed),
+        );
     }
 }
 
@@ -462,5 +644,25 @@ mod tests {
         assert!(text.contains(
             "cloudbase_gateway_request_duration_seconds_bucket{route=\"/api/\",le=\"0.005\"} 2"
         ));
+    }
+
+    #[test]
+    fn redis_series_are_rendered_for_every_label_and_count_what_they_are_told() {
+        let m = Metrics::new(Vec::<String>::new());
+        m.redis_lookup(RedisLookup::Invalid);
+        m.redis_lookup(RedisLookup::Invalid);
+        m.redis_write(RedisWrite::Superseded);
+        m.redis_purge(RedisPurge::Error);
+        m.redis_invalidation(RedisInvalidation::Sub);
+        m.set_redis_breaker_open(true);
+        let text = m.render(0);
+        assert!(text.contains("cloudbase_gateway_redis_lookups_total{result=\"invalid\"} 2"));
+        assert!(text.contains("cloudbase_gateway_redis_lookups_total{result=\"skipped\"} 0"));
+        assert!(text.contains("cloudbase_gateway_redis_writes_total{result=\"superseded\"} 1"));
+        assert!(text.contains("cloudbase_gateway_redis_purges_total{result=\"error\"} 1"));
+        assert!(text.contains("cloudbase_gateway_redis_invalidations_total{kind=\"sub\"} 1"));
+        assert!(text.contains("cloudbase_gateway_redis_breaker_open 1"));
+        assert!(text.contains("cloudbase_gateway_redis_subscribed 0"));
+        assert!(text.contains("# TYPE cloudbase_gateway_redis_lookups_total counter"));
     }
 }

@@ -125,6 +125,7 @@ fn settings(ttl: u64, stale: u64) -> CacheSettings {
         ttl: Duration::from_secs(ttl),
         negative_ttl: Duration::from_secs(5),
         stale_if_error: Duration::from_secs(stale),
+        redis: None,
     }
 }
 

@@ -104,7 +104,7 @@ impl Config {
         ]);
 
         let k = &self.cache;
-        let cache = table([
+        let mut cache = table([
             (
                 "max_entries",
                 Value::Integer(k.max_entries.min(i64::MAX as u64) as i64),
@@ -113,6 +113,20 @@ impl Config {
             ("negative_ttl", duration(k.negative_ttl)),
             ("stale_if_error", duration(k.stale_if_error)),
         ]);
+        if let Some(r) = &k.redis {
+            let redis = table([
+                ("url", text(r.url.redacted())),
+                ("key_prefix", text(&r.key_prefix)),
+                ("timeout", duration(r.timeout)),
+                ("hmac_key", text(super::REDACTED_HMAC_KEY)),
+                (
+                    "breaker_failures",
+                    Value::Integer(i64::from(r.breaker_failures)),
+                ),
+                ("breaker_cooldown", duration(r.breaker_cooldown)),
+            ]);
+            cache.insert("redis".into(), Value::Table(redis));
+        }
 
         let mut headers = Table::new();
         for name in &self.identity.strip {

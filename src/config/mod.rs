@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 
 pub use crate::path::EscapedSlashes;
 pub use raw::RawGroup;
-pub use secret::Secret;
+pub use secret::{Secret, SecretUrl};
 
 /// Every setting of the gateway, validated.
 #[derive(Debug, Clone)]
@@ -144,7 +144,34 @@ pub struct CacheSettings {
     /// How long past its expiry a positive entry may be served while CloudBase fails.
     /// Default 0 (off).
     pub stale_if_error: Duration,
+    /// `[cache.redis]`: the shared second tier. `None` (default): each replica alone.
+    pub redis: Option<RedisSettings>,
 }
+
+/// `[cache.redis]`: what every replica shares through Redis (see `cache::shared`).
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `redis://` or `rediss://` (TLS), `user:password@` allowed; printed redacted.
+    pub url: SecretUrl,
+    /// Starts every key and the purge channel. Default `cloudbase-gateway:`.
+    pub key_prefix: String,
+    /// Bound on each Redis command; past it Redis is skipped for that request. Default 50 ms.
+    pub timeout: Duration,
+    /// Authenticates every stored value. Required; at least [`MIN_HMAC_KEY_BYTES`] bytes.
+    pub hmac_key: Secret,
+    /// Consecutive failures after which Redis is skipped for `breaker_cooldown`. Default 5.
+    pub breaker_failures: u32,
+    /// How long Redis is skipped once the breaker opens. Default 5 s.
+    pub breaker_cooldown: Duration,
+}
+
+/// Shortest `cache.redis.hmac_key` accepted: 32 bytes, HMAC-SHA256's own output size.
+pub const MIN_HMAC_KEY_BYTES: usize = 32;
+
+/// What `check` prints for `cache.redis.hmac_key`: long enough that its output stays a
+/// valid configuration, and refused when the shared tier starts, so a copied `check` output
+/// can never run with a key everyone can read.
+pub const REDACTED_HMAC_KEY: &str = "[redacted: the key in force is never printed]";
 
 /// A field of the user's identity that can become a header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -871,6 +898,74 @@ fn validate_cache(raw: raw::RawCache, errors: &mut Errors) -> CacheSettings {
         ttl: duration(raw.ttl, "cache.ttl", "60s", errors),
         negative_ttl: duration(raw.negative_ttl, "cache.negative_ttl", "5s", errors),
         stale_if_error: duration(raw.stale_if_error, "cache.stale_if_error", "0s", errors),
+        redis: raw.redis.map(|r| validate_redis(r, errors)),
+    }
+}
+
+fn validate_redis(raw: raw::RawRedis, errors: &mut Errors) -> RedisSettings {
+    let url = SecretUrl::new(raw.url.unwrap_or_default());
+    if url.expose().is_empty() {
+        errors.push(
+            "cache.redis.url",
+            "missing: [cache.redis] turns the shared tier on and needs redis:// or rediss://",
+        );
+    } else if !(url.expose().starts_with("redis://") || url.expose().starts_with("rediss://")) {
+        errors.push(
+            "cache.redis.url",
+            format!("{url:?} is not a redis:// or rediss:// URL"),
+        );
+    } else if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url.expose()) {
+        // The client's own parser: what it refuses here it would refuse at start.
+        errors.push("cache.redis.url", format!("{url:?}: {e}"));
+    }
+    let key_prefix = raw
+        .key_prefix
+        .unwrap_or_else(|| "cloudbase-gateway:".to_owned());
+    if key_prefix.is_empty() || key_prefix.len() > 128 || key_prefix.chars().any(char::is_control) {
+        errors.push(
+            "cache.redis.key_prefix",
+            "must be 1 to 128 bytes without control characters",
+        );
+    }
+    let timeout = duration(raw.timeout, "cache.redis.timeout", "50ms", errors);
+    if timeout.is_zero() {
+        errors.push("cache.redis.timeout", "must be more than 0");
+    }
+    let hmac_key = Secret::new(raw.hmac_key.unwrap_or_default());
+    if hmac_key.is_empty() {
+        errors.push(
+            "cache.redis.hmac_key",
+            "missing: required with [cache.redis], e.g. \"${CACHE_HMAC_KEY}\" set to `openssl rand -hex 32`",
+        );
+    } else if hmac_key.expose().len() < MIN_HMAC_KEY_BYTES {
+        errors.push(
+            "cache.redis.hmac_key",
+            format!("must be at least {MIN_HMAC_KEY_BYTES} bytes (e.g. `openssl rand -hex 32`)"),
+        );
+    }
+    let breaker_failures = match raw.breaker_failures.unwrap_or(5) {
+        n @ 1..=1000 => n as u32,
+        _ => {
+            errors.push("cache.redis.breaker_failures", "must be 1 to 1000");
+            5
+        }
+    };
+    let breaker_cooldown = duration(
+        raw.breaker_cooldown,
+        "cache.redis.breaker_cooldown",
+        "5s",
+        errors,
+    );
+    if breaker_cooldown.is_zero() {
+        errors.push("cache.redis.breaker_cooldown", "must be more than 0");
+    }
+    RedisSettings {
+        url,
+        key_prefix,
+        timeout,
+        hmac_key,
+        breaker_failures,
+        breaker_cooldown,
     }
 }
 

@@ -44,20 +44,34 @@ pub struct RawCloudbase {
     pub ca_file: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     pub pool_idle_timeout: Option<String>,
     pub pool_max_idle_per_host: Option<u64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCache {
     pub max_entries: Option<u64>,
     pub ttl: Option<String>,
     pub negative_ttl: Option<String>,
     pub stale_if_error: Option<String>,
+    /// `[cache.redis]`; absent = no shared tier.
+    pub redis: Option<RawRedis>,
+}
+
+/// No `Debug`: `url` and `hmac_key` hold secrets.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    pub url: Option<String>,
+    pub key_prefix: Option<String>,
+    pub timeout: Option<String>,
+    pub hmac_key: Option<String>,
+    pub breaker_failures: Option<u64>,
+    pub breaker_cooldown: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

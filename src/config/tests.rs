@@ -383,3 +383,127 @@ fn a_non_loopback_admin_listener_without_a_token_is_warned_about() {
         "a mapped loopback is loopback"
     );
 }
+
+const REDIS_KEY: &str = "0123456789abcdef0123456789abcdef";
+
+#[test]
+fn redis_is_off_without_its_table_and_on_with_defaults_when_present() {
+    let c = load("[emulator]\nenabled = true\n").unwrap();
+    assert!(c.cache.redis.is_none());
+    let c = load(&format!(
+        "[emulator]\nenabled = true\n[cache.redis]\nurl = \"redis://127.0.0.1:6379/0\"\nhmac_key = \"{REDIS_KEY}\"\n"
+    ))
+    .unwrap();
+    let r = c.cache.redis.expect("on");
+    assert_eq!(r.url.expose(), "redis://127.0.0.1:6379/0");
+    assert_eq!(r.key_prefix, "cloudbase-gateway:");
+    assert_eq!(r.timeout, Duration::from_millis(50));
+    assert_eq!(r.breaker_failures, 5);
+    assert_eq!(r.breaker_cooldown, Duration::from_secs(5));
+}
+
+#[test]
+fn redis_mistakes_are_reported_with_their_keys() {
+    let cases = [
+        ("hmac_key = \"k\"\n", "cache.redis.url: missing"),
+        (
+            "url = \"http://127.0.0.1:6379\"\n",
+            "cache.redis.url: \"http://127.0.0.1:6379\" is not a redis://",
+        ),
+        (
+            "url = \"redis://127.0.0.1:6379/zero\"\n",
+            "cache.redis.url:",
+        ),
+        ("url = \"redis://r\"\n", "cache.redis.hmac_key: missing"),
+        (
+            "url = \"redis://r\"\nhmac_key = \"31-bytes-is-one-byte-too-short!\"\n",
+            "cache.redis.hmac_key: must be at least 32 bytes",
+        ),
+        (
+            "url = \"redis://r\"\ntimeout = \"0s\"\n",
+            "cache.redis.timeout:",
+        ),
+        (
+            "url = \"redis://r\"\ntimeout = \"soon\"\n",
+            "cache.redis.timeout:",
+        ),
+        (
+            "url = \"redis://r\"\nkey_prefix = \"\"\n",
+            "cache.redis.key_prefix:",
+        ),
+        (
+            "url = \"redis://r\"\nbreaker_failures = 0\n",
+            "cache.redis.breaker_failures:",
+        ),
+        (
+            "url = \"redis://r\"\nbreaker_cooldown = \"0s\"\n",
+            "cache.redis.breaker_cooldown:",
+        ),
+        (
+            "url = \"redis://r\"\ncluster = true\n",
+            "cache.redis.cluster",
+        ),
+    ];
+    for (table, says) in cases {
+        let got = errors(&format!(
+            "[emulator]\nenabled = true\n[cache.redis]\n{table}"
+        ));
+        assert!(
+            got.iter().any(|e| e.starts_with(says)),
+            "{table:?}: no error starting {says:?} in {got:?}"
+        );
+    }
+}
+
+#[test]
+fn the_redis_password_and_hmac_key_never_print_and_check_output_still_loads() {
+    let text = "[emulator]\nenabled = true\n[cache.redis]\n\
+                url = \"rediss://gateway:${SECRET}@redis.internal:6380/2\"\n\
+                hmac_key = \"${SECRET}-and-more-to-reach-32-bytes\"\n\
+                key_prefix = \"prod:\"\ntimeout = \"20ms\"\n";
+    let c = load(text).unwrap();
+    assert_eq!(
+        c.cache.redis.as_ref().unwrap().url.expose(),
+        "rediss://gateway:s3cr3t@redis.internal:6380/2"
+    );
+    let debug = format!("{c:?}");
+    let out = c.effective_toml();
+    for shown in [&debug, &out] {
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+    }
+    assert!(
+        out.contains("url = \"rediss://gateway:[redacted]@redis.internal:6380/2\""),
+        "{out}"
+    );
+    let again = load(&out).unwrap_or_else(|e| panic!("check output does not load:\n{e}\n{out}"));
+    let r = again.cache.redis.as_ref().unwrap();
+    assert_eq!(r.key_prefix, "prod:");
+    assert_eq!(r.timeout, Duration::from_millis(20));
+    assert_eq!(r.hmac_key.expose(), REDACTED_HMAC_KEY);
+    assert_eq!(again.effective_toml(), out, "rendering is stable");
+}
+
+#[test]
+fn the_shipped_configs_commented_redis_table_is_valid_once_uncommented() {
+    let shipped = include_str!("../../config.toml");
+    let mut in_table = false;
+    let text: String = shipped
+        .lines()
+        .map(|line| {
+            in_table = line.starts_with("# [cache.redis]")
+                || (in_table && line.starts_with("# ") && line.contains(" = "));
+            let line = if in_table { &line[2..] } else { line };
+            format!("{line}\n")
+        })
+        .collect();
+    let env = |name: &str| match name {
+        "REDIS_PASSWORD" => Some("pw".to_owned()),
+        "CACHE_HMAC_KEY" => Some("k".repeat(64)),
+        _ => None,
+    };
+    let c = Config::from_toml_str_with_env(&text, env).unwrap();
+    let r = c.cache.redis.expect("the uncommented table turns Redis on");
+    assert_eq!(r.url.expose(), "redis://gateway:pw@127.0.0.1:6379/0");
+    assert_eq!(r.timeout, Duration::from_millis(50));
+    assert_eq!(r.breaker_failures, 5);
+}

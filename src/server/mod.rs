@@ -145,6 +145,13 @@ pub async fn start(
     };
 
     let built = stack::build(&config)?;
+    if config.cache.redis.is_some() {
+        // The tier (crate::cache::shared) exists and is tested; the request path and the
+        // admin purge do not call it yet (issue 11's integration step).
+        tracing::warn!(
+            "[cache.redis] is validated but not used yet: each replica still caches alone"
+        );
+    }
     let ready = Arc::new(AtomicBool::new(true));
     let permits = Arc::new(Semaphore::new(config.server.max_connections));
     let admin_state = admin::AdminState {

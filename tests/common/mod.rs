@@ -2,6 +2,8 @@
 //! and real upstreams, all on 127.0.0.1 with ports picked by the OS.
 #![allow(dead_code)]
 
+pub mod redis_server;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
