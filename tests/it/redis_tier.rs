@@ -4,11 +4,11 @@
 //!
 //! Each test runs its own server and two `SharedTier`s standing for two replicas.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::metric;
+use crate::support::redis_server::RedisServer;
 use cloudbase_gateway::admin::metrics::Metrics;
 use cloudbase_gateway::cache::shared::{
     unix_now_ms, Claims, Invalidation, Lookup, Put, SharedEntry, SharedGroup, SharedTier,
@@ -16,8 +16,6 @@ use cloudbase_gateway::cache::shared::{
 };
 use cloudbase_gateway::cache::{token_key, HeaderFields, TokenKey};
 use cloudbase_gateway::config::{IdentityField, RedisSettings, Secret, SecretUrl};
-use common::metric;
-use common::redis_server::RedisServer;
 use redis::AsyncCommands;
 use tokio::sync::mpsc;
 

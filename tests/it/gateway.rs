@@ -1,15 +1,13 @@
 //! The gateway end to end: real gateway, real emulator, real upstreams, on 127.0.0.1.
 //! Covers the request path, the validation cache and the gateway's own responses.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::support::*;
 use base64::Engine;
 use cloudbase_gateway::cloudbase::CallOptions;
 use cloudbase_gateway::emulator::Fault;
-use common::*;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -196,10 +194,12 @@ async fn fifty_concurrent_first_requests_make_one_call_each() {
 #[tokio::test]
 async fn a_revoked_token_stops_passing_once_its_entry_expires() {
     let (up, _) = spawn_echo_upstream().await;
-    let h = Harness::start(&format!(
-        "[cache]\nttl = \"1s\"\n{}",
-        route("/api/", up, "")
-    ))
+    let h = Cfg {
+        cache: "ttl = \"1s\"",
+        routes: &route("/api/", up, ""),
+        ..Cfg::default()
+    }
+    .start()
     .await;
     let token = h.demo_token().await;
     assert_eq!(h.get("/api/x", Some(&token)).await.status(), 200);
@@ -391,18 +391,18 @@ async fn limits_and_upstream_failures_have_their_own_answers() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let text = config_text_with(
-        "max_body_size = \"1KiB\"\nrequest_timeout = \"300ms\"",
-        "",
-        "",
-        &[
+    let h = Cfg {
+        server: "max_body_size = \"1KiB\"\nrequest_timeout = \"300ms\"",
+        routes: &[
             route("/up/", up, "auth = \"none\""),
             route("/hang/", hang, "auth = \"none\""),
             route("/dead/", closed, "auth = \"none\""),
         ]
         .concat(),
-    );
-    let h = Harness::start_text(&text).await;
+        ..Cfg::default()
+    }
+    .start()
+    .await;
 
     let r = h
         .http
@@ -433,13 +433,13 @@ async fn limits_and_upstream_failures_have_their_own_answers() {
 #[tokio::test]
 async fn over_max_connections_is_answered_overloaded() {
     let (up, _) = spawn_echo_upstream().await;
-    let text = config_text_with(
-        "max_connections = 1",
-        "",
-        "",
-        &route("/up/", up, "auth = \"none\""),
-    );
-    let h = Harness::start_text(&text).await;
+    let h = Cfg {
+        server: "max_connections = 1",
+        routes: &route("/up/", up, "auth = \"none\""),
+        ..Cfg::default()
+    }
+    .start()
+    .await;
     let addr = h.running.as_ref().unwrap().addr;
     // The first connection holds the only slot.
     let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();

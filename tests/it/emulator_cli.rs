@@ -6,8 +6,7 @@
 //! emulator refuses form bodies (415, saying what to add), so the flows here add the
 //! header, and one test holds the guide's verbatim line to that clear refusal.
 
-mod common;
-
+use crate::support;
 use std::time::Duration;
 
 use reqwest::{Client, Method, StatusCode};
@@ -77,7 +76,7 @@ fn s(v: &Value, key: &str) -> String {
 
 #[tokio::test]
 async fn the_binary_serves_the_seed_guides_curl_flows() {
-    let (_emulator, addr) = common::Process::emulator(CONFIG);
+    let (_emulator, addr) = support::Process::emulator(CONFIG);
     let curl = Curl {
         http: Client::builder()
             .timeout(Duration::from_secs(10))
@@ -333,7 +332,7 @@ async fn the_binary_serves_the_seed_guides_curl_flows() {
 
 #[tokio::test]
 async fn the_seed_guides_verbatim_form_body_gets_a_clear_415() {
-    let (_emulator, addr) = common::Process::emulator(CONFIG);
+    let (_emulator, addr) = support::Process::emulator(CONFIG);
     // `curl --data-raw '{…}'` without `-H 'Content-Type: application/json'`.
     let resp = Client::new()
         .post(format!("http://{addr}/auth/v1/signin"))
@@ -357,8 +356,8 @@ async fn the_seed_guides_verbatim_form_body_gets_a_clear_415() {
 /// Test hooks are off unless configured, in the binary too, and without CORS when on.
 #[tokio::test]
 async fn the_binarys_test_hooks_are_off_by_default_and_never_cors() {
-    let (_off, off) = common::Process::emulator(&CONFIG.replace("test_hooks = true\n", ""));
-    let (_on, on) = common::Process::emulator(CONFIG);
+    let (_off, off) = support::Process::emulator(&CONFIG.replace("test_hooks = true\n", ""));
+    let (_on, on) = support::Process::emulator(CONFIG);
     let http = Client::new();
     let fault = |addr: std::net::SocketAddr| {
         http.post(format!("http://{addr}/__emulator/fault"))

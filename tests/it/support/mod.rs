@@ -1,6 +1,5 @@
-//! Shared harness for the gateway's integration tests: a real gateway, the real emulator
+//! The one harness of the gateway's integration tests: a real gateway, the real emulator
 //! and real upstreams, all on 127.0.0.1 with ports picked by the OS.
-#![allow(dead_code)]
 
 pub mod redis_server;
 
@@ -10,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use cloudbase_gateway::cloudbase::types::TokenResponse;
 use cloudbase_gateway::cloudbase::{CallOptions, Client};
 use cloudbase_gateway::config::Config;
@@ -59,8 +57,9 @@ name = "evil\r\nX-Injected: yes"
 "#;
 
 /// The `[emulator]` line that turns on `/__emulator/stats` and `/__emulator/fault` (off by
-/// default, so no web page can drive them). Test configs that call the hooks over HTTP
-/// include it; in-process tests can use `Emulator::set_fault` / `calls` without it.
+/// default, so no web page can drive them). [`Cfg`] sets it; literal test configs that
+/// call the hooks over HTTP include it; in-process tests can use `Emulator::set_fault` /
+/// `calls` without it.
 pub const EMULATOR_TEST_HOOKS: &str = "test_hooks = true";
 
 /// A gateway with its embedded emulator.
@@ -76,50 +75,109 @@ pub struct Harness {
     pub http: reqwest::Client,
 }
 
-/// The whole configuration for a test: listeners on port 0, the emulator embedded with
-/// [`USERS`] and its HTTP test hooks on ([`EMULATOR_TEST_HOOKS`]), and `extra` (routes,
-/// `[cache]`, …) appended.
-pub fn config_text(extra: &str) -> String {
-    config_text_with("", "", "", extra)
+/// The one builder of test configurations. Each field holds extra lines of its table;
+/// a key set there replaces the default below, anything else is added. Defaults: the
+/// listeners on `127.0.0.1:0`; `[cloudbase]` env `test-env`, client `test-client`, calls
+/// bounded at 1 s; the emulator embedded on `127.0.0.1:0` with [`USERS`] and its HTTP test
+/// hooks on ([`EMULATOR_TEST_HOOKS`]). `emulator: "enabled = false"` leaves the emulator
+/// out (no users). `[cache]` appears only when `cache` is set; `routes` (the `[[routes]]`
+/// tables, or any other tables) comes last, as given.
+#[derive(Default, Clone, Copy)]
+pub struct Cfg<'a> {
+    pub server: &'a str,
+    pub admin: &'a str,
+    pub cloudbase: &'a str,
+    pub cache: &'a str,
+    pub emulator: &'a str,
+    pub routes: &'a str,
 }
 
-/// Like [`config_text`], with lines added to the `[server]`, `[cloudbase]` and
-/// `[emulator]` tables the harness itself opens.
-pub fn config_text_with(server: &str, cloudbase: &str, emulator: &str, extra: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-{server}
-[admin]
-listen = "127.0.0.1:0"
-[cloudbase]
-env_id = "test-env"
-client_id = "test-client"
-timeout = "1s"
-{cloudbase}
-[emulator]
-enabled = true
-listen = "127.0.0.1:0"
-{EMULATOR_TEST_HOOKS}
-{emulator}
-{USERS}
-{extra}
-"#
-    )
+/// Whether `lines` set `key` (a line `key = …`).
+fn sets(lines: &str, key: &str) -> bool {
+    lines.lines().any(|l| {
+        l.split_once('=')
+            .is_some_and(|(k, _)| k.trim() == key && !l.trim_start().starts_with('#'))
+    })
+}
+
+/// `[name]`, then each default `key = value` that `lines` do not set, then `lines`.
+fn table(name: &str, defaults: &[(&str, &str)], lines: &str) -> String {
+    let mut out = format!("[{name}]\n");
+    for (key, value) in defaults {
+        if !sets(lines, key) {
+            out.push_str(&format!("{key} = {value}\n"));
+        }
+    }
+    out.push_str(lines);
+    out.push('\n');
+    out
+}
+
+impl Cfg<'_> {
+    /// Only `[[routes]]` (or other trailing tables) differ from the defaults.
+    pub fn routes(routes: &str) -> Cfg<'_> {
+        Cfg {
+            routes,
+            ..Cfg::default()
+        }
+    }
+
+    pub fn text(&self) -> String {
+        let any = "\"127.0.0.1:0\"";
+        let mut text = table("server", &[("listen", any)], self.server);
+        text.push_str(&table("admin", &[("listen", any)], self.admin));
+        text.push_str(&table(
+            "cloudbase",
+            &[
+                ("env_id", "\"test-env\""),
+                ("client_id", "\"test-client\""),
+                ("timeout", "\"1s\""),
+            ],
+            self.cloudbase,
+        ));
+        if !self.cache.is_empty() {
+            text.push_str(&table("cache", &[], self.cache));
+        }
+        if self.emulator.contains("enabled = false") {
+            text.push_str(&table("emulator", &[], self.emulator));
+        } else {
+            text.push_str(&table(
+                "emulator",
+                &[("enabled", "true"), ("listen", any), ("test_hooks", "true")],
+                self.emulator,
+            ));
+            text.push_str(USERS);
+        }
+        text.push_str(self.routes);
+        text.push('\n');
+        text
+    }
+
+    pub fn config(&self) -> Config {
+        let text = self.text();
+        Config::from_toml_str(&text).unwrap_or_else(|e| panic!("test config invalid:\n{e}\n{text}"))
+    }
+
+    /// The gateway in-process (see [`Harness`]).
+    pub async fn start(&self) -> Harness {
+        Harness::start_with(self.config()).await
+    }
+}
+
+/// A client of the emulator at `addr` as `test-client` (sign-ins, revocations).
+pub fn emulator_client(addr: SocketAddr, client_secret: &str) -> Client {
+    let config = Config::from_toml_str(&format!(
+        "[cloudbase]\nbase_url = \"http://{addr}/auth/v1\"\nclient_id = \"test-client\"\n\
+         client_secret = \"{client_secret}\"\n"
+    ))
+    .expect("client config");
+    Client::new(&config.cloudbase).expect("client")
 }
 
 impl Harness {
-    /// Starts a gateway from [`config_text`]`(extra)`.
-    pub async fn start(extra: &str) -> Harness {
-        Self::start_text(&config_text(extra)).await
-    }
-
-    /// Starts a gateway from a whole configuration text.
-    pub async fn start_text(text: &str) -> Harness {
-        let config =
-            Config::from_toml_str(text).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
-        Self::start_with(config).await
+    /// Starts a gateway from [`Cfg::routes`]`(routes)`.
+    pub async fn start(routes: &str) -> Harness {
+        Cfg::routes(routes).start().await
     }
 
     pub async fn start_with(config: Config) -> Harness {
@@ -128,16 +186,12 @@ impl Harness {
             .expect("gateway starts");
         let emulator = running.emulator.clone().expect("emulator embedded");
         let emulator_addr = running.emulator_addr.expect("emulator address");
-        let cloudbase_config = Config::from_toml_str(&format!(
-            "[cloudbase]\nbase_url = \"http://{emulator_addr}/auth/v1\"\nclient_id = \"test-client\"\n"
-        ))
-        .expect("client config");
         Harness {
             base: format!("http://{}", running.addr),
             admin: format!("http://{}", running.admin_addr),
             running: Some(running),
             emulator,
-            cloudbase: Client::new(&cloudbase_config.cloudbase).expect("client"),
+            cloudbase: emulator_client(emulator_addr, ""),
             http: reqwest::Client::builder()
                 .no_proxy()
                 .build()
@@ -240,11 +294,6 @@ pub async fn spawn_echo_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
         cloudbase_gateway::proxy::whoami::respond(req).await
     })
     .await
-}
-
-/// A body of `n` bytes.
-pub fn bytes_body(n: usize) -> Body {
-    cloudbase_gateway::response::full(Bytes::from(vec![b'x'; n]))
 }
 
 /// A free port on 127.0.0.1 (bound, then released).

@@ -39,10 +39,6 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     /// A connection of its own, for checking and tampering with what the code under test
     /// stored.
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
@@ -97,11 +93,6 @@ impl RedisServer {
             .expect("kill runs")
             .success();
         assert!(ok, "kill {signal} failed");
-    }
-
-    /// The server's log so far.
-    pub fn log(&self) -> String {
-        log(self.dir.path())
     }
 }
 

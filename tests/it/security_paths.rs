@@ -8,15 +8,12 @@
 //! without a token on the protected route) and that route's upstream receiving the
 //! normalized path.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::*;
 use cloudbase_gateway::cloudbase::{CallOptions, Client};
-use cloudbase_gateway::config::Config;
-use common::*;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Incoming;
@@ -132,21 +129,17 @@ impl Gateway {
             ));
             upstreams.push((r.prefix, recorder));
         }
-        let config = format!(
-            "[server]\nlisten = \"{addr}\"\n{server}\n\
-             [admin]\nlisten = \"{admin}\"\n\
-             [cloudbase]\nenv_id = \"test-env\"\nclient_id = \"test-client\"\ntimeout = \"2s\"\n\
-             [emulator]\nenabled = true\nlisten = \"{emulator}\"\n{USERS}\n{route_text}"
-        );
+        let config = Cfg {
+            server: &format!("listen = \"{addr}\"\n{server}"),
+            admin: &format!("listen = \"{admin}\""),
+            cloudbase: "timeout = \"2s\"",
+            emulator: &format!("listen = \"{emulator}\"\ntest_hooks = false"),
+            routes: &route_text,
+            ..Cfg::default()
+        }
+        .text();
         let process = Process::spawn(&config, &[], &[("RUST_LOG", level)], admin);
-        let cloudbase = Client::new(
-            &Config::from_toml_str(&format!(
-                "[cloudbase]\nbase_url = \"http://{emulator}/auth/v1\"\nclient_id = \"test-client\"\n"
-            ))
-            .expect("client config")
-            .cloudbase,
-        )
-        .expect("client");
+        let cloudbase = emulator_client(emulator, "");
         Gateway {
             process,
             addr,

@@ -3,18 +3,17 @@
 //! exactly what got through, and a CloudBase stand-in where CloudBase's answers are the
 //! weapon. Each test is named after the attack it stops.
 
-mod common;
-
+use crate::support;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::{free_port, metric, Cfg, Process};
 use bytes::Bytes;
 use cloudbase_gateway::cloudbase::{CallOptions, Client};
 use cloudbase_gateway::config::Config;
 use cloudbase_gateway::response::{full, Body, BoxError};
-use common::{free_port, metric, Process, USERS};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -87,7 +86,7 @@ impl Recorder {
     async fn start() -> Recorder {
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let log = seen.clone();
-        let (addr, _) = common::spawn_upstream(move |req: Request<Incoming>| {
+        let (addr, _) = support::spawn_upstream(move |req: Request<Incoming>| {
             let log = log.clone();
             async move { record(req, log).await }
         })
@@ -185,7 +184,7 @@ impl StandIn {
         let release = Arc::new(Notify::new());
         let profiles = Arc::new(profiles);
         let (arrived, gate) = (held_arrived.clone(), release.clone());
-        let (addr, _) = common::spawn_upstream(move |req: Request<Incoming>| {
+        let (addr, _) = support::spawn_upstream(move |req: Request<Incoming>| {
             let (profiles, arrived, gate) = (profiles.clone(), arrived.clone(), gate.clone());
             async move {
                 let token = req
@@ -278,17 +277,15 @@ impl Gateway {
         let port = || SocketAddr::from(([127, 0, 0, 1], free_port()));
         let addr = setup.listen.unwrap_or_else(port);
         let (admin, emulator) = (port(), port());
-        let (cloudbase, emulator_section) = match setup.stand_in {
+        let users = twenty_users();
+        let (cloudbase, emulator_lines) = match setup.stand_in {
             Some(s) => (
                 format!("base_url = \"http://{s}/auth/v1\"\n"),
                 "enabled = false\n".to_owned(),
             ),
             None => (
                 String::new(),
-                format!(
-                    "enabled = true\nlisten = \"{emulator}\"\n{USERS}\n{}",
-                    twenty_users()
-                ),
+                format!("listen = \"{emulator}\"\ntest_hooks = false\n{users}"),
             ),
         };
         let route = |prefix: &str, rest: &str| {
@@ -305,24 +302,28 @@ impl Gateway {
             "[[routes]]\nprefix = \"/who/\"\nupstream = \"whoami\"\n".to_owned(),
         ]
         .concat();
-        let config = format!(
-            "[server]\nlisten = \"{addr}\"\nmax_body_size = \"4KiB\"\n{}\n\
-             [admin]\nlisten = \"{admin}\"\n{}\n\
-             [cloudbase]\nenv_id = \"test-env\"\nclient_id = \"test-client\"\n{cloudbase}{}\n\
-             [emulator]\n{emulator_section}\n{routes}",
-            setup.server,
-            setup.admin,
-            if setup.cloudbase.contains("timeout") {
-                setup.cloudbase.to_owned()
-            } else {
-                format!("timeout = \"2s\"\n{}", setup.cloudbase)
-            },
-        );
+        let timeout = if setup.cloudbase.contains("timeout") {
+            ""
+        } else {
+            "timeout = \"2s\"\n"
+        };
+        let config = Cfg {
+            server: &format!(
+                "listen = \"{addr}\"\nmax_body_size = \"4KiB\"\n{}",
+                setup.server
+            ),
+            admin: &format!("listen = \"{admin}\"\n{}", setup.admin),
+            cloudbase: &format!("{cloudbase}{timeout}{}", setup.cloudbase),
+            emulator: &emulator_lines,
+            routes: &routes,
+            ..Cfg::default()
+        }
+        .text();
         if let Err(e) = Config::from_toml_str(&config) {
             panic!("test config invalid:\n{e}\n{config}");
         }
         let process = Process::spawn(&config, &[], &[("RUST_LOG", "info")], admin);
-        common::wait_for_port(SocketAddr::from(([127, 0, 0, 1], addr.port())));
+        support::wait_for_port(SocketAddr::from(([127, 0, 0, 1], addr.port())));
         Gateway {
             process,
             addr: SocketAddr::from(([127, 0, 0, 1], addr.port())),
@@ -347,12 +348,7 @@ impl Gateway {
     }
 
     fn emulator_client(&self) -> Client {
-        let config = Config::from_toml_str(&format!(
-            "[cloudbase]\nbase_url = \"http://{}/auth/v1\"\nclient_id = \"test-client\"\n",
-            self.emulator
-        ))
-        .unwrap();
-        Client::new(&config.cloudbase).unwrap()
+        support::emulator_client(self.emulator, "")
     }
 
     /// Signs a seeded user in; returns the access token and the user's `sub`.
@@ -1135,7 +1131,7 @@ async fn read_one_response<S: AsyncRead + Unpin>(s: &mut S) -> String {
             .expect("read");
         assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&buf));
         buf.extend_from_slice(&chunk[..n]);
-        if common::http1_response_complete(&buf) {
+        if support::http1_response_complete(&buf) {
             return String::from_utf8_lossy(&buf).into_owned();
         }
     }
@@ -1407,7 +1403,7 @@ async fn new_tokens_beyond_max_in_flight_are_shed_with_503_at_once_not_queued() 
     .await
     .expect("answered without waiting for CloudBase")
     .unwrap();
-    let (status, code, headers) = common::rejection(r).await;
+    let (status, code, headers) = support::rejection(r).await;
     assert_eq!((status.as_u16(), code.as_str()), (503, "AUTH_UNAVAILABLE"));
     assert!(headers.contains_key("retry-after"));
     // On an optional route it passes, without identity.

@@ -1,13 +1,11 @@
 //! Bodies stream through the gateway binary in both directions: a 50 MiB upload and a
 //! 50 MiB download pass while the gateway's peak memory stays far below 50 MiB.
 
-mod common;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::support::*;
 use bytes::Bytes;
-use common::*;
 use futures_util::StreamExt;
 use http::Response;
 use http_body_util::{BodyExt, StreamBody};

@@ -3,20 +3,18 @@
 //! and cache purge, log hygiene of the real binary, connection limits, and the container
 //! files. Everything runs over real sockets on 127.0.0.1.
 
-mod common;
-
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream as StdStream};
 use std::path::{Path, PathBuf};
 
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
-use cloudbase_gateway::cloudbase::{CallOptions, Client};
+use cloudbase_gateway::cloudbase::CallOptions;
 use cloudbase_gateway::config::Config;
 use cloudbase_gateway::emulator::Fault;
 use cloudbase_gateway::response::Body;
-use common::*;
 use futures_util::{SinkExt as _, StreamExt as _};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt as _;
@@ -31,54 +29,6 @@ const PATIENCE: Duration = Duration::from_secs(10);
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-/// Sections of a test configuration. Each string holds extra keys of its table; the
-/// listeners are on port 0 and the emulator is embedded with [`USERS`] unless
-/// `emulator` turns it off.
-#[derive(Default)]
-struct Cfg<'a> {
-    server: &'a str,
-    cloudbase: &'a str,
-    cache: &'a str,
-    emulator: &'a str,
-    routes: &'a str,
-}
-
-impl Cfg<'_> {
-    fn text(&self) -> String {
-        let cloudbase = if self.cloudbase.contains("timeout") {
-            self.cloudbase.to_owned()
-        } else {
-            format!("timeout = \"1s\"\n{}", self.cloudbase)
-        };
-        let emulator = if self.emulator.contains("enabled") {
-            self.emulator.to_owned()
-        } else {
-            format!(
-                "enabled = true\nlisten = \"127.0.0.1:0\"\n{EMULATOR_TEST_HOOKS}\n{}\n{USERS}",
-                self.emulator
-            )
-        };
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n{}\n\
-             [admin]\nlisten = \"127.0.0.1:0\"\n\
-             [cloudbase]\nenv_id = \"test-env\"\nclient_id = \"test-client\"\n{cloudbase}\n\
-             [cache]\n{}\n\
-             [emulator]\n{emulator}\n\
-             {}\n",
-            self.server, self.cache, self.routes
-        )
-    }
-
-    fn config(&self) -> Config {
-        let text = self.text();
-        Config::from_toml_str(&text).unwrap_or_else(|e| panic!("test config invalid:\n{e}\n{text}"))
-    }
-
-    async fn start(&self) -> Harness {
-        Harness::start_with(self.config()).await
-    }
-}
 
 /// A `[[routes]]` entry.
 fn route(prefix: &str, upstream: &str, auth: &str) -> String {
@@ -1019,15 +969,7 @@ async fn logged_mix(args: &[&str], level: &str) -> (String, Vec<String>) {
         ),
     );
     let (mut bin, emulator) = Binary::start(&config, args, &[("RUST_LOG", level)]).await;
-    let cloudbase = Client::new(
-        &Config::from_toml_str(&format!(
-            "[cloudbase]\nbase_url = \"http://{emulator}/auth/v1\"\nclient_id = \"test-client\"\n\
-             client_secret = \"{CLIENT_SECRET}\"\n"
-        ))
-        .expect("client config")
-        .cloudbase,
-    )
-    .expect("client");
+    let cloudbase = emulator_client(emulator, CLIENT_SECRET);
     let opts = CallOptions::default();
     let mut secrets: Vec<String> = vec![CLIENT_SECRET.to_owned(), COOKIE_VALUE.to_owned()];
     {

@@ -6,14 +6,12 @@
 //! connection dropped after the request arrived. CloudBase is an in-test server whose
 //! `/token/introspect` and `/user/me` fail independently.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -690,15 +688,14 @@ fn json(status: u16, body: String) -> http::Response<cloudbase_gateway::response
 /// echo upstream and `[cache]` set by `cache`.
 async fn gateway_over(cloudbase: &StandIn, cache: &str) -> Harness {
     let (echo, _) = spawn_echo_upstream().await;
-    let text = config_text_with(
-        "",
-        &format!("base_url = \"http://{}/auth/v1\"", cloudbase.addr),
-        "",
-        &format!(
-            "[cache]\n{cache}\n[[routes]]\nprefix = \"/api/\"\nupstream = \"http://{echo}\"\n"
-        ),
-    );
-    Harness::start_text(&text).await
+    Cfg {
+        cloudbase: &format!("base_url = \"http://{}/auth/v1\"", cloudbase.addr),
+        cache,
+        routes: &format!("[[routes]]\nprefix = \"/api/\"\nupstream = \"http://{echo}\"\n"),
+        ..Cfg::default()
+    }
+    .start()
+    .await
 }
 
 async fn status_and_code(r: reqwest::Response) -> (u16, String) {

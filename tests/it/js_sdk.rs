@@ -11,8 +11,7 @@
 //! so CI cannot pass without running the SDK. `node_modules` is installed with `npm ci`
 //! when missing.
 
-mod common;
-
+use crate::support;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -45,14 +44,14 @@ name = "SDK User"
 const PHONE: &str = "+86 13800000000";
 
 struct Emulator {
-    _process: common::Process,
+    _process: support::Process,
     addr: SocketAddr,
     http: Client,
 }
 
 impl Emulator {
     fn start(config: &str) -> Emulator {
-        let (process, addr) = common::Process::emulator(config);
+        let (process, addr) = support::Process::emulator(config);
         Emulator {
             _process: process,
             addr,

@@ -1,12 +1,11 @@
 //! The README's quick start, run as written against the binary on the shipped config.toml.
 
-mod common;
-
-use common::Process;
+use crate::support;
+use crate::support::Process;
 
 /// The fenced block after the `<!-- quickstart` marker in README.md.
 fn quickstart_script() -> String {
-    let readme = include_str!("../README.md");
+    let readme = include_str!("../../README.md");
     let after = &readme[readme.find("<!-- quickstart").expect("marker in README")..];
     let start = after.find("```bash\n").expect("bash block") + "```bash\n".len();
     let end = after[start..].find("```").expect("end of block");
@@ -15,9 +14,9 @@ fn quickstart_script() -> String {
 
 #[test]
 fn the_readme_quick_start_works_on_the_shipped_config() {
-    let config = include_str!("../config.toml");
+    let config = include_str!("../../config.toml");
     let gateway = Process::spawn(config, &[], &[], "127.0.0.1:8080".parse().unwrap());
-    common::wait_for_port("127.0.0.1:8081".parse().unwrap());
+    support::wait_for_port("127.0.0.1:8081".parse().unwrap());
     let out = std::process::Command::new("bash")
         .args(["-euo", "pipefail", "-c", &quickstart_script()])
         .output()
