@@ -27,6 +27,10 @@
 //! - `key/100k/*`: the same moka cache keyed by the digest vs by the raw token `String`.
 //! - `map/1M/*`: the lookup alone in the gateway's store (`cache::store`) vs moka (what the
 //!   gateway used before; also with a hasher trusting the digest) vs `dashmap`.
+//!
+//! The alternatives (BLAKE3, moka, dashmap, and so all of `key/`) are compiled only with
+//! `--features bench-compare`, so that plain builds and `cargo test` do not build them:
+//! `cargo bench --features bench-compare --bench cache_hot_path -- map/1M`.
 //! - `validate/*`: the miss path (a fresh token each time, the stand-in answering at once),
 //!   one new token validated by 100 concurrent tasks (single flight), and 100 concurrent
 //!   hits as the baseline for the latter. It asserts (untimed) that 100 concurrent
@@ -45,12 +49,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cloudbase_auth::types::{Introspection, UserProfile};
 use cloudbase_gateway::auth::token::{bearer, Credentials};
 use cloudbase_gateway::cache::store::{Kind, Store};
 use cloudbase_gateway::cache::{
     token_key, HeaderFields, Identity, IdentityCache, TokenKey, Validation,
 };
-use cloudbase_gateway::cloudbase::types::{Introspection, UserProfile};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -367,6 +371,7 @@ fn bench_digest(c: &mut Criterion) {
     let mut group = c.benchmark_group("digest");
     group.throughput(Throughput::Bytes(token.len() as u64));
     let id = |name: &str| BenchmarkId::new(name, format!("{}B", token.len()));
+    #[cfg(feature = "bench-compare")]
     group.bench_function(id("blake3"), |b| b.iter(|| blake3::hash(token.as_bytes())));
     group.bench_function(id("sha256_gateway"), |b| {
         b.iter(|| sha2::Sha256::digest(token.as_bytes()))
@@ -397,13 +402,16 @@ fn identity(n: u64) -> Arc<Identity> {
 }
 
 /// Per-entry expiry as the production cache configures it.
+#[cfg(feature = "bench-compare")]
 struct TenMinutes;
+#[cfg(feature = "bench-compare")]
 impl<K, V> moka::Expiry<K, V> for TenMinutes {
     fn expire_after_create(&self, _: &K, _: &V, _: std::time::Instant) -> Option<Duration> {
         Some(Duration::from_secs(600))
     }
 }
 
+#[cfg(feature = "bench-compare")]
 fn moka_builder<K, V>(n: u64) -> moka::sync::CacheBuilder<K, V, moka::sync::Cache<K, V>>
 where
     K: std::hash::Hash + Eq + Send + Sync + 'static,
@@ -414,6 +422,7 @@ where
         .expire_after(TenMinutes)
 }
 
+#[cfg(feature = "bench-compare")]
 fn bench_key(c: &mut Criterion) {
     const N: u64 = 100_000;
     if !selected("key/100k/") {
@@ -448,16 +457,20 @@ fn bench_key(c: &mut Criterion) {
 
 /// Hashes a [`TokenKey`] by its first eight bytes: the key is already a uniform digest,
 /// so running SipHash over it again buys nothing.
+#[cfg(feature = "bench-compare")]
 #[derive(Clone, Default)]
 struct DigestPrefix;
+#[cfg(feature = "bench-compare")]
 #[derive(Default)]
 struct DigestPrefixHasher(u64);
+#[cfg(feature = "bench-compare")]
 impl BuildHasher for DigestPrefix {
     type Hasher = DigestPrefixHasher;
     fn build_hasher(&self) -> DigestPrefixHasher {
         DigestPrefixHasher(0)
     }
 }
+#[cfg(feature = "bench-compare")]
 impl Hasher for DigestPrefixHasher {
     fn write(&mut self, bytes: &[u8]) {
         if let Some(head) = bytes.first_chunk::<8>() {
@@ -476,45 +489,55 @@ fn bench_map(c: &mut Criterion) {
         return;
     }
     let keys: Vec<TokenKey> = (0..N)
-        .map(|i| *blake3::hash(&i.to_le_bytes()).as_bytes())
+        .map(|i| sha2::Sha256::digest(i.to_le_bytes()).into())
         .collect();
-    let moka_sip = moka_builder::<TokenKey, Arc<Identity>>(N).build();
-    let moka_prefix = moka_builder::<TokenKey, Arc<Identity>>(N).build_with_hasher(DigestPrefix);
-    let dash = dashmap::DashMap::<TokenKey, Arc<Identity>>::new();
     let store = Store::<Arc<Identity>>::new(N);
     let until = tokio::time::Instant::now() + Duration::from_secs(3600);
     for (i, k) in keys.iter().enumerate() {
-        let id = identity(i as u64);
-        store.insert(*k, id.clone(), until, Kind::Positive);
-        moka_sip.insert(*k, id.clone());
-        moka_prefix.insert(*k, id.clone());
-        dash.insert(*k, id);
+        store.insert(*k, identity(i as u64), until, Kind::Positive);
     }
-    moka_sip.run_pending_tasks();
-    moka_prefix.run_pending_tasks();
+    #[cfg(feature = "bench-compare")]
+    let (moka_sip, moka_prefix, dash) = {
+        let moka_sip = moka_builder::<TokenKey, Arc<Identity>>(N).build();
+        let moka_prefix =
+            moka_builder::<TokenKey, Arc<Identity>>(N).build_with_hasher(DigestPrefix);
+        let dash = dashmap::DashMap::<TokenKey, Arc<Identity>>::new();
+        for (i, k) in keys.iter().enumerate() {
+            let id = identity(i as u64);
+            moka_sip.insert(*k, id.clone());
+            moka_prefix.insert(*k, id.clone());
+            dash.insert(*k, id);
+        }
+        moka_sip.run_pending_tasks();
+        moka_prefix.run_pending_tasks();
+        (moka_sip, moka_prefix, dash)
+    };
     let step = (N / POOL) as usize;
     let lookups: Vec<TokenKey> = keys.iter().step_by(step).copied().collect();
     drop(keys);
 
     let mut group = c.benchmark_group("map/1M");
     group.throughput(Throughput::Elements(1));
-    let moka_get = |m: &moka::sync::Cache<TokenKey, Arc<Identity>>, k: &TokenKey| m.get(k);
-    let moka_prefix_get =
-        |m: &moka::sync::Cache<TokenKey, Arc<Identity>, DigestPrefix>, k: &TokenKey| m.get(k);
-    let dash_get = |m: &dashmap::DashMap<TokenKey, Arc<Identity>>, k: &TokenKey| {
-        m.get(k).map(|r| r.value().clone())
-    };
     let store_get = |m: &Store<Arc<Identity>>, k: &TokenKey| m.get(k);
     map_pair(&mut group, "gateway_store", &store, &lookups, store_get);
-    map_pair(&mut group, "moka_siphash", &moka_sip, &lookups, moka_get);
-    map_pair(
-        &mut group,
-        "moka_digest_prefix_hash",
-        &moka_prefix,
-        &lookups,
-        moka_prefix_get,
-    );
-    map_pair(&mut group, "dashmap_siphash", &dash, &lookups, dash_get);
+    #[cfg(feature = "bench-compare")]
+    {
+        let moka_get = |m: &moka::sync::Cache<TokenKey, Arc<Identity>>, k: &TokenKey| m.get(k);
+        let moka_prefix_get =
+            |m: &moka::sync::Cache<TokenKey, Arc<Identity>, DigestPrefix>, k: &TokenKey| m.get(k);
+        let dash_get = |m: &dashmap::DashMap<TokenKey, Arc<Identity>>, k: &TokenKey| {
+            m.get(k).map(|r| r.value().clone())
+        };
+        map_pair(&mut group, "moka_siphash", &moka_sip, &lookups, moka_get);
+        map_pair(
+            &mut group,
+            "moka_digest_prefix_hash",
+            &moka_prefix,
+            &lookups,
+            moka_prefix_get,
+        );
+        map_pair(&mut group, "dashmap_siphash", &dash, &lookups, dash_get);
+    }
     group.finish();
 }
 
@@ -648,9 +671,16 @@ async fn concurrently(cache: &IdentityCache, token: &Arc<str>, n: usize) {
     }
 }
 
+#[cfg(feature = "bench-compare")]
 criterion_group! {
     name = benches;
     config = config();
     targets = bench_hit, bench_digest, bench_key, bench_map, bench_validate
+}
+#[cfg(not(feature = "bench-compare"))]
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = bench_hit, bench_digest, bench_map, bench_validate
 }
 criterion_main!(benches);

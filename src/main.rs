@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use cloudbase_emulator::Emulator;
 use cloudbase_gateway::config::Config;
-use cloudbase_gateway::emulator::Emulator;
 use cloudbase_gateway::server;
 use cloudbase_gateway::telemetry::{self, LogFormat};
 
@@ -148,7 +148,7 @@ async fn run_emulator(config: Config, listen: Option<SocketAddr>) -> ExitCode {
     let bound = listener.local_addr().unwrap_or(addr);
     eprintln!("emulator listening on {bound}");
     tracing::info!(%bound, users = config.emulator.users.len(), "CloudBase Auth v2 emulator started");
-    let emulator = Emulator::new(&config.emulator, &config.cloudbase);
+    let emulator = Emulator::new(&config.emulator_options());
     match emulator.serve(listener, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

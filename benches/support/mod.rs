@@ -12,10 +12,10 @@ use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use cloudbase_auth::types::{Group, Introspection, UserProfile};
+use cloudbase_auth::{CallOptions, Error as ApiError};
 use cloudbase_gateway::admin::metrics::Metrics;
 use cloudbase_gateway::cache::{AuthApi, BoxFuture, IdentityCache, Limits};
-use cloudbase_gateway::cloudbase::types::{Group, Introspection, UserProfile};
-use cloudbase_gateway::cloudbase::{CallOptions, Error as ApiError};
 use cloudbase_gateway::config::Config;
 use http::HeaderName;
 
@@ -102,10 +102,14 @@ pub fn jwt_like_token(i: u64) -> String {
     );
     // An RS256 signature is 256 bytes; any bytes that differ per token will do.
     let mut sig = [0u8; 256];
-    blake3::Hasher::new()
-        .update(&i.to_le_bytes())
-        .finalize_xof()
-        .fill(&mut sig);
+    for (n, chunk) in sig.chunks_mut(32).enumerate() {
+        use sha2::Digest;
+        let block = sha2::Sha256::new()
+            .chain_update(i.to_le_bytes())
+            .chain_update([n as u8])
+            .finalize();
+        chunk.copy_from_slice(&block);
+    }
     format!(
         "{HEADER}.{}.{}",
         URL_SAFE_NO_PAD.encode(payload),

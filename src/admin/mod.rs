@@ -28,7 +28,7 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use crate::cache::IdentityCache;
-use crate::config::Secret;
+use crate::secret::Secret;
 use metrics::Metrics;
 
 /// What the admin endpoints read.

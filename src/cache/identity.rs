@@ -17,8 +17,8 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 
 use crate::admin::metrics::Metrics;
-use crate::cloudbase::types::{Introspection, UserProfile};
 use crate::config::IdentityField;
+use cloudbase_auth::types::{Introspection, UserProfile};
 
 /// Control characters, `%` and (by `percent_encoding`'s rule) every non-ASCII byte: what is
 /// left is visible ASCII and inner spaces, so CR, LF and NUL can never reach a header and
@@ -228,7 +228,7 @@ pub type SharedIdentity = Arc<Identity>;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cloudbase::types::Group;
+    use cloudbase_auth::types::Group;
     use std::sync::Arc;
 
     fn fields() -> HeaderFields {
@@ -377,7 +377,8 @@ mod tests {
 
     mod properties {
         //! Property tests: whatever CloudBase puts in a profile, the header is a valid
-        //! value that percent-decodes back to it, and a group list splits back into its ids.
+        //! value that percent-decodes back to it, a group list splits back into its ids,
+        //! and an identity built from any answer at all sets only visible-ASCII values.
         use super::*;
         use percent_encoding::percent_decode_str;
         use proptest::prelude::*;
@@ -424,6 +425,57 @@ mod tests {
                 let value = h["x-user-groups"].to_str().unwrap();
                 let back: Vec<String> = value.split(',').map(decode).collect();
                 prop_assert_eq!(back, ids);
+            }
+
+            #[test]
+            fn an_identity_from_any_cloudbase_answer_has_only_visible_ascii_headers(
+                texts in proptest::collection::vec(proptest::option::of(any::<String>()), 11),
+                groups in proptest::collection::vec(
+                    (any::<String>(), proptest::option::of(prop_oneof![
+                        Just("2099-01-01T00:00:00Z".to_owned()),
+                        Just("9999-99-99T99:99:99Z".to_owned()),
+                        any::<String>(),
+                    ])),
+                    0..6,
+                ),
+                now in any::<i64>(),
+            ) {
+                let text = |i: usize| texts[i].clone();
+                let introspection = Introspection {
+                    token_type: text(0),
+                    client_id: text(1),
+                    sub: text(2),
+                    scope: text(3),
+                };
+                let profile = UserProfile {
+                    sub: text(2).unwrap_or_default(),
+                    name: text(4),
+                    username: text(5),
+                    email: text(6),
+                    phone_number: text(7),
+                    picture: text(8),
+                    gender: text(9),
+                    status: text(10),
+                    groups: groups
+                        .into_iter()
+                        .map(|(id, expires_at)| Group::Object { id, expires_at })
+                        .collect(),
+                    ..UserProfile::default()
+                };
+                let every: Vec<IdentityField> =
+                    IdentityField::ALL.iter().map(|(_, f)| *f).collect();
+                let fields = HeaderFields::new(&every, 8 << 10, None);
+                let names: Vec<HeaderName> = IdentityField::ALL
+                    .iter()
+                    .map(|(n, _)| HeaderName::from_bytes(n.replace('_', "-").as_bytes()).unwrap())
+                    .collect();
+                let identity = Identity::new(&introspection, &profile, None, &fields, now);
+                let _ = identity.in_any_group(&["admin".to_owned()], now);
+                let mut headers = HeaderMap::new();
+                identity.apply(&names, &mut headers);
+                for value in headers.values() {
+                    prop_assert!(value.as_bytes().iter().all(|b| (0x20..0x7f).contains(b)));
+                }
             }
         }
     }

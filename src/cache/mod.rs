@@ -49,18 +49,19 @@ pub use identity::{
 use crate::admin::metrics::{CacheLookup, CloudbaseEndpoint, CloudbaseOutcome, Metrics};
 use crate::auth::token::jwt_exp;
 use crate::clock::{remaining, unix_secs, UnixClock};
-use crate::cloudbase::types::{Introspection, UserProfile};
-use crate::cloudbase::{CallOptions, Client, Error as ApiError};
 use crate::config::{
     CacheSettings, IdentityField, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_IN_FLIGHT,
 };
+use cloudbase_auth::types::{Introspection, UserProfile};
+use cloudbase_auth::{CallOptions, Client, Error as ApiError};
 
 /// Cache key: SHA-256 of the token.
 pub type TokenKey = [u8; 32];
 
 /// The digest used as cache key. SHA-256 rather than BLAKE3: for a JWT-sized token (under
 /// BLAKE3's 1 KiB chunk, so none of its SIMD parallelism applies) SHA-256 on CPUs with
-/// SHA extensions is 2.7x faster (`cargo bench --bench cache_hot_path -- digest`).
+/// SHA extensions is 2.7x faster (`cargo bench --features bench-compare --bench
+/// cache_hot_path -- digest`).
 pub fn token_key(token: &str) -> TokenKey {
     use sha2::Digest;
     sha2::Sha256::digest(token.as_bytes()).into()

@@ -6,7 +6,7 @@
 //! a read is one hash-map probe. Among a million entries a moka read cost five or more cache
 //! misses (bucket array, bucket, entry, entry info, the access-order deque) and 1.5 µs; this
 //! costs two and 0.4 µs, and a whole hit went from 3.4 to about 2 µs
-//! (`cargo bench --bench cache_hot_path -- map/1M` and `-- hit/1M`). What it gives up is
+//! (`cargo bench --features bench-compare --bench cache_hot_path -- map/1M` and `-- hit/1M`). What it gives up is
 //! moka's frequency-based admission, which the eviction order below replaces for the one
 //! pressure this cache must withstand: floods of made-up tokens.
 //!

@@ -4,7 +4,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Mutex as StdMutex;
 
 use super::*;
-use crate::cloudbase::types::Group;
+use cloudbase_auth::types::Group;
 
 /// What the scripted CloudBase answers next.
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -197,10 +197,10 @@ impl Config {
                         user.insert(key.into(), text(v));
                     }
                 }
-                let groups = u.groups.iter().map(|g| match &g.expires_at {
-                    None => text(&g.id),
+                let groups = u.groups.iter().map(|g| match g.expires_at() {
+                    None => text(g.id()),
                     Some(at) => {
-                        Value::Table(table([("id", text(&g.id)), ("expires_at", text(at))]))
+                        Value::Table(table([("id", text(g.id())), ("expires_at", text(at))]))
                     }
                 });
                 user.insert("groups".into(), Value::Array(groups.collect()));

@@ -9,7 +9,6 @@
 
 mod effective;
 mod raw;
-mod secret;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,8 +21,13 @@ use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 
 pub use crate::path::EscapedSlashes;
+pub use crate::secret::{Secret, SecretUrl};
+pub use cloudbase_auth::IntrospectAuth;
+pub use cloudbase_emulator::{AttemptLimits, SeedUser};
 pub use raw::RawGroup;
-pub use secret::{Secret, SecretUrl};
+
+use cloudbase_auth::types::Group;
+use cloudbase_emulator::EmulatorOptions;
 
 /// Every setting of the gateway, validated.
 #[derive(Debug, Clone)]
@@ -83,15 +87,6 @@ pub struct AdminSettings {
     pub listen: SocketAddr,
     /// Bearer token every admin POST must carry when set. Default unset.
     pub token: Option<Secret>,
-}
-
-/// How `/token/introspect` is called.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IntrospectAuth {
-    /// `Authorization: Bearer <token>` (the documented form; default).
-    Bearer,
-    /// HTTP Basic client credentials and `?token=<token>` (the seed guide's form).
-    Client,
 }
 
 /// `[cloudbase]`: where and how to reach CloudBase Auth v2.
@@ -278,7 +273,8 @@ pub struct RouteSettings {
     pub allow_preflight: bool,
 }
 
-/// `[emulator]`.
+/// `[emulator]`: whether the gateway embeds the emulator, where, and the emulator's own
+/// settings (see [`Config::emulator_options`] for what the emulator is started with).
 #[derive(Debug, Clone)]
 pub struct EmulatorSettings {
     /// Start the emulator inside the gateway process. Default false.
@@ -296,48 +292,7 @@ pub struct EmulatorSettings {
     pub test_hooks: bool,
     /// How many wrong secrets the emulator takes before it answers 429.
     pub limits: AttemptLimits,
-    pub users: Vec<EmulatorUser>,
-}
-
-/// Wrong passwords and verification codes the emulator takes before locking.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AttemptLimits {
-    /// Failures per user (passwords) or per phone number / email (codes); 0 = no limit.
-    /// Default 5.
-    pub per_user: u32,
-    /// Failures per client address, whatever the account; 0 = no limit. Default 20.
-    pub per_client: u32,
-    /// A locked user or client stays locked this long after its last counted failure,
-    /// and failures are forgotten after this long without one. Default 15 min.
-    pub lockout: Duration,
-}
-
-impl Default for AttemptLimits {
-    fn default() -> Self {
-        AttemptLimits {
-            per_user: 5,
-            per_client: 20,
-            lockout: Duration::from_secs(15 * 60),
-        }
-    }
-}
-
-/// A user seeded into the emulator.
-#[derive(Debug, Clone)]
-pub struct EmulatorUser {
-    pub username: String,
-    pub password: Secret,
-    pub name: Option<String>,
-    pub email: Option<String>,
-    pub phone_number: Option<String>,
-    pub groups: Vec<EmulatorGroup>,
-}
-
-#[derive(Debug, Clone)]
-pub struct EmulatorGroup {
-    pub id: String,
-    /// RFC 3339.
-    pub expires_at: Option<String>,
+    pub users: Vec<SeedUser>,
 }
 
 /// One configuration mistake, with the key it concerns.
@@ -1222,14 +1177,11 @@ fn validate_emulator(raw: raw::RawEmulator, errors: &mut Errors) -> EmulatorSett
             .unwrap_or_default()
             .into_iter()
             .map(|g| match g {
-                RawGroup::Id(id) => EmulatorGroup {
-                    id,
-                    expires_at: None,
-                },
-                RawGroup::Table { id, expires_at } => EmulatorGroup { id, expires_at },
+                RawGroup::Id(id) => Group::Id(id),
+                RawGroup::Table { id, expires_at } => Group::Object { id, expires_at },
             })
             .collect();
-        users.push(EmulatorUser {
+        users.push(SeedUser {
             username,
             password: Secret::new(password),
             name: u.name,
@@ -1291,6 +1243,27 @@ impl Default for EmulatorSettings {
             test_hooks: false,
             limits: AttemptLimits::default(),
             users: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// What the emulator is started with, embedded or alone: `[emulator]`, and from
+    /// `[cloudbase]` the identity the emulator must share with the gateway (env id,
+    /// region, client id and secret; empty ones take the emulator's defaults).
+    pub fn emulator_options(&self) -> EmulatorOptions {
+        let (e, c) = (&self.emulator, &self.cloudbase);
+        EmulatorOptions {
+            env_id: c.env_id.clone(),
+            region: c.region.clone(),
+            client_id: c.client_id.clone(),
+            client_secret: c.client_secret.clone(),
+            verification_code: e.verification_code.clone(),
+            access_token_ttl: e.access_token_ttl,
+            allow_anonymous: e.allow_anonymous,
+            test_hooks: e.test_hooks,
+            limits: e.limits,
+            users: e.users.clone(),
         }
     }
 }

@@ -64,8 +64,9 @@ pub fn upstream_client(
         let _ = roots.add(cert);
     }
     if let Some(path) = extra_roots {
+        use rustls::pki_types::{pem::PemObject, CertificateDer};
         let pem = std::fs::read(path)?;
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        for cert in CertificateDer::pem_slice_iter(&pem) {
             roots.add(cert?)?;
         }
     }

@@ -34,9 +34,9 @@ pub use timeout::{RequestTimeout, RequestTimeoutLayer};
 
 use crate::admin;
 use crate::config::Config;
-use crate::emulator::Emulator;
 use crate::proxy::forward::ConnInfo;
 use crate::response::{Body, BoxError, Reject};
+use cloudbase_emulator::Emulator;
 use conn::{Activity, ConnService, Expired};
 
 /// Why the gateway could not start.
@@ -113,7 +113,7 @@ pub async fn start(
         if config.cloudbase.base_url_from_emulator {
             config.cloudbase.base_url = format!("http://{addr}/auth/v1");
         }
-        let emulator = Emulator::new(&config.emulator, &config.cloudbase);
+        let emulator = Emulator::new(&config.emulator_options());
         let mut rx = shutdown_rx.clone();
         emulator_task = Some(tokio::spawn(emulator.clone().serve(listener, async move {
             let _ = rx.wait_for(|v| *v).await;

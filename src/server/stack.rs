@@ -16,13 +16,13 @@ use super::StartError;
 use crate::admin::metrics::Metrics;
 use crate::auth::AuthLayer;
 use crate::cache::{IdentityCache, Limits};
-use crate::cloudbase::Client;
-use crate::config::Config;
+use crate::config::{CloudbaseSettings, Config};
 use crate::proxy::forward::{upstream_client, Forward};
 use crate::proxy::headers::X_REQUEST_ID;
 use crate::proxy::{ClientHeadersLayer, HopByHopLayer};
 use crate::response::Body;
 use crate::routing::{RouteLayer, Routes};
+use cloudbase_auth::{Client, RootCerts};
 
 /// The whole gateway service.
 pub type GatewayService =
@@ -37,11 +37,26 @@ pub struct Built {
 
 /// Builds the stack from validated configuration.
 pub fn build(config: &Config) -> Result<Built, StartError> {
-    let client = Client::new(&config.cloudbase).map_err(|e| StartError::Setup {
+    let client = cloudbase_client(&config.cloudbase).map_err(|e| StartError::Setup {
         what: "CloudBase client",
         source: e.into(),
     })?;
     build_with_api(config, Arc::new(client))
+}
+
+/// The CloudBase client `[cloudbase]` describes.
+fn cloudbase_client(c: &CloudbaseSettings) -> Result<Client, cloudbase_auth::Error> {
+    let mut builder = Client::builder(&c.base_url)
+        .client_id(&c.client_id)
+        .client_secret(c.client_secret.clone())
+        .device_id(&c.device_id)
+        .introspect_auth(c.introspect_auth)
+        .timeout(c.timeout)
+        .user_agent(concat!("cloudbase-gateway/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = &c.ca_file {
+        builder = builder.extra_root_certs(RootCerts::PemFile(path.clone()));
+    }
+    builder.build()
 }
 
 /// Builds the stack over any [`crate::cache::AuthApi`] (benches use an in-process one).

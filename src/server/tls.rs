@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsFiles;
@@ -14,12 +16,17 @@ pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, BoxError> {
     };
     let cert_pem = read(&files.cert)?;
     let key_pem = read(&files.key)?;
-    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice()).collect::<Result<Vec<_>, _>>()?;
+    let certs = CertificateDer::pem_slice_iter(&cert_pem).collect::<Result<Vec<_>, _>>()?;
     if certs.is_empty() {
         return Err(format!("{} holds no certificate", files.cert.display()).into());
     }
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())?
-        .ok_or_else(|| format!("{} holds no private key", files.key.display()))?;
+    let key = match PrivateKeyDer::from_pem_slice(&key_pem) {
+        Ok(key) => key,
+        Err(pem::Error::NoItemsFound) => {
+            return Err(format!("{} holds no private key", files.key.display()).into())
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use crate::support::*;
 use base64::Engine;
-use cloudbase_gateway::cloudbase::CallOptions;
-use cloudbase_gateway::emulator::Fault;
+use cloudbase_auth::CallOptions;
+use cloudbase_emulator::Fault;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

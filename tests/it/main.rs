@@ -13,9 +13,6 @@
 mod support;
 
 mod cli;
-mod client_emulator;
-mod client_errors;
-mod emulator_api;
 mod emulator_cli;
 mod gateway;
 mod js_sdk;

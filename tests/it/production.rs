@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use crate::support::*;
 use bytes::Bytes;
-use cloudbase_gateway::cloudbase::CallOptions;
+use cloudbase_auth::CallOptions;
+use cloudbase_emulator::Fault;
 use cloudbase_gateway::config::Config;
-use cloudbase_gateway::emulator::Fault;
 use cloudbase_gateway::response::Body;
 use futures_util::{SinkExt as _, StreamExt as _};
 use http::{Request, Response, StatusCode, Version};

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::support::{free_port, metric, Cfg, Process};
 use bytes::Bytes;
-use cloudbase_gateway::cloudbase::{CallOptions, Client};
+use cloudbase_auth::{CallOptions, Client};
 use cloudbase_gateway::config::Config;
 use cloudbase_gateway::response::{full, Body, BoxError};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::cache::{HeaderFields, Identity};
-use crate::cloudbase::types::{Group, Introspection, UserProfile};
+use cloudbase_auth::types::{Group, Introspection, UserProfile};
 
 /// The only format version this build writes and reads.
 pub const VERSION: u8 = 1;

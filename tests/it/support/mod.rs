@@ -9,10 +9,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use cloudbase_gateway::cloudbase::types::TokenResponse;
-use cloudbase_gateway::cloudbase::{CallOptions, Client};
+use cloudbase_auth::types::TokenResponse;
+use cloudbase_auth::{CallOptions, Client, Secret};
+use cloudbase_emulator::Emulator;
 use cloudbase_gateway::config::Config;
-use cloudbase_gateway::emulator::Emulator;
 use cloudbase_gateway::response::Body;
 use cloudbase_gateway::server::{self, Running};
 use http::{Request, Response};
@@ -164,14 +164,14 @@ impl Cfg<'_> {
     }
 }
 
-/// A client of the emulator at `addr` as `test-client` (sign-ins, revocations).
+/// A client of the emulator at `addr` as `test-client` (sign-ins, revocations), with
+/// `client_secret` (empty: none).
 pub fn emulator_client(addr: SocketAddr, client_secret: &str) -> Client {
-    let config = Config::from_toml_str(&format!(
-        "[cloudbase]\nbase_url = \"http://{addr}/auth/v1\"\nclient_id = \"test-client\"\n\
-         client_secret = \"{client_secret}\"\n"
-    ))
-    .expect("client config");
-    Client::new(&config.cloudbase).expect("client")
+    Client::builder(format!("http://{addr}/auth/v1"))
+        .client_id("test-client")
+        .client_secret(Secret::new(client_secret))
+        .build()
+        .expect("client")
 }
 
 impl Harness {

@@ -1,42 +1,10 @@
-//! Strings that must never be printed: client secrets, passwords, and URLs that carry one.
+//! Strings that must never be printed: [`Secret`] (client secrets, passwords, tokens; from
+//! the `cloudbase-auth` crate, which needs it for the client secret) and [`SecretUrl`], a
+//! URL that may carry a password (`redis://user:password@host`).
 
 use std::fmt;
 
-/// Holds a secret value. `Debug` and `Display` print `[redacted]`; only [`Secret::expose`]
-/// gives the value, so every place that reads it is easy to find.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The secret itself. Call only where it goes on the wire.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() {
-            "\"\""
-        } else {
-            "[redacted]"
-        })
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
-    }
-}
+pub use cloudbase_auth::Secret;
 
 /// A URL that may carry credentials (`redis://user:password@host`). `Debug` and `Display`
 /// print it with the password (or a lone user part, which some write for a password)
@@ -114,13 +82,5 @@ mod tests {
             assert!(!format!("{u:?}").contains("hunter2"));
             assert_eq!(u.expose(), url);
         }
-    }
-
-    #[test]
-    fn debug_and_display_never_show_the_value() {
-        let s = Secret::new("hunter2-very-secret");
-        assert_eq!(format!("{s:?}"), "[redacted]");
-        assert_eq!(format!("{s}"), "[redacted]");
-        assert_eq!(s.expose(), "hunter2-very-secret");
     }
 }

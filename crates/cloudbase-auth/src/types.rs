@@ -2,9 +2,34 @@
 //!
 //! Responses tolerate unknown fields (CloudBase adds fields without notice) and missing
 //! optional ones; requests skip `None` fields so the JSON matches what the official SDK
-//! sends. Shared by the client, the emulator and the gateway.
+//! sends. Shared by the client and the emulator (`cloudbase-emulator`).
 
 use serde::{Deserialize, Serialize};
+
+/// How `/token/introspect` is called, spelled `"bearer"` / `"client"` where it is
+/// configured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IntrospectAuth {
+    /// `Authorization: Bearer <token>` (the documented form; default).
+    #[default]
+    Bearer,
+    /// HTTP Basic client credentials and `?token=<token>` (the seed guide's form).
+    Client,
+}
+
+impl IntrospectAuth {
+    /// Every form, in documentation order.
+    pub const ALL: [IntrospectAuth; 2] = [IntrospectAuth::Bearer, IntrospectAuth::Client];
+
+    /// `"bearer"` or `"client"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IntrospectAuth::Bearer => "bearer",
+            IntrospectAuth::Client => "client",
+        }
+    }
+}
 
 /// Token response of sign-in, sign-up, anonymous sign-in and refresh.
 #[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -232,7 +257,8 @@ pub struct ErrorBody {
     pub details: Option<serde_json::Value>,
 }
 
-/// Claims of a CloudBase access token (decoded, not verified, by the gateway).
+/// Claims of a CloudBase access token (decoded, never verified, by a client: CloudBase
+/// publishes no key to verify them with).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessTokenClaims {
     #[serde(default)]

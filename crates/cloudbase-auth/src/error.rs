@@ -1,12 +1,13 @@
 //! What can go wrong calling CloudBase, sorted by whose fault it is.
 //!
-//! The gateway needs one distinction above all: "CloudBase said no" ([`Error::Api`] with a
+//! A caller needs one distinction above all: "CloudBase said no" ([`Error::Api`] with a
 //! 4xx) versus "CloudBase could not be asked" ([`Error::is_server_side`]), because the
-//! first rejects the user (401, remembered for `negative_ttl`) and the second never does:
-//! the gateway serves a stale identity where `stale_if_error` allows, and otherwise answers
-//! 503 `AUTH_UNAVAILABLE` with `Retry-After`. The trade-off: messages stay generic. Nothing here keeps a URL, a request or a
-//! response body, so no token, password or secret can reach a log through an error; the
-//! price is that a malformed-body error tells you where parsing failed, not what was there.
+//! first rejects the user and the second must not (the gateway remembers a refusal for
+//! `negative_ttl`, and answers an outage with a stale identity or 503 with `Retry-After`,
+//! never a 401 that signs users out). The trade-off: messages stay generic. Nothing here
+//! keeps a URL, a request or a response body, so no token, password or secret can reach a
+//! log through an error; the price is that a malformed-body error tells you where parsing
+//! failed, not what was there.
 
 use std::path::PathBuf;
 
@@ -14,6 +15,7 @@ use http::StatusCode;
 
 /// An error of a CloudBase call.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// CloudBase answered 4xx/5xx with its error envelope
     /// (`{"error", "error_code", "error_description"}`, or the API gateway's
@@ -43,13 +45,14 @@ pub enum Error {
     /// header). The request was not made; this is the caller's fault, not CloudBase's.
     #[error("cannot send {what} to CloudBase: not a valid header value")]
     InvalidInput { what: &'static str },
-    /// [`Client::new`](super::Client::new) could not be built.
+    /// [`ClientBuilder::build`](crate::ClientBuilder::build) could not build the client.
     #[error("cannot set up the CloudBase client")]
     Setup(#[source] SetupError),
 }
 
 /// Why a response body was rejected. Deliberately holds no part of the body.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum InvalidBody {
     /// Not JSON at all (an HTML error page, plain text, a truncated body).
     #[error("not JSON (line {line}, column {column})")]
@@ -76,28 +79,35 @@ impl InvalidBody {
     }
 }
 
-/// Why [`Client::new`](super::Client::new) failed.
+/// Why [`ClientBuilder::build`](crate::ClientBuilder::build) failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SetupError {
-    #[error("cannot read cloudbase.ca_file {path}")]
-    CaFile {
+    #[error("cannot read root certificates from {path}")]
+    ReadRootCerts {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("cloudbase.ca_file {path} holds no PEM certificate")]
-    NoCertificates { path: PathBuf },
-    #[error("cloudbase.ca_file {path}: certificate rejected")]
+    #[error("root certificates ({origin}) are not valid PEM")]
+    RootCertsPem {
+        origin: String,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("root certificates ({origin}): no PEM certificate found")]
+    NoCertificates { origin: String },
+    #[error("root certificates ({origin}): certificate rejected")]
     BadCertificate {
-        path: PathBuf,
+        origin: String,
         #[source]
         source: rustls::Error,
     },
     #[error("TLS configuration")]
     Tls(#[source] rustls::Error),
-    #[error("cloudbase.base_url is not a usable URL")]
+    #[error("the base URL is not an http:// or https:// URL")]
     BaseUrl,
-    #[error("cloudbase.device_id is not a valid header value")]
+    #[error("the device id is not a valid header value")]
     DeviceId,
     #[error("HTTP client")]
     Http(#[source] reqwest::Error),

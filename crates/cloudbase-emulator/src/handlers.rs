@@ -19,7 +19,7 @@ use super::jwt::Claims;
 use super::limits::Subject;
 use super::state::{self, Caller, Contact, Issued, Now, SignUp};
 use super::Inner;
-use crate::cloudbase::types::{
+use cloudbase_auth::types::{
     Introspection, ProvidersResponse, SudoResponse, TokenResponse, UserProfile,
     VerificationResponse, VerifyResponse,
 };

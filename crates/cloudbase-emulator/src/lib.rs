@@ -1,15 +1,22 @@
-//! A faithful in-memory CloudBase Auth v2 emulator.
+#![doc = include_str!("../README.md")]
 //!
-//! It speaks the wire format of `cloudbase-auth-v2.md` under `/auth/v1` (plus the seed
-//! guide's path variants), so the gateway, its typed client, curl scripts from the seed
-//! guide and the official JS SDK (CORS included) can all run against it without a
+//! ## Design
+//!
+//! It speaks CloudBase's wire format under `/auth/v1` (plus the seed guide's path
+//! variants), so a gateway, the typed client (`cloudbase-auth`), curl scripts from the
+//! seed guide and the official JS SDK (CORS included) can all run against it without a
 //! CloudBase account. Test hooks live outside `/auth/v1`: per-endpoint call counters
 //! (`/__emulator/stats`) and fault injection (`/__emulator/fault`) for outage tests.
 //!
-//! Trade-off: everything is in memory behind one mutex (see [`state`]) and access tokens
+//! Trade-off: everything is in memory behind one mutex (see `state`) and access tokens
 //! are HS256 with a per-instance key instead of RS256. Nothing survives a restart, and
 //! the emulator is not meant to be exposed to untrusted networks; in exchange it starts in
 //! microseconds, needs no key material and is deterministic enough for tests.
+//!
+//! A program embeds it by building [`EmulatorOptions`] from its own configuration and
+//! serving [`Emulator::router`] or [`Emulator::serve`] on a listener it binds (the gateway
+//! does this when its `[emulator] enabled` is true), or with [`Emulator::spawn`].
+#![forbid(unsafe_code)]
 
 mod body;
 mod cors;
@@ -18,6 +25,7 @@ mod handlers;
 mod hooks;
 mod jwt;
 mod limits;
+mod options;
 mod state;
 
 use std::future::Future;
@@ -38,8 +46,9 @@ use tower::ServiceBuilder;
 
 pub use body::MAX_BODY;
 pub use error::{ApiError, ErrorKind};
+pub use options::{AttemptLimits, EmulatorOptions, SeedUser};
 
-use crate::config::{CloudbaseSettings, EmulatorSettings, Secret};
+use cloudbase_auth::Secret;
 
 /// The `/auth/v1` endpoints, as named in the call statistics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,38 +194,32 @@ impl std::fmt::Debug for Emulator {
 }
 
 impl Emulator {
-    /// An emulator with the configured users. `cloudbase` supplies the env id (token
-    /// issuer and `project_id`), the client id (`aud`) and the client secret: when it is
-    /// non-empty, Basic credentials that are sent must match it.
-    pub fn new(settings: &EmulatorSettings, cloudbase: &CloudbaseSettings) -> Emulator {
-        let env_id = if cloudbase.env_id.is_empty() {
-            "emulator"
-        } else {
-            cloudbase.env_id.as_str()
+    /// An emulator with `options`' users and settings (see [`EmulatorOptions`]).
+    pub fn new(options: &EmulatorOptions) -> Emulator {
+        let defaults = EmulatorOptions::default();
+        let or_default = |value: &str, default: &str| {
+            if value.is_empty() {
+                default.to_owned()
+            } else {
+                value.to_owned()
+            }
         };
-        let region = if cloudbase.region.is_empty() {
-            "ap-shanghai"
-        } else {
-            cloudbase.region.as_str()
-        };
-        let client_id = if cloudbase.client_id.is_empty() {
-            env_id.to_owned()
-        } else {
-            cloudbase.client_id.clone()
-        };
+        let env_id = or_default(&options.env_id, &defaults.env_id);
+        let region = or_default(&options.region, &defaults.region);
+        let client_id = or_default(&options.client_id, &env_id);
         let now = state::Now::current();
         Emulator {
             inner: Arc::new(Inner {
-                verification_code: settings.verification_code.clone(),
-                access_token_ttl: settings.access_token_ttl.as_secs().max(1) as i64,
-                allow_anonymous: settings.allow_anonymous,
-                test_hooks: settings.test_hooks,
+                verification_code: options.verification_code.clone(),
+                access_token_ttl: options.access_token_ttl.as_secs().max(1) as i64,
+                allow_anonymous: options.allow_anonymous,
+                test_hooks: options.test_hooks,
                 issuer: format!("http://{env_id}.{region}.tcb-api.tencentcloudapi.com"),
-                project_id: env_id.to_owned(),
+                project_id: env_id,
                 client_id,
-                client_secret: cloudbase.client_secret.clone(),
+                client_secret: options.client_secret.clone(),
                 signer: jwt::Signer::new(),
-                store: Mutex::new(state::Store::seeded(&settings.users, settings.limits, now)),
+                store: Mutex::new(state::Store::seeded(&options.users, options.limits, now)),
                 calls: Default::default(),
                 fault: AtomicU8::new(Fault::Ok as u8),
                 shutdown: watch::channel(false).0,

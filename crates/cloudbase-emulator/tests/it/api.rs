@@ -1,38 +1,33 @@
 //! The emulator's HTTP surface over real sockets, driven with plain reqwest: every
 //! endpoint's success path and its main error paths, CORS, stats and fault injection.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use cloudbase_gateway::config::Config;
-use cloudbase_gateway::emulator::Emulator;
+use cloudbase_emulator::{AttemptLimits, Emulator, EmulatorOptions};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
 
-const CONFIG: &str = r#"
-[cloudbase]
-env_id = "test-env"
-client_id = "test-client"
-client_secret = "test-secret"
+use crate::support::{group, spawn, test_env, user};
 
-[emulator]
-enabled = true
-verification_code = "123456"
-access_token_ttl = "1h"
-test_hooks = true
-
-[[emulator.users]]
-username = "alice"
-password = "alice-password"
-name = "爱丽丝 Alice"
-email = "alice@example.com"
-groups = ["staff", { id = "admin", expires_at = "2020-01-01T00:00:00Z" }, { id = "beta", expires_at = "2999-01-01T00:00:00Z" }]
-
-[[emulator.users]]
-username = "bob"
-password = "bob-password"
-phone_number = "+86 13900000000"
-"#;
+/// Two users: `alice` (a name in two scripts, an email, a lapsed `admin` and a live
+/// `beta` group) and `bob` (a phone number); one-hour tokens, test hooks on.
+fn options() -> EmulatorOptions {
+    let mut alice = user("alice", "alice-password");
+    alice.name = Some("爱丽丝 Alice".into());
+    alice.email = Some("alice@example.com".into());
+    alice.groups = vec![
+        group("staff", None),
+        group("admin", Some("2020-01-01T00:00:00Z")),
+        group("beta", Some("2999-01-01T00:00:00Z")),
+    ];
+    let mut bob = user("bob", "bob-password");
+    bob.phone_number = Some("+86 13900000000".into());
+    EmulatorOptions {
+        access_token_ttl: Duration::from_secs(3600),
+        test_hooks: true,
+        ..test_env(vec![alice, bob])
+    }
+}
 
 struct Env {
     emu: Emulator,
@@ -40,14 +35,8 @@ struct Env {
     http: Client,
 }
 
-async fn start_with(config: &str) -> Env {
-    let cfg = Config::from_toml_str(config).expect("test config is valid");
-    let emu = Emulator::new(&cfg.emulator, &cfg.cloudbase);
-    let (addr, _task) = emu
-        .clone()
-        .spawn(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .unwrap();
+async fn start_with(options: EmulatorOptions) -> Env {
+    let (emu, addr) = spawn(&options).await;
     Env {
         emu,
         base: format!("http://{addr}"),
@@ -59,7 +48,7 @@ async fn start_with(config: &str) -> Env {
 }
 
 async fn start() -> Env {
-    start_with(CONFIG).await
+    start_with(options()).await
 }
 
 impl Env {
@@ -450,10 +439,10 @@ async fn anonymous_signin_needs_a_device_and_is_stable_per_device() {
 
 #[tokio::test]
 async fn anonymous_signin_disabled_is_unimplemented() {
-    let env = start_with(&format!("{CONFIG}\n").replace(
-        "access_token_ttl = \"1h\"",
-        "access_token_ttl = \"1h\"\nallow_anonymous = false",
-    ))
+    let env = start_with(EmulatorOptions {
+        allow_anonymous: false,
+        ..options()
+    })
     .await;
     let (s, v) = env.post("/signin/anonymously", json!({})).await;
     assert_error(s, &v, 501, "unimplemented");
@@ -1042,15 +1031,14 @@ async fn fault_modes_break_every_auth_call_after_counting_it() {
 
 #[tokio::test]
 async fn hanging_requests_are_released_at_shutdown() {
-    let cfg = Config::from_toml_str(CONFIG).unwrap();
-    let emu = Emulator::new(&cfg.emulator, &cfg.cloudbase);
+    let emu = Emulator::new(&options());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(emu.clone().serve(listener, async {
         let _ = stop_rx.await;
     }));
-    emu.set_fault(cloudbase_gateway::emulator::Fault::Hang);
+    emu.set_fault(cloudbase_emulator::Fault::Hang);
     let http = Client::new();
     let pending = tokio::spawn(
         http.get(format!("http://{addr}/auth/v1/token/introspect"))
@@ -1114,24 +1102,26 @@ async fn many_concurrent_calls_are_served() {
 // As strict as a real auth server: test hooks, attempt limits, token families, bodies
 // ---------------------------------------------------------------------------------------
 
-/// [`CONFIG`] with the test hooks off (the default) instead of on.
-fn without_hooks() -> String {
-    CONFIG.replace("test_hooks = true\n", "")
+/// [`options`] with the test hooks off (the default) instead of on.
+fn without_hooks() -> EmulatorOptions {
+    EmulatorOptions {
+        test_hooks: false,
+        ..options()
+    }
 }
 
-/// [`CONFIG`] with `[emulator]` lines added.
-fn with_emulator(lines: &str) -> String {
-    CONFIG.replace(
-        "access_token_ttl = \"1h\"\n",
-        &format!("access_token_ttl = \"1h\"\n{lines}\n"),
-    )
+/// [`options`] with the attempt limits changed by `change`.
+fn with_limits(change: impl FnOnce(&mut AttemptLimits)) -> EmulatorOptions {
+    let mut options = options();
+    change(&mut options.limits);
+    options
 }
 
 /// An emulator whose clients set no timers, so a test can pause tokio's clock: with time
 /// paused, any pending timer (a request timeout, the connection pool's idle sweep) would
 /// be fired early by auto-advance while a request is on the wire.
-async fn start_timerless(config: &str) -> Env {
-    let mut env = start_with(config).await;
+async fn start_timerless(options: EmulatorOptions) -> Env {
+    let mut env = start_with(options).await;
     env.http = Client::builder().pool_idle_timeout(None).build().unwrap();
     env
 }
@@ -1246,7 +1236,7 @@ async fn a_cross_site_text_or_form_post_cannot_inject_a_fault() {
 
 #[tokio::test]
 async fn the_test_hooks_are_not_served_unless_enabled() {
-    let env = start_with(&without_hooks()).await;
+    let env = start_with(without_hooks()).await;
     let access = at(&env.signin("alice", "alice-password").await, "access_token");
     for (method, path) in [
         (Method::GET, "/__emulator/stats"),
@@ -1338,9 +1328,10 @@ async fn a_password_guessing_flood_is_locked_out_and_the_right_password_refused_
 
 #[tokio::test(start_paused = true)]
 async fn a_locked_out_user_signs_in_again_once_the_lockout_has_passed() {
-    let env = start_timerless(&with_emulator(
-        "failed_attempts_per_user = 3\nlockout = \"10m\"",
-    ))
+    let env = start_timerless(with_limits(|l| {
+        l.per_user = 3;
+        l.lockout = Duration::from_secs(10 * 60);
+    }))
     .await;
     let answers = wrong_passwords(&env, "alice", 10).await;
     assert_eq!(answers.iter().filter(|(s, _)| *s == 400).count(), 3);
@@ -1362,7 +1353,7 @@ async fn a_locked_out_user_signs_in_again_once_the_lockout_has_passed() {
 #[tokio::test(start_paused = true)]
 async fn verification_code_guessing_is_locked_out_per_phone_number() {
     // Shorter than the 600 s a verification id lives, so the same id verifies after it.
-    let env = start_timerless(&with_emulator("lockout = \"5m\"")).await;
+    let env = start_timerless(with_limits(|l| l.lockout = Duration::from_secs(5 * 60))).await;
     let phone = "+86 13800000001";
     let start_verification = || async {
         let (s, v) = env
@@ -1416,9 +1407,10 @@ async fn verification_code_guessing_is_locked_out_per_phone_number() {
 
 #[tokio::test]
 async fn one_client_spraying_guesses_over_many_accounts_is_locked_out() {
-    let env = start_with(&with_emulator(
-        "failed_attempts_per_user = 5\nfailed_attempts_per_client = 8",
-    ))
+    let env = start_with(with_limits(|l| {
+        l.per_user = 5;
+        l.per_client = 8;
+    }))
     .await;
     // Two guesses at each of two accounts and four unknown names: 8, none locked alone.
     for (name, n) in [
@@ -1769,7 +1761,7 @@ async fn a_50_mib_body_is_refused_with_413_before_it_is_read() {
          transfer-encoding: chunked\r\n\r\n"
     );
     let chunk = format!("4000\r\n{}\r\n", " ".repeat(0x4000));
-    let body = chunk.repeat(cloudbase_gateway::emulator::MAX_BODY / 0x4000 + 1);
+    let body = chunk.repeat(cloudbase_emulator::MAX_BODY / 0x4000 + 1);
     let answer = raw_exchange(&addr, head.as_bytes(), body.as_bytes()).await;
     assert_413(&answer, "chunked");
     assert_eq!(
@@ -1782,7 +1774,7 @@ async fn a_50_mib_body_is_refused_with_413_before_it_is_read() {
         .http
         .post(format!("{}/auth/v1/signin", env.base))
         .header("content-type", "application/json")
-        .body(" ".repeat(cloudbase_gateway::emulator::MAX_BODY))
+        .body(" ".repeat(cloudbase_emulator::MAX_BODY))
         .send()
         .await
         .unwrap();

@@ -16,7 +16,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::cloudbase::types::ErrorBody;
+use cloudbase_auth::types::ErrorBody;
 
 /// The `error` codes the emulator answers with, each with its HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,31 +9,31 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use cloudbase_gateway::cloudbase::error::InvalidBody;
-use cloudbase_gateway::cloudbase::{CallOptions, Client, Error};
-use cloudbase_gateway::config::{CloudbaseSettings, Config, IntrospectAuth};
+use cloudbase_auth::error::InvalidBody;
+use cloudbase_auth::{CallOptions, Client, Error, IntrospectAuth, Secret};
 
 const TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.very-secret-token+/=";
 
-fn settings(port: u16, extra: &str) -> CloudbaseSettings {
-    let text = format!(
-        "[cloudbase]\nbase_url = \"http://127.0.0.1:{port}/auth/v1\"\nclient_id = \"my-client\"\n\
-         device_id = \"device-0123456789abcdef\"\ntimeout = \"300ms\"\n{extra}"
-    );
-    match Config::from_toml_str(&text) {
-        Ok(c) => c.cloudbase,
-        Err(e) => panic!("test config: {e}"),
-    }
+/// A client of 127.0.0.1:`port` as `my-client` with `secret` (empty: none), calls
+/// bounded at 300 ms.
+fn client(port: u16, secret: &str) -> Client {
+    Client::builder(format!("http://127.0.0.1:{port}/auth/v1"))
+        .client_id("my-client")
+        .client_secret(Secret::new(secret))
+        .device_id("device-0123456789abcdef")
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap()
 }
 
-/// Serves `router` on 127.0.0.1:0 and returns a client of it.
-async fn serve(router: Router, extra: &str) -> Client {
+/// Serves `router` on 127.0.0.1:0 and returns a client of it with `secret`.
+async fn serve(router: Router, secret: &str) -> Client {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         axum::serve(listener, router).await.unwrap();
     });
-    Client::new(&settings(port, extra)).unwrap()
+    client(port, secret)
 }
 
 /// A server answering every request with `status` and `body`.
@@ -148,7 +148,7 @@ async fn a_closed_port_is_a_transport_error_that_does_not_leak_the_token() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     drop(listener);
-    let client = Client::new(&settings(port, "client_secret = \"client-s3cr3t\"")).unwrap();
+    let client = client(port, "client-s3cr3t");
     let e = client
         .introspect_with(TOKEN, IntrospectAuth::Client, &opts())
         .await
@@ -196,10 +196,10 @@ async fn record(State(log): State<Log>, request: Request) -> Response {
         .into_response()
 }
 
-async fn recording(extra: &str) -> (Client, Log) {
+async fn recording(secret: &str) -> (Client, Log) {
     let log = Log::default();
     let router = Router::new().fallback(record).with_state(log.clone());
-    (serve(router, extra).await, log)
+    (serve(router, secret).await, log)
 }
 
 fn last(log: &Log) -> Seen {
@@ -215,7 +215,7 @@ const BASIC: &str = "Basic bXktY2xpZW50OmNsaWVudC1zZWNyZXQ=";
 
 #[tokio::test]
 async fn client_calls_send_ids_basic_credentials_and_client_id() {
-    let (client, log) = recording("client_secret = \"client-secret\"").await;
+    let (client, log) = recording("client-secret").await;
     client
         .signin_password("alice", "password1", &opts())
         .await
@@ -255,7 +255,7 @@ async fn call_options_override_request_and_device_ids() {
 
 #[tokio::test]
 async fn introspect_client_mode_sends_the_token_in_the_query_with_basic() {
-    let (client, log) = recording("client_secret = \"client-secret\"").await;
+    let (client, log) = recording("client-secret").await;
     client
         .introspect_with(TOKEN, IntrospectAuth::Client, &opts())
         .await
@@ -271,7 +271,7 @@ async fn introspect_client_mode_sends_the_token_in_the_query_with_basic() {
 
 #[tokio::test]
 async fn introspect_bearer_mode_and_user_calls_send_only_the_bearer_token() {
-    let (client, log) = recording("client_secret = \"client-secret\"").await;
+    let (client, log) = recording("client-secret").await;
     let active = client.introspect(TOKEN, &opts()).await.unwrap();
     assert!(active.is_active());
     let seen = last(&log);

@@ -1,44 +1,33 @@
 //! The typed client against the emulator over real sockets: every endpoint's success path
 //! and its main error paths.
 
-use cloudbase_gateway::cloudbase::types::{
+use cloudbase_auth::types::{
     ChangePasswordRequest, SignupRequest, VerificationRequest, VerificationTarget,
 };
-use cloudbase_gateway::cloudbase::{CallOptions, Client, Error};
-use cloudbase_gateway::config::{Config, IntrospectAuth};
-use cloudbase_gateway::emulator::Emulator;
+use cloudbase_auth::{CallOptions, Client, Error, IntrospectAuth};
+use cloudbase_emulator::{Emulator, EmulatorOptions};
 use http::StatusCode;
 
-const USERS: &str = r#"
-[cloudbase]
-env_id = "test-env"
-client_id = "test-client"
-client_secret = "test-secret"
-[emulator]
-verification_code = "123456"
-EMULATOR_EXTRA
-[[emulator.users]]
-username = "alice"
-password = "alice-password"
-name = "Alice"
-email = "alice@example.com"
-groups = ["user", { id = "beta", expires_at = "2001-01-01T00:00:00Z" }, { id = "admin", expires_at = "2099-01-01T00:00:00Z" }]
-"#;
+use crate::support::{client, group, spawn, test_env, user};
 
-/// An emulator on 127.0.0.1:0 (with `extra` keys in `[emulator]`) and a client for it.
-async fn setup(extra: &str) -> (Emulator, Client) {
-    let config = Config::from_toml_str(&USERS.replace("EMULATOR_EXTRA", extra)).unwrap();
-    let emulator = Emulator::new(&config.emulator, &config.cloudbase);
-    let (addr, _task) = emulator
-        .clone()
-        .spawn("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let client_config = Config::from_toml_str(&format!(
-        "[cloudbase]\nbase_url = \"http://{addr}/auth/v1\"\nclient_id = \"test-client\"\nclient_secret = \"test-secret\"\n"
-    ))
-    .unwrap();
-    (emulator, Client::new(&client_config.cloudbase).unwrap())
+/// `alice`, in `user`, a lapsed `beta` and a live `admin` group; two-hour tokens (the
+/// default).
+fn options() -> EmulatorOptions {
+    let mut alice = user("alice", "alice-password");
+    alice.name = Some("Alice".into());
+    alice.email = Some("alice@example.com".into());
+    alice.groups = vec![
+        group("user", None),
+        group("beta", Some("2001-01-01T00:00:00Z")),
+        group("admin", Some("2099-01-01T00:00:00Z")),
+    ];
+    test_env(vec![alice])
+}
+
+/// An emulator on 127.0.0.1:0 with [`options`] and a client for it.
+async fn setup(options: EmulatorOptions) -> (Emulator, Client) {
+    let (emulator, addr) = spawn(&options).await;
+    (emulator, client(addr))
 }
 
 fn opts() -> CallOptions {
@@ -68,7 +57,7 @@ fn assert_api(e: Error, status: StatusCode, error: &str) {
 
 #[tokio::test]
 async fn sign_in_with_password_and_read_the_profile() {
-    let (_, c) = setup("").await;
+    let (_, c) = setup(options()).await;
     let t = c
         .signin_password("alice", "alice-password", &opts())
         .await
@@ -106,7 +95,7 @@ async fn sign_in_with_password_and_read_the_profile() {
 
 #[tokio::test]
 async fn introspect_in_both_modes() {
-    let (_, c) = setup("").await;
+    let (_, c) = setup(options()).await;
     let t = c
         .signin_password("alice", "alice-password", &opts())
         .await
@@ -129,7 +118,7 @@ async fn introspect_in_both_modes() {
 
 #[tokio::test]
 async fn refresh_tokens_rotate_and_a_replayed_one_revokes_its_family() {
-    let (_, c) = setup("").await;
+    let (_, c) = setup(options()).await;
     let t = c
         .signin_password("alice", "alice-password", &opts())
         .await
@@ -162,7 +151,7 @@ async fn refresh_tokens_rotate_and_a_replayed_one_revokes_its_family() {
 
 #[tokio::test]
 async fn revoke_kills_the_token_at_once() {
-    let (_, c) = setup("").await;
+    let (_, c) = setup(options()).await;
     let t = c
         .signin_password("alice", "alice-password", &opts())
         .await
@@ -180,7 +169,7 @@ async fn revoke_kills_the_token_at_once() {
 
 #[tokio::test]
 async fn verification_sign_up_and_duplicates() {
-    let (_, c) = setup("").await;
+    let (_, c) = setup(options()).await;
     let phone = "+86 13800000001";
     let req = VerificationRequest {
         phone_number: Some(phone.into()),
@@ -259,7 +248,7 @@ async fn verification_sign_up_and_duplicates() {
 
 #[tokio::test]
 async fn sign_in_with_a_verification_token() {
-    let (_, c) = setup("").await;
+    let (_, c) = setup(options()).await;
     let req = VerificationRequest {
         email: Some("alice@example.com".into()),
         target: Some(VerificationTarget::User),
@@ -287,7 +276,7 @@ async fn sign_in_with_a_verification_token() {
 
 #[tokio::test]
 async fn anonymous_users_are_reused_per_device_and_refusable() {
-    let (_, c) = setup("").await;
+    let (_, c) = setup(options()).await;
     let a = c
         .signin_anonymously(&device("device-aaaaaaaaaaaaaaaa"))
         .await
@@ -307,7 +296,11 @@ async fn anonymous_users_are_reused_per_device_and_refusable() {
     let i = c.introspect(&a.access_token, &opts()).await.unwrap();
     assert_eq!(i.scope.as_deref(), Some("anonymous"));
 
-    let (_, refusing) = setup("allow_anonymous = false\n").await;
+    let (_, refusing) = setup(EmulatorOptions {
+        allow_anonymous: false,
+        ..options()
+    })
+    .await;
     assert_api(
         refusing
             .signin_anonymously(&device("device-aaaaaaaaaaaaaaaa"))
@@ -320,7 +313,7 @@ async fn anonymous_users_are_reused_per_device_and_refusable() {
 
 #[tokio::test]
 async fn sudo_and_password_change_sign_out_the_other_sessions() {
-    let (_, c) = setup("").await;
+    let (_, c) = setup(options()).await;
     let mine = c
         .signin_password("alice", "alice-password", &opts())
         .await
@@ -398,7 +391,7 @@ async fn sudo_and_password_change_sign_out_the_other_sessions() {
 
 #[tokio::test]
 async fn deleting_the_user_kills_every_token() {
-    let (_, c) = setup("").await;
+    let (_, c) = setup(options()).await;
     let a = c
         .signin_password("alice", "alice-password", &opts())
         .await
@@ -433,7 +426,7 @@ async fn deleting_the_user_kills_every_token() {
 
 #[tokio::test]
 async fn providers_are_listed() {
-    let (_, c) = setup("").await;
+    let (_, c) = setup(options()).await;
     let t = c
         .signin_password("alice", "alice-password", &opts())
         .await
@@ -450,7 +443,7 @@ async fn providers_are_listed() {
 
 #[tokio::test]
 async fn the_emulator_counts_calls_per_endpoint() {
-    let (emulator, c) = setup("").await;
+    let (emulator, c) = setup(options()).await;
     let t = c
         .signin_password("alice", "alice-password", &opts())
         .await

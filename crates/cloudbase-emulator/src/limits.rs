@@ -23,8 +23,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use tokio::time::Instant;
 
-use super::error::ApiError;
-use crate::config::AttemptLimits;
+use crate::error::ApiError;
+use crate::options::AttemptLimits;
 
 /// Who a failed attempt is held against.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -154,7 +154,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::emulator::ErrorKind;
+    use crate::ErrorKind;
 
     fn limits(per_user: u32, per_client: u32, secs: u64) -> AttemptLimits {
         AttemptLimits {

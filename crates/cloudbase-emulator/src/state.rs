@@ -28,8 +28,8 @@ use rand::{Rng, RngCore};
 
 use super::error::{ApiError, ErrorKind};
 use super::limits::{Attempts, Subject};
-use crate::cloudbase::types::{Group, ProfileProvider, Provider, UserProfile};
-use crate::config::{AttemptLimits, EmulatorUser};
+use crate::options::{AttemptLimits, SeedUser};
+use cloudbase_auth::types::{Group, ProfileProvider, Provider, UserProfile};
 
 /// Verification ids and verification tokens live 600 s.
 pub const VERIFICATION_TTL: Duration = Duration::from_secs(600);
@@ -309,14 +309,14 @@ pub struct Store {
 impl Store {
     /// A store holding the configured users. Their subs are derived from the username, so
     /// they are stable across restarts.
-    pub fn seeded(users: &[EmulatorUser], limits: AttemptLimits, now: Now) -> Self {
+    pub fn seeded(users: &[SeedUser], limits: AttemptLimits, now: Now) -> Self {
         let mut store = Store {
             attempts: Attempts::new(limits),
             ..Store::default()
         };
         for u in users {
-            let digest = blake3::hash(u.username.as_bytes());
-            let n = u64::from_le_bytes(digest.as_bytes()[..8].try_into().expect("8 bytes"));
+            let digest = <sha2::Sha256 as sha2::Digest>::digest(u.username.as_bytes());
+            let n = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"));
             let sub = (1_000_000_000_000_000_000 + n % 9_000_000_000_000_000_000).to_string();
             let user = User {
                 sub,
@@ -331,8 +331,8 @@ impl Store {
                     .groups
                     .iter()
                     .map(|g| Group::Object {
-                        id: g.id.clone(),
-                        expires_at: g.expires_at.clone(),
+                        id: g.id().to_owned(),
+                        expires_at: g.expires_at().map(str::to_owned),
                     })
                     .collect(),
                 anonymous: false,
@@ -966,13 +966,10 @@ mod tests {
 
     fn alice(now: Now) -> Store {
         Store::seeded(
-            &[EmulatorUser {
+            &[SeedUser {
                 username: "alice".into(),
-                password: crate::config::Secret::new("password1"),
-                name: None,
-                email: None,
-                phone_number: None,
-                groups: Vec::new(),
+                password: cloudbase_auth::Secret::new("password1"),
+                ..SeedUser::default()
             }],
             AttemptLimits::default(),
             now,

@@ -42,7 +42,10 @@ impl Signer {
     pub fn new() -> Self {
         let mut key = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut key);
-        let kid = blake3::hash(&key).to_hex()[..16].to_owned();
+        let kid: String = <Sha256 as sha2::Digest>::digest(key)[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         let header = serde_json::json!({"alg": "HS256", "typ": "JWT", "kid": kid});
         Signer {
             key,
