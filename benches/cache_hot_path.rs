@@ -50,11 +50,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cloudbase_auth::types::{Introspection, UserProfile};
-use cloudbase_gateway::auth::token::{bearer, Credentials};
 use cloudbase_gateway::cache::store::{Kind, Store};
 use cloudbase_gateway::cache::{
     token_key, HeaderFields, Identity, IdentityCache, TokenKey, Validation,
 };
+use cloudbase_gateway::http::bearer::{bearer, Credentials};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue};

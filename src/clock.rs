@@ -79,6 +79,11 @@ impl UnixClock {
     }
 }
 
+/// Unix seconds now (rounded down), from the system clock.
+pub fn unix_now() -> i64 {
+    UnixClock::System.now_secs()
+}
+
 /// Time left from `now` until Unix second `at`; zero once it has come.
 pub fn remaining(at: i64, now: Duration) -> Duration {
     u64::try_from(at).map_or(Duration::ZERO, |at| {

@@ -1,39 +1,12 @@
-//! The responses the gateway makes itself (SPEC "Responses the gateway makes itself"), and
-//! the body types of the whole stack.
+//! The responses the gateway makes itself (SPEC "Responses the gateway makes itself").
 //!
 //! Every rejection in every layer is built here, so the JSON envelope
 //! `{"code", "message", "requestId"}` and the extra headers of each case live in one table.
 
-use bytes::Bytes;
 use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full};
 
-/// Errors flowing through bodies.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The body type of every request and response inside the stack.
-pub type Body = UnsyncBoxBody<Bytes, BoxError>;
-
-/// A body holding `bytes` in full.
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
-}
-
-/// An empty body.
-pub fn empty() -> Body {
-    full(Bytes::new())
-}
-
-/// Reading the client's request body failed: malformed chunked framing, a body cut short,
-/// a broken HTTP/2 stream. Wraps every client body error where the server hands the body
-/// to the stack, so wherever that body is read (the upstream call, `whoami`) the failure
-/// is known to be the client's (400), not the upstream's (502).
-#[derive(Debug, thiserror::Error)]
-#[error("reading the client's request body failed")]
-pub struct ClientBodyError(#[source] pub BoxError);
+use crate::http::{full, Body, ClientBodyError};
 
 /// What a request failing while its body was read means for the client: 413 when the
 /// body outgrew `max_body_size` (`http_body_util::Limited` tripped), 400 when the client's

@@ -1,24 +1,7 @@
-//! Logging setup and the access log.
-//!
-//! One access-log line per request: method, route prefix, status, duration, request id and
-//! the user's `sub` when known. Never the path or query (a `?token=` would leak), never a
-//! header value. The same layer keeps the per-request metrics, since it already holds the
-//! start time and sees the final status.
+//! Logging setup: where log lines go and in which format. The access log itself is a
+//! layer of the stack (`stack::access_log`).
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
-
-use http::{HeaderValue, Request, Response};
-use tokio::time::Instant;
-use tower::{Layer, Service};
 use tracing_subscriber::EnvFilter;
-
-use crate::admin::metrics::{Metrics, NO_ROUTE};
-use crate::auth::Authenticated;
-use crate::proxy::headers::X_REQUEST_ID;
-use crate::routing::MatchedRoute;
 
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -40,94 +23,4 @@ pub fn init(format: LogFormat) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
-}
-
-/// Builds [`AccessLog`] services.
-#[derive(Clone)]
-pub struct AccessLogLayer {
-    metrics: Arc<Metrics>,
-}
-
-impl AccessLogLayer {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        AccessLogLayer { metrics }
-    }
-}
-
-impl<S> Layer<S> for AccessLogLayer {
-    type Service = AccessLog<S>;
-    fn layer(&self, inner: S) -> AccessLog<S> {
-        AccessLog {
-            inner,
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct AccessLog<S> {
-    inner: S,
-    metrics: Arc<Metrics>,
-}
-
-/// Decrements the in-flight gauge however the request ends (a dropped future included).
-struct InflightGuard(Arc<Metrics>);
-
-impl Drop for InflightGuard {
-    fn drop(&mut self) {
-        self.0.inflight_add(-1);
-    }
-}
-
-impl<S, B, RB> Service<Request<B>> for AccessLog<S>
-where
-    S: Service<Request<B>, Response = Response<RB>> + Send,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    RB: Send + 'static,
-{
-    type Response = Response<RB>;
-    type Error = S::Error;
-    // Boxed: holds the inner future across an await. One allocation per request, not
-    // measured on its own (no bench builds the tower stack; `benches/load.sh` measures the
-    // whole proxy).
-    type Future = Pin<Box<dyn Future<Output = Result<Response<RB>, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let start = Instant::now();
-        let method = req.method().clone();
-        let request_id: Option<HeaderValue> = req.headers().get(&X_REQUEST_ID).cloned();
-        let metrics = self.metrics.clone();
-        metrics.inflight_add(1);
-        let guard = InflightGuard(metrics.clone());
-        let future = self.inner.call(req);
-        Box::pin(async move {
-            let result = future.await;
-            let took = start.elapsed();
-            drop(guard);
-            if let Ok(response) = &result {
-                let route = response.extensions().get::<MatchedRoute>().map(|m| &m.0);
-                let status = response.status().as_u16();
-                metrics.request(route.map(|r| r.index), &method, status, took);
-                let sub = response
-                    .extensions()
-                    .get::<Authenticated>()
-                    .map(|a| &*a.0.sub);
-                tracing::info!(
-                    target: "cloudbase_gateway::access",
-                    method = %method,
-                    route = route.map_or(NO_ROUTE, |r| r.settings.prefix.as_str()),
-                    status,
-                    duration_ms = took.as_secs_f64() * 1000.0,
-                    request_id = request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
-                    sub = sub.unwrap_or(""),
-                );
-            }
-            result
-        })
-    }
 }

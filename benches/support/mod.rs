@@ -14,9 +14,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use cloudbase_auth::types::{Group, Introspection, UserProfile};
 use cloudbase_auth::{CallOptions, Error as ApiError};
-use cloudbase_gateway::admin::metrics::Metrics;
 use cloudbase_gateway::cache::{AuthApi, BoxFuture, IdentityCache, Limits};
 use cloudbase_gateway::config::Config;
+use cloudbase_gateway::metrics::Metrics;
 use http::HeaderName;
 
 /// A CloudBase that vouches for every token at once, counting its calls.

@@ -16,8 +16,8 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 
-use crate::admin::metrics::Metrics;
-use crate::config::IdentityField;
+use crate::identity_headers::IdentityField;
+use crate::metrics::Metrics;
 use cloudbase_auth::types::{Introspection, UserProfile};
 
 /// Control characters, `%` and (by `percent_encoding`'s rule) every non-ASCII byte: what is

@@ -46,12 +46,12 @@ pub use identity::{
     encode_header_value, encode_list_element, Grant, HeaderFields, Identity, SharedIdentity,
 };
 
-use crate::admin::metrics::{CacheLookup, CloudbaseEndpoint, CloudbaseOutcome, Metrics};
-use crate::auth::token::jwt_exp;
 use crate::clock::{remaining, unix_secs, UnixClock};
 use crate::config::{
     CacheSettings, IdentityField, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_IN_FLIGHT,
 };
+use crate::jwt::jwt_exp;
+use crate::metrics::{CacheLookup, CloudbaseEndpoint, CloudbaseOutcome, Metrics};
 use cloudbase_auth::types::{Introspection, UserProfile};
 use cloudbase_auth::{CallOptions, Client, Error as ApiError};
 
@@ -178,11 +178,6 @@ impl Default for Limits {
 
 /// CloudBase calls one flight makes at once (introspect and `/user/me`, concurrently).
 const CALLS_PER_FLIGHT: u32 = 2;
-
-/// Unix seconds now (rounded down), from the system clock.
-pub fn unix_now() -> i64 {
-    UnixClock::System.now_secs()
-}
 
 impl IdentityCache {
     /// `fields` are the configured identity header fields, in header order. The

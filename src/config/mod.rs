@@ -20,6 +20,7 @@ use http::{HeaderName, Method, Uri};
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 
+pub use crate::identity_headers::IdentityField;
 pub use crate::path::EscapedSlashes;
 pub use crate::secret::{Secret, SecretUrl};
 pub use cloudbase_auth::IntrospectAuth;
@@ -167,55 +168,6 @@ pub const MIN_HMAC_KEY_BYTES: usize = 32;
 /// valid configuration, and refused when the shared tier starts, so a copied `check` output
 /// can never run with a key everyone can read.
 pub const REDACTED_HMAC_KEY: &str = "[redacted: the key in force is never printed]";
-
-/// A field of the user's identity that can become a header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdentityField {
-    Sub,
-    Name,
-    Username,
-    Email,
-    PhoneNumber,
-    Picture,
-    Gender,
-    Status,
-    /// Ids of unexpired groups, comma-separated.
-    Groups,
-    /// The scope from introspection.
-    Scope,
-    /// `true` / `false`.
-    Anonymous,
-    ClientId,
-}
-
-impl IdentityField {
-    pub const ALL: [(&'static str, IdentityField); 12] = [
-        ("sub", IdentityField::Sub),
-        ("name", IdentityField::Name),
-        ("username", IdentityField::Username),
-        ("email", IdentityField::Email),
-        ("phone_number", IdentityField::PhoneNumber),
-        ("picture", IdentityField::Picture),
-        ("gender", IdentityField::Gender),
-        ("status", IdentityField::Status),
-        ("groups", IdentityField::Groups),
-        ("scope", IdentityField::Scope),
-        ("anonymous", IdentityField::Anonymous),
-        ("client_id", IdentityField::ClientId),
-    ];
-
-    fn parse(s: &str) -> Option<Self> {
-        Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, f)| *f)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        Self::ALL
-            .iter()
-            .find(|(_, f)| *f == self)
-            .map(|(n, _)| *n)
-            .unwrap_or("")
-    }
-}
 
 /// `[identity.headers]`, merged over the defaults.
 #[derive(Debug, Clone)]

@@ -10,7 +10,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -28,19 +27,14 @@ use ipnet::IpNet;
 use tower::Service;
 
 use super::framing::frame_response;
-use super::headers::{is_websocket_upgrade, remove_hop_by_hop, set_forwarded, X_REQUEST_ID};
 use super::retry::{may_retry, never_sent, Replay};
 use super::whoami;
 use crate::config::{Upstream, UpstreamSettings};
-use crate::response::{client_body_fault, Body, BoxError, Reject};
+use crate::http::headers::{is_websocket_upgrade, remove_hop_by_hop, set_forwarded};
+use crate::http::{Body, BoxError};
+use crate::http::{ConnInfo, X_REQUEST_ID};
+use crate::response::{client_body_fault, Reject};
 use crate::routing::MatchedRoute;
-
-/// Facts about the client connection, put in every request's extensions by the server.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnInfo {
-    pub peer: SocketAddr,
-    pub tls: bool,
-}
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 
@@ -150,7 +144,7 @@ impl Forward {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        // The request's hop-by-hop headers went at the edge (`inbound::HopByHop`), before
+        // The request's hop-by-hop headers went at the edge (`stack::hop_by_hop`), before
         // the gateway set its own; removing them here would let `Connection` name those.
         if let Some(conn) = req.extensions().get::<ConnInfo>().copied() {
             set_forwarded(

@@ -25,7 +25,7 @@ use std::error::Error as StdError;
 use http::{HeaderMap, Method, Request, Uri, Version};
 use hyper::body::Body as _;
 
-use crate::response::{empty, Body};
+use crate::http::{empty, Body};
 
 /// Whether `method` is idempotent (RFC 9110 §9.2.2).
 pub fn is_idempotent(method: &Method) -> bool {
@@ -96,7 +96,7 @@ impl Replay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::response::full;
+    use crate::http::full;
 
     #[test]
     fn only_rfc_9110_idempotent_methods_are_retried_after_sending() {

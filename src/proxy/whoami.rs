@@ -8,8 +8,9 @@ use http::{HeaderValue, Request, Response};
 use http_body_util::BodyExt;
 use serde_json::{Map, Value};
 
-use super::headers::X_REQUEST_ID;
-use crate::response::{client_body_fault, full, Body, Reject};
+use crate::http::X_REQUEST_ID;
+use crate::http::{full, Body};
+use crate::response::{client_body_fault, Reject};
 
 /// Echoes `req` as JSON.
 pub async fn respond(req: Request<Body>) -> Response<Body> {

@@ -35,8 +35,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
-use crate::proxy::forward::ConnInfo;
-use crate::response::{Body, BoxError, ClientBodyError};
+use crate::http::ConnInfo;
+use crate::http::{Body, BoxError, ClientBodyError};
 
 /// How long a connection closed for being idle may take to let go before it is dropped.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(1);

@@ -9,8 +9,6 @@
 //! deadlines (see `conn`). The drain waits for a channel every connection task holds.
 
 mod conn;
-mod stack;
-mod timeout;
 mod tls;
 
 use std::convert::Infallible;
@@ -29,13 +27,13 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower::Service;
 
-pub use stack::{build, build_with_api, Built, GatewayService};
-pub use timeout::{RequestTimeout, RequestTimeoutLayer};
+use crate::stack;
 
 use crate::admin;
 use crate::config::Config;
-use crate::proxy::forward::ConnInfo;
-use crate::response::{Body, BoxError, Reject};
+use crate::http::ConnInfo;
+use crate::http::{Body, BoxError};
+use crate::response::Reject;
 use cloudbase_emulator::Emulator;
 use conn::{Activity, ConnService, Expired};
 
@@ -435,8 +433,8 @@ async fn refuse_overloaded(stream: tokio::net::TcpStream, tls: Option<tokio_rust
         },
     };
     let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
-        let mut response = Reject::Overloaded
-            .into_response(req.headers().get(&crate::proxy::headers::X_REQUEST_ID));
+        let mut response =
+            Reject::Overloaded.into_response(req.headers().get(&crate::http::X_REQUEST_ID));
         response.headers_mut().insert(
             http::header::CONNECTION,
             http::HeaderValue::from_static("close"),

@@ -8,7 +8,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsFiles;
-use crate::response::BoxError;
+use crate::http::BoxError;
 
 pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, BoxError> {
     let read = |path: &std::path::Path| {

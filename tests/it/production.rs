@@ -14,7 +14,7 @@ use bytes::Bytes;
 use cloudbase_auth::CallOptions;
 use cloudbase_emulator::Fault;
 use cloudbase_gateway::config::Config;
-use cloudbase_gateway::response::Body;
+use cloudbase_gateway::http::Body;
 use futures_util::{SinkExt as _, StreamExt as _};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt as _;
@@ -49,7 +49,7 @@ async fn spawn_draining_upstream() -> SocketAddr {
             Ok(b) => b.to_bytes().len(),
             Err(_) => 0,
         };
-        Response::new(cloudbase_gateway::response::full(n.to_string()))
+        Response::new(cloudbase_gateway::http::full(n.to_string()))
     })
     .await;
     addr
@@ -64,7 +64,7 @@ async fn spawn_slow_upstream(chunks: usize, chunk: usize, every: Duration) -> So
             }
             sleep(every).await;
             let frame = hyper::body::Frame::data(Bytes::from(vec![b'z'; chunk]));
-            Some((Ok::<_, cloudbase_gateway::response::BoxError>(frame), i + 1))
+            Some((Ok::<_, cloudbase_gateway::http::BoxError>(frame), i + 1))
         });
         let body: Body = http_body_util::StreamBody::new(stream).boxed_unsync();
         Response::new(body)
@@ -528,7 +528,7 @@ async fn stale_identity_is_never_served_past_the_tokens_exp() {
 async fn upstream_refused_is_502_and_hanging_upstream_is_504() {
     let (hanging, _) = spawn_upstream(|_req: Request<Incoming>| async move {
         std::future::pending::<()>().await;
-        Response::new(cloudbase_gateway::response::empty())
+        Response::new(cloudbase_gateway::http::empty())
     })
     .await;
     let routes = format!(

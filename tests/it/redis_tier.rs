@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 
 use crate::support::metric;
 use crate::support::redis_server::RedisServer;
-use cloudbase_gateway::admin::metrics::Metrics;
 use cloudbase_gateway::cache::shared::{
     unix_now_ms, Claims, Invalidation, Lookup, Put, SharedEntry, SharedGroup, SharedTier,
     SharedVerdict, Skip, Subscription,
 };
 use cloudbase_gateway::cache::{token_key, HeaderFields, TokenKey};
 use cloudbase_gateway::config::{IdentityField, RedisSettings, Secret, SecretUrl};
+use cloudbase_gateway::metrics::Metrics;
 use redis::AsyncCommands;
 use tokio::sync::mpsc;
 

@@ -13,7 +13,7 @@ use crate::support::{free_port, metric, Cfg, Process};
 use bytes::Bytes;
 use cloudbase_auth::{CallOptions, Client};
 use cloudbase_gateway::config::Config;
-use cloudbase_gateway::response::{full, Body, BoxError};
+use cloudbase_gateway::http::{full, Body, BoxError};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;

@@ -43,7 +43,7 @@ impl Recorder {
                 .path_and_query()
                 .map_or_else(|| req.uri().path().to_owned(), |pq| pq.as_str().to_owned());
             log.lock().unwrap().push(target);
-            async { Response::new(cloudbase_gateway::response::full("recorded")) }
+            async { Response::new(cloudbase_gateway::http::full("recorded")) }
         })
         .await;
         Recorder { addr, seen }

@@ -36,7 +36,7 @@ async fn fifty_mib_up_and_down_with_memory_far_below_that() {
                     seen.fetch_add(d.len() as u64, Ordering::SeqCst);
                 }
             }
-            Response::new(cloudbase_gateway::response::full("stored"))
+            Response::new(cloudbase_gateway::http::full("stored"))
         }
     })
     .await;

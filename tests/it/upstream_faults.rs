@@ -674,8 +674,8 @@ impl StandIn {
     }
 }
 
-fn json(status: u16, body: String) -> http::Response<cloudbase_gateway::response::Body> {
-    let mut r = http::Response::new(cloudbase_gateway::response::full(body));
+fn json(status: u16, body: String) -> http::Response<cloudbase_gateway::http::Body> {
+    let mut r = http::Response::new(cloudbase_gateway::http::full(body));
     *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,

@@ -48,7 +48,7 @@ pub enum SharedVerdict {
 }
 
 /// The parts of CloudBase's `/token/introspect` and `/user/me` answers an [`Identity`] can
-/// be built from: every [`IdentityField`](crate::config::IdentityField) has its source here.
+/// be built from: every [`IdentityField`](crate::identity_headers::IdentityField) has its source here.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Claims {
@@ -276,7 +276,8 @@ impl Codec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{IdentityField, DEFAULT_MAX_HEADER_BYTES};
+    use crate::config::DEFAULT_MAX_HEADER_BYTES;
+    use crate::identity_headers::IdentityField;
     use http::{HeaderMap, HeaderName};
     use proptest::prelude::*;
 

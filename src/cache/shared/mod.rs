@@ -46,9 +46,9 @@ pub use codec::{Claims, Invalid, SharedEntry, SharedGroup, SharedVerdict};
 pub use keys::Invalidation;
 pub use subscriber::{OnInvalidation, Subscription};
 
-use crate::admin::metrics::{Metrics, RedisLookup, RedisPurge, RedisWrite};
 use crate::cache::TokenKey;
 use crate::config::{RedisSettings, REDACTED_HMAC_KEY};
+use crate::metrics::{Metrics, RedisLookup, RedisPurge, RedisWrite};
 use breaker::{Breaker, Permit, Transition};
 use codec::Codec;
 use keys::Keys;
@@ -462,7 +462,7 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Secret, SecretUrl};
+    use crate::secret::{Secret, SecretUrl};
 
     fn settings(hmac_key: &str) -> RedisSettings {
         RedisSettings {

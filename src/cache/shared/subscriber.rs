@@ -22,7 +22,7 @@ use redis::aio::{PubSubSink, PubSubStream};
 
 use super::keys::Invalidation;
 use super::{Inner, CONNECT_TIMEOUT};
-use crate::admin::metrics::RedisInvalidation;
+use crate::metrics::RedisInvalidation;
 
 /// How often an idle subscription is checked, and how long its `PING` may take.
 pub const PING_EVERY: Duration = Duration::from_secs(1);

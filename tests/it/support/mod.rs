@@ -13,7 +13,7 @@ use cloudbase_auth::types::TokenResponse;
 use cloudbase_auth::{CallOptions, Client, Secret};
 use cloudbase_emulator::Emulator;
 use cloudbase_gateway::config::Config;
-use cloudbase_gateway::response::Body;
+use cloudbase_gateway::http::Body;
 use cloudbase_gateway::server::{self, Running};
 use http::{Request, Response};
 use http_body_util::BodyExt;

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use http::Method;
 
-use crate::config::IdentityField;
+use crate::identity_headers::IdentityField;
 
 /// Histogram bucket upper bounds, seconds.
 const BUCKETS: [f64; 14] = [
@@ -296,6 +296,14 @@ pub struct Metrics {
     redis_invalidations: [AtomicU64; 3],
     redis_breaker_open: AtomicI64,
     redis_subscribed: AtomicI64,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("routes", &self.routes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Metrics {

@@ -10,8 +10,9 @@ use std::time::Duration;
 use http::{Request, Response};
 use tower::{Layer, Service};
 
-use crate::proxy::headers::X_REQUEST_ID;
-use crate::response::{Body, Reject};
+use crate::http::Body;
+use crate::http::X_REQUEST_ID;
+use crate::response::Reject;
 
 #[derive(Clone)]
 pub struct RequestTimeoutLayer {

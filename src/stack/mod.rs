@@ -1,4 +1,14 @@
-//! The request path, assembled in one place, outermost layer first.
+//! The request path, assembled in one place, outermost layer first: [`build`] is the stack
+//! in one function, with the reason each layer sits where it does. Each middleware is a
+//! module here, in tower-http's shape (`FooLayer` holding validated settings, `Foo<S>`
+//! wrapping the inner service, a `Debug` derive, a unit test driving it with `oneshot`).
+
+pub mod access_log;
+pub mod auth;
+pub mod client_headers;
+pub mod hop_by_hop;
+pub mod route;
+pub mod timeout;
 
 use std::sync::Arc;
 
@@ -11,18 +21,19 @@ use tower_http::sensitive_headers::{
     SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer,
 };
 
-use super::timeout::RequestTimeoutLayer;
-use super::StartError;
-use crate::admin::metrics::Metrics;
-use crate::auth::AuthLayer;
 use crate::cache::{IdentityCache, Limits};
 use crate::config::{CloudbaseSettings, Config};
+use crate::http::{Body, X_REQUEST_ID};
+use crate::metrics::Metrics;
 use crate::proxy::forward::{upstream_client, Forward};
-use crate::proxy::headers::X_REQUEST_ID;
-use crate::proxy::{ClientHeadersLayer, HopByHopLayer};
-use crate::response::Body;
-use crate::routing::{RouteLayer, Routes};
+use crate::routing::Routes;
+use crate::server::StartError;
+use auth::AuthLayer;
+use client_headers::ClientHeadersLayer;
 use cloudbase_auth::{Client, RootCerts};
+use hop_by_hop::HopByHopLayer;
+use route::RouteLayer;
+use timeout::RequestTimeoutLayer;
 
 /// The whole gateway service.
 pub type GatewayService =
@@ -103,7 +114,7 @@ pub fn build_with_api(
         ))
         .layer(SetSensitiveResponseHeadersLayer::from_shared(sensitive))
         // Access log and metrics outside the timeout, so 504s are logged and counted.
-        .layer(crate::telemetry::AccessLogLayer::new(metrics.clone()))
+        .layer(access_log::AccessLogLayer::new(metrics.clone()))
         // Forged identity headers go, and an ambiguous Host is refused, before any route,
         // auth mode or upstream sees them; inside the access log, so a 400 is logged.
         .layer(ClientHeadersLayer::new(&config.identity.strip))
@@ -124,4 +135,28 @@ pub fn build_with_api(
         metrics,
         cache,
     })
+}
+
+/// Helpers for the middleware unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use http::{Request, Response};
+    use tower::{service_fn, Service};
+
+    use crate::http::{empty, Body};
+
+    /// An inner service that answers 200 with the request's headers as its own, so a test
+    /// can read what reached it.
+    pub fn echo_headers() -> impl Service<
+        Request<Body>,
+        Response = Response<Body>,
+        Error = std::convert::Infallible,
+        Future = impl Send,
+    > + Clone {
+        service_fn(|req: Request<Body>| async move {
+            let mut response = Response::new(empty());
+            *response.headers_mut() = req.headers().clone();
+            Ok(response)
+        })
+    }
 }

@@ -11,8 +11,6 @@
 //! `/readyz`, `/metrics`) stay open: probes and scrapers rarely carry credentials, and they
 //! reveal no token or user datum.
 
-pub mod metrics;
-
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -28,8 +26,8 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use crate::cache::IdentityCache;
+use crate::metrics::Metrics;
 use crate::secret::Secret;
-use metrics::Metrics;
 
 /// What the admin endpoints read.
 #[derive(Clone)]

@@ -5,8 +5,6 @@
 //! request, hit or miss, because one cached identity may serve routes with different rules
 //! and group memberships expire on their own clock.
 
-pub mod token;
-
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -17,13 +15,16 @@ use http::header::HeaderName;
 use http::{Method, Request, Response};
 use tower::{Layer, Service};
 
-use crate::admin::metrics::{AuthDecision, Metrics};
-use crate::cache::{unix_now, IdentityCache, SharedIdentity, Validation};
+use crate::cache::{IdentityCache, SharedIdentity, Validation};
+use crate::clock::unix_now;
 use crate::config::AuthMode;
-use crate::proxy::headers::{is_cors_preflight, strip_preflight, X_REQUEST_ID};
-use crate::response::{empty, Body, Reject};
+use crate::http::bearer::{self, Credentials};
+use crate::http::headers::{is_cors_preflight, strip_preflight};
+use crate::http::X_REQUEST_ID;
+use crate::http::{empty, Body};
+use crate::metrics::{AuthDecision, Metrics};
+use crate::response::Reject;
 use crate::routing::MatchedRoute;
-use token::Credentials;
 
 /// Who a request was authenticated as; put in response extensions for the access log.
 #[derive(Debug, Clone)]
@@ -159,7 +160,7 @@ impl AuthLayer {
                 Outcome::Forward(None)
             }
         };
-        let validation = match token::bearer(headers) {
+        let validation = match bearer::bearer(headers) {
             Credentials::Missing => {
                 return refuse(AuthDecision::Missing, Reject::MissingCredentials)
             }

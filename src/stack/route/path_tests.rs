@@ -11,10 +11,12 @@ use http::{Request, Response, StatusCode, Uri};
 use proptest::prelude::*;
 use tower::{service_fn, Layer as _, ServiceExt as _};
 
+use std::borrow::Cow;
+
 use super::*;
 use crate::config::Config;
+use crate::http::empty;
 use crate::path::EscapedSlashes::{self, Keep, Reject as Refuse};
-use crate::response::empty;
 
 /// The URI the inner service was handed.
 #[derive(Clone)]

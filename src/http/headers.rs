@@ -1,5 +1,8 @@
 //! Header hygiene: small pure functions over `&mut HeaderMap`, each citing the rule it
-//! follows. Names are pre-built constants; nothing here parses a header name per request.
+//! follows. Names are pre-built constants ([`super::names`] and private ones here); nothing
+//! here parses a header name per request. Used by the layers that clean a client's
+//! request (`stack::hop_by_hop`, `stack::client_headers`, `stack::auth` for preflights)
+//! and by the forwarder (`proxy::forward`).
 
 use std::net::IpAddr;
 
@@ -10,11 +13,8 @@ use http::header::{
 use http::{HeaderMap, Method, Uri, Version};
 use ipnet::IpNet;
 
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+use super::names::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REAL_IP};
+
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
