@@ -11,7 +11,7 @@ pub mod jwt;
 pub mod metrics;
 pub mod path;
 pub mod proxy;
-pub mod response;
+pub mod rejection;
 pub mod routing;
 pub mod secret;
 pub mod server;

@@ -13,12 +13,13 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use http::{HeaderValue, Method};
+use http::{HeaderValue, Method, Request, Response};
 
+use crate::cache::SharedIdentity;
 use crate::config::RouteSettings;
 use crate::http::headers::is_cors_preflight;
+use crate::http::Body;
 use crate::path::{self, EscapedSlashes};
-use crate::response::Reject;
 
 /// A configured route with what is derived from it once.
 #[derive(Debug)]
@@ -42,9 +43,48 @@ impl Route {
     }
 }
 
-/// Which route a request matched; put in request and response extensions.
+/// What the stack knows about one request beyond the request itself: the route it
+/// matched and, once authenticated, who made it. One typed value instead of several
+/// optional extensions.
+///
+/// The route layer creates it and hands it down with the request ([`Routed`]), so no
+/// service below can be called without one. On the way back it rides on the response (an
+/// extension) or the [`crate::rejection::Rejection`]: the auth layer attaches the context it
+/// finished (identity included), and the route layer attaches its own when nothing below
+/// did (its 405/413, the timeout's 504). The access log reads it from there.
 #[derive(Debug, Clone)]
-pub struct MatchedRoute(pub Arc<Route>);
+pub struct RequestContext {
+    pub route: Arc<Route>,
+    pub identity: Option<SharedIdentity>,
+}
+
+/// A request with its context: what the services below the route layer take.
+pub type Routed = (Request<Body>, RequestContext);
+
+impl RequestContext {
+    /// The context of a request that matched `route`, nobody authenticated yet.
+    pub fn new(route: Arc<Route>) -> RequestContext {
+        RequestContext {
+            route,
+            identity: None,
+        }
+    }
+
+    /// Puts the context in `response`'s extensions, for the layers above.
+    pub fn attach(self, response: &mut Response<Body>) {
+        response.extensions_mut().insert(self);
+    }
+}
+
+/// Why no route decides a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undecided {
+    /// The path policy refuses the path, or its `;` parameters would move it to another
+    /// route for a server that drops them (answered 400).
+    RefusedPath,
+    /// No prefix matches (answered 404).
+    NoRoute,
+}
 
 /// The route table.
 #[derive(Debug, Clone)]
@@ -85,19 +125,19 @@ impl Routes {
     }
 
     /// The route that decides a request for the raw path `raw`, and the normal path when it
-    /// differs from `raw`; or the answer when none does: 400 for a path the policy refuses
-    /// (before any route is considered), 404 for no route.
+    /// differs from `raw`; or why none does: the path is refused (before any route is
+    /// considered), or no route matches.
     pub fn decide(
         &self,
         raw: &str,
         escaped_slashes: EscapedSlashes,
-    ) -> Result<(Arc<Route>, Option<String>), Reject> {
+    ) -> Result<(Arc<Route>, Option<String>), Undecided> {
         let normal = path::normalize(raw, escaped_slashes).map_err(|reason| {
             // The reason only: paths can carry secrets and are never logged.
             tracing::debug!(%reason, "request path refused");
-            Reject::BadRequest
+            Undecided::RefusedPath
         })?;
-        let route = self.find(&normal).ok_or(Reject::NotFound)?;
+        let route = self.find(&normal).ok_or(Undecided::NoRoute)?;
         // Borrowed: no parameters, the same path, the same route (the common case).
         let same_without_parameters =
             path::without_parameters(&normal).is_ok_and(|bare| match bare {
@@ -106,7 +146,7 @@ impl Routes {
             });
         if !same_without_parameters {
             tracing::debug!("request path refused: its ; parameters decide the route");
-            return Err(Reject::BadRequest);
+            return Err(Undecided::RefusedPath);
         }
         let rewritten = match normal {
             Cow::Borrowed(_) => None,

@@ -179,6 +179,14 @@ impl Default for Limits {
 /// CloudBase calls one flight makes at once (introspect and `/user/me`, concurrently).
 const CALLS_PER_FLIGHT: u32 = 2;
 
+impl std::fmt::Debug for IdentityCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityCache")
+            .field("entries", &self.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
 impl IdentityCache {
     /// `fields` are the configured identity header fields, in header order. The
     /// [`Limits`] are the defaults.

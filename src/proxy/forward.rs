@@ -8,7 +8,6 @@
 //! exchange is retried once where that is safe (see [`super::retry`]), and the response's
 //! framing is made true for what the gateway sends (see [`super::framing`]).
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -31,10 +30,10 @@ use super::retry::{may_retry, never_sent, Replay};
 use super::whoami;
 use crate::config::{Upstream, UpstreamSettings};
 use crate::http::headers::{is_websocket_upgrade, remove_hop_by_hop, set_forwarded};
+use crate::http::ConnInfo;
 use crate::http::{Body, BoxError};
-use crate::http::{ConnInfo, X_REQUEST_ID};
-use crate::response::{client_body_fault, Reject};
-use crate::routing::MatchedRoute;
+use crate::rejection::{client_body_fault, Reject, Rejection};
+use crate::routing::{Route, Routed};
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 
@@ -114,29 +113,29 @@ impl Forward {
     }
 }
 
-impl Service<Request<Body>> for Forward {
+impl Service<Routed> for Forward {
     type Response = Response<Body>;
-    type Error = Infallible;
+    type Error = Rejection;
     // Boxed: the leaf future is large (a whole upstream exchange) and one allocation per
     // request is noise next to a network round trip.
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Rejection>> + Send>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    fn call(&mut self, (req, context): Routed) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move { Ok(this.forward(req).await) })
+        Box::pin(async move { this.forward(req, &context.route).await })
     }
 }
 
 impl Forward {
-    async fn forward(self, mut req: Request<Body>) -> Response<Body> {
-        let request_id = req.headers().get(&X_REQUEST_ID).cloned();
-        let Some(MatchedRoute(route)) = req.extensions().get::<MatchedRoute>().cloned() else {
-            return Reject::NotFound.into_response(request_id.as_ref());
-        };
+    async fn forward(
+        self,
+        mut req: Request<Body>,
+        route: &Route,
+    ) -> Result<Response<Body>, Rejection> {
         let settings = &route.settings;
         let websocket = is_websocket_upgrade(req.headers());
         let host = req.headers().get(HOST).cloned().or_else(|| {
@@ -186,7 +185,7 @@ impl Forward {
         };
         let pq = with_query(&format!("{base_path}{path}"), req.uri().query());
         let Ok(pq) = PathAndQuery::try_from(pq) else {
-            return Reject::BadRequest.into_response(request_id.as_ref());
+            return Err(Reject::BadRequest.into());
         };
         let uri = Uri::builder()
             .scheme(scheme.clone())
@@ -194,7 +193,7 @@ impl Forward {
             .path_and_query(pq)
             .build();
         let Ok(uri) = uri else {
-            return Reject::BadRequest.into_response(request_id.as_ref());
+            return Err(Reject::BadRequest.into());
         };
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
@@ -213,14 +212,14 @@ impl Forward {
         };
         let mut response = match result {
             Ok(r) => r,
-            Err(e) => return upstream_error(&e).into_response(request_id.as_ref()),
+            Err(e) => return Err(upstream_error(&e).into()),
         };
         let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         if switched && client_upgrade.is_none() {
             // Only a WebSocket upgrade is ever forwarded; a 101 to anything else would
             // leave the client on a connection neither side can speak.
             tracing::warn!("upstream answered 101 to a request that did not ask to upgrade");
-            return Reject::UpstreamUnavailable.into_response(request_id.as_ref());
+            return Err(Reject::UpstreamUnavailable.into());
         }
         let body_len = response.body().size_hint().exact();
         let status = response.status();
@@ -239,7 +238,7 @@ impl Forward {
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
             });
         }
-        response.map(|b| b.map_err(BoxError::from).boxed_unsync())
+        Ok(response.map(|b| b.map_err(BoxError::from).boxed_unsync()))
     }
 }
 

@@ -8,12 +8,11 @@ use http::{HeaderValue, Request, Response};
 use http_body_util::BodyExt;
 use serde_json::{Map, Value};
 
-use crate::http::X_REQUEST_ID;
 use crate::http::{full, Body};
-use crate::response::{client_body_fault, Reject};
+use crate::rejection::{client_body_fault, Reject, Rejection};
 
-/// Echoes `req` as JSON.
-pub async fn respond(req: Request<Body>) -> Response<Body> {
+/// Echoes `req` as JSON, or refuses a body that cannot be read.
+pub async fn respond(req: Request<Body>) -> Result<Response<Body>, Rejection> {
     let (parts, mut body) = req.into_parts();
     let mut headers = Map::new();
     for name in parts.headers.keys() {
@@ -29,10 +28,7 @@ pub async fn respond(req: Request<Body>) -> Response<Body> {
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(f) => body_bytes += f.data_ref().map_or(0, |d| d.len() as u64),
-            Err(e) => {
-                let reject = client_body_fault(&*e).unwrap_or(Reject::BadRequest);
-                return reject.into_response(parts.headers.get(&X_REQUEST_ID));
-            }
+            Err(e) => return Err(client_body_fault(&*e).unwrap_or(Reject::BadRequest).into()),
         }
     }
     let echo = serde_json::json!({
@@ -46,5 +42,5 @@ pub async fn respond(req: Request<Body>) -> Response<Body> {
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
+    Ok(response)
 }

@@ -33,9 +33,11 @@ use crate::admin;
 use crate::config::Config;
 use crate::http::ConnInfo;
 use crate::http::{Body, BoxError};
-use crate::response::Reject;
+use crate::rejection::{Reject, Rejection};
+use crate::stack::rescue::RescueLayer;
 use cloudbase_emulator::Emulator;
 use conn::{Activity, ConnService, Expired};
+use tower::{Layer, ServiceExt};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -432,19 +434,30 @@ async fn refuse_overloaded(stream: tokio::net::TcpStream, tls: Option<tokio_rust
             }
         },
     };
-    let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
-        let mut response =
-            Reject::Overloaded.into_response(req.headers().get(&crate::http::X_REQUEST_ID));
-        response.headers_mut().insert(
-            http::header::CONNECTION,
-            http::HeaderValue::from_static("close"),
-        );
-        Ok::<_, Infallible>(response)
-    });
+    // The 503 is rendered by the rescue layer, as every other refusal.
+    let refuse = RescueLayer
+        .layer(tower::service_fn(overloaded))
+        .map_response(closing);
+    let service =
+        hyper::service::service_fn(move |req: Request<Incoming>| refuse.clone().oneshot(req));
     let _ = hyper::server::conn::http1::Builder::new()
         .keep_alive(false)
         .timer(TokioTimer::new())
         .header_read_timeout(REFUSAL_BUDGET)
         .serve_connection(TokioIo::new(io), service)
         .await;
+}
+
+/// Every request on a refused connection: 503 `OVERLOADED`.
+async fn overloaded(_: Request<Incoming>) -> Result<Response<Body>, Rejection> {
+    Err(Reject::Overloaded.into())
+}
+
+/// `response` with `Connection: close`.
+fn closing(mut response: Response<Body>) -> Response<Body> {
+    response.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    response
 }

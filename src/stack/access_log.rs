@@ -17,8 +17,7 @@ use tower::{Layer, Service};
 
 use crate::http::X_REQUEST_ID;
 use crate::metrics::{Metrics, NO_ROUTE};
-use crate::routing::MatchedRoute;
-use crate::stack::auth::Authenticated;
+use crate::routing::RequestContext;
 
 /// Builds [`AccessLog`] services.
 #[derive(Debug, Clone)]
@@ -88,13 +87,13 @@ where
             let took = start.elapsed();
             drop(guard);
             if let Ok(response) = &result {
-                let route = response.extensions().get::<MatchedRoute>().map(|m| &m.0);
+                let context = response.extensions().get::<RequestContext>();
+                let route = context.map(|c| &c.route);
                 let status = response.status().as_u16();
                 metrics.request(route.map(|r| r.index), &method, status, took);
-                let sub = response
-                    .extensions()
-                    .get::<Authenticated>()
-                    .map(|a| &*a.0.sub);
+                let sub = context
+                    .and_then(|c| c.identity.as_ref())
+                    .map(|identity| &*identity.sub);
                 tracing::info!(
                     target: "cloudbase_gateway::access",
                     method = %method,
@@ -107,5 +106,64 @@ where
             }
             result
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::time::Duration;
+
+    use http::StatusCode;
+    use tower::{service_fn, ServiceBuilder, ServiceExt};
+
+    use super::*;
+    use crate::http::{empty, Body};
+    use crate::stack::testing::{context, request};
+
+    /// The layer over a service that answers `status` after `delay`, tagged with the
+    /// `/api/` route when `routed`.
+    async fn logged(status: StatusCode, routed: bool, delay: Duration) -> Arc<Metrics> {
+        let metrics = Arc::new(Metrics::new(["/api/".to_owned()]));
+        let svc = ServiceBuilder::new()
+            .layer(AccessLogLayer::new(metrics.clone()))
+            .service(service_fn(move |_: Request<Body>| async move {
+                tokio::time::sleep(delay).await;
+                let mut response = Response::new(empty());
+                *response.status_mut() = status;
+                if routed {
+                    context("/api/").attach(&mut response);
+                }
+                Ok::<_, Infallible>(response)
+            }));
+        svc.oneshot(request("/api/x")).await.unwrap();
+        metrics
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_is_counted_under_its_route_status_and_duration() {
+        let text = logged(StatusCode::GATEWAY_TIMEOUT, true, Duration::from_millis(30))
+            .await
+            .render(0);
+        assert!(text.contains(
+            "cloudbase_gateway_requests_total{route=\"/api/\",method=\"GET\",status=\"504\"} 1"
+        ));
+        assert!(text.contains(
+            "cloudbase_gateway_request_duration_seconds_bucket{route=\"/api/\",le=\"0.025\"} 0"
+        ));
+        assert!(text.contains(
+            "cloudbase_gateway_request_duration_seconds_bucket{route=\"/api/\",le=\"0.05\"} 1"
+        ));
+        assert!(text.contains("cloudbase_gateway_inflight_requests 0"));
+    }
+
+    #[tokio::test]
+    async fn an_answer_without_a_route_is_counted_under_none() {
+        let text = logged(StatusCode::NOT_FOUND, false, Duration::ZERO)
+            .await
+            .render(0);
+        assert!(text.contains(
+            "cloudbase_gateway_requests_total{route=\"none\",method=\"GET\",status=\"404\"} 1"
+        ));
     }
 }

@@ -16,8 +16,8 @@ use http::{HeaderName, Request, Response};
 use tower::{Layer, Service};
 
 use crate::http::headers;
-use crate::http::{Body, X_REQUEST_ID};
-use crate::response::Reject;
+use crate::http::Body;
+use crate::rejection::{Reject, Rejection};
 
 /// Builds [`ClientHeaders`] services.
 #[derive(Debug, Clone)]
@@ -45,8 +45,8 @@ impl<S> Layer<S> for ClientHeadersLayer {
 }
 
 /// Removes client-supplied identity headers (see [`headers::strip_identity`]) and
-/// validates the request's authority (see [`headers::request_authority`]): 400
-/// `BAD_REQUEST` when it is ambiguous, else a single `Host` holding it.
+/// validates the request's authority (see [`headers::request_authority`]): a 400
+/// `BAD_REQUEST` rejection when it is ambiguous, else a single `Host` holding it.
 #[derive(Debug, Clone)]
 pub struct ClientHeaders<S> {
     inner: S,
@@ -55,13 +55,13 @@ pub struct ClientHeaders<S> {
 
 impl<S> Service<Request<Body>> for ClientHeaders<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>>,
+    S: Service<Request<Body>, Response = Response<Body>, Error = Rejection>,
 {
     type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = Either<Ready<Result<Response<Body>, S::Error>>, S::Future>;
+    type Error = Rejection;
+    type Future = Either<Ready<Result<Response<Body>, Rejection>>, S::Future>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
         self.inner.poll_ready(cx)
     }
 
@@ -83,8 +83,7 @@ where
             }
             Err(why) => {
                 tracing::debug!(?why, "request refused: ambiguous authority");
-                let response = Reject::BadRequest.into_response(req.headers().get(&X_REQUEST_ID));
-                Either::Left(futures_util::future::ready(Ok(response)))
+                Either::Left(futures_util::future::ready(Err(Reject::BadRequest.into())))
             }
         }
     }
@@ -94,6 +93,7 @@ where
 mod tests {
     use super::*;
     use crate::http::empty;
+    use crate::stack::rescue::RescueLayer;
     use crate::stack::testing::echo_headers;
     use http::Method;
     use tower::{ServiceBuilder, ServiceExt};
@@ -101,6 +101,7 @@ mod tests {
     #[tokio::test]
     async fn two_hosts_or_a_host_with_a_path_are_400_and_absolute_form_wins() {
         let svc = ServiceBuilder::new()
+            .layer(RescueLayer)
             .layer(ClientHeadersLayer::new(&[HeaderName::from_static(
                 "x-user-id",
             )]))

@@ -7,6 +7,7 @@ pub mod access_log;
 pub mod auth;
 pub mod client_headers;
 pub mod hop_by_hop;
+pub mod rescue;
 pub mod route;
 pub mod timeout;
 
@@ -32,6 +33,7 @@ use auth::AuthLayer;
 use client_headers::ClientHeadersLayer;
 use cloudbase_auth::{Client, RootCerts};
 use hop_by_hop::HopByHopLayer;
+use rescue::RescueLayer;
 use route::RouteLayer;
 use timeout::RequestTimeoutLayer;
 
@@ -113,8 +115,12 @@ pub fn build_with_api(
             sensitive.clone(),
         ))
         .layer(SetSensitiveResponseHeadersLayer::from_shared(sensitive))
-        // Access log and metrics outside the timeout, so 504s are logged and counted.
+        // Access log and metrics outside the timeout and the rescue, so every answer, 504s
+        // and rejections included, is logged and counted with its status.
         .layer(access_log::AccessLogLayer::new(metrics.clone()))
+        // Every rejection below becomes the JSON envelope here, with the request id set
+        // above; above this line nothing fails.
+        .layer(RescueLayer)
         // Forged identity headers go, and an ambiguous Host is refused, before any route,
         // auth mode or upstream sees them; inside the access log, so a 400 is logged.
         .layer(ClientHeadersLayer::new(&config.identity.strip))
@@ -143,20 +149,44 @@ pub(crate) mod testing {
     use http::{Request, Response};
     use tower::{service_fn, Service};
 
+    use crate::config::Config;
     use crate::http::{empty, Body};
+    use crate::rejection::Rejection;
+    use crate::routing::{RequestContext, Routes};
 
     /// An inner service that answers 200 with the request's headers as its own, so a test
     /// can read what reached it.
-    pub fn echo_headers() -> impl Service<
-        Request<Body>,
-        Response = Response<Body>,
-        Error = std::convert::Infallible,
-        Future = impl Send,
-    > + Clone {
+    pub fn echo_headers(
+    ) -> impl Service<Request<Body>, Response = Response<Body>, Error = Rejection, Future = impl Send>
+           + Clone {
         service_fn(|req: Request<Body>| async move {
             let mut response = Response::new(empty());
             *response.headers_mut() = req.headers().clone();
             Ok(response)
         })
+    }
+
+    /// A GET for `path` with an empty body.
+    pub fn request(path: &str) -> Request<Body> {
+        Request::get(path).body(empty()).expect("request")
+    }
+
+    /// The context of a request routed to a route of prefix `prefix` (`whoami`, auth
+    /// required, every method).
+    pub fn context(prefix: &str) -> RequestContext {
+        context_with(prefix, "")
+    }
+
+    /// Like [`context`], the route's `[[routes]]` table holding `lines` too.
+    pub fn context_with(prefix: &str, lines: &str) -> RequestContext {
+        let config = Config::from_toml_str(&format!(
+            "[emulator]\nenabled = true\n[[routes]]\nprefix = {prefix:?}\nupstream = \"whoami\"\n{lines}\n"
+        ))
+        .expect("test route");
+        let route = Routes::new(&config.routes)
+            .find(prefix)
+            .expect("route")
+            .clone();
+        RequestContext::new(route)
     }
 }

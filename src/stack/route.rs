@@ -1,9 +1,13 @@
 //! [`RouteLayer`]: normalizes the path (400 when the policy refuses it), matches the route
-//! (the table is [`crate::routing`]), answers 404 / 405 / 413 (declared length) itself, caps
-//! the body at `max_body_size`, and hands the matched route to the layers below it.
+//! (the table is [`crate::routing`]), refuses 404 / 405 / 413 (declared length) itself,
+//! caps the body at `max_body_size` (a chunked body that grows past it fails the upstream
+//! call with 413), and calls the inner service with the request and its
+//! [`RequestContext`]: below this layer, services take [`Routed`], so none can be called
+//! without a route.
 //!
 //! The request's URI is rewritten to the normal path, so auth, `strip_prefix` and the
-//! upstream never see the raw one; the query is kept byte for byte.
+//! upstream never see the raw one; the query is kept byte for byte. Every answer that
+//! comes back up carries the context (see [`RequestContext`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,10 +21,10 @@ use http_body_util::{BodyExt, Limited};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use crate::http::{Body, BoxError, X_REQUEST_ID};
+use crate::http::{Body, BoxError};
 use crate::path::EscapedSlashes;
-use crate::response::Reject;
-use crate::routing::{MatchedRoute, Route, Routes};
+use crate::rejection::{Reject, Rejection};
+use crate::routing::{RequestContext, Route, Routed, Routes, Undecided};
 
 /// `uri` with its path replaced by `path` and its query kept byte for byte.
 fn with_path(uri: &Uri, path: String) -> Option<Uri> {
@@ -33,11 +37,9 @@ fn with_path(uri: &Uri, path: String) -> Option<Uri> {
     Uri::from_parts(parts).ok()
 }
 
-/// Normalizes the path (400 when the policy refuses it), matches the route, answers 404 /
-/// 405 / 413 (declared length) itself, caps the body at `max_body_size` (a chunked body
-/// that grows past it fails the upstream call with 413), and puts [`MatchedRoute`] in the
-/// request and response extensions.
-#[derive(Clone)]
+/// Builds [`RouteService`]s over the route table, with `server.max_body_size` and
+/// `server.escaped_slashes`.
+#[derive(Debug, Clone)]
 pub struct RouteLayer {
     routes: Routes,
     max_body_size: u64,
@@ -66,7 +68,9 @@ impl<S> Layer<S> for RouteLayer {
     }
 }
 
-#[derive(Clone)]
+/// Routes requests for the inner service, which takes each with its [`RequestContext`]
+/// ([`Routed`]); see the module docs. (Not `Route<S>`: that name is the table's route.)
+#[derive(Debug, Clone)]
 pub struct RouteService<S> {
     inner: S,
     routes: Routes,
@@ -75,75 +79,89 @@ pub struct RouteService<S> {
 }
 
 pin_project! {
-    /// Either an answer made here or the inner service's future, tagged with the route.
-    /// Hand-written (not boxed): every request passes through it.
+    /// A refusal made here, or the inner service's future. Hand-written (not boxed): every
+    /// request passes through it.
     #[project = RouteFutureProj]
     pub enum RouteFuture<F> {
-        Ready { response: Option<Response<Body>> },
-        Inner { #[pin] future: F, route: MatchedRoute },
+        Rejected { rejection: Option<Rejection> },
+        Inner { #[pin] future: F, context: Option<RequestContext> },
     }
 }
 
-impl<F, E> Future for RouteFuture<F>
+impl<F> Future for RouteFuture<F>
 where
-    F: Future<Output = Result<Response<Body>, E>>,
+    F: Future<Output = Result<Response<Body>, Rejection>>,
 {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         match self.project() {
-            RouteFutureProj::Ready { response } => {
-                Poll::Ready(Ok(response.take().expect("polled after completion")))
+            RouteFutureProj::Rejected { rejection } => {
+                Poll::Ready(Err(rejection.take().expect("polled after completion")))
             }
-            RouteFutureProj::Inner { future, route } => {
-                let mut response = ready!(future.poll(cx))?;
-                response.extensions_mut().insert(route.clone());
-                Poll::Ready(Ok(response))
+            RouteFutureProj::Inner { future, context } => {
+                let result = ready!(future.poll(cx));
+                let context = context.take().expect("polled after completion");
+                // Whatever answered below without a context (the timeout's 504) is still
+                // this route's answer; the auth layer attaches its own, identity included.
+                Poll::Ready(match result {
+                    Ok(mut response) => {
+                        if response.extensions().get::<RequestContext>().is_none() {
+                            context.attach(&mut response);
+                        }
+                        Ok(response)
+                    }
+                    Err(mut rejection) => {
+                        rejection.context.get_or_insert(context);
+                        Err(rejection)
+                    }
+                })
             }
         }
     }
 }
 
 impl<F> RouteFuture<F> {
-    fn reject(reason: Reject, req: &Request<Body>, route: Option<Arc<Route>>) -> Self {
-        let mut response = reason.into_response(req.headers().get(&X_REQUEST_ID));
-        if let Some(route) = route {
-            response.extensions_mut().insert(MatchedRoute(route));
-        }
-        RouteFuture::Ready {
-            response: Some(response),
+    fn reject(reason: Reject, route: Option<Arc<Route>>) -> Self {
+        let rejection = match route {
+            Some(route) => Rejection::with_context(reason, RequestContext::new(route)),
+            None => Rejection::from(reason),
+        };
+        RouteFuture::Rejected {
+            rejection: Some(rejection),
         }
     }
 }
 
 impl<S> Service<Request<Body>> for RouteService<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>>,
+    S: Service<Routed, Response = Response<Body>, Error = Rejection>,
 {
-    type Response = S::Response;
-    type Error = S::Error;
+    type Response = Response<Body>;
+    type Error = Rejection;
     type Future = RouteFuture<S::Future>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let (route, normal) = match self.routes.decide(req.uri().path(), self.escaped_slashes) {
             Ok(decided) => decided,
-            Err(reason) => return RouteFuture::reject(reason, &req, None),
+            Err(Undecided::RefusedPath) => return RouteFuture::reject(Reject::BadRequest, None),
+            Err(Undecided::NoRoute) => return RouteFuture::reject(Reject::NotFound, None),
         };
         // From here on the request is the normalized one: auth, `strip_prefix` and the
         // upstream never see the raw path.
         if let Some(path) = normal {
             match with_path(req.uri(), path) {
                 Some(uri) => *req.uri_mut() = uri,
-                None => return RouteFuture::reject(Reject::BadRequest, &req, None),
+                None => return RouteFuture::reject(Reject::BadRequest, None),
             }
         }
         if !route.allows(req.method(), req.headers()) {
             let allow = route.allow.clone();
-            return RouteFuture::reject(Reject::MethodNotAllowed { allow }, &req, Some(route));
+            return RouteFuture::reject(Reject::MethodNotAllowed { allow }, Some(route));
         }
         let declared = req
             .headers()
@@ -151,22 +169,103 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.max_body_size) {
-            return RouteFuture::reject(Reject::PayloadTooLarge, &req, Some(route));
+            return RouteFuture::reject(Reject::PayloadTooLarge, Some(route));
         }
         let limit = usize::try_from(self.max_body_size).unwrap_or(usize::MAX);
-        let mut req = req.map(|b| {
+        let req = req.map(|b| {
             Limited::new(b, limit)
                 .map_err(BoxError::from)
                 .boxed_unsync()
         });
-        let matched = MatchedRoute(route);
-        req.extensions_mut().insert(matched.clone());
+        let context = RequestContext::new(route);
         RouteFuture::Inner {
-            future: self.inner.call(req),
-            route: matched,
+            future: self.inner.call((req, context.clone())),
+            context: Some(context),
         }
     }
 }
 
 #[cfg(test)]
 mod path_tests;
+
+#[cfg(test)]
+mod tests {
+    //! What comes back up through the layer carries the route: its own refusals, and
+    //! answers from below that came without a context (the timeout's 504).
+
+    use http::header::CONTENT_LENGTH;
+    use http::Method;
+    use tower::{service_fn, ServiceExt};
+
+    use super::*;
+    use crate::config::Config;
+    use crate::http::empty;
+
+    fn layer() -> RouteLayer {
+        let config = Config::from_toml_str(
+            "[emulator]\nenabled = true\n[[routes]]\nprefix = \"/api/\"\nupstream = \"whoami\"\n\
+             methods = [\"GET\", \"POST\"]\n",
+        )
+        .unwrap();
+        RouteLayer::new(Routes::new(&config.routes), 1024, EscapedSlashes::Reject)
+    }
+
+    async fn through(
+        layer: &RouteLayer,
+        req: Request<Body>,
+        below: Result<(), Reject>,
+    ) -> Result<Response<Body>, Rejection> {
+        let inner = service_fn(move |_: Routed| {
+            let below = below.clone();
+            async move {
+                below
+                    .map(|()| Response::new(empty()))
+                    .map_err(Rejection::from)
+            }
+        });
+        layer.layer(inner).oneshot(req).await
+    }
+
+    fn prefix(context: Option<&RequestContext>) -> Option<&str> {
+        context.map(|c| c.route.settings.prefix.as_str())
+    }
+
+    #[tokio::test]
+    async fn a_405_and_a_declared_413_are_refused_with_their_route() {
+        let layer = layer();
+        let put = Request::builder()
+            .method(Method::PUT)
+            .uri("/api/x")
+            .body(empty())
+            .unwrap();
+        let r = through(&layer, put, Ok(())).await.expect_err("405");
+        assert!(matches!(r.reason, Reject::MethodNotAllowed { .. }));
+        assert_eq!(prefix(r.context.as_ref()), Some("/api/"));
+        let big = Request::post("/api/x")
+            .header(CONTENT_LENGTH, "1025")
+            .body(empty())
+            .unwrap();
+        let r = through(&layer, big, Ok(())).await.expect_err("413");
+        assert_eq!(r.reason, Reject::PayloadTooLarge);
+        assert_eq!(prefix(r.context.as_ref()), Some("/api/"));
+        let nowhere = Request::get("/other").body(empty()).unwrap();
+        let r = through(&layer, nowhere, Ok(())).await.expect_err("404");
+        assert_eq!(r.reason, Reject::NotFound);
+        assert!(r.context.is_none(), "no route, no context");
+    }
+
+    #[tokio::test]
+    async fn an_answer_from_below_without_a_context_gets_the_route() {
+        let layer = layer();
+        let req = || Request::get("/api/x").body(empty()).unwrap();
+        let r = through(&layer, req(), Err(Reject::UpstreamTimeout))
+            .await
+            .expect_err("504");
+        assert_eq!(prefix(r.context.as_ref()), Some("/api/"));
+        let r = through(&layer, req(), Ok(())).await.expect("200");
+        assert_eq!(
+            prefix(r.extensions().get::<RequestContext>()),
+            Some("/api/")
+        );
+    }
+}

@@ -1,10 +1,8 @@
 //! The path policy at the routing layer, tested as tower-http tests its layers: the real
-//! [`RouteLayer`] over a `service_fn` that records what it was handed, called with
-//! `oneshot`. Then the property tests of issue 8: over generated nasty paths, the route
+//! [`RouteLayer`] (under the rescue layer, which renders its refusals) over a `service_fn`
+//! that records what it was handed, called with `oneshot`. Then the property tests of issue 8: over generated nasty paths, the route
 //! picked is the route an independent RFC 3986 normalizer gives, the forwarded path is
 //! already normal, and no server reading the forwarded path lands under another route.
-
-use std::convert::Infallible;
 
 use futures_util::FutureExt as _;
 use http::{Request, Response, StatusCode, Uri};
@@ -17,6 +15,7 @@ use super::*;
 use crate::config::Config;
 use crate::http::empty;
 use crate::path::EscapedSlashes::{self, Keep, Reject as Refuse};
+use crate::stack::rescue::RescueLayer;
 
 /// The URI the inner service was handed.
 #[derive(Clone)]
@@ -63,17 +62,17 @@ enum Outcome {
 /// the future is ready on its first poll.
 fn gateway(routes: &Routes, policy: EscapedSlashes, target: &str) -> (Outcome, Option<Uri>) {
     let layer = RouteLayer::new(routes.clone(), 1 << 20, policy);
-    let inner = service_fn(|req: Request<Body>| async move {
+    let inner = service_fn(|(req, _): Routed| async move {
         let mut response = Response::new(empty());
         response.extensions_mut().insert(Seen(req.uri().clone()));
-        Ok::<_, Infallible>(response)
+        Ok::<_, Rejection>(response)
     });
     let uri: Uri = target
         .parse()
         .unwrap_or_else(|e| panic!("{target:?} is not a URI hyper would hand over: {e}"));
     let req = Request::get(uri).body(empty()).expect("request");
-    let response = layer
-        .layer(inner)
+    let response = RescueLayer
+        .layer(layer.layer(inner))
         .oneshot(req)
         .now_or_never()
         .expect("ready at once")
@@ -82,14 +81,14 @@ fn gateway(routes: &Routes, policy: EscapedSlashes, target: &str) -> (Outcome, O
         StatusCode::BAD_REQUEST => (Outcome::Refused, None),
         StatusCode::NOT_FOUND => (Outcome::NoRoute, None),
         StatusCode::OK => {
-            let route = response
+            let context = response
                 .extensions()
-                .get::<MatchedRoute>()
+                .get::<RequestContext>()
                 .expect("a routed response carries its route");
             let seen = response.extensions().get::<Seen>().expect("inner called");
             let target = seen.0.path_and_query().map_or("", |pq| pq.as_str());
             let outcome = Outcome::Routed {
-                prefix: route.0.settings.prefix.clone(),
+                prefix: context.route.settings.prefix.clone(),
                 target: target.to_owned(),
             };
             (outcome, Some(seen.0.clone()))
@@ -123,11 +122,11 @@ fn a_dot_segment_path_is_routed_and_forwarded_as_its_normal_form_with_the_query_
 fn a_refused_path_is_answered_400_before_any_route_is_considered() {
     let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counted = calls.clone();
-    let inner = service_fn(move |_req: Request<Body>| {
+    let inner = service_fn(move |_: Routed| {
         counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        async { Ok::<_, Infallible>(Response::new(empty())) }
+        async { Ok::<_, Rejection>(Response::new(empty())) }
     });
-    let service = RouteLayer::new(routes(false), 1 << 20, Refuse).layer(inner);
+    let service = RescueLayer.layer(RouteLayer::new(routes(false), 1 << 20, Refuse).layer(inner));
     for target in [
         "/public/..%2fapi/x",
         "/open/..;/api/x",
@@ -144,7 +143,7 @@ fn a_refused_path_is_answered_400_before_any_route_is_considered() {
             .unwrap();
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{target}");
         assert!(
-            response.extensions().get::<MatchedRoute>().is_none(),
+            response.extensions().get::<RequestContext>().is_none(),
             "{target}: refused before routing, so counted under no route"
         );
     }

@@ -6,6 +6,7 @@ pub mod redis_server;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -13,13 +14,16 @@ use cloudbase_auth::types::TokenResponse;
 use cloudbase_auth::{CallOptions, Client, Secret};
 use cloudbase_emulator::Emulator;
 use cloudbase_gateway::config::Config;
-use cloudbase_gateway::http::Body;
+use cloudbase_gateway::http::{Body, BoxError};
+use cloudbase_gateway::proxy::whoami;
 use cloudbase_gateway::server::{self, Running};
+use cloudbase_gateway::stack::rescue::RescueLayer;
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
+use tower::{Layer as _, ServiceExt as _};
 
 /// Seeded emulator users, as TOML. `demo` is an ordinary user; `zhang` has a non-ASCII
 /// name; `admin` is in group admin; `lapsed` was in admin until 2001; `crlf` has a name
@@ -287,13 +291,23 @@ where
     (addr, count)
 }
 
-/// An upstream that echoes what it received as JSON (the gateway's own `whoami`).
+/// An upstream that echoes what it received as JSON: the gateway's own `whoami`, its
+/// refusals (a body it cannot read) rendered by the gateway's rescue layer.
 pub async fn spawn_echo_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
-    spawn_upstream(|req: Request<Incoming>| async move {
-        let req = req.map(|b| b.map_err(Into::into).boxed_unsync());
-        cloudbase_gateway::proxy::whoami::respond(req).await
-    })
-    .await
+    spawn_upstream(echo).await
+}
+
+async fn echo(req: Request<Incoming>) -> Response<Body> {
+    let req = req.map(|b| b.map_err(BoxError::from).boxed_unsync());
+    let whoami = RescueLayer.layer(tower::service_fn(whoami::respond));
+    // Boxed at once: proving the unboxed future `Send` trips rustc's higher-ranked
+    // lifetime check (rust-lang/rust#110338).
+    let answer: Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>> =
+        Box::pin(whoami.oneshot(req));
+    match answer.await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
 }
 
 /// A free port on 127.0.0.1 (bound, then released).

@@ -1,12 +1,58 @@
-//! The responses the gateway makes itself (SPEC "Responses the gateway makes itself").
+//! The answers the gateway makes itself (SPEC "Responses the gateway makes itself"),
+//! typed: a layer that refuses a request returns a [`Rejection`] as its service error, and
+//! one layer near the top of the stack (`stack::rescue`) renders every one. So the JSON
+//! envelope `{"code", "message", "requestId"}` and the extra headers of each case live in
+//! one table ([`Reject`]), and no layer looks up the request id to answer.
 //!
-//! Every rejection in every layer is built here, so the JSON envelope
-//! `{"code", "message", "requestId"}` and the extra headers of each case live in one table.
+//! A rejection carries the [`RequestContext`] of its request once there is one (the route
+//! layer made it), so a 405 or a 504 is logged and counted under its route like any
+//! answer. A new case of the table is a variant of [`Reject`] with its status, code and
+//! message below.
 
 use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 
 use crate::http::{full, Body, ClientBodyError};
+use crate::routing::RequestContext;
+
+/// A request the gateway answers itself: why, and what the stack knew of the request.
+/// The error type of every service below the rescue layer.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub reason: Reject,
+    /// The route (and identity, if known) the request had when it was refused; `None`
+    /// before routing (an ambiguous `Host`, a refused path, no route).
+    pub context: Option<RequestContext>,
+}
+
+impl From<Reject> for Rejection {
+    fn from(reason: Reject) -> Rejection {
+        Rejection {
+            reason,
+            context: None,
+        }
+    }
+}
+
+impl Rejection {
+    /// `reason`, for a request whose context is `context`.
+    pub fn with_context(reason: Reject, context: RequestContext) -> Rejection {
+        Rejection {
+            reason,
+            context: Some(context),
+        }
+    }
+
+    /// The response (see [`Reject::into_response`]), the context in its extensions. Called
+    /// by the rescue layer only.
+    pub(crate) fn into_response(self, request_id: Option<&HeaderValue>) -> Response<Body> {
+        let mut response = self.reason.into_response(request_id);
+        if let Some(context) = self.context {
+            context.attach(&mut response);
+        }
+        response
+    }
+}
 
 /// What a request failing while its body was read means for the client: 413 when the
 /// body outgrew `max_body_size` (`http_body_util::Limited` tripped), 400 when the client's
@@ -97,7 +143,7 @@ impl Reject {
 
     /// The response, with `request_id` in the body (the header is set by the request-id
     /// layer on the way out).
-    pub fn into_response(self, request_id: Option<&HeaderValue>) -> Response<Body> {
+    pub(crate) fn into_response(self, request_id: Option<&HeaderValue>) -> Response<Body> {
         let request_id = request_id.and_then(|v| v.to_str().ok()).unwrap_or("");
         let body = serde_json::json!({
             "code": self.code(),
