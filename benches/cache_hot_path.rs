@@ -54,10 +54,11 @@ use cloudbase_gateway::cache::store::{Kind, Store};
 use cloudbase_gateway::cache::{
     token_key, HeaderFields, Identity, IdentityCache, TokenKey, Validation,
 };
+use cloudbase_gateway::config::IdentityMapping;
 use cloudbase_gateway::http::bearer::{bearer, Credentials};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use http::header::AUTHORIZATION;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderValue};
 use sha2::Digest;
 use support::{jwt_like_token, StandIn};
 use tokio::runtime::Runtime;
@@ -154,7 +155,7 @@ fn next_slot(i: usize, len: usize) -> usize {
 
 /// One request's auth work on a hit; identity headers go to `out` (cleared first, so its
 /// capacity is reused as a request's map would be).
-async fn hit(cache: &IdentityCache, names: &[HeaderName], req: &HeaderMap, out: &mut HeaderMap) {
+async fn hit(cache: &IdentityCache, names: &IdentityMapping, req: &HeaderMap, out: &mut HeaderMap) {
     let Credentials::Bearer(token) = bearer(req) else {
         panic!("pool tokens are well-formed")
     };
@@ -178,7 +179,7 @@ fn receive(req: &HeaderMap) {
 /// returns the summed time.
 async fn timed_hits(
     cache: &IdentityCache,
-    names: &[HeaderName],
+    names: &IdentityMapping,
     pool: &[HeaderMap],
     from: usize,
     ops: u64,
@@ -231,7 +232,6 @@ fn bench_hit(c: &mut Criterion) {
         assert_eq!(api.calls(), (n, n));
         eprintln!("filled {n} entries in {:.1?}", started.elapsed());
         let pool = pool(n);
-        let names: Arc<[HeaderName]> = names.into();
 
         let mut group = c.benchmark_group(format!("hit/{label}"));
         group.throughput(Throughput::Elements(1));
@@ -275,7 +275,7 @@ fn bench_hit_parts(
     c: &mut Criterion,
     rt: &Runtime,
     cache: &IdentityCache,
-    names: &[HeaderName],
+    names: &IdentityMapping,
     pool: &[HeaderMap],
 ) {
     let mut group = c.benchmark_group("hit_parts/1M");
@@ -385,7 +385,6 @@ fn bench_digest(c: &mut Criterion) {
 /// A distinct identity per entry, as the cache would hold.
 fn identity(n: u64) -> Arc<Identity> {
     let config = support::config(1000);
-    let fields: Vec<_> = config.identity.headers.iter().map(|(_, f)| *f).collect();
     let introspection = Introspection {
         sub: Some(format!("{:019}", 1_830_000_000_000_000_000 + n)),
         scope: Some("user".into()),
@@ -397,7 +396,11 @@ fn identity(n: u64) -> Arc<Identity> {
         email: Some(format!("user{n}@example.com")),
         ..Default::default()
     };
-    let fields = HeaderFields::new(&fields, config.identity.max_header_bytes, None);
+    let fields = HeaderFields::new(
+        &config.identity.headers,
+        config.identity.max_header_bytes,
+        None,
+    );
     Arc::new(Identity::new(&introspection, &profile, None, &fields, 0))
 }
 

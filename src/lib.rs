@@ -8,6 +8,7 @@ pub mod config;
 pub mod http;
 pub mod identity_headers;
 pub mod jwt;
+pub mod keyword;
 pub mod metrics;
 pub mod path;
 pub mod proxy;

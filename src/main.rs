@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use cloudbase_emulator::Emulator;
-use cloudbase_gateway::config::Config;
+use cloudbase_gateway::config::{Config, ConfigErrors, EmulatorConfig};
 use cloudbase_gateway::server;
 use cloudbase_gateway::telemetry::{self, LogFormat};
 
@@ -36,7 +36,8 @@ enum Command {
     /// Validate the configuration, print it with secrets redacted, exit 0 (or list every
     /// mistake with its key and exit 1).
     Check,
-    /// Run only the CloudBase Auth v2 emulator (users and settings from [emulator]).
+    /// Run only the CloudBase Auth v2 emulator (users and settings from [emulator]; no
+    /// configuration file needed).
     Emulator {
         /// Address to listen on (default: emulator.listen from the configuration).
         #[arg(long)]
@@ -44,14 +45,22 @@ enum Command {
     },
 }
 
-fn load(path: &Path, optional: bool) -> Result<Config, ExitCode> {
-    if optional && !path.exists() {
-        return Config::from_toml_str("").map_err(|e| report(path, &e));
-    }
+fn load(path: &Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|e| report(path, &e))
 }
 
-fn report(path: &Path, errors: &cloudbase_gateway::config::ConfigErrors) -> ExitCode {
+/// The emulator's part of the file; when `optional` and there is no file, the defaults.
+fn load_emulator(path: &Path, optional: bool) -> Result<EmulatorConfig, ExitCode> {
+    let env = |name: &str| std::env::var(name).ok();
+    let loaded = if optional && !path.exists() {
+        EmulatorConfig::from_toml_str_with_env("", env)
+    } else {
+        EmulatorConfig::load(path)
+    };
+    loaded.map_err(|e| report(path, &e))
+}
+
+fn report(path: &Path, errors: &ConfigErrors) -> ExitCode {
     eprintln!(
         "{}: configuration has {} error(s):",
         path.display(),
@@ -97,7 +106,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Some(Command::Check) => match load(&cli.config, false) {
+        Some(Command::Check) => match load(&cli.config) {
             Ok(config) => {
                 // A closed pipe (`check | head`) is not an error worth a panic.
                 use std::io::Write;
@@ -118,7 +127,7 @@ fn main() -> ExitCode {
         Some(Command::Emulator { listen }) => {
             let default_path = std::env::var_os("CLOUDBASE_GATEWAY_CONFIG").is_none()
                 && cli.config == Path::new("config.toml");
-            let config = match load(&cli.config, default_path) {
+            let config = match load_emulator(&cli.config, default_path) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -126,7 +135,7 @@ fn main() -> ExitCode {
             runtime.block_on(run_emulator(config, listen))
         }
         None => {
-            let config = match load(&cli.config, false) {
+            let config = match load(&cli.config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -136,8 +145,8 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run_emulator(config: Config, listen: Option<SocketAddr>) -> ExitCode {
-    let addr = listen.unwrap_or(config.emulator.listen);
+async fn run_emulator(config: EmulatorConfig, listen: Option<SocketAddr>) -> ExitCode {
+    let addr = listen.unwrap_or(config.listen);
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -147,8 +156,8 @@ async fn run_emulator(config: Config, listen: Option<SocketAddr>) -> ExitCode {
     };
     let bound = listener.local_addr().unwrap_or(addr);
     eprintln!("emulator listening on {bound}");
-    tracing::info!(%bound, users = config.emulator.users.len(), "CloudBase Auth v2 emulator started");
-    let emulator = Emulator::new(&config.emulator_options());
+    tracing::info!(%bound, users = config.options.users.len(), "CloudBase Auth v2 emulator started");
+    let emulator = Emulator::new(&config.options);
     match emulator.serve(listener, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -288,7 +288,7 @@ pub struct Metrics {
     cloudbase_durations: [Histogram; 2],
     sub_mismatches: AtomicU64,
     inflight: AtomicI64,
-    /// By position in [`IdentityField::ALL`].
+    /// By [`IdentityField`] (declaration order, that of `IdentityField::ALL`).
     omitted_headers: [AtomicU64; IdentityField::ALL.len()],
     redis_lookups: [AtomicU64; 6],
     redis_writes: [AtomicU64; 4],
@@ -378,9 +378,7 @@ impl Metrics {
 
     /// An identity header value left out for being over `identity.max_header_bytes`.
     pub fn identity_header_omitted(&self, field: IdentityField) {
-        if let Some(i) = IdentityField::ALL.iter().position(|(_, f)| *f == field) {
-            self.omitted_headers[i].fetch_add(1, Relaxed);
-        }
+        self.omitted_headers[field as usize].fetch_add(1, Relaxed);
     }
 
     pub fn inflight_add(&self, delta: i64) {
@@ -534,9 +532,9 @@ impl Metrics {
             "counter",
             "Identity header values left out for being over identity.max_header_bytes, by profile field (once per cache entry).",
         );
-        for (i, (name, _)) in IdentityField::ALL.iter().enumerate() {
-            let labels = format!("field=\"{name}\"");
-            let n = self.omitted_headers[i].load(Relaxed);
+        for &field in IdentityField::ALL {
+            let labels = format!("field=\"{field}\"");
+            let n = self.omitted_headers[field as usize].load(Relaxed);
             sample(o, "identity_headers_omitted_total", &labels, n);
         }
         self.render_redis(o);

@@ -34,36 +34,20 @@
 
 use std::borrow::Cow;
 
-/// What to do with `%2F` (encoded `/`) and `%5C` (encoded `\`) in a path
-/// (`server.escaped_slashes`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum EscapedSlashes {
-    /// Refuse the request with 400 (default). Many servers decode `%2F` before routing, so
-    /// `/public/..%2Fapi/x` would be `/api/x` to them but one `/public/` segment here.
-    #[default]
-    Reject,
-    /// Keep them encoded (hex upper-cased); they separate no segments here. Safe only if
-    /// every upstream behind the gateway treats `%2F` as data, never as a separator.
-    Keep,
-}
+use crate::keyword::keyword_enum;
 
-impl EscapedSlashes {
-    /// The configuration spellings.
-    pub const ALL: [(&'static str, EscapedSlashes); 2] = [
-        ("reject", EscapedSlashes::Reject),
-        ("keep", EscapedSlashes::Keep),
-    ];
-
-    /// `"reject"` or `"keep"`.
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, v)| *v)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EscapedSlashes::Reject => "reject",
-            EscapedSlashes::Keep => "keep",
-        }
+keyword_enum! {
+    /// What to do with `%2F` (encoded `/`) and `%5C` (encoded `\`) in a path
+    /// (`server.escaped_slashes`).
+    #[derive(Default)]
+    pub enum EscapedSlashes {
+        /// Refuse the request with 400 (default). Many servers decode `%2F` before routing,
+        /// so `/public/..%2Fapi/x` would be `/api/x` to them but one `/public/` segment here.
+        #[default]
+        Reject = "reject",
+        /// Keep them encoded (hex upper-cased); they separate no segments here. Safe only if
+        /// every upstream behind the gateway treats `%2F` as data, never as a separator.
+        Keep = "keep",
     }
 }
 

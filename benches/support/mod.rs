@@ -16,8 +16,8 @@ use cloudbase_auth::types::{Group, Introspection, UserProfile};
 use cloudbase_auth::{CallOptions, Error as ApiError};
 use cloudbase_gateway::cache::{AuthApi, BoxFuture, IdentityCache, Limits};
 use cloudbase_gateway::config::Config;
+use cloudbase_gateway::config::IdentityMapping;
 use cloudbase_gateway::metrics::Metrics;
-use http::HeaderName;
 
 /// A CloudBase that vouches for every token at once, counting its calls.
 #[derive(Default)]
@@ -128,20 +128,14 @@ pub fn config(max_entries: u64) -> Config {
     Config::from_toml_str(&text).expect("bench configuration is valid")
 }
 
-/// The cache exactly as `server::build_with_api` makes it, over `api`.
-pub fn cache(config: &Config, api: Arc<StandIn>) -> (IdentityCache, Vec<HeaderName>) {
+/// The cache exactly as the gateway makes it, over `api`, and its identity headers.
+pub fn cache(config: &Config, api: Arc<StandIn>) -> (IdentityCache, IdentityMapping) {
     let metrics = Arc::new(Metrics::new(config.routes.iter().map(|r| r.prefix.clone())));
-    let fields: Vec<_> = config.identity.headers.iter().map(|(_, f)| *f).collect();
-    let names = config
-        .identity
-        .headers
-        .iter()
-        .map(|(n, _)| n.clone())
-        .collect();
+    let names = config.identity.headers.clone();
     (
         IdentityCache::with_limits(
             &config.cache,
-            &fields,
+            &names,
             Limits {
                 max_in_flight: config.cloudbase.max_in_flight,
                 max_header_bytes: config.identity.max_header_bytes,

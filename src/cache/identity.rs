@@ -13,10 +13,10 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderValue};
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 
-use crate::identity_headers::IdentityField;
+use crate::identity_headers::{IdentityField, IdentityMapping};
 use crate::metrics::Metrics;
 use cloudbase_auth::types::{Introspection, UserProfile};
 
@@ -57,24 +57,24 @@ fn encode(value: &str, unsafe_bytes: &'static AsciiSet, out: &mut BytesMut) {
     }
 }
 
-/// What [`Identity::new`] makes header values from: the configured fields in header
-/// order and the most bytes one encoded value may take. Omissions are counted in
-/// `metrics` when given.
+/// What [`Identity::new`] makes header values from: the configured mapping (its fields,
+/// in header order) and the most bytes one encoded value may take. Omissions are counted
+/// in `metrics` when given.
 #[derive(Clone)]
 pub struct HeaderFields {
-    fields: Box<[IdentityField]>,
+    mapping: IdentityMapping,
     max_value_bytes: usize,
     metrics: Option<Arc<Metrics>>,
 }
 
 impl HeaderFields {
     pub fn new(
-        fields: &[IdentityField],
+        mapping: &IdentityMapping,
         max_value_bytes: usize,
         metrics: Option<Arc<Metrics>>,
     ) -> HeaderFields {
         HeaderFields {
-            fields: fields.into(),
+            mapping: mapping.clone(),
             max_value_bytes,
             metrics,
         }
@@ -126,8 +126,8 @@ impl Identity {
             })
             .collect();
         let mut buf = BytesMut::with_capacity(128);
-        let mut ends = Vec::with_capacity(fields.fields.len());
-        for field in fields.fields.iter() {
+        let mut ends = Vec::with_capacity(fields.mapping.len());
+        for field in fields.mapping.fields() {
             let start = buf.len();
             let text: Option<&str> = match field {
                 IdentityField::Sub => Some(&sub),
@@ -143,7 +143,7 @@ impl Identity {
                 IdentityField::Anonymous => Some(if anonymous { "true" } else { "false" }),
                 IdentityField::Groups => None,
             };
-            if *field == IdentityField::Groups {
+            if field == IdentityField::Groups {
                 let mut first = true;
                 let active = groups
                     .iter()
@@ -168,7 +168,7 @@ impl Identity {
                     "identity header value over identity.max_header_bytes; the header is not sent for this user"
                 );
                 if let Some(metrics) = &fields.metrics {
-                    metrics.identity_header_omitted(*field);
+                    metrics.identity_header_omitted(field);
                 }
             }
             ends.push(buf.len() as u32);
@@ -199,11 +199,13 @@ impl Identity {
             .min()
     }
 
-    /// Sets the identity headers, `names[i]` for configured field `i`. Empty values are
-    /// left out rather than sent empty.
-    pub fn apply(&self, names: &[HeaderName], headers: &mut HeaderMap) {
+    /// Sets the identity headers under `mapping`'s names: the mapping the values were
+    /// rendered with ([`HeaderFields`]), handed to the auth layer by the same
+    /// configuration. Empty values are left out rather than sent empty.
+    pub fn apply(&self, mapping: &IdentityMapping, headers: &mut HeaderMap) {
+        debug_assert_eq!(mapping.len(), self.ends.len(), "the mapping rendered with");
         let mut start = 0usize;
-        for (name, end) in names.iter().zip(self.ends.iter()) {
+        for ((name, _), end) in mapping.iter().zip(self.ends.iter()) {
             let end = *end as usize;
             if end > start {
                 // The bytes were percent-encoded to visible ASCII, so this cannot fail.
@@ -232,30 +234,18 @@ mod tests {
     use std::sync::Arc;
 
     fn fields() -> HeaderFields {
-        HeaderFields::new(
-            &[
-                IdentityField::Sub,
-                IdentityField::Name,
-                IdentityField::Email,
-                IdentityField::Groups,
-                IdentityField::Anonymous,
-            ],
-            crate::config::DEFAULT_MAX_HEADER_BYTES,
-            None,
-        )
+        HeaderFields::new(&names(), crate::config::DEFAULT_MAX_HEADER_BYTES, None)
     }
 
-    fn names() -> Vec<HeaderName> {
-        [
-            "x-user-id",
-            "x-user-name",
-            "x-user-email",
-            "x-user-groups",
-            "x-user-anonymous",
-        ]
-        .into_iter()
-        .map(HeaderName::from_static)
-        .collect()
+    /// The headers and their fields.
+    fn names() -> IdentityMapping {
+        IdentityMapping::from_static(&[
+            ("x-user-id", IdentityField::Sub),
+            ("x-user-name", IdentityField::Name),
+            ("x-user-email", IdentityField::Email),
+            ("x-user-groups", IdentityField::Groups),
+            ("x-user-anonymous", IdentityField::Anonymous),
+        ])
     }
 
     fn build(name: &str, groups: Vec<Group>) -> Identity {
@@ -334,11 +324,11 @@ mod tests {
     #[test]
     fn a_value_over_the_bound_is_left_out_and_counted_once_per_entry() {
         let metrics = Arc::new(Metrics::new(Vec::<String>::new()));
-        let fields = HeaderFields::new(
-            &[IdentityField::Sub, IdentityField::Name],
-            8 << 10,
-            Some(metrics.clone()),
-        );
+        let names = IdentityMapping::from_static(&[
+            ("x-user-id", IdentityField::Sub),
+            ("x-user-name", IdentityField::Name),
+        ]);
+        let fields = HeaderFields::new(&names, 8 << 10, Some(metrics.clone()));
         let i = Introspection {
             sub: Some("42".into()),
             ..Default::default()
@@ -348,10 +338,6 @@ mod tests {
             ..Default::default()
         };
         let id = Identity::new(&i, &p, None, &fields, 0);
-        let names = [
-            HeaderName::from_static("x-user-id"),
-            HeaderName::from_static("x-user-name"),
-        ];
         for _ in 0..3 {
             let mut h = HeaderMap::new();
             id.apply(&names, &mut h);
@@ -380,6 +366,7 @@ mod tests {
         //! value that percent-decodes back to it, a group list splits back into its ids,
         //! and an identity built from any answer at all sets only visible-ASCII values.
         use super::*;
+        use http::HeaderName;
         use percent_encoding::percent_decode_str;
         use proptest::prelude::*;
 
@@ -462,13 +449,11 @@ mod tests {
                         .collect(),
                     ..UserProfile::default()
                 };
-                let every: Vec<IdentityField> =
-                    IdentityField::ALL.iter().map(|(_, f)| *f).collect();
-                let fields = HeaderFields::new(&every, 8 << 10, None);
-                let names: Vec<HeaderName> = IdentityField::ALL
-                    .iter()
-                    .map(|(n, _)| HeaderName::from_bytes(n.replace('_', "-").as_bytes()).unwrap())
-                    .collect();
+                let names = IdentityMapping::new(IdentityField::ALL.iter().map(|&f| {
+                    let name = f.as_str().replace('_', "-");
+                    (HeaderName::from_bytes(name.as_bytes()).unwrap(), f)
+                }));
+                let fields = HeaderFields::new(&names, 8 << 10, None);
                 let identity = Identity::new(&introspection, &profile, None, &fields, now);
                 let _ = identity.in_any_group(&["admin".to_owned()], now);
                 let mut headers = HeaderMap::new();

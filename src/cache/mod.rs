@@ -47,9 +47,8 @@ pub use identity::{
 };
 
 use crate::clock::{remaining, unix_secs, UnixClock};
-use crate::config::{
-    CacheSettings, IdentityField, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_IN_FLIGHT,
-};
+use crate::config::{CacheSettings, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_IN_FLIGHT};
+use crate::identity_headers::IdentityMapping;
 use crate::jwt::jwt_exp;
 use crate::metrics::{CacheLookup, CloudbaseEndpoint, CloudbaseOutcome, Metrics};
 use cloudbase_auth::types::{Introspection, UserProfile};
@@ -188,17 +187,17 @@ impl std::fmt::Debug for IdentityCache {
 }
 
 impl IdentityCache {
-    /// `fields` are the configured identity header fields, in header order. The
-    /// [`Limits`] are the defaults.
+    /// `mapping` is the configured identity headers (`identity.headers`), whose values
+    /// each entry renders once. The [`Limits`] are the defaults.
     pub fn new(
         settings: &CacheSettings,
-        fields: &[IdentityField],
+        mapping: &IdentityMapping,
         api: Arc<dyn AuthApi>,
         metrics: Arc<Metrics>,
     ) -> IdentityCache {
         Self::with_options(
             settings,
-            fields,
+            mapping,
             Limits::default(),
             api,
             metrics,
@@ -209,29 +208,29 @@ impl IdentityCache {
     /// Like [`IdentityCache::new`], reading Unix time from `clock` (tests control it).
     pub fn with_clock(
         settings: &CacheSettings,
-        fields: &[IdentityField],
+        mapping: &IdentityMapping,
         api: Arc<dyn AuthApi>,
         metrics: Arc<Metrics>,
         clock: UnixClock,
     ) -> IdentityCache {
-        Self::with_options(settings, fields, Limits::default(), api, metrics, clock)
+        Self::with_options(settings, mapping, Limits::default(), api, metrics, clock)
     }
 
     /// Like [`IdentityCache::new`], with the given [`Limits`].
     pub fn with_limits(
         settings: &CacheSettings,
-        fields: &[IdentityField],
+        mapping: &IdentityMapping,
         limits: Limits,
         api: Arc<dyn AuthApi>,
         metrics: Arc<Metrics>,
     ) -> IdentityCache {
-        Self::with_options(settings, fields, limits, api, metrics, UnixClock::System)
+        Self::with_options(settings, mapping, limits, api, metrics, UnixClock::System)
     }
 
     /// The cache with every option: [`Limits`] and the Unix clock.
     pub fn with_options(
         settings: &CacheSettings,
-        fields: &[IdentityField],
+        mapping: &IdentityMapping,
         limits: Limits,
         api: Arc<dyn AuthApi>,
         metrics: Arc<Metrics>,
@@ -249,7 +248,7 @@ impl IdentityCache {
                 generation: AtomicU64::new(0),
                 api,
                 settings: settings.clone(),
-                fields: HeaderFields::new(fields, limits.max_header_bytes, Some(metrics.clone())),
+                fields: HeaderFields::new(mapping, limits.max_header_bytes, Some(metrics.clone())),
                 calls: Arc::new(tokio::sync::Semaphore::new(permits)),
                 metrics,
                 clock,

@@ -4,6 +4,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Mutex as StdMutex;
 
 use super::*;
+use crate::identity_headers::IdentityField;
 use cloudbase_auth::types::Group;
 
 /// What the scripted CloudBase answers next.
@@ -129,6 +130,14 @@ fn settings(ttl: u64, stale: u64) -> CacheSettings {
     }
 }
 
+/// The identity headers of the test caches.
+fn headers() -> IdentityMapping {
+    IdentityMapping::from_static(&[
+        ("x-sub", IdentityField::Sub),
+        ("x-groups", IdentityField::Groups),
+    ])
+}
+
 fn cache(api: Arc<FakeApi>, ttl: u64, stale: u64) -> IdentityCache {
     cache_with_clock(api, ttl, stale, UnixClock::System).0
 }
@@ -142,13 +151,7 @@ fn cache_with_clock(
 ) -> (IdentityCache, Arc<Metrics>) {
     let settings = settings(ttl, stale);
     let metrics = Arc::new(Metrics::new(Vec::<String>::new()));
-    let cache = IdentityCache::with_clock(
-        &settings,
-        &[IdentityField::Sub, IdentityField::Groups],
-        api,
-        metrics.clone(),
-        clock,
-    );
+    let cache = IdentityCache::with_clock(&settings, &headers(), api, metrics.clone(), clock);
     (cache, metrics)
 }
 
@@ -404,11 +407,7 @@ async fn a_group_expiry_bounds_the_entry_to_the_millisecond() {
     let groups = |v: Validation| match v {
         Validation::Valid(identity) => {
             let mut h = http::HeaderMap::new();
-            let names = [
-                http::HeaderName::from_static("x-sub"),
-                http::HeaderName::from_static("x-groups"),
-            ];
-            identity.apply(&names, &mut h);
+            identity.apply(&headers(), &mut h);
             h["x-groups"].to_str().unwrap().to_owned()
         }
         other => panic!("{other:?}"),
@@ -439,7 +438,7 @@ fn one_flight_cache(api: Arc<FakeApi>, ttl: u64, stale: u64) -> (IdentityCache, 
     };
     let c = IdentityCache::with_limits(
         &settings(ttl, stale),
-        &[IdentityField::Sub],
+        &IdentityMapping::from_static(&[("x-sub", IdentityField::Sub)]),
         limits,
         api,
         metrics.clone(),

@@ -1,37 +1,59 @@
-//! Configuration: the TOML file (`raw`) and the validated settings every component is
-//! built from (this module).
+//! Configuration: the TOML file and the validated settings every component is built from.
 //!
 //! Loading goes file -> `toml::Value` -> `${NAME}` interpolation -> one serde pass per
 //! section -> validation. Each stage collects errors instead of stopping at the first, so
 //! `cloudbase-gateway check` can list every mistake, each with its key
 //! (`routes[1].upstream: …`). Durations, sizes, URLs, CIDRs and header names are parsed
 //! here once; nothing downstream parses configuration again.
+//!
+//! One file per table (`server`, `admin`, `cloudbase`, `upstream`, `cache`, `identity`,
+//! `routes`, `emulator`), each holding everything about its keys: the raw serde type that
+//! mirrors the file (`deny_unknown_fields`), the validated settings type whose `Default`
+//! impl is the one place each default is written and whose `Serialize` impl is the
+//! effective configuration `check` prints (secrets redacted, see [`ser`]), and its
+//! `validate` function (helpers in [`validate`]). Enums are spelled once, with
+//! `keyword_enum!`. A new table: a new file in that shape, a field of [`Config`], and
+//! one line in [`Config::from_toml_str_with_env`].
 
+mod admin;
+mod cache;
+mod cloudbase;
 mod effective;
-mod raw;
+mod emulator;
+mod identity;
+mod routes;
+mod ser;
+mod server;
+mod upstream;
+mod validate;
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
-use http::{HeaderName, Method, Uri};
-use ipnet::IpNet;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 
-pub use crate::identity_headers::IdentityField;
+pub use crate::identity_headers::{IdentityField, IdentityMapping};
 pub use crate::path::EscapedSlashes;
 pub use crate::secret::{Secret, SecretUrl};
+pub use admin::AdminSettings;
+pub use cache::{CacheSettings, RedisSettings, MIN_HMAC_KEY_BYTES, REDACTED_HMAC_KEY};
+pub use cloudbase::{CloudbaseSettings, DEFAULT_MAX_IN_FLIGHT};
 pub use cloudbase_auth::IntrospectAuth;
-pub use cloudbase_emulator::{AttemptLimits, SeedUser};
-pub use raw::RawGroup;
+pub use cloudbase_emulator::{AttemptLimits, EmulatorOptions, SeedUser};
+pub use emulator::EmulatorSettings;
+pub use identity::{
+    normalize_header_name, IdentitySettings, DEFAULT_IDENTITY_HEADERS, DEFAULT_MAX_HEADER_BYTES,
+};
+pub use routes::{parse_upstream, AuthMode, RouteSettings, Upstream};
+pub use server::{ServerSettings, TlsFiles};
+pub use validate::{parse_duration, parse_size};
 
-use cloudbase_auth::types::Group;
-use cloudbase_emulator::EmulatorOptions;
+use validate::Errors;
 
-/// Every setting of the gateway, validated.
-#[derive(Debug, Clone)]
+/// Every setting of the gateway, validated. Its `Serialize` impl is the effective
+/// configuration ([`Config::effective_toml`]).
+#[derive(Debug, Clone, Serialize)]
 pub struct Config {
     pub server: ServerSettings,
     pub admin: AdminSettings,
@@ -43,209 +65,7 @@ pub struct Config {
     pub emulator: EmulatorSettings,
 }
 
-/// `[server]`: the public listener.
-#[derive(Debug, Clone)]
-pub struct ServerSettings {
-    /// Default `127.0.0.1:8080`.
-    pub listen: SocketAddr,
-    /// PEM certificate chain and key; both or neither. With them the listener speaks TLS.
-    pub tls: Option<TlsFiles>,
-    /// Whole request, upstream included. Default 30 s.
-    pub request_timeout: Duration,
-    /// Time from accept (TLS handshake included) to a complete first request head, in
-    /// every protocol; on HTTP/1.1 also from the end of one exchange to the next head.
-    /// Default 10 s.
-    pub header_read_timeout: Duration,
-    /// A connection with no request in flight is closed after this long (HTTP/2 with a
-    /// GOAWAY). Default 60 s.
-    pub idle_timeout: Duration,
-    /// HTTP/2 streams one connection may have open at once (`SETTINGS_MAX_CONCURRENT_STREAMS`).
-    /// Default 100.
-    pub max_concurrent_streams: u32,
-    /// Largest request body accepted. Default 10 MiB.
-    pub max_body_size: u64,
-    /// Open client connections at most. Default 10 000.
-    pub max_connections: usize,
-    /// Time in-flight requests get to finish on shutdown. Default 30 s.
-    pub shutdown_grace_period: Duration,
-    /// Peers whose `X-Forwarded-*`, `Forwarded` and `X-Real-IP` are believed. Default none.
-    /// IPv4-mapped IPv6 networks are stored as IPv4, the form peers are matched in.
-    pub trusted_proxies: Vec<IpNet>,
-    /// `%2F` / `%5C` in a path: refused (default) or kept encoded. See [`crate::path`].
-    pub escaped_slashes: EscapedSlashes,
-}
-
-#[derive(Debug, Clone)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
-/// `[admin]`: health, readiness, metrics and cache purge.
-#[derive(Debug, Clone)]
-pub struct AdminSettings {
-    /// Default `127.0.0.1:9090`.
-    pub listen: SocketAddr,
-    /// Bearer token every admin POST must carry when set. Default unset.
-    pub token: Option<Secret>,
-}
-
-/// `[cloudbase]`: where and how to reach CloudBase Auth v2.
-#[derive(Debug, Clone)]
-pub struct CloudbaseSettings {
-    pub env_id: String,
-    pub region: String,
-    /// Ends in `/auth/v1`, no trailing slash. Derived from `env_id` + `region`, or the
-    /// embedded emulator's address when it is enabled, unless set explicitly.
-    pub base_url: String,
-    /// `base_url` was derived from `[emulator] listen`; the gateway points it at the
-    /// address the embedded emulator actually bound (which may differ for port 0).
-    pub base_url_from_emulator: bool,
-    pub client_id: String,
-    /// Empty means: send no client credentials.
-    pub client_secret: Secret,
-    /// Sent as `x-device-id`. Default `cloudbase-gateway`.
-    pub device_id: String,
-    pub introspect_auth: IntrospectAuth,
-    /// Per CloudBase call. Default 2 s.
-    pub timeout: Duration,
-    /// CloudBase calls open at once, at most; a validation needing more is answered as
-    /// if CloudBase were unavailable. Default [`DEFAULT_MAX_IN_FLIGHT`].
-    pub max_in_flight: usize,
-    /// Extra PEM roots trusted for CloudBase and `https://` upstreams.
-    pub ca_file: Option<PathBuf>,
-}
-
-/// `[upstream]`: the connection pool to the routes' upstreams.
-#[derive(Debug, Clone)]
-pub struct UpstreamSettings {
-    /// How long an idle pooled connection may be reused. Default 1 s: below the idle
-    /// timeouts of common upstream servers (gunicorn 2 s, Node.js and uvicorn 5 s), so the
-    /// gateway drops a connection before the upstream closes it under a request. Zero:
-    /// no connection is reused.
-    pub pool_idle_timeout: Duration,
-    /// Idle connections kept per upstream host at most. Default 1024; zero: no pooling.
-    pub pool_max_idle_per_host: usize,
-}
-
-/// `[cache]`: the validation cache.
-#[derive(Debug, Clone)]
-pub struct CacheSettings {
-    /// Default 100 000.
-    pub max_entries: u64,
-    /// Upper bound of a positive entry's life; never beyond the token's `exp`. Default 60 s.
-    pub ttl: Duration,
-    /// Life of a "CloudBase said invalid" entry. Default 5 s.
-    pub negative_ttl: Duration,
-    /// How long past its expiry a positive entry may be served while CloudBase fails.
-    /// Default 0 (off).
-    pub stale_if_error: Duration,
-    /// `[cache.redis]`: the shared second tier. `None` (default): each replica alone.
-    pub redis: Option<RedisSettings>,
-}
-
-/// `[cache.redis]`: what every replica shares through Redis (see `cache::shared`).
-#[derive(Debug, Clone)]
-pub struct RedisSettings {
-    /// `redis://` or `rediss://` (TLS), `user:password@` allowed; printed redacted.
-    pub url: SecretUrl,
-    /// Starts every key and the purge channel. Default `cloudbase-gateway:`.
-    pub key_prefix: String,
-    /// Bound on each Redis command; past it Redis is skipped for that request. Default 50 ms.
-    pub timeout: Duration,
-    /// Authenticates every stored value. Required; at least [`MIN_HMAC_KEY_BYTES`] bytes.
-    pub hmac_key: Secret,
-    /// Consecutive failures after which Redis is skipped for `breaker_cooldown`. Default 5.
-    pub breaker_failures: u32,
-    /// How long Redis is skipped once the breaker opens. Default 5 s.
-    pub breaker_cooldown: Duration,
-}
-
-/// Shortest `cache.redis.hmac_key` accepted: 32 bytes, HMAC-SHA256's own output size.
-pub const MIN_HMAC_KEY_BYTES: usize = 32;
-
-/// What `check` prints for `cache.redis.hmac_key`: long enough that its output stays a
-/// valid configuration, and refused when the shared tier starts, so a copied `check` output
-/// can never run with a key everyone can read.
-pub const REDACTED_HMAC_KEY: &str = "[redacted: the key in force is never printed]";
-
-/// `[identity.headers]`, merged over the defaults.
-#[derive(Debug, Clone)]
-pub struct IdentitySettings {
-    /// Headers set on authenticated requests, in a stable order.
-    pub headers: Vec<(HeaderName, IdentityField)>,
-    /// Every identity header name, set or turned off, lower-case. Client-supplied headers
-    /// matching one of these (with `_` read as `-`) are removed on every route. Turned-off
-    /// defaults stay here: an upstream that once trusted them must never see a forgery.
-    pub strip: Vec<HeaderName>,
-    /// The most bytes one encoded identity header value may take; a longer one is not
-    /// sent. Default [`DEFAULT_MAX_HEADER_BYTES`].
-    pub max_header_bytes: usize,
-}
-
-/// `cloudbase.max_in_flight` when unset.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
-/// `identity.max_header_bytes` when unset: 8 KiB, below every common server's limit for
-/// one header line (nginx 8 KiB buffers, Node 16 KiB for the whole head).
-pub const DEFAULT_MAX_HEADER_BYTES: usize = 8 << 10;
-
-/// `auth` of a route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthMode {
-    Required,
-    Optional,
-    None,
-}
-
-/// Where a route's requests go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Upstream {
-    /// The built-in echo service.
-    Whoami,
-    /// `http://` or `https://` origin with an optional base path (no trailing slash).
-    Http {
-        scheme: http::uri::Scheme,
-        authority: http::uri::Authority,
-        base_path: String,
-    },
-}
-
-/// One `[[routes]]` entry.
-#[derive(Debug, Clone)]
-pub struct RouteSettings {
-    pub prefix: String,
-    pub upstream: Upstream,
-    pub auth: AuthMode,
-    pub strip_prefix: bool,
-    /// Empty = all methods.
-    pub methods: Vec<Method>,
-    pub allow_anonymous: bool,
-    pub require_groups: Vec<String>,
-    pub pass_token: bool,
-    pub allow_preflight: bool,
-}
-
-/// `[emulator]`: whether the gateway embeds the emulator, where, and the emulator's own
-/// settings (see [`Config::emulator_options`] for what the emulator is started with).
-#[derive(Debug, Clone)]
-pub struct EmulatorSettings {
-    /// Start the emulator inside the gateway process. Default false.
-    pub enabled: bool,
-    /// Default `127.0.0.1:8081`.
-    pub listen: SocketAddr,
-    /// The code every verification accepts. Default `000000`.
-    pub verification_code: String,
-    /// Default 2 h.
-    pub access_token_ttl: Duration,
-    /// Anonymous sign-in allowed. Default true.
-    pub allow_anonymous: bool,
-    /// Serve `/__emulator/stats` and `/__emulator/fault` (no CORS, JSON only). Default
-    /// false: they answer 404, so no web page can inject faults.
-    pub test_hooks: bool,
-    /// How many wrong secrets the emulator takes before it answers 429.
-    pub limits: AttemptLimits,
-    pub users: Vec<SeedUser>,
-}
+pub use upstream::UpstreamSettings;
 
 /// One configuration mistake, with the key it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,19 +97,6 @@ impl fmt::Display for ConfigErrors {
             write!(f, "{e}")?;
         }
         Ok(())
-    }
-}
-
-/// Collects errors while validating.
-#[derive(Default)]
-struct Errors(Vec<ConfigError>);
-
-impl Errors {
-    fn push(&mut self, key: impl Into<String>, message: impl fmt::Display) {
-        self.0.push(ConfigError {
-            key: key.into(),
-            message: message.to_string(),
-        });
     }
 }
 
@@ -325,13 +132,7 @@ impl Config {
 
     /// Reads, interpolates and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                key: String::new(),
-                message: format!("cannot read {}: {e}", path.display()),
-            }])
-        })?;
-        Self::from_toml_str(&text)
+        Self::from_toml_str(&read(path)?)
     }
 
     /// Parses TOML text with the process environment for `${NAME}`.
@@ -345,28 +146,23 @@ impl Config {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigErrors> {
         let mut errors = Errors::default();
-        let mut value: toml::Table = match text.parse() {
-            Ok(v) => v,
-            Err(e) => {
-                errors.push("", format!("not valid TOML: {}", e.message()));
-                return Err(ConfigErrors(errors.0));
-            }
-        };
+        let mut value = parse(text)?;
         for (key, v) in value.iter_mut() {
             interpolate(v, key.clone(), &env, &mut errors);
         }
 
         let mut take = |name: &str| value.remove(name);
-        let server: raw::RawServer = section(take("server"), "server", &mut errors);
-        let admin: raw::RawAdmin = section(take("admin"), "admin", &mut errors);
-        let cloudbase: raw::RawCloudbase = section(take("cloudbase"), "cloudbase", &mut errors);
-        let upstream: raw::RawUpstream = section(take("upstream"), "upstream", &mut errors);
-        let cache: raw::RawCache = section(take("cache"), "cache", &mut errors);
-        let identity: raw::RawIdentity = section(take("identity"), "identity", &mut errors);
-        let emulator: raw::RawEmulator = section(take("emulator"), "emulator", &mut errors);
+        let server: server::RawServer = section(take("server"), "server", &mut errors);
+        let admin: admin::RawAdmin = section(take("admin"), "admin", &mut errors);
+        let cloudbase: cloudbase::RawCloudbase =
+            section(take("cloudbase"), "cloudbase", &mut errors);
+        let upstream: upstream::RawUpstream = section(take("upstream"), "upstream", &mut errors);
+        let cache: cache::RawCache = section(take("cache"), "cache", &mut errors);
+        let identity: identity::RawIdentity = section(take("identity"), "identity", &mut errors);
+        let emulator: emulator::RawEmulator = section(take("emulator"), "emulator", &mut errors);
         // A route whose table did not deserialize is `None`: reported once, not again as
         // "prefix missing", and the others keep their indices.
-        let routes: Vec<Option<raw::RawRoute>> = match take("routes") {
+        let routes: Vec<Option<routes::RawRoute>> = match take("routes") {
             None => Vec::new(),
             Some(toml::Value::Array(items)) => items
                 .into_iter()
@@ -385,21 +181,103 @@ impl Config {
             );
         }
 
-        let emulator = validate_emulator(emulator, &mut errors);
+        let emulator = emulator::validate(emulator, &mut errors);
         let config = Config {
-            server: validate_server(server, &mut errors),
-            admin: validate_admin(admin, &mut errors),
-            cloudbase: validate_cloudbase(cloudbase, &emulator, &mut errors),
-            upstream: validate_upstream(upstream, &mut errors),
-            cache: validate_cache(cache, &mut errors),
-            identity: validate_identity(identity, &mut errors),
-            routes: validate_routes(routes, &mut errors),
+            server: server::validate(server, &mut errors),
+            admin: admin::validate(admin, &mut errors),
+            cloudbase: cloudbase::validate(cloudbase, emulator.enabled, &mut errors),
+            upstream: upstream::validate(upstream, &mut errors),
+            cache: cache::validate(cache, &mut errors),
+            identity: identity::validate(identity, &mut errors),
+            routes: routes::validate(routes, &mut errors),
             emulator,
         };
-        if errors.0.is_empty() {
-            Ok(config)
+        errors.into_result(config)
+    }
+
+    /// What the emulator is started with, embedded or alone: `[emulator]`, and from
+    /// `[cloudbase]` the identity the emulator shares with the gateway (env id, region,
+    /// client id and secret; empty ones take the emulator's defaults).
+    pub fn emulator_options(&self) -> EmulatorOptions {
+        emulator::options(&self.emulator, &self.cloudbase)
+    }
+}
+
+/// What `cloudbase-gateway emulator` runs from: a gateway configuration file read for the
+/// emulator alone. Only `[emulator]` and the `[cloudbase]` keys the emulator shares (env
+/// id, region, client id and secret) are read and interpolated; none of the rules only the
+/// gateway needs applies (a CloudBase URL, `introspect_auth`, …), and other tables are not
+/// its business. An empty text is the emulator's defaults.
+#[derive(Debug, Clone)]
+pub struct EmulatorConfig {
+    /// `[emulator] listen`.
+    pub listen: SocketAddr,
+    pub options: EmulatorOptions,
+}
+
+use std::net::SocketAddr;
+
+impl EmulatorConfig {
+    /// Reads the file at `path` for the emulator.
+    pub fn load(path: &Path) -> Result<EmulatorConfig, ConfigErrors> {
+        Self::from_toml_str_with_env(&read(path)?, |name| std::env::var(name).ok())
+    }
+
+    /// Parses TOML text for the emulator, looking `${NAME}` up with `env`.
+    pub fn from_toml_str_with_env(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<EmulatorConfig, ConfigErrors> {
+        let mut errors = Errors::default();
+        let mut value = parse(text)?;
+        let mut take = |name: &str, errors: &mut Errors| {
+            let mut v = value.remove(name);
+            if let Some(v) = &mut v {
+                interpolate(v, name.to_owned(), &env, errors);
+            }
+            v
+        };
+        let cloudbase = take("cloudbase", &mut errors);
+        let cloudbase: cloudbase::RawCloudbase = section(cloudbase, "cloudbase", &mut errors);
+        let emulator = take("emulator", &mut errors);
+        let emulator: emulator::RawEmulator = section(emulator, "emulator", &mut errors);
+        let emulator = emulator::validate(emulator, &mut errors);
+        let shared = cloudbase::identity(&cloudbase);
+        let config = EmulatorConfig {
+            listen: emulator.listen,
+            options: emulator::options(&emulator, &shared),
+        };
+        errors.into_result(config)
+    }
+}
+
+/// The file at `path`, or the one error saying why it cannot be read.
+fn read(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            key: String::new(),
+            message: format!("cannot read {}: {e}", path.display()),
+        }])
+    })
+}
+
+/// The TOML document, or the one error saying why it is not one.
+fn parse(text: &str) -> Result<toml::Table, ConfigErrors> {
+    text.parse().map_err(|e: toml::de::Error| {
+        ConfigErrors(vec![ConfigError {
+            key: String::new(),
+            message: format!("not valid TOML: {}", e.message()),
+        }])
+    })
+}
+
+impl Errors {
+    /// `value` when nothing was wrong, else every mistake.
+    fn into_result<T>(self, value: T) -> Result<T, ConfigErrors> {
+        if self.0.is_empty() {
+            Ok(value)
         } else {
-            Err(ConfigErrors(errors.0))
+            Err(ConfigErrors(self.0))
         }
     }
 }
@@ -445,20 +323,10 @@ fn interpolate(
         }
         toml::Value::Table(t) => {
             for (k, v) in t.iter_mut() {
-                interpolate(v, format!("{key}.{}", quote_key(k)), env, errors);
+                interpolate(v, format!("{key}.{}", validate::quote_key(k)), env, errors);
             }
         }
         _ => {}
-    }
-}
-
-fn quote_key(k: &str) -> String {
-    if k.chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    {
-        k.to_owned()
-    } else {
-        format!("{k:?}")
     }
 }
 
@@ -490,732 +358,6 @@ fn try_section<T: DeserializeOwned>(
             };
             errors.push(key, e.into_inner().message().trim_end());
             None
-        }
-    }
-}
-
-fn duration(value: Option<String>, key: &str, default: &str, errors: &mut Errors) -> Duration {
-    let s = value.unwrap_or_else(|| default.to_owned());
-    match parse_duration(&s) {
-        Ok(d) => d,
-        Err(e) => {
-            errors.push(key, e);
-            humantime::parse_duration(default).unwrap_or_default()
-        }
-    }
-}
-
-/// `"250ms"`, `"2s"`, `"5m"`, `"1h 30m"`, `"0s"`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{s:?} is not a duration like \"250ms\", \"2s\" or \"5m\" ({e})"))
-}
-
-/// `"10MiB"`, `"512KiB"`, `"1GiB"`, `"1000"`, `"10MB"` (decimal units are powers of 1000).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let bad = || format!("{s:?} is not a size like \"10MiB\", \"512KiB\" or \"1000\"");
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kb" | "k" => 1_000,
-        "mb" | "m" => 1_000_000,
-        "gb" | "g" => 1_000_000_000,
-        "kib" => 1 << 10,
-        "mib" => 1 << 20,
-        "gib" => 1 << 30,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(mult).ok_or_else(bad)
-}
-
-fn socket_addr(value: Option<String>, key: &str, default: &str, errors: &mut Errors) -> SocketAddr {
-    let s = value.unwrap_or_else(|| default.to_owned());
-    match s.parse() {
-        Ok(a) => a,
-        Err(_) => {
-            errors.push(
-                key,
-                format!("{s:?} is not an address like \"127.0.0.1:8080\""),
-            );
-            default.parse().expect("default address parses")
-        }
-    }
-}
-
-fn validate_server(raw: raw::RawServer, errors: &mut Errors) -> ServerSettings {
-    let tls = match (raw.tls_cert, raw.tls_key) {
-        (Some(cert), Some(key)) => Some(TlsFiles {
-            cert: cert.into(),
-            key: key.into(),
-        }),
-        (None, None) => None,
-        (Some(_), None) => {
-            errors.push(
-                "server.tls_key",
-                "missing: tls_cert is set, so tls_key must be too",
-            );
-            None
-        }
-        (None, Some(_)) => {
-            errors.push(
-                "server.tls_cert",
-                "missing: tls_key is set, so tls_cert must be too",
-            );
-            None
-        }
-    };
-    let max_body_size = match parse_size(raw.max_body_size.as_deref().unwrap_or("10MiB")) {
-        Ok(n) => n,
-        Err(e) => {
-            errors.push("server.max_body_size", e);
-            10 << 20
-        }
-    };
-    let max_connections = match raw.max_connections.unwrap_or(10_000) {
-        0 => {
-            errors.push("server.max_connections", "must be at least 1");
-            1
-        }
-        n => n as usize,
-    };
-    let mut trusted_proxies = Vec::new();
-    for (i, s) in raw
-        .trusted_proxies
-        .unwrap_or_default()
-        .into_iter()
-        .enumerate()
-    {
-        let parsed = s
-            .parse::<IpNet>()
-            .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from));
-        match parsed {
-            Ok(net) => trusted_proxies.push(canonical_net(net)),
-            Err(_) => errors.push(
-                format!("server.trusted_proxies[{i}]"),
-                format!("{s:?} is not a CIDR like \"10.0.0.0/8\" or an IP address"),
-            ),
-        }
-    }
-    let escaped_slashes = match raw.escaped_slashes.as_deref() {
-        None => EscapedSlashes::default(),
-        Some(s) => EscapedSlashes::parse(s).unwrap_or_else(|| {
-            errors.push(
-                "server.escaped_slashes",
-                format!("{s:?} is not one of \"reject\", \"keep\""),
-            );
-            EscapedSlashes::default()
-        }),
-    };
-    ServerSettings {
-        listen: socket_addr(raw.listen, "server.listen", "127.0.0.1:8080", errors),
-        tls,
-        request_timeout: duration(raw.request_timeout, "server.request_timeout", "30s", errors),
-        header_read_timeout: duration(
-            raw.header_read_timeout,
-            "server.header_read_timeout",
-            "10s",
-            errors,
-        ),
-        idle_timeout: duration(raw.idle_timeout, "server.idle_timeout", "60s", errors),
-        max_concurrent_streams: match raw.max_concurrent_streams.unwrap_or(100) {
-            n @ 1..=0x7fff_ffff => n as u32,
-            _ => {
-                errors.push(
-                    "server.max_concurrent_streams",
-                    "must be between 1 and 2147483647",
-                );
-                100
-            }
-        },
-        max_body_size,
-        max_connections,
-        shutdown_grace_period: duration(
-            raw.shutdown_grace_period,
-            "server.shutdown_grace_period",
-            "30s",
-            errors,
-        ),
-        trusted_proxies,
-        escaped_slashes,
-    }
-}
-
-/// An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) as the IPv4 network it maps
-/// (`10.0.0.0/8`): peers are matched in their canonical form, so the mapped spelling of a
-/// trusted range must still match.
-fn canonical_net(net: IpNet) -> IpNet {
-    match net {
-        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
-            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
-                .map(IpNet::V4)
-                .unwrap_or(net),
-            None => net,
-        },
-        _ => net,
-    }
-}
-
-fn validate_admin(raw: raw::RawAdmin, errors: &mut Errors) -> AdminSettings {
-    let token = raw.token.map(Secret::new);
-    if let Some(token) = &token {
-        let t = token.expose();
-        if t.is_empty() {
-            errors.push(
-                "admin.token",
-                "must not be empty (remove the key to turn the token off)",
-            );
-        } else if !t.bytes().all(|b| b.is_ascii_graphic()) {
-            errors.push(
-                "admin.token",
-                "must be visible ASCII without spaces (it is sent as a bearer token)",
-            );
-        }
-    }
-    AdminSettings {
-        listen: socket_addr(raw.listen, "admin.listen", "127.0.0.1:9090", errors),
-        token,
-    }
-}
-
-fn validate_cloudbase(
-    raw: raw::RawCloudbase,
-    emulator: &EmulatorSettings,
-    errors: &mut Errors,
-) -> CloudbaseSettings {
-    let env_id = raw.env_id.unwrap_or_default();
-    let region = raw.region.unwrap_or_else(|| "ap-shanghai".to_owned());
-    let raw_base_url_unset = raw.base_url.is_none();
-    let base_url = match raw.base_url {
-        Some(url) => {
-            let trimmed = url.trim_end_matches('/').to_owned();
-            match trimmed.parse::<Uri>() {
-                Ok(u)
-                    if matches!(u.scheme_str(), Some("http" | "https"))
-                        && u.authority().is_some() =>
-                {
-                    trimmed
-                }
-                _ => {
-                    errors.push(
-                        "cloudbase.base_url",
-                        format!("{url:?} is not an http:// or https:// URL"),
-                    );
-                    String::new()
-                }
-            }
-        }
-        None if emulator.enabled => format!("http://{}/auth/v1", emulator.listen),
-        None => {
-            if env_id.is_empty() {
-                errors.push(
-                    "cloudbase.env_id",
-                    "missing: needed to derive the CloudBase URL (or set cloudbase.base_url, or enable [emulator])",
-                );
-            } else if !env_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-')
-            {
-                errors.push(
-                    "cloudbase.env_id",
-                    format!("{env_id:?} is not a CloudBase env id"),
-                );
-            }
-            format!("https://{env_id}.{region}.tcb-api.tencentcloudapi.com/auth/v1")
-        }
-    };
-    let introspect_auth = match raw.introspect_auth.as_deref().unwrap_or("bearer") {
-        "bearer" => IntrospectAuth::Bearer,
-        "client" => IntrospectAuth::Client,
-        other => {
-            errors.push(
-                "cloudbase.introspect_auth",
-                format!("{other:?} is not one of \"bearer\", \"client\""),
-            );
-            IntrospectAuth::Bearer
-        }
-    };
-    let client_secret = Secret::new(raw.client_secret.unwrap_or_default());
-    if introspect_auth == IntrospectAuth::Client && client_secret.is_empty() {
-        errors.push(
-            "cloudbase.client_secret",
-            "missing: introspect_auth = \"client\" sends client credentials",
-        );
-    }
-    let ca_file = raw.ca_file.map(PathBuf::from);
-    if let Some(path) = &ca_file {
-        if !path.is_file() {
-            errors.push(
-                "cloudbase.ca_file",
-                format!("{} is not a readable file", path.display()),
-            );
-        }
-    }
-    CloudbaseSettings {
-        base_url_from_emulator: raw_base_url_unset && emulator.enabled,
-        client_id: raw.client_id.unwrap_or_else(|| env_id.clone()),
-        env_id,
-        region,
-        base_url,
-        client_secret,
-        device_id: raw
-            .device_id
-            .unwrap_or_else(|| "cloudbase-gateway".to_owned()),
-        introspect_auth,
-        timeout: duration(raw.timeout, "cloudbase.timeout", "2s", errors),
-        max_in_flight: match raw.max_in_flight {
-            None => DEFAULT_MAX_IN_FLIGHT,
-            Some(n @ 2..) => usize::try_from(n).unwrap_or(usize::MAX),
-            Some(_) => {
-                errors.push(
-                    "cloudbase.max_in_flight",
-                    "must be at least 2 (one validation makes two calls at once)",
-                );
-                DEFAULT_MAX_IN_FLIGHT
-            }
-        },
-        ca_file,
-    }
-}
-
-fn validate_upstream(raw: raw::RawUpstream, errors: &mut Errors) -> UpstreamSettings {
-    UpstreamSettings {
-        pool_idle_timeout: duration(
-            raw.pool_idle_timeout,
-            "upstream.pool_idle_timeout",
-            "1s",
-            errors,
-        ),
-        // Beyond usize (32-bit targets) is as good as unbounded.
-        pool_max_idle_per_host: raw
-            .pool_max_idle_per_host
-            .map_or(1024, |n| usize::try_from(n).unwrap_or(usize::MAX)),
-    }
-}
-
-fn validate_cache(raw: raw::RawCache, errors: &mut Errors) -> CacheSettings {
-    let max_entries = raw.max_entries.unwrap_or(100_000);
-    if max_entries == 0 {
-        errors.push("cache.max_entries", "must be at least 1");
-    }
-    CacheSettings {
-        max_entries,
-        ttl: duration(raw.ttl, "cache.ttl", "60s", errors),
-        negative_ttl: duration(raw.negative_ttl, "cache.negative_ttl", "5s", errors),
-        stale_if_error: duration(raw.stale_if_error, "cache.stale_if_error", "0s", errors),
-        redis: raw.redis.map(|r| validate_redis(r, errors)),
-    }
-}
-
-fn validate_redis(raw: raw::RawRedis, errors: &mut Errors) -> RedisSettings {
-    let url = SecretUrl::new(raw.url.unwrap_or_default());
-    if url.expose().is_empty() {
-        errors.push(
-            "cache.redis.url",
-            "missing: [cache.redis] turns the shared tier on and needs redis:// or rediss://",
-        );
-    } else if !(url.expose().starts_with("redis://") || url.expose().starts_with("rediss://")) {
-        errors.push(
-            "cache.redis.url",
-            format!("{url:?} is not a redis:// or rediss:// URL"),
-        );
-    } else if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url.expose()) {
-        // The client's own parser: what it refuses here it would refuse at start.
-        errors.push("cache.redis.url", format!("{url:?}: {e}"));
-    }
-    let key_prefix = raw
-        .key_prefix
-        .unwrap_or_else(|| "cloudbase-gateway:".to_owned());
-    if key_prefix.is_empty() || key_prefix.len() > 128 || key_prefix.chars().any(char::is_control) {
-        errors.push(
-            "cache.redis.key_prefix",
-            "must be 1 to 128 bytes without control characters",
-        );
-    }
-    let timeout = duration(raw.timeout, "cache.redis.timeout", "50ms", errors);
-    if timeout.is_zero() {
-        errors.push("cache.redis.timeout", "must be more than 0");
-    }
-    let hmac_key = Secret::new(raw.hmac_key.unwrap_or_default());
-    if hmac_key.is_empty() {
-        errors.push(
-            "cache.redis.hmac_key",
-            "missing: required with [cache.redis], e.g. \"${CACHE_HMAC_KEY}\" set to `openssl rand -hex 32`",
-        );
-    } else if hmac_key.expose().len() < MIN_HMAC_KEY_BYTES {
-        errors.push(
-            "cache.redis.hmac_key",
-            format!("must be at least {MIN_HMAC_KEY_BYTES} bytes (e.g. `openssl rand -hex 32`)"),
-        );
-    }
-    let breaker_failures = match raw.breaker_failures.unwrap_or(5) {
-        n @ 1..=1000 => n as u32,
-        _ => {
-            errors.push("cache.redis.breaker_failures", "must be 1 to 1000");
-            5
-        }
-    };
-    let breaker_cooldown = duration(
-        raw.breaker_cooldown,
-        "cache.redis.breaker_cooldown",
-        "5s",
-        errors,
-    );
-    if breaker_cooldown.is_zero() {
-        errors.push("cache.redis.breaker_cooldown", "must be more than 0");
-    }
-    RedisSettings {
-        url,
-        key_prefix,
-        timeout,
-        hmac_key,
-        breaker_failures,
-        breaker_cooldown,
-    }
-}
-
-/// The identity headers set when `[identity.headers]` does not say otherwise.
-pub const DEFAULT_IDENTITY_HEADERS: [(&str, &str); 8] = [
-    ("X-User-Id", "sub"),
-    ("X-User-Name", "name"),
-    ("X-User-Username", "username"),
-    ("X-User-Email", "email"),
-    ("X-User-Phone", "phone_number"),
-    ("X-User-Groups", "groups"),
-    ("X-User-Scope", "scope"),
-    ("X-User-Anonymous", "anonymous"),
-];
-
-/// Lower-cases a header name and reads `_` as `-`, the way some servers (CGI, nginx with
-/// `underscores_in_headers`) fold names; identity headers are compared in this form.
-pub fn normalize_header_name(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c == '_' {
-                '-'
-            } else {
-                c.to_ascii_lowercase()
-            }
-        })
-        .collect()
-}
-
-fn validate_identity(raw: raw::RawIdentity, errors: &mut Errors) -> IdentitySettings {
-    let mut merged: BTreeMap<String, (String, String)> = BTreeMap::new();
-    let mut order: Vec<String> = Vec::new();
-    for (name, field) in DEFAULT_IDENTITY_HEADERS {
-        let norm = normalize_header_name(name);
-        order.push(norm.clone());
-        merged.insert(norm, (name.to_owned(), field.to_owned()));
-    }
-    for (name, field) in raw.headers.unwrap_or_default() {
-        let norm = normalize_header_name(&name);
-        if !merged.contains_key(&norm) {
-            order.push(norm.clone());
-        }
-        merged.insert(norm, (name, field));
-    }
-    let mut headers = Vec::new();
-    let mut strip = Vec::new();
-    for norm in order {
-        let (name, field) = &merged[&norm];
-        let key = format!("identity.headers.{}", quote_key(name));
-        let plain =
-            !norm.is_empty() && norm.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        let header = plain
-            .then(|| HeaderName::from_bytes(norm.as_bytes()).ok())
-            .flatten();
-        let Some(header) = header else {
-            errors.push(
-                key,
-                format!(
-                    "{name:?} is not a header name of letters, digits, - and _ (servers read \
-                     other characters in different ways)"
-                ),
-            );
-            continue;
-        };
-        if !strip.contains(&header) {
-            strip.push(header.clone());
-        }
-        if field.is_empty() {
-            continue;
-        }
-        match IdentityField::parse(field) {
-            Some(f) => headers.push((header, f)),
-            None => errors.push(
-                key,
-                format!(
-                    "{field:?} is not a profile field (one of {})",
-                    IdentityField::ALL
-                        .iter()
-                        .map(|(n, _)| *n)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ),
-        }
-    }
-    let max_header_bytes = match raw.max_header_bytes.as_deref().map(parse_size) {
-        None => DEFAULT_MAX_HEADER_BYTES,
-        Some(Ok(n)) if n >= 64 => usize::try_from(n).unwrap_or(usize::MAX),
-        Some(Ok(_)) => {
-            errors.push("identity.max_header_bytes", "must be at least 64 bytes");
-            DEFAULT_MAX_HEADER_BYTES
-        }
-        Some(Err(e)) => {
-            errors.push("identity.max_header_bytes", e);
-            DEFAULT_MAX_HEADER_BYTES
-        }
-    };
-    IdentitySettings {
-        headers,
-        strip,
-        max_header_bytes,
-    }
-}
-
-fn validate_routes(raws: Vec<Option<raw::RawRoute>>, errors: &mut Errors) -> Vec<RouteSettings> {
-    let mut routes: Vec<RouteSettings> = Vec::new();
-    for (i, raw) in raws.into_iter().enumerate() {
-        let Some(raw) = raw else { continue };
-        let key = |k: &str| format!("routes[{i}].{k}");
-        let prefix = match raw.prefix {
-            Some(p) if p.starts_with('/') => {
-                if let Err(e) = check_prefix(&p) {
-                    errors.push(key("prefix"), e);
-                }
-                p
-            }
-            Some(p) => {
-                errors.push(key("prefix"), format!("{p:?} must start with /"));
-                continue;
-            }
-            None => {
-                errors.push(key("prefix"), "missing");
-                continue;
-            }
-        };
-        if routes.iter().any(|r| r.prefix == prefix) {
-            errors.push(
-                key("prefix"),
-                format!("{prefix:?} is used by an earlier route"),
-            );
-        }
-        let upstream = match raw.upstream.as_deref() {
-            None => {
-                errors.push(key("upstream"), "missing");
-                Upstream::Whoami
-            }
-            Some(s) => match parse_upstream(s) {
-                Ok(u) => u,
-                Err(e) => {
-                    errors.push(key("upstream"), e);
-                    Upstream::Whoami
-                }
-            },
-        };
-        let auth = match raw.auth.as_deref().unwrap_or("required") {
-            "required" => AuthMode::Required,
-            "optional" => AuthMode::Optional,
-            "none" => AuthMode::None,
-            other => {
-                errors.push(
-                    key("auth"),
-                    format!("{other:?} is not one of \"required\", \"optional\", \"none\""),
-                );
-                AuthMode::Required
-            }
-        };
-        let mut methods = Vec::new();
-        for (j, m) in raw.methods.unwrap_or_default().into_iter().enumerate() {
-            match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
-                Ok(m) => methods.push(m),
-                Err(_) => errors.push(
-                    format!("routes[{i}].methods[{j}]"),
-                    format!("{m:?} is not an HTTP method"),
-                ),
-            }
-        }
-        routes.push(RouteSettings {
-            prefix,
-            upstream,
-            auth,
-            strip_prefix: raw.strip_prefix.unwrap_or(false),
-            methods,
-            allow_anonymous: raw.allow_anonymous.unwrap_or(false),
-            require_groups: raw.require_groups.unwrap_or_default(),
-            pass_token: raw.pass_token.unwrap_or(true),
-            allow_preflight: raw.allow_preflight.unwrap_or(false),
-        });
-    }
-    routes
-}
-
-/// Characters a client may send raw or percent-encoded with different meanings to
-/// different servers (RFC 3986 reserved characters the normalizer leaves as sent).
-const TWO_SPELLINGS: &str = ":@!$&'()*+,;=";
-
-/// A route prefix must be a path the normalizer leaves unchanged, so requests and prefixes
-/// are compared in one form, and must not hold a character with two spellings: with a
-/// prefix `/a:b/`, `/a%3Ab/x` would miss the route here but be `/a:b/x` upstream.
-fn check_prefix(prefix: &str) -> Result<(), String> {
-    match crate::path::normalize(prefix, EscapedSlashes::Reject) {
-        Err(e) => return Err(format!("{prefix:?} is refused by the path policy: {e}")),
-        Ok(normal) if normal != prefix => {
-            return Err(format!(
-                "{prefix:?} is not in normal form; write {normal:?} (see README \"Path policy\")"
-            ))
-        }
-        Ok(_) => {}
-    }
-    let encoded = |c: char| format!("%{:02X}", u32::from(c));
-    match TWO_SPELLINGS
-        .chars()
-        .find(|&c| prefix.contains(c) || prefix.contains(&encoded(c)))
-    {
-        Some(c) => Err(format!(
-            "{prefix:?} holds {c:?}, which clients may send raw or as {}; a prefix may hold \
-             letters, digits, \"-._~\", \"/\" and percent-encoded octets other than {TWO_SPELLINGS}",
-            encoded(c)
-        )),
-        None => Ok(()),
-    }
-}
-
-/// `"whoami"`, or an `http://` / `https://` URL with an optional base path.
-pub fn parse_upstream(s: &str) -> Result<Upstream, String> {
-    if s == "whoami" {
-        return Ok(Upstream::Whoami);
-    }
-    let bad = || format!("{s:?} is not \"whoami\" or an http:// or https:// URL");
-    let uri: Uri = s.parse().map_err(|_| bad())?;
-    let scheme = uri.scheme().cloned().ok_or_else(bad)?;
-    if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
-        return Err(bad());
-    }
-    let authority = uri.authority().cloned().ok_or_else(bad)?;
-    if uri.query().is_some() {
-        return Err(format!("{s:?} must not have a query"));
-    }
-    let base_path = uri.path().trim_end_matches('/').to_owned();
-    Ok(Upstream::Http {
-        scheme,
-        authority,
-        base_path,
-    })
-}
-
-fn validate_emulator(raw: raw::RawEmulator, errors: &mut Errors) -> EmulatorSettings {
-    let limits = validate_limits(&raw, errors);
-    let mut users = Vec::new();
-    for (i, u) in raw.users.unwrap_or_default().into_iter().enumerate() {
-        let key = |k: &str| format!("emulator.users[{i}].{k}");
-        let Some(username) = u.username else {
-            errors.push(key("username"), "missing");
-            continue;
-        };
-        let password = u.password.unwrap_or_default();
-        if !(8..=64).contains(&password.chars().count()) {
-            errors.push(
-                key("password"),
-                "must be 8 to 64 characters (CloudBase's rule)",
-            );
-        }
-        let groups = u
-            .groups
-            .unwrap_or_default()
-            .into_iter()
-            .map(|g| match g {
-                RawGroup::Id(id) => Group::Id(id),
-                RawGroup::Table { id, expires_at } => Group::Object { id, expires_at },
-            })
-            .collect();
-        users.push(SeedUser {
-            username,
-            password: Secret::new(password),
-            name: u.name,
-            email: u.email,
-            phone_number: u.phone_number,
-            groups,
-        });
-    }
-    let verification_code = raw.verification_code.unwrap_or_else(|| "000000".to_owned());
-    if verification_code.is_empty() {
-        errors.push("emulator.verification_code", "must not be empty");
-    }
-    EmulatorSettings {
-        enabled: raw.enabled.unwrap_or(false),
-        listen: socket_addr(raw.listen, "emulator.listen", "127.0.0.1:8081", errors),
-        verification_code,
-        access_token_ttl: duration(
-            raw.access_token_ttl,
-            "emulator.access_token_ttl",
-            "2h",
-            errors,
-        ),
-        allow_anonymous: raw.allow_anonymous.unwrap_or(true),
-        test_hooks: raw.test_hooks.unwrap_or(false),
-        limits,
-        users,
-    }
-}
-
-fn validate_limits(raw: &raw::RawEmulator, errors: &mut Errors) -> AttemptLimits {
-    let default = AttemptLimits::default();
-    let lockout = duration(
-        raw.lockout.clone(),
-        "emulator.lockout",
-        &humantime::format_duration(default.lockout).to_string(),
-        errors,
-    );
-    if lockout.is_zero() {
-        errors.push(
-            "emulator.lockout",
-            "must be longer than 0 (set failed_attempts_per_user/per_client = 0 to turn a limit off)",
-        );
-    }
-    AttemptLimits {
-        per_user: raw.failed_attempts_per_user.unwrap_or(default.per_user),
-        per_client: raw.failed_attempts_per_client.unwrap_or(default.per_client),
-        lockout,
-    }
-}
-
-impl Default for EmulatorSettings {
-    fn default() -> Self {
-        EmulatorSettings {
-            enabled: false,
-            listen: "127.0.0.1:8081".parse().expect("literal address"),
-            verification_code: "000000".to_owned(),
-            access_token_ttl: Duration::from_secs(7200),
-            allow_anonymous: true,
-            test_hooks: false,
-            limits: AttemptLimits::default(),
-            users: Vec::new(),
-        }
-    }
-}
-
-impl Config {
-    /// What the emulator is started with, embedded or alone: `[emulator]`, and from
-    /// `[cloudbase]` the identity the emulator must share with the gateway (env id,
-    /// region, client id and secret; empty ones take the emulator's defaults).
-    pub fn emulator_options(&self) -> EmulatorOptions {
-        let (e, c) = (&self.emulator, &self.cloudbase);
-        EmulatorOptions {
-            env_id: c.env_id.clone(),
-            region: c.region.clone(),
-            client_id: c.client_id.clone(),
-            client_secret: c.client_secret.clone(),
-            verification_code: e.verification_code.clone(),
-            access_token_ttl: e.access_token_ttl,
-            allow_anonymous: e.allow_anonymous,
-            test_hooks: e.test_hooks,
-            limits: e.limits,
-            users: e.users.clone(),
         }
     }
 }

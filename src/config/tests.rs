@@ -1,5 +1,7 @@
 //! Loading and validating configuration: defaults, keyed errors, interpolation.
 
+use std::time::Duration;
+
 use super::*;
 
 fn load(text: &str) -> Result<Config, ConfigErrors> {
@@ -20,8 +22,16 @@ fn empty_file_uses_defaults_with_emulator_url() {
     let c = load("[emulator]\nenabled = true\n").unwrap();
     assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
     assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9090");
-    assert_eq!(c.cloudbase.base_url, "http://127.0.0.1:8081/auth/v1");
-    assert!(c.cloudbase.base_url_from_emulator);
+    assert_eq!(
+        c.cloudbase
+            .base_url_with(Some(c.emulator.listen))
+            .as_deref(),
+        Some("http://127.0.0.1:8081/auth/v1")
+    );
+    assert_eq!(
+        c.cloudbase.base_url, None,
+        "the embedded emulator's address, known once it is bound"
+    );
     assert_eq!(c.cache.ttl, Duration::from_secs(60));
     assert_eq!(c.cache.negative_ttl, Duration::from_secs(5));
     assert_eq!(c.server.max_body_size, 10 << 20);
@@ -32,8 +42,8 @@ fn empty_file_uses_defaults_with_emulator_url() {
 fn base_url_is_derived_from_env_id_and_region() {
     let c = load("[cloudbase]\nenv_id = \"prod-1a2b\"\nregion = \"ap-guangzhou\"\n").unwrap();
     assert_eq!(
-        c.cloudbase.base_url,
-        "https://prod-1a2b.ap-guangzhou.tcb-api.tencentcloudapi.com/auth/v1"
+        c.cloudbase.base_url.as_deref(),
+        Some("https://prod-1a2b.ap-guangzhou.tcb-api.tencentcloudapi.com/auth/v1")
     );
     assert_eq!(
         c.cloudbase.client_id, "prod-1a2b",
@@ -64,7 +74,10 @@ fn environment_variables_are_interpolated_and_missing_ones_named() {
     );
     let c =
         load("[cloudbase]\nenv_id = \"e\"\nbase_url = \"http://x-${SECRET}:1/auth/v1\"\n").unwrap();
-    assert_eq!(c.cloudbase.base_url, "http://x-s3cr3t:1/auth/v1");
+    assert_eq!(
+        c.cloudbase.base_url.as_deref(),
+        Some("http://x-s3cr3t:1/auth/v1")
+    );
 }
 
 #[test]
@@ -506,4 +519,47 @@ fn the_shipped_configs_commented_redis_table_is_valid_once_uncommented() {
     assert_eq!(r.url.expose(), "redis://gateway:pw@127.0.0.1:6379/0");
     assert_eq!(r.timeout, Duration::from_millis(50));
     assert_eq!(r.breaker_failures, 5);
+}
+
+#[test]
+fn the_emulator_alone_reads_only_its_keys_and_needs_no_cloudbase_url() {
+    let env = |name: &str| (name == "SECRET").then(|| "s3cr3t".to_owned());
+    let alone = EmulatorConfig::from_toml_str_with_env("", env).unwrap();
+    assert_eq!(alone.listen.to_string(), "127.0.0.1:8081");
+    assert!(alone.options.users.is_empty());
+    assert!(alone.options.allow_anonymous);
+    assert!(
+        load("").is_err(),
+        "the gateway needs a CloudBase URL the emulator does not"
+    );
+
+    // Gateway-only rules and tables, and their unset variables, are not the emulator's.
+    let text = "[server]\nlisten = \"nowhere\"\n[admin]\ntoken = \"${UNSET}\"\n\
+                [cloudbase]\nenv_id = \"cli-env\"\nclient_secret = \"${SECRET}\"\n\
+                introspect_auth = \"client\"\nbase_url = \"ftp://x\"\n\
+                [emulator]\nlisten = \"127.0.0.1:0\"\n[[emulator.users]]\n\
+                username = \"u\"\npassword = \"password-1\"\n";
+    let alone = EmulatorConfig::from_toml_str_with_env(text, env).unwrap();
+    assert_eq!(alone.listen.port(), 0);
+    assert_eq!(alone.options.env_id, "cli-env");
+    assert_eq!(
+        alone.options.client_id, "cli-env",
+        "the client id defaults to the env id"
+    );
+    assert_eq!(alone.options.client_secret.expose(), "s3cr3t");
+    assert_eq!(alone.options.users[0].username, "u");
+
+    // The emulator's own mistakes are still every one reported with its key.
+    let got: Vec<String> = EmulatorConfig::from_toml_str_with_env(
+        "[emulator]\nlockout = \"0s\"\nlisten = \"x\"\n[cloudbase]\nsecret = 1\n",
+        env,
+    )
+    .unwrap_err()
+    .0
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    for key in ["emulator.lockout:", "emulator.listen:", "cloudbase.secret"] {
+        assert!(got.iter().any(|e| e.starts_with(key)), "{key} in {got:?}");
+    }
 }

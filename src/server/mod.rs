@@ -97,7 +97,7 @@ impl Running {
 /// Binds every listener, then serves in the background until [`Running::shutdown`] or
 /// `signal` completes.
 pub async fn start(
-    mut config: Config,
+    config: Config,
     signal: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Running, StartError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -110,9 +110,6 @@ pub async fn start(
             addr: config.emulator.listen,
             source,
         })?;
-        if config.cloudbase.base_url_from_emulator {
-            config.cloudbase.base_url = format!("http://{addr}/auth/v1");
-        }
         let emulator = Emulator::new(&config.emulator_options());
         let mut rx = shutdown_rx.clone();
         emulator_task = Some(tokio::spawn(emulator.clone().serve(listener, async move {
@@ -144,7 +141,16 @@ pub async fn start(
         None => None,
     };
 
-    let built = stack::build(&config)?;
+    // The embedded emulator's address is known only now that it is bound; the CloudBase
+    // URL is decided here, not written back into the configuration.
+    let cloudbase_url = config
+        .cloudbase
+        .base_url_with(emulator_info.as_ref().map(|(addr, _)| *addr))
+        .ok_or_else(|| StartError::Setup {
+            what: "CloudBase client",
+            source: "no CloudBase URL: set cloudbase.base_url or cloudbase.env_id".into(),
+        })?;
+    let built = stack::build(&config, &cloudbase_url)?;
     if config.cache.redis.is_some() {
         // The tier (crate::cache::shared) exists and is tested; the request path and the
         // admin purge do not call it yet (issue 11's integration step).

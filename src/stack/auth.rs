@@ -13,7 +13,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::header::HeaderName;
 use http::{Method, Response};
 use tower::{Layer, Service};
 
@@ -24,6 +23,7 @@ use crate::http::bearer::{self, Credentials};
 use crate::http::headers::{is_cors_preflight, strip_preflight};
 use crate::http::X_REQUEST_ID;
 use crate::http::{empty, Body};
+use crate::identity_headers::IdentityMapping;
 use crate::metrics::{AuthDecision, Metrics};
 use crate::rejection::{Reject, Rejection};
 use crate::routing::{Route, Routed};
@@ -32,16 +32,17 @@ use crate::routing::{Route, Routed};
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     cache: IdentityCache,
-    header_names: Arc<[HeaderName]>,
+    /// The identity headers: the mapping the cache renders values with.
+    headers: IdentityMapping,
     metrics: Arc<Metrics>,
 }
 
 impl AuthLayer {
-    /// `header_names[i]` carries configured identity field `i` (the cache's field order).
-    pub fn new(cache: IdentityCache, header_names: &[HeaderName], metrics: Arc<Metrics>) -> Self {
+    /// `headers`: `identity.headers`, the mapping `cache` was built with.
+    pub fn new(cache: IdentityCache, headers: IdentityMapping, metrics: Arc<Metrics>) -> Self {
         AuthLayer {
             cache,
-            header_names: header_names.into(),
+            headers,
             metrics,
         }
     }
@@ -108,7 +109,7 @@ where
                 Outcome::Forward(identity) => context.identity = identity,
             }
             if let Some(identity) = &context.identity {
-                identity.apply(&shared.header_names, req.headers_mut());
+                identity.apply(&shared.headers, req.headers_mut());
             }
             // Boxed at once: proving `S::Future: Send` inside this async block trips
             // rustc's higher-ranked lifetime check (rust-lang/rust#110338).
@@ -265,16 +266,11 @@ mod tests {
             stale_if_error: std::time::Duration::ZERO,
             redis: None,
         };
-        let cache = IdentityCache::new(
-            &settings,
-            &[IdentityField::Sub, IdentityField::Name],
-            api.clone(),
-            metrics.clone(),
-        );
-        let names = [
-            HeaderName::from_static("x-user-id"),
-            HeaderName::from_static("x-user-name"),
-        ];
+        let names = IdentityMapping::from_static(&[
+            ("x-user-id", IdentityField::Sub),
+            ("x-user-name", IdentityField::Name),
+        ]);
+        let cache = IdentityCache::new(&settings, &names, api.clone(), metrics.clone());
         let seen = Seen::default();
         let record = seen.clone();
         let inner = service_fn(move |routed: Routed| {
@@ -288,7 +284,7 @@ mod tests {
             }
         });
         let svc = ServiceBuilder::new()
-            .layer(AuthLayer::new(cache, &names, metrics.clone()))
+            .layer(AuthLayer::new(cache, names, metrics.clone()))
             .service(inner);
         (svc, seen, api, metrics)
     }

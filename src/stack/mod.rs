@@ -48,18 +48,22 @@ pub struct Built {
     pub cache: IdentityCache,
 }
 
-/// Builds the stack from validated configuration.
-pub fn build(config: &Config) -> Result<Built, StartError> {
-    let client = cloudbase_client(&config.cloudbase).map_err(|e| StartError::Setup {
-        what: "CloudBase client",
-        source: e.into(),
-    })?;
+/// Builds the stack from validated configuration, calling CloudBase at `cloudbase_url`.
+pub fn build(config: &Config, cloudbase_url: &str) -> Result<Built, StartError> {
+    let client =
+        cloudbase_client(&config.cloudbase, cloudbase_url).map_err(|e| StartError::Setup {
+            what: "CloudBase client",
+            source: e.into(),
+        })?;
     build_with_api(config, Arc::new(client))
 }
 
-/// The CloudBase client `[cloudbase]` describes.
-fn cloudbase_client(c: &CloudbaseSettings) -> Result<Client, cloudbase_auth::Error> {
-    let mut builder = Client::builder(&c.base_url)
+/// The CloudBase client `[cloudbase]` describes, of the Auth v2 API at `base_url`.
+fn cloudbase_client(
+    c: &CloudbaseSettings,
+    base_url: &str,
+) -> Result<Client, cloudbase_auth::Error> {
+    let mut builder = Client::builder(base_url)
         .client_id(&c.client_id)
         .client_secret(c.client_secret.clone())
         .device_id(&c.device_id)
@@ -78,18 +82,17 @@ pub fn build_with_api(
     api: Arc<dyn crate::cache::AuthApi>,
 ) -> Result<Built, StartError> {
     let metrics = Arc::new(Metrics::new(config.routes.iter().map(|r| r.prefix.clone())));
-    let fields: Vec<_> = config.identity.headers.iter().map(|(_, f)| *f).collect();
-    let names: Vec<HeaderName> = config
-        .identity
-        .headers
-        .iter()
-        .map(|(n, _)| n.clone())
-        .collect();
     let limits = Limits {
         max_in_flight: config.cloudbase.max_in_flight,
         max_header_bytes: config.identity.max_header_bytes,
     };
-    let cache = IdentityCache::with_limits(&config.cache, &fields, limits, api, metrics.clone());
+    let cache = IdentityCache::with_limits(
+        &config.cache,
+        &config.identity.headers,
+        limits,
+        api,
+        metrics.clone(),
+    );
     let upstream = upstream_client(&config.upstream, config.cloudbase.ca_file.as_deref()).map_err(
         |source| StartError::Setup {
             what: "upstream client",
@@ -134,7 +137,11 @@ pub fn build_with_api(
         ))
         // The timeout covers CloudBase validation and the upstream alike.
         .layer(RequestTimeoutLayer::new(config.server.request_timeout))
-        .layer(AuthLayer::new(cache.clone(), &names, metrics.clone()))
+        .layer(AuthLayer::new(
+            cache.clone(),
+            config.identity.headers.clone(),
+            metrics.clone(),
+        ))
         .service(Forward::new(upstream, &config.server.trusted_proxies));
     Ok(Built {
         service: BoxCloneSyncService::new(service),

@@ -109,3 +109,41 @@ fn version_and_help() {
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("check") && help.contains("emulator") && help.contains("--config"));
 }
+
+#[test]
+fn the_emulator_runs_with_no_config_file_from_its_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", crate::support::free_port())
+        .parse()
+        .unwrap();
+    let mut child = bin()
+        .current_dir(dir.path())
+        .env_remove("CLOUDBASE_GATEWAY_CONFIG")
+        .args(["emulator", "--listen", &addr.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+            panic!("the emulator exited with {status}:\n{stderr}");
+        }
+        assert!(std::time::Instant::now() < deadline, "{addr} never opened");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let answer = std::process::Command::new("curl")
+        .args(["-s", "-X", "POST", "-H", "content-type: application/json"])
+        .args(["-H", "x-device-id: device-0123456789abcdef", "-d", "{}"])
+        .arg(format!("http://{addr}/auth/v1/signin/anonymously"))
+        .output()
+        .expect("curl runs");
+    let _ = child.kill();
+    let _ = child.wait();
+    let body: serde_json::Value = serde_json::from_slice(&answer.stdout)
+        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&answer.stdout)));
+    assert_eq!(body["token_type"], "Bearer", "{body}");
+    assert_eq!(body["scope"], "anonymous", "{body}");
+}

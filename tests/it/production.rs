@@ -1307,7 +1307,10 @@ fn compose_wires_gateway_emulator_and_upstream_and_its_configs_are_valid() {
         .unwrap_or_else(|e| panic!("deploy/gateway.toml:\n{e}"));
     assert_eq!(gateway.server.listen.to_string(), "0.0.0.0:8080");
     assert_eq!(gateway.admin.listen.to_string(), "0.0.0.0:9090");
-    assert_eq!(gateway.cloudbase.base_url, "http://emulator:8081/auth/v1");
+    assert_eq!(
+        gateway.cloudbase.base_url.as_deref(),
+        Some("http://emulator:8081/auth/v1")
+    );
     assert_eq!(gateway.cloudbase.client_secret.expose(), "fake-secret");
     assert!(
         !gateway.emulator.enabled,

@@ -14,7 +14,7 @@ use cloudbase_gateway::cache::shared::{
     SharedVerdict, Skip, Subscription,
 };
 use cloudbase_gateway::cache::{token_key, HeaderFields, TokenKey};
-use cloudbase_gateway::config::{IdentityField, RedisSettings, Secret, SecretUrl};
+use cloudbase_gateway::config::{IdentityField, IdentityMapping, RedisSettings, Secret, SecretUrl};
 use cloudbase_gateway::metrics::Metrics;
 use redis::AsyncCommands;
 use tokio::sync::mpsc;
@@ -198,16 +198,12 @@ async fn an_entry_stored_by_one_replica_is_a_hit_on_another_rendered_with_its_ow
     let SharedVerdict::Positive(claims) = &read.verdict else {
         panic!("positive")
     };
-    let fields = HeaderFields::new(
-        &[IdentityField::Email, IdentityField::Groups],
-        8 << 10,
-        None,
-    );
+    let names = IdentityMapping::from_static(&[
+        ("x-mail", IdentityField::Email),
+        ("x-groups", IdentityField::Groups),
+    ]);
+    let fields = HeaderFields::new(&names, 8 << 10, None);
     let identity = claims.identity(&fields, 0);
-    let names = [
-        http::HeaderName::from_static("x-mail"),
-        http::HeaderName::from_static("x-groups"),
-    ];
     let mut headers = http::HeaderMap::new();
     identity.apply(&names, &mut headers);
     assert_eq!(headers["x-mail"], "demo@example.com");

@@ -7,9 +7,8 @@
 use serde::{Deserialize, Serialize};
 
 /// How `/token/introspect` is called, spelled `"bearer"` / `"client"` where it is
-/// configured.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// configured ([`IntrospectAuth::as_str`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum IntrospectAuth {
     /// `Authorization: Bearer <token>` (the documented form; default).
     #[default]

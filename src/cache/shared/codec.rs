@@ -277,7 +277,7 @@ impl Codec {
 mod tests {
     use super::*;
     use crate::config::DEFAULT_MAX_HEADER_BYTES;
-    use crate::identity_headers::IdentityField;
+    use crate::identity_headers::{IdentityField, IdentityMapping};
     use http::{HeaderMap, HeaderName};
     use proptest::prelude::*;
 
@@ -320,10 +320,9 @@ mod tests {
         }
     }
 
-    fn headers(identity: &Identity, names: &[&'static str]) -> HeaderMap {
-        let names: Vec<HeaderName> = names.iter().map(|n| HeaderName::from_static(n)).collect();
+    fn headers(identity: &Identity, names: &IdentityMapping) -> HeaderMap {
         let mut h = HeaderMap::new();
-        identity.apply(&names, &mut h);
+        identity.apply(names, &mut h);
         h
     }
 
@@ -370,9 +369,12 @@ mod tests {
             ],
             ..UserProfile::default()
         };
-        let fields: Vec<IdentityField> = IdentityField::ALL.iter().map(|(_, f)| *f).collect();
-        let fields = HeaderFields::new(&fields, DEFAULT_MAX_HEADER_BYTES, None);
-        let names: Vec<&'static str> = IdentityField::ALL.iter().map(|(n, _)| *n).collect();
+        let names = IdentityMapping::new(
+            IdentityField::ALL
+                .iter()
+                .map(|&f| (HeaderName::from_static(f.as_str()), f)),
+        );
+        let fields = HeaderFields::new(&names, DEFAULT_MAX_HEADER_BYTES, None);
         let now = 1_700_000_000;
         let direct = Identity::new(&introspection, &profile, Some(1_800_000_000), &fields, now);
         let claims = Claims::from_answers(&introspection, &profile, Some(1_800_000_000));
@@ -405,17 +407,19 @@ mod tests {
     #[test]
     fn replicas_with_different_header_mappings_read_the_same_claims_their_own_way() {
         let c = claims();
-        let fields = |f: &[IdentityField]| HeaderFields::new(f, DEFAULT_MAX_HEADER_BYTES, None);
-        let a = c.identity(
-            &fields(&[IdentityField::Sub, IdentityField::Groups]),
-            1_700_000_000,
-        );
-        let b = c.identity(
-            &fields(&[IdentityField::Email, IdentityField::Name]),
-            1_700_000_000,
-        );
-        let ha = headers(&a, &["x-id", "x-groups"]);
-        let hb = headers(&b, &["x-mail", "x-name"]);
+        let fields = |m: &IdentityMapping| HeaderFields::new(m, DEFAULT_MAX_HEADER_BYTES, None);
+        let ma = IdentityMapping::from_static(&[
+            ("x-id", IdentityField::Sub),
+            ("x-groups", IdentityField::Groups),
+        ]);
+        let mb = IdentityMapping::from_static(&[
+            ("x-mail", IdentityField::Email),
+            ("x-name", IdentityField::Name),
+        ]);
+        let a = c.identity(&fields(&ma), 1_700_000_000);
+        let b = c.identity(&fields(&mb), 1_700_000_000);
+        let ha = headers(&a, &ma);
+        let hb = headers(&b, &mb);
         assert_eq!(ha["x-id"], "user-42");
         assert_eq!(
             ha["x-groups"], "user,admin",

@@ -310,13 +310,25 @@ async fn echo(req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-/// A free port on 127.0.0.1 (bound, then released).
+/// A free port on 127.0.0.1 that no other test of this binary gets, for a process that
+/// must be told its port before it binds (the binary, `redis-server`).
+///
+/// Not `bind(0)`-and-release: the kernel hands such ports out again to any socket, and
+/// with every test in one binary another test's `bind(0)` took one between its release
+/// and the child's bind. These come in turn from 20000-29999, below the kernel's ephemeral
+/// range (32768 and up, where `bind(0)` and outgoing connections take theirs), starting at
+/// an offset of the process id so that two test binaries running at once rarely meet;
+/// each is checked free by binding it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let start = std::process::id() as usize * 97;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + ((start + n) % 10_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// The `cloudbase-gateway` binary running as a child process; killed on drop.
