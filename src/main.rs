@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use cloudbase_emulator::Emulator;
+use cloudbase_gateway::app;
 use cloudbase_gateway::config::{Config, ConfigErrors, EmulatorConfig};
-use cloudbase_gateway::server;
 use cloudbase_gateway::telemetry::{self, LogFormat};
 
 /// Authenticating reverse proxy for services whose users sign in with CloudBase Auth v2.
@@ -171,7 +171,7 @@ async fn run_gateway(config: Config) -> ExitCode {
     for warning in config.warnings() {
         tracing::warn!(key = %warning.key, "{}", warning.message);
     }
-    let running = match server::start(config, shutdown_signal()).await {
+    let running = match app::start(config, shutdown_signal()).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start: {e}");

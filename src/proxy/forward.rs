@@ -46,6 +46,12 @@ pub struct UpstreamClient {
     fresh: HttpClient,
 }
 
+impl std::fmt::Debug for UpstreamClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamClient").finish_non_exhaustive()
+    }
+}
+
 /// Builds the upstream clients. TLS trusts the platform roots plus `extra_roots` (PEM).
 pub fn upstream_client(
     pool: &UpstreamSettings,

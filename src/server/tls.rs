@@ -1,5 +1,6 @@
-//! The HTTPS listener's rustls configuration: the configured PEM chain and key, ALPN `h2`
-//! then `http/1.1` (and an `http/1.1`-only twin for refusing connections over the limit).
+//! The HTTPS listener's rustls configuration: the configured PEM chain and key (read with
+//! `rustls-pki-types`), ALPN `h2` then `http/1.1`, and an `http/1.1`-only twin for refusing
+//! connections over the limit.
 
 use std::sync::Arc;
 
@@ -10,7 +11,30 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::TlsFiles;
 use crate::http::BoxError;
 
-pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, BoxError> {
+/// The TLS acceptors of the public listener: the configured one, and the same
+/// certificate offering only `http/1.1` for refusals (see `listener`).
+#[derive(Clone)]
+pub struct TlsAcceptors {
+    pub serve: TlsAcceptor,
+    pub refuse: TlsAcceptor,
+}
+
+impl std::fmt::Debug for TlsAcceptors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsAcceptors").finish_non_exhaustive()
+    }
+}
+
+impl TlsAcceptors {
+    /// Reads `files` and builds both acceptors.
+    pub fn load(files: &TlsFiles) -> Result<TlsAcceptors, BoxError> {
+        let serve = acceptor(files)?;
+        let refuse = http1_only(&serve);
+        Ok(TlsAcceptors { serve, refuse })
+    }
+}
+
+fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, BoxError> {
     let read = |path: &std::path::Path| {
         std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
     };
@@ -39,7 +63,7 @@ pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, BoxError> {
 
 /// The same certificate and key offering only `http/1.1`: over-limit connections are
 /// answered with one HTTP/1.1 503, which an HTTP/2 client can read only if it falls back.
-pub fn http1_only(acceptor: &TlsAcceptor) -> TlsAcceptor {
+fn http1_only(acceptor: &TlsAcceptor) -> TlsAcceptor {
     let mut config = (**acceptor.config()).clone();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     TlsAcceptor::from(Arc::new(config))

@@ -2,6 +2,18 @@
 //! in one function, with the reason each layer sits where it does. Each middleware is a
 //! module here, in tower-http's shape (`FooLayer` holding validated settings, `Foo<S>`
 //! wrapping the inner service, a `Debug` derive, a unit test driving it with `oneshot`).
+//!
+//! Two contracts hold the layers together. Above [`rescue`], services cannot fail; below
+//! it, a layer refuses a request by returning a [`Rejection`], which the rescue layer
+//! renders. Below [`route`], services take [`Routed`] — the request with its
+//! [`RequestContext`](crate::routing::RequestContext) — and a layer that answers itself
+//! attaches the context to its answer (or leaves it to the route layer, which attaches the
+//! route to anything that comes back without one).
+//!
+//! A new layer is a module here in the same shape, with its `oneshot` tests beside it, and
+//! one line in [`build`] with the reason for its place: above the rescue if it cannot
+//! refuse, between rescue and route if it needs no route, below the route layer if it does
+//! (then it is a `Service<Routed>`).
 
 pub mod access_log;
 pub mod auth;
@@ -16,22 +28,20 @@ use std::sync::Arc;
 use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION, SET_COOKIE};
 use http::HeaderName;
 use tower::util::BoxCloneSyncService;
-use tower::ServiceBuilder;
+use tower::{Service, ServiceBuilder};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::{
     SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer,
 };
 
-use crate::cache::{IdentityCache, Limits};
-use crate::config::{CloudbaseSettings, Config};
+use crate::cache::IdentityCache;
+use crate::config::Config;
 use crate::http::{Body, X_REQUEST_ID};
 use crate::metrics::Metrics;
-use crate::proxy::forward::{upstream_client, Forward};
-use crate::routing::Routes;
-use crate::server::StartError;
+use crate::rejection::Rejection;
+use crate::routing::{Routed, Routes};
 use auth::AuthLayer;
 use client_headers::ClientHeadersLayer;
-use cloudbase_auth::{Client, RootCerts};
 use hop_by_hop::HopByHopLayer;
 use rescue::RescueLayer;
 use route::RouteLayer;
@@ -41,64 +51,23 @@ use timeout::RequestTimeoutLayer;
 pub type GatewayService =
     BoxCloneSyncService<http::Request<Body>, http::Response<Body>, std::convert::Infallible>;
 
-/// What [`build`] makes: the service and the shared pieces the admin listener reads.
-pub struct Built {
-    pub service: GatewayService,
-    pub metrics: Arc<Metrics>,
-    pub cache: IdentityCache,
-}
-
-/// Builds the stack from validated configuration, calling CloudBase at `cloudbase_url`.
-pub fn build(config: &Config, cloudbase_url: &str) -> Result<Built, StartError> {
-    let client =
-        cloudbase_client(&config.cloudbase, cloudbase_url).map_err(|e| StartError::Setup {
-            what: "CloudBase client",
-            source: e.into(),
-        })?;
-    build_with_api(config, Arc::new(client))
-}
-
-/// The CloudBase client `[cloudbase]` describes, of the Auth v2 API at `base_url`.
-fn cloudbase_client(
-    c: &CloudbaseSettings,
-    base_url: &str,
-) -> Result<Client, cloudbase_auth::Error> {
-    let mut builder = Client::builder(base_url)
-        .client_id(&c.client_id)
-        .client_secret(c.client_secret.clone())
-        .device_id(&c.device_id)
-        .introspect_auth(c.introspect_auth)
-        .timeout(c.timeout)
-        .user_agent(concat!("cloudbase-gateway/", env!("CARGO_PKG_VERSION")));
-    if let Some(path) = &c.ca_file {
-        builder = builder.extra_root_certs(RootCerts::PemFile(path.clone()));
-    }
-    builder.build()
-}
-
-/// Builds the stack over any [`crate::cache::AuthApi`] (benches use an in-process one).
-pub fn build_with_api(
+/// Builds the stack from validated configuration and the runtime pieces the composition
+/// root made once (`app::Runtime`): the validation cache, the metrics, and the leaf service
+/// (in the gateway, the proxy's `Forward`; in a test, any `service_fn` over [`Routed`]).
+pub fn build<L>(
     config: &Config,
-    api: Arc<dyn crate::cache::AuthApi>,
-) -> Result<Built, StartError> {
-    let metrics = Arc::new(Metrics::new(config.routes.iter().map(|r| r.prefix.clone())));
-    let limits = Limits {
-        max_in_flight: config.cloudbase.max_in_flight,
-        max_header_bytes: config.identity.max_header_bytes,
-    };
-    let cache = IdentityCache::with_limits(
-        &config.cache,
-        &config.identity.headers,
-        limits,
-        api,
-        metrics.clone(),
-    );
-    let upstream = upstream_client(&config.upstream, config.cloudbase.ca_file.as_deref()).map_err(
-        |source| StartError::Setup {
-            what: "upstream client",
-            source,
-        },
-    )?;
+    cache: &IdentityCache,
+    metrics: &Arc<Metrics>,
+    leaf: L,
+) -> GatewayService
+where
+    L: Service<Routed, Response = http::Response<Body>, Error = Rejection>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    L::Future: Send + 'static,
+{
     let sensitive: Arc<[HeaderName]> =
         Arc::new([AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE, SET_COOKIE]);
 
@@ -142,12 +111,8 @@ pub fn build_with_api(
             config.identity.headers.clone(),
             metrics.clone(),
         ))
-        .service(Forward::new(upstream, &config.server.trusted_proxies));
-    Ok(Built {
-        service: BoxCloneSyncService::new(service),
-        metrics,
-        cache,
-    })
+        .service(leaf);
+    BoxCloneSyncService::new(service)
 }
 
 /// Helpers for the middleware unit tests.

@@ -409,7 +409,7 @@ async fn cloudbase_unreachable_answers_503_and_optional_routes_pass() {
         ..Cfg::default()
     }
     .config();
-    let running = cloudbase_gateway::server::start(config, std::future::pending())
+    let running = cloudbase_gateway::app::start(config, std::future::pending())
         .await
         .expect("starts");
     let base = format!("http://{}", running.addr);

@@ -13,10 +13,10 @@ use std::sync::Arc;
 use cloudbase_auth::types::TokenResponse;
 use cloudbase_auth::{CallOptions, Client, Secret};
 use cloudbase_emulator::Emulator;
+use cloudbase_gateway::app::{self, Running};
 use cloudbase_gateway::config::Config;
 use cloudbase_gateway::http::{Body, BoxError};
 use cloudbase_gateway::proxy::whoami;
-use cloudbase_gateway::server::{self, Running};
 use cloudbase_gateway::stack::rescue::RescueLayer;
 use http::{Request, Response};
 use http_body_util::BodyExt;
@@ -185,7 +185,7 @@ impl Harness {
     }
 
     pub async fn start_with(config: Config) -> Harness {
-        let running = server::start(config, std::future::pending())
+        let running = app::start(config, std::future::pending())
             .await
             .expect("gateway starts");
         let emulator = running.emulator.clone().expect("emulator embedded");

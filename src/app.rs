@@ -1,0 +1,307 @@
+//! The composition root, in linkerd2-proxy's Config / Runtime / Stack split: the validated
+//! [`Config`] (never changed after loading) -> the [`Runtime`] pieces built from it once
+//! (the CloudBase client, the upstream client, the TLS acceptors, the validation cache,
+//! the metrics) -> the stack (`stack::build`) -> the running listeners ([`start`]: the
+//! public one, admin, the embedded emulator), the signal and the drain.
+//!
+//! Whatever can only be decided at start is decided here, and handed on as a value rather
+//! than written back into the configuration: whether the emulator is embedded, and so the
+//! CloudBase URL the client is built with (the emulator's bound address when
+//! `cloudbase.base_url` is unset, see [`CloudbaseSettings::base_url_with`]).
+//!
+//! A new runtime piece (a client, a background task, the Redis tier) is built in
+//! [`Runtime::build`] from the validated settings, handed to the layer or service that
+//! needs it where `start` builds the stack, and, if it runs on its own, started and stopped
+//! in [`start`] beside the admin listener and the emulator.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloudbase_auth::{Client, RootCerts};
+use cloudbase_emulator::Emulator;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::admin::{self, AdminState};
+use crate::cache::{AuthApi, IdentityCache, Limits};
+use crate::config::{CloudbaseSettings, Config};
+use crate::http::BoxError;
+use crate::metrics::Metrics;
+use crate::proxy::forward::{upstream_client, Forward, UpstreamClient};
+use crate::server::{self, TlsAcceptors};
+use crate::stack::{self, GatewayService};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(#[source] BoxError),
+    #[error("cannot build the {what}: {source}")]
+    Setup {
+        what: &'static str,
+        #[source]
+        source: BoxError,
+    },
+}
+
+/// The pieces built once from the configuration, shared by every connection.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    pub metrics: Arc<Metrics>,
+    /// The validation cache, over the CloudBase client.
+    pub cache: IdentityCache,
+    /// The pooled HTTP clients of the routes' upstreams.
+    pub upstream: UpstreamClient,
+    /// The public listener's acceptors when `[server]` has a certificate.
+    pub tls: Option<TlsAcceptors>,
+}
+
+impl Runtime {
+    /// The pieces, with a CloudBase client of the Auth v2 API at `cloudbase_url`.
+    pub fn build(config: &Config, cloudbase_url: &str) -> Result<Runtime, StartError> {
+        let tls = tls(config)?;
+        let client =
+            cloudbase_client(&config.cloudbase, cloudbase_url).map_err(|e| StartError::Setup {
+                what: "CloudBase client",
+                source: e.into(),
+            })?;
+        Ok(Runtime {
+            tls,
+            ..Self::with_api(config, Arc::new(client))?
+        })
+    }
+
+    /// The pieces over any [`AuthApi`] (an in-process CloudBase stand-in), without TLS.
+    pub fn with_api(config: &Config, api: Arc<dyn AuthApi>) -> Result<Runtime, StartError> {
+        let metrics = Arc::new(Metrics::new(config.routes.iter().map(|r| r.prefix.clone())));
+        let limits = Limits {
+            max_in_flight: config.cloudbase.max_in_flight,
+            max_header_bytes: config.identity.max_header_bytes,
+        };
+        let cache = IdentityCache::with_limits(
+            &config.cache,
+            &config.identity.headers,
+            limits,
+            api,
+            metrics.clone(),
+        );
+        let upstream = upstream_client(&config.upstream, config.cloudbase.ca_file.as_deref())
+            .map_err(|source| StartError::Setup {
+                what: "upstream client",
+                source,
+            })?;
+        Ok(Runtime {
+            metrics,
+            cache,
+            upstream,
+            tls: None,
+        })
+    }
+
+    /// The gateway service: the stack over the proxy.
+    pub fn service(&self, config: &Config) -> GatewayService {
+        let forward = Forward::new(self.upstream.clone(), &config.server.trusted_proxies);
+        stack::build(config, &self.cache, &self.metrics, forward)
+    }
+}
+
+/// The CloudBase client `[cloudbase]` describes, of the Auth v2 API at `base_url`.
+fn cloudbase_client(
+    c: &CloudbaseSettings,
+    base_url: &str,
+) -> Result<Client, cloudbase_auth::Error> {
+    let mut builder = Client::builder(base_url)
+        .client_id(&c.client_id)
+        .client_secret(c.client_secret.clone())
+        .device_id(&c.device_id)
+        .introspect_auth(c.introspect_auth)
+        .timeout(c.timeout)
+        .user_agent(concat!("cloudbase-gateway/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = &c.ca_file {
+        builder = builder.extra_root_certs(RootCerts::PemFile(path.clone()));
+    }
+    builder.build()
+}
+
+/// The public listener's TLS acceptors, when configured.
+fn tls(config: &Config) -> Result<Option<TlsAcceptors>, StartError> {
+    config
+        .server
+        .tls
+        .as_ref()
+        .map(|files| TlsAcceptors::load(files).map_err(StartError::Tls))
+        .transpose()
+}
+
+/// A started gateway.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub emulator_addr: Option<SocketAddr>,
+    pub emulator: Option<Emulator>,
+    pub cache: IdentityCache,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Starts draining (as SIGTERM does) and waits until done.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Waits until the gateway has stopped (after a shutdown).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+
+    /// Triggers shutdown without waiting.
+    pub fn trigger_shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+/// Binds every listener, builds the runtime and the stack, then serves in the background
+/// until [`Running::shutdown`] or `signal` completes.
+pub async fn start(
+    config: Config,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> Result<Running, StartError> {
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let emulator = embed_emulator(&config, shutdown_rx.clone()).await?;
+    let (listener, addr) = bind("gateway", config.server.listen).await?;
+    let (admin_listener, admin_addr) = bind("admin", config.admin.listen).await?;
+    // The embedded emulator's address is known only now that it is bound.
+    let cloudbase_url = config
+        .cloudbase
+        .base_url_with(emulator.as_ref().map(|e| e.addr))
+        .ok_or_else(|| StartError::Setup {
+            what: "CloudBase client",
+            source: "no CloudBase URL: set cloudbase.base_url or cloudbase.env_id".into(),
+        })?;
+    let runtime = Runtime::build(&config, &cloudbase_url)?;
+    let service = runtime.service(&config);
+    if config.cache.redis.is_some() {
+        // The tier (crate::cache::shared) exists and is tested; the request path and the
+        // admin purge do not call it yet (issue 11's integration step).
+        tracing::warn!(
+            "[cache.redis] is validated but not used yet: each replica still caches alone"
+        );
+    }
+
+    let ready = Arc::new(AtomicBool::new(true));
+    let connections = Arc::new(Semaphore::new(config.server.max_connections));
+    let admin = AdminState {
+        metrics: runtime.metrics.clone(),
+        cache: runtime.cache.clone(),
+        ready: ready.clone(),
+        connections: connections.clone(),
+        token: config.admin.token.clone(),
+    };
+    let (drained, admin_task) = serve_admin(admin_listener, admin);
+    forward_signal(signal, shutdown_tx.clone());
+
+    let (emulator_addr, emulator_handle) = match &emulator {
+        Some(e) => (Some(e.addr), Some(e.emulator.clone())),
+        None => (None, None),
+    };
+    let cache = runtime.cache.clone();
+    let task = tokio::spawn(async move {
+        server::serve(
+            listener,
+            runtime.tls,
+            service,
+            &config.server,
+            connections,
+            ready,
+            shutdown_rx,
+        )
+        .await;
+        let _ = drained.send(true);
+        let _ = admin_task.await;
+        if let Some(e) = emulator {
+            let _ = tokio::time::timeout(Duration::from_secs(1), e.task).await;
+        }
+    });
+    Ok(Running {
+        addr,
+        admin_addr,
+        emulator_addr,
+        emulator: emulator_handle,
+        cache,
+        shutdown: shutdown_tx,
+        task,
+    })
+}
+
+/// The emulator serving inside the gateway process.
+struct Embedded {
+    addr: SocketAddr,
+    emulator: Emulator,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+/// Binds and starts the emulator when `[emulator] enabled`; it stops at shutdown.
+async fn embed_emulator(
+    config: &Config,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<Option<Embedded>, StartError> {
+    if !config.emulator.enabled {
+        return Ok(None);
+    }
+    let (listener, addr) = bind("emulator", config.emulator.listen).await?;
+    let emulator = Emulator::new(&config.emulator_options());
+    let task = tokio::spawn(emulator.clone().serve(listener, async move {
+        let _ = shutdown.wait_for(|v| *v).await;
+    }));
+    Ok(Some(Embedded {
+        addr,
+        emulator,
+        task,
+    }))
+}
+
+/// Binds `addr` and reads back the address bound (port 0 picks one).
+async fn bind(
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), StartError> {
+    let error = |source| StartError::Bind { what, addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(error)?;
+    let bound = listener.local_addr().map_err(error)?;
+    Ok((listener, bound))
+}
+
+/// Serves the admin routes until the returned sender says the drain is over: probes
+/// opening a fresh connection then read `/readyz` 503 (not "connection refused") while
+/// requests finish.
+fn serve_admin(listener: TcpListener, state: AdminState) -> (watch::Sender<bool>, JoinHandle<()>) {
+    let (drained_tx, mut drained_rx) = watch::channel(false);
+    let task = tokio::spawn(admin::serve(listener, state, async move {
+        let _ = drained_rx.wait_for(|v| *v).await;
+    }));
+    (drained_tx, task)
+}
+
+/// Starts the shutdown when `signal` completes.
+fn forward_signal(
+    signal: impl Future<Output = ()> + Send + 'static,
+    shutdown: watch::Sender<bool>,
+) {
+    tokio::spawn(async move {
+        signal.await;
+        let _ = shutdown.send(true);
+    });
+}
