@@ -1,7 +1,7 @@
 //! Which user data an identity header can carry: [`IdentityField`], the vocabulary shared
 //! by configuration, the cache (which renders each field's value once per entry) and
 //! metrics (which label omitted values by field); and [`IdentityMapping`], which header
-//! carries which field. A leaf: it imports nothing of the crate but the [`keyword_enum!`] macro.
+//! carries which field. A leaf: it imports nothing of the crate but the `keyword_enum!` macro.
 
 use std::sync::Arc;
 

@@ -1,6 +1,6 @@
 //! Closed sets of values with one spelling each, where configuration names them
 //! (`auth = "optional"`, `escaped_slashes = "keep"`, `"X-User-Id" = "sub"`): the
-//! [`keyword_enum!`] macro declares such an enum once — its variants and their spellings —
+//! `keyword_enum!` macro declares such an enum once — its variants and their spellings —
 //! and derives everything else from that one list: parsing, printing (`as_str`,
 //! `Display`, `Serialize` for the effective configuration), the list of accepted values
 //! for error messages, and [`Keyword`] for generic validation (`config`). A leaf: it

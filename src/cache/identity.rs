@@ -29,14 +29,14 @@ const HEADER_UNSAFE: &AsciiSet = &CONTROLS.add(b'%');
 /// a group id `user,admin` arrives as `user%2Cadmin`, one element, not two.
 const LIST_ELEMENT_UNSAFE: &AsciiSet = &HEADER_UNSAFE.add(b',');
 
-/// Percent-encodes a profile value for use in a header (see [`HEADER_UNSAFE`]). Leading and
+/// Percent-encodes a profile value for use in a header (see `HEADER_UNSAFE`). Leading and
 /// trailing spaces are encoded too, since header parsing would strip them.
 pub fn encode_header_value(value: &str, out: &mut BytesMut) {
     encode(value, HEADER_UNSAFE, out);
 }
 
 /// Percent-encodes one element of a comma-separated list value (see
-/// [`LIST_ELEMENT_UNSAFE`]); the caller puts the `,` between elements.
+/// `LIST_ELEMENT_UNSAFE`); the caller puts the `,` between elements.
 pub fn encode_list_element(value: &str, out: &mut BytesMut) {
     encode(value, LIST_ELEMENT_UNSAFE, out);
 }

@@ -25,10 +25,9 @@
 //! refused with 503 for a moment, instead of everyone waiting on an exhausted process.
 
 mod identity;
-/// The shared second tier on Redis (`[cache.redis]`); not yet consulted by
-/// [`IdentityCache`].
+// The shared second tier on Redis (`[cache.redis]`); not yet consulted by `IdentityCache`.
 pub mod shared;
-/// Public for `benches/cache_hot_path.rs`, which compares it with moka and dashmap.
+// Public for `benches/cache_hot_path.rs`, which compares it with moka and dashmap.
 pub mod store;
 
 use std::collections::HashMap;

@@ -10,8 +10,8 @@
 //! `routes`, `emulator`), each holding everything about its keys: the raw serde type that
 //! mirrors the file (`deny_unknown_fields`), the validated settings type whose `Default`
 //! impl is the one place each default is written and whose `Serialize` impl is the
-//! effective configuration `check` prints (secrets redacted, see [`ser`]), and its
-//! `validate` function (helpers in [`validate`]). Enums are spelled once, with
+//! effective configuration `check` prints (secrets redacted, see `ser`), and its
+//! `validate` function (helpers in `validate`). Enums are spelled once, with
 //! `keyword_enum!`. A new table: a new file in that shape, a field of [`Config`], and
 //! one line in [`Config::from_toml_str_with_env`].
 

@@ -162,7 +162,7 @@ fn forwarded_element(peer: IpAddr, tls: bool, host: Option<&HeaderValue>) -> Str
 /// (RFC 7239) and `X-Real-IP`.
 ///
 /// A client's own values are believed only when `peer` is a trusted proxy. From a trusted
-/// peer, repeated lines are read as one list (see [`joined`]), `X-Forwarded-For` and
+/// peer, repeated lines are read as one list (see `joined`), `X-Forwarded-For` and
 /// `Forwarded` are extended with this hop, `-Proto`, `-Host` and a single `X-Real-IP` are
 /// kept. From anyone else the `X-Forwarded-*` are replaced by what the gateway saw, and
 /// `Forwarded` and `X-Real-IP` are removed. `peer` is compared and written in its

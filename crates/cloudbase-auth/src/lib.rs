@@ -21,7 +21,7 @@ mod client;
 pub mod error;
 
 #[cfg(feature = "client")]
-pub use builder::{ClientBuilder, RootCerts};
+pub use builder::{ClientBuilder, RootCerts, DEFAULT_DEVICE_ID, DEFAULT_TIMEOUT};
 #[cfg(feature = "client")]
 pub use client::{CallOptions, Client, MAX_BODY_BYTES};
 #[cfg(feature = "client")]

@@ -93,7 +93,7 @@ impl Keys {
 }
 
 impl Invalidation {
-    /// The message published on [`Keys::channel`].
+    /// The message published on the purge channel (`Keys::channel`).
     pub fn message(&self) -> Vec<u8> {
         match self {
             Invalidation::Token(key) => format!("t:{}", hex(key)).into_bytes(),

@@ -3,10 +3,10 @@
 //!
 //! Redis is an accelerator, never a dependency for serving. Every call is bounded by
 //! `timeout` and answers [`Lookup::Skipped`] rather than an error; after
-//! `breaker_failures` consecutive failures a [`breaker`] skips Redis for
+//! `breaker_failures` consecutive failures a `breaker` skips Redis for
 //! `breaker_cooldown`; the caller then goes to CloudBase exactly as without Redis. What is
-//! stored is authenticated ([`codec`]: versioned, HMAC-SHA256 bound to its key), so a
-//! value nobody with `hmac_key` wrote never becomes an identity. Names in Redis: [`keys`].
+//! stored is authenticated (`codec`: versioned, HMAC-SHA256 bound to its key), so a
+//! value nobody with `hmac_key` wrote never becomes an identity. Names in Redis: `keys`.
 //!
 //! Purge races. A replica that asked CloudBase before a purge must not store the old answer
 //! after it, or the purged token would be served again by every replica. The local cache
@@ -20,7 +20,7 @@
 //! forbids: a single primary (with replicas, Sentinel or a managed failover) is supported,
 //! Cluster is not.
 //!
-//! Purges reach the other replicas through pub/sub ([`subscriber`]); a replica that lost
+//! Purges reach the other replicas through pub/sub (`subscriber`); a replica that lost
 //! its subscription drops its whole local cache when it is back, since it may have missed
 //! purges.
 //!
@@ -370,7 +370,7 @@ impl SharedTier {
 
     /// Starts listening for purges published by any replica (this one included); `on` gets
     /// each, and [`Invalidation::All`] whenever the subscription is (re)established. See
-    /// [`subscriber`].
+    /// the `subscriber` module.
     pub fn subscribe(&self, on: impl Fn(Invalidation) + Send + Sync + 'static) -> Subscription {
         subscriber::start(self.inner.clone(), Arc::new(on))
     }
