@@ -14,6 +14,8 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# The workspace's other members: the CloudBase client and the emulator the binary embeds.
+COPY crates ./crates
 # Cargo.toml declares the benches; the manifest does not load without them.
 COPY benches ./benches
 # Registry and target caches survive between builds; the binary is copied out of the cache.

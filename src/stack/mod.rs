@@ -162,3 +162,113 @@ pub(crate) mod testing {
         RequestContext::new(route)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The whole stack over a `service_fn` leaf: what any layer added below the rescue can
+    //! rely on from the layers around it.
+
+    use std::sync::Mutex;
+
+    use cloudbase_auth::types::{Introspection, UserProfile};
+    use cloudbase_auth::{CallOptions, Error as ApiError};
+    use http::{Request, Response, StatusCode};
+    use http_body_util::BodyExt;
+    use tower::{service_fn, ServiceExt};
+
+    use super::*;
+    use crate::cache::{AuthApi, BoxFuture};
+    use crate::http::empty;
+    use crate::rejection::Reject;
+
+    /// A CloudBase that must not be asked: the routes here need no token.
+    struct NotAsked;
+
+    impl AuthApi for NotAsked {
+        fn introspect<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a CallOptions,
+        ) -> BoxFuture<'a, Result<Introspection, ApiError>> {
+            panic!("CloudBase asked on a route without auth")
+        }
+        fn user_me<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a CallOptions,
+        ) -> BoxFuture<'a, Result<UserProfile, ApiError>> {
+            panic!("CloudBase asked on a route without auth")
+        }
+    }
+
+    /// The stack of a gateway with one open route, `/open/`, over `leaf`.
+    fn stack<L>(leaf: L) -> (GatewayService, Arc<Metrics>)
+    where
+        L: Service<Routed, Response = http::Response<Body>, Error = Rejection>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        L::Future: Send + 'static,
+    {
+        let config = Config::from_toml_str(
+            "[emulator]\nenabled = true\n[[routes]]\nprefix = \"/open/\"\nupstream = \"whoami\"\nauth = \"none\"\n",
+        )
+        .unwrap();
+        let metrics = Arc::new(Metrics::new(config.routes.iter().map(|r| r.prefix.clone())));
+        let cache = IdentityCache::new(
+            &config.cache,
+            &config.identity.headers,
+            Arc::new(NotAsked),
+            metrics.clone(),
+        );
+        (build(&config, &cache, &metrics, leaf), metrics)
+    }
+
+    #[tokio::test]
+    async fn a_leafs_refusal_is_rendered_with_the_request_id_and_counted_under_its_route() {
+        let (svc, metrics) = stack(service_fn(|_: Routed| async {
+            Err::<Response<Body>, _>(Rejection::from(Reject::UpstreamUnavailable))
+        }));
+        let req = Request::get("/open/x")
+            .header("host", "gw.example")
+            .body(empty())
+            .unwrap();
+        let r = svc.oneshot(req).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+        let id = r.headers()[&X_REQUEST_ID].to_str().unwrap().to_owned();
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["code"], "UPSTREAM_UNAVAILABLE");
+        assert_eq!(body["requestId"], id.as_str(), "the id the stack made");
+        assert!(metrics.render(0).contains(
+            "cloudbase_gateway_requests_total{route=\"/open/\",method=\"GET\",status=\"502\"} 1"
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_forged_identity_never_reaches_the_leaf_even_on_an_open_route() {
+        let seen = Arc::new(Mutex::new(None));
+        let record = seen.clone();
+        let (svc, _) = stack(service_fn(move |(req, _): Routed| {
+            *record.lock().unwrap() = Some(req.headers().clone());
+            async { Ok::<_, Rejection>(Response::new(empty())) }
+        }));
+        let req = Request::get("/open/x")
+            .header("host", "gw.example")
+            .header("x-user-id", "admin")
+            .header("x_user_id", "admin")
+            .header("connection", "x-request-id")
+            .body(empty())
+            .unwrap();
+        let r = svc.oneshot(req).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let headers = seen.lock().unwrap().take().expect("the leaf was called");
+        assert!(headers.get("x-user-id").is_none());
+        assert!(headers.get("x_user_id").is_none());
+        assert!(
+            headers.get(&X_REQUEST_ID).is_some(),
+            "a Connection-listed name cannot remove what the gateway sets"
+        );
+    }
+}

@@ -1335,6 +1335,8 @@ fn compose_wires_gateway_emulator_and_upstream_and_its_configs_are_valid() {
     let dockerfile = repo_file("Dockerfile");
     for needle in [
         "FROM rust:1-bookworm",
+        // Every member of the workspace: the binary embeds the emulator crate.
+        "COPY crates ./crates",
         "cargo build --release --locked",
         "FROM debian:bookworm-slim",
         "ca-certificates",
