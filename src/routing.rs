@@ -9,6 +9,10 @@
 //!
 //! Routes are sorted once at start (longest prefix first), so a match is a scan of a short
 //! list with `starts_with`; for the handful of routes a gateway has this beats a trie.
+//!
+//! [`RequestContext`] lives here, beside the table that makes its route, rather than with
+//! the middleware: the leaf service (`proxy`) and the layers (`stack`) both take it, and
+//! from here neither has to import the other.
 
 use std::borrow::Cow;
 use std::sync::Arc;

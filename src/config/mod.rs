@@ -28,6 +28,7 @@ mod upstream;
 mod validate;
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
@@ -47,6 +48,7 @@ pub use identity::{
 };
 pub use routes::{parse_upstream, AuthMode, RouteSettings, Upstream};
 pub use server::{ServerSettings, TlsFiles};
+pub use upstream::UpstreamSettings;
 pub use validate::{parse_duration, parse_size};
 
 use validate::Errors;
@@ -64,8 +66,6 @@ pub struct Config {
     pub routes: Vec<RouteSettings>,
     pub emulator: EmulatorSettings,
 }
-
-pub use upstream::UpstreamSettings;
 
 /// One configuration mistake, with the key it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,8 +214,6 @@ pub struct EmulatorConfig {
     pub listen: SocketAddr,
     pub options: EmulatorOptions,
 }
-
-use std::net::SocketAddr;
 
 impl EmulatorConfig {
     /// Reads the file at `path` for the emulator.
