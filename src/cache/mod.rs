@@ -2,8 +2,9 @@
 //!
 //! Keys are SHA-256 digests of the token, so a raw token never sits in the cache (nor in a
 //! heap dump of it). Entries are positive (an [`Identity`]) or negative (CloudBase called the
-//! token invalid). Freshness is tracked with `tokio::time` (so tests can pause time); the
-//! [`store`] bounds memory and drops entries once even their stale window has passed.
+//! token invalid). Freshness is tracked with `tokio::time` (so tests can pause time) and
+//! checked on every hit; the [`entries`] (two moka caches) bound memory and drop entries
+//! once even their stale window has passed.
 //! A positive entry is fresh until the earliest of `ttl`, the token's `exp` and the next
 //! group expiry, computed to the nanosecond against a [`UnixClock`]; on every hit a token
 //! whose `exp` has come is refused whatever the entry says, so no clock skew between
@@ -16,21 +17,20 @@
 //! calls disagree, a definitive "no" from either wins over an error from the other, and
 //! answers naming two different users are treated as a CloudBase fault.
 
+mod entries;
 mod identity;
-/// Public for `benches/cache_hot_path.rs`, which compares it with moka and dashmap.
-pub mod store;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures_util::future::{FutureExt, Shared};
 use http::StatusCode;
 use tokio::time::Instant;
 
+pub use entries::{estimated_entry_bytes, KeyHasher, NEGATIVE_ENTRY_BYTES};
 pub use identity::{encode_header_value, Grant, Identity, SharedIdentity};
 
 use crate::admin::metrics::{CacheLookup, CloudbaseEndpoint, CloudbaseOutcome, Metrics};
@@ -39,6 +39,7 @@ use crate::clock::{remaining, unix_secs, UnixClock};
 use crate::cloudbase::types::{Introspection, UserProfile};
 use crate::cloudbase::{CallOptions, Client, Error as ApiError};
 use crate::config::{CacheSettings, IdentityField};
+use entries::{Entries, Entry, Negative, Positive};
 
 /// Cache key: SHA-256 of the token.
 pub type TokenKey = [u8; 32];
@@ -98,25 +99,6 @@ pub enum Validation {
     Unavailable,
 }
 
-#[derive(Debug, Clone)]
-enum Verdict {
-    Positive {
-        identity: SharedIdentity,
-        stale_until: Instant,
-    },
-    Negative,
-}
-
-/// Stored by value (a clone is an `Arc` increment): one cache miss fewer per hit than an
-/// `Arc<Entry>` would cost.
-#[derive(Debug, Clone)]
-struct Entry {
-    verdict: Verdict,
-    fresh_until: Instant,
-    /// How long the store keeps the entry: fresh life plus the stale window.
-    keep_for: Duration,
-}
-
 /// A fetch's result, shared by every request waiting on the flight.
 type Fetched = Option<Entry>;
 type Flight = Shared<BoxFuture<'static, Fetched>>;
@@ -128,7 +110,7 @@ pub struct IdentityCache {
 }
 
 struct Inner {
-    entries: store::Store<Entry>,
+    entries: Entries,
     flights: Mutex<HashMap<TokenKey, Flight>>,
     /// Bumped by every purge; a flight that started before a purge does not store.
     generation: AtomicU64,
@@ -164,7 +146,7 @@ impl IdentityCache {
         metrics: Arc<Metrics>,
         clock: UnixClock,
     ) -> IdentityCache {
-        let entries = store::Store::new(settings.max_entries);
+        let entries = Entries::new(settings);
         IdentityCache {
             inner: Arc::new(Inner {
                 entries,
@@ -185,27 +167,22 @@ impl IdentityCache {
         let key = token_key(token);
         let cached = self.inner.entries.get(&key);
         let clock = &self.inner.clock;
-        if let Some(entry) = &cached {
-            if Instant::now() < entry.fresh_until {
-                return match &entry.verdict {
-                    // Fresh entries end at or before `exp`; this holds even if the system
-                    // clock and tokio's clock drift apart.
-                    Verdict::Positive { identity, .. }
-                        if identity.exp.is_some_and(|exp| clock.has_reached(exp)) =>
-                    {
-                        self.inner.metrics.cache_lookup(CacheLookup::Miss);
-                        Validation::Invalid
-                    }
-                    Verdict::Positive { identity, .. } => {
-                        self.inner.metrics.cache_lookup(CacheLookup::Hit);
-                        Validation::Valid(identity.clone())
-                    }
-                    Verdict::Negative => {
-                        self.inner.metrics.cache_lookup(CacheLookup::NegativeHit);
-                        Validation::Invalid
-                    }
-                };
+        match &cached {
+            Some(Entry::Positive(p)) if Instant::now() < p.fresh_until => {
+                // Fresh entries end at or before `exp`; this holds even if the system clock
+                // and tokio's clock drift apart.
+                if p.identity.exp.is_some_and(|exp| clock.has_reached(exp)) {
+                    self.inner.metrics.cache_lookup(CacheLookup::Miss);
+                    return Validation::Invalid;
+                }
+                self.inner.metrics.cache_lookup(CacheLookup::Hit);
+                return Validation::Valid(p.identity.clone());
             }
+            Some(Entry::Negative(n)) if Instant::now() < n.fresh_until => {
+                self.inner.metrics.cache_lookup(CacheLookup::NegativeHit);
+                return Validation::Invalid;
+            }
+            _ => {}
         }
         let exp = jwt_exp(token);
         if exp.is_some_and(|exp| clock.has_reached(exp)) {
@@ -216,29 +193,25 @@ impl IdentityCache {
         match self.flight(key, token, exp, request_id).await {
             Some(entry) => {
                 self.inner.metrics.cache_lookup(CacheLookup::Miss);
-                match &entry.verdict {
+                match &entry {
                     // `exp` may have come while CloudBase was answering.
-                    Verdict::Positive { identity, .. }
-                        if identity.exp.is_some_and(|exp| clock.has_reached(exp)) =>
-                    {
+                    Entry::Positive(p) if p.identity.exp.is_some_and(|e| clock.has_reached(e)) => {
                         Validation::Invalid
                     }
-                    Verdict::Positive { identity, .. } => Validation::Valid(identity.clone()),
-                    Verdict::Negative => Validation::Invalid,
+                    Entry::Positive(p) => Validation::Valid(p.identity.clone()),
+                    Entry::Negative(_) => Validation::Invalid,
                 }
             }
             None => {
-                let stale = cached.as_ref().and_then(|entry| match &entry.verdict {
-                    Verdict::Positive {
-                        identity,
-                        stale_until,
-                    } if Instant::now() < *stale_until
-                        && identity.exp.is_none_or(|exp| !clock.has_reached(exp)) =>
+                let stale = match cached {
+                    Some(Entry::Positive(p))
+                        if Instant::now() < p.stale_until
+                            && p.identity.exp.is_none_or(|exp| !clock.has_reached(exp)) =>
                     {
-                        Some(identity.clone())
+                        Some(p.identity)
                     }
                     _ => None,
-                });
+                };
                 match stale {
                     Some(identity) => {
                         self.inner.metrics.cache_lookup(CacheLookup::Stale);
@@ -268,7 +241,7 @@ impl IdentityCache {
         // A flight may have ended between the caller's lookup and this lock. It stores its
         // entry before it leaves `flights`, so look again rather than call CloudBase twice.
         if let Some(entry) = self.inner.entries.get(&key) {
-            if Instant::now() < entry.fresh_until {
+            if Instant::now() < entry.fresh_until() {
                 let done: BoxFuture<'static, Fetched> = Box::pin(std::future::ready(Some(entry)));
                 return done.shared();
             }
@@ -283,15 +256,8 @@ impl IdentityCache {
             let generation = inner.generation.load(Ordering::Acquire);
             let entry = inner.fetch(&token, exp, &opts).await;
             if let Some(entry) = &entry {
-                if !entry.keep_for.is_zero()
-                    && inner.generation.load(Ordering::Acquire) == generation
-                {
-                    let kind = match entry.verdict {
-                        Verdict::Positive { .. } => store::Kind::Positive,
-                        Verdict::Negative => store::Kind::Negative,
-                    };
-                    let keep_until = Instant::now() + entry.keep_for;
-                    inner.entries.insert(key, entry.clone(), keep_until, kind);
+                if inner.generation.load(Ordering::Acquire) == generation {
+                    inner.entries.insert(key, entry.clone());
                 }
             }
             inner
@@ -310,15 +276,13 @@ impl IdentityCache {
     /// Drops the entry of one token. Returns how many entries went (0 or 1).
     pub fn purge_token(&self, token: &str) -> u64 {
         self.inner.generation.fetch_add(1, Ordering::AcqRel);
-        u64::from(self.inner.entries.remove(&token_key(token)))
+        self.inner.entries.remove(&token_key(token))
     }
 
     /// Drops every positive entry of user `sub`.
     pub fn purge_sub(&self, sub: &str) -> u64 {
         self.inner.generation.fetch_add(1, Ordering::AcqRel);
-        self.inner.entries.remove_matching(
-            |e| matches!(&e.verdict, Verdict::Positive { identity, .. } if &*identity.sub == sub),
-        )
+        self.inner.entries.remove_sub(sub)
     }
 
     /// Drops everything.
@@ -327,7 +291,10 @@ impl IdentityCache {
         self.inner.entries.clear()
     }
 
-    /// Entries held now, expired ones not counted.
+    /// Entries held now, positive and negative. Brought up to date first (moka counts in
+    /// the background), so an insert, purge or eviction so far is counted; an entry counts
+    /// until moka's clock passes the end of its life (in production the cache's own clock;
+    /// in a paused-time test, later).
     pub fn entry_count(&self) -> u64 {
         self.inner.entries.len()
     }
@@ -350,10 +317,10 @@ impl Inner {
         );
         // Read before the Unix time below, so the entry ends a hair early, never late.
         let now = Instant::now();
-        let negative = || Entry {
-            verdict: Verdict::Negative,
-            fresh_until: now + self.settings.negative_ttl,
-            keep_for: self.settings.negative_ttl,
+        let negative = || {
+            Entry::Negative(Negative {
+                fresh_until: now + self.settings.negative_ttl,
+            })
         };
         // A definitive "no" from either call decides, whatever the other one did: CloudBase
         // has said the token is not valid, and a failure of the other call cannot undo it.
@@ -389,19 +356,18 @@ impl Inner {
         {
             fresh = fresh.min(remaining(limit, unix_now));
         }
-        let keep_for = if fresh.is_zero() {
-            Duration::ZERO
+        // Kept through the stale window only if fresh at all: a token past its `exp` (or
+        // a `ttl` of zero) is not stored.
+        let stale_until = if fresh.is_zero() {
+            now
         } else {
-            fresh + self.settings.stale_if_error
+            now + fresh + self.settings.stale_if_error
         };
-        Some(Entry {
-            verdict: Verdict::Positive {
-                identity: Arc::new(identity),
-                stale_until: now + fresh + self.settings.stale_if_error,
-            },
+        Some(Entry::Positive(Positive {
+            identity: Arc::new(identity),
             fresh_until: now + fresh,
-            keep_for,
-        })
+            stale_until,
+        }))
     }
 
     async fn timed<T>(

@@ -2,6 +2,7 @@
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::Mutex as StdMutex;
+use std::time::Duration;
 
 use super::*;
 use crate::cloudbase::types::Group;
@@ -132,6 +133,7 @@ fn cache_with_clock(
 ) -> (IdentityCache, Arc<Metrics>) {
     let settings = CacheSettings {
         max_entries: 1000,
+        max_memory: 256 << 20,
         ttl: Duration::from_secs(ttl),
         negative_ttl: Duration::from_secs(5),
         stale_if_error: Duration::from_secs(stale),

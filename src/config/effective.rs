@@ -95,6 +95,7 @@ impl Config {
                 "max_entries",
                 Value::Integer(k.max_entries.min(i64::MAX as u64) as i64),
             ),
+            ("max_memory", text(k.max_memory.to_string())),
             ("ttl", duration(k.ttl)),
             ("negative_ttl", duration(k.negative_ttl)),
             ("stale_if_error", duration(k.stale_if_error)),

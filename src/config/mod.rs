@@ -121,8 +121,12 @@ pub struct UpstreamSettings {
 /// `[cache]`: the validation cache.
 #[derive(Debug, Clone)]
 pub struct CacheSettings {
-    /// Default 100 000.
+    /// Most entries of each kind: tokens CloudBase vouched for, and (apart) tokens it
+    /// refused. Default 100 000.
     pub max_entries: u64,
+    /// Most bytes the positive entries take, by the cache's estimate of each (identity,
+    /// header values, key and bookkeeping). Default 256 MiB.
+    pub max_memory: u64,
     /// Upper bound of a positive entry's life; never beyond the token's `exp`. Default 60 s.
     pub ttl: Duration,
     /// Life of a "CloudBase said invalid" entry. Default 5 s.
@@ -752,13 +756,31 @@ fn validate_upstream(raw: raw::RawUpstream, errors: &mut Errors) -> UpstreamSett
     }
 }
 
+/// The smallest `cache.max_memory`: below it a cache holds too few identities to be one.
+const MIN_CACHE_MEMORY: u64 = 1 << 20;
+
 fn validate_cache(raw: raw::RawCache, errors: &mut Errors) -> CacheSettings {
     let max_entries = raw.max_entries.unwrap_or(100_000);
     if max_entries == 0 {
         errors.push("cache.max_entries", "must be at least 1");
     }
+    let max_memory = match parse_size(raw.max_memory.as_deref().unwrap_or("256MiB")) {
+        Ok(n) if n < MIN_CACHE_MEMORY => {
+            errors.push(
+                "cache.max_memory",
+                "must be at least 1MiB (about 1 500 identities); bound the count with max_entries",
+            );
+            MIN_CACHE_MEMORY
+        }
+        Ok(n) => n,
+        Err(e) => {
+            errors.push("cache.max_memory", e);
+            256 << 20
+        }
+    };
     CacheSettings {
         max_entries,
+        max_memory,
         ttl: duration(raw.ttl, "cache.ttl", "60s", errors),
         negative_ttl: duration(raw.negative_ttl, "cache.negative_ttl", "5s", errors),
         stale_if_error: duration(raw.stale_if_error, "cache.stale_if_error", "0s", errors),

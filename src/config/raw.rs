@@ -51,6 +51,7 @@ pub struct RawUpstream {
 #[serde(deny_unknown_fields)]
 pub struct RawCache {
     pub max_entries: Option<u64>,
+    pub max_memory: Option<String>,
     pub ttl: Option<String>,
     pub negative_ttl: Option<String>,
     pub stale_if_error: Option<String>,

@@ -1,0 +1,274 @@
+//! Where validation results are kept: two moka caches, one for tokens CloudBase vouched for
+//! (positive entries), one for tokens it refused (negative entries).
+//!
+//! **Apart, so floods stay in their lane.** A flood of made-up tokens makes only negative
+//! entries, which compete with each other for the negative cache's room; a signed-in
+//! user's entry is in the other cache and cannot be evicted by them. Both caches use
+//! moka's TinyLFU admission, so under pressure a token asked for often (a user at work, a
+//! revoked token a client keeps retrying) outlives one-off tokens.
+//!
+//! **Bounds.** The positive cache is bounded in bytes by `max_memory` and in count by
+//! `max_entries`, with moka's one weighted capacity: an entry weighs its estimated size
+//! ([`estimated_entry_bytes`]) but never less than `max_memory / max_entries`, and the capacity
+//! is `max_entries` times that floor (at most `max_memory`), so whichever bound is tighter
+//! holds. The negative cache holds at most `max_entries`; its entries are all one size
+//! ([`NEGATIVE_ENTRY_BYTES`]), which bounds its bytes too.
+//!
+//! **Two clocks.** moka drops an entry when its per-entry deadline ([`Expiry`]) passes: the
+//! end of the `stale_if_error` window for a positive entry, of `negative_ttl` for a negative
+//! one. moka measures that on its own clock (`std::time::Instant`), not tokio's, so its
+//! expiry only frees memory: whether an entry may still be *served* is decided by the
+//! caller on every hit, against `tokio::time` and the Unix clock. In production the two
+//! clocks are the same clock; in a paused-time test moka keeps entries past their time and
+//! the freshness rules still decide, which is what the tests pin.
+//!
+//! **What moka costs.** A moka read (hash, lock-free map probe, expiry check, access
+//! recorded for the eviction policy) among a million entries costs about 0.5 µs more than
+//! the hand-written sharded store this replaced, which never recorded accesses
+//! (`cargo bench --bench cache_hot_path -- map/`): the price of not owning a concurrent
+//! cache, in a request that costs about 50 µs of CPU.
+//!
+//! **Purge by user** scans the positive cache (see [`Entries::remove_sub`]) rather than
+//! keeping a user → tokens index that every insert and eviction would pay for; a purge is
+//! an operator's rare call.
+//!
+//! Keys are SHA-256 digests; the caches hash their first eight bytes with a per-process
+//! SipHash key, so nobody can aim tokens at one bucket.
+
+use std::collections::hash_map::{DefaultHasher, RandomState};
+use std::hash::{BuildHasher, Hasher};
+use std::mem::size_of;
+use std::time::Duration;
+
+use moka::sync::Cache;
+use moka::Expiry;
+use tokio::time::Instant;
+
+use super::{Identity, SharedIdentity, TokenKey};
+use crate::config::CacheSettings;
+
+/// CloudBase vouched for the token.
+#[derive(Debug, Clone)]
+pub(super) struct Positive {
+    pub identity: SharedIdentity,
+    /// Served as a hit until then.
+    pub fresh_until: Instant,
+    /// Served under `stale_if_error` until then, and kept as long.
+    pub stale_until: Instant,
+}
+
+/// CloudBase refused the token.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Negative {
+    pub fresh_until: Instant,
+}
+
+/// What the cache holds for a token.
+#[derive(Debug, Clone)]
+pub(super) enum Entry {
+    Positive(Positive),
+    Negative(Negative),
+}
+
+impl Entry {
+    pub fn fresh_until(&self) -> Instant {
+        match self {
+            Entry::Positive(p) => p.fresh_until,
+            Entry::Negative(n) => n.fresh_until,
+        }
+    }
+}
+
+/// When an entry is of no more use, so moka may drop it.
+trait Deadline {
+    fn keep_until(&self) -> Instant;
+}
+
+impl Deadline for Positive {
+    fn keep_until(&self) -> Instant {
+        self.stale_until
+    }
+}
+
+impl Deadline for Negative {
+    fn keep_until(&self) -> Instant {
+        self.fresh_until
+    }
+}
+
+/// moka's per-entry expiry: each entry's own deadline, read as time left on the cache's
+/// clock when stored. A hit never extends it (`expire_after_read` keeps moka's default).
+struct UntilDeadline;
+
+impl<V: Deadline> Expiry<TokenKey, V> for UntilDeadline {
+    fn expire_after_create(
+        &self,
+        _: &TokenKey,
+        value: &V,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.keep_until().saturating_duration_since(Instant::now()))
+    }
+
+    /// A replaced entry lives by its new deadline, not the old one's remainder.
+    fn expire_after_update(
+        &self,
+        _: &TokenKey,
+        value: &V,
+        _: std::time::Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.keep_until().saturating_duration_since(Instant::now()))
+    }
+}
+
+/// What moka keeps per entry besides the key and value, measured: the key again behind an
+/// `Arc`, its map bucket, entry info, access-order and timer-wheel nodes, each an
+/// allocation (`cargo run --release --example cache_memory`).
+const MOKA_ENTRY_BYTES: usize = 400;
+
+/// Estimated bytes a negative entry costs: key, deadline and moka's bookkeeping.
+pub const NEGATIVE_ENTRY_BYTES: usize =
+    MOKA_ENTRY_BYTES + size_of::<TokenKey>() + size_of::<Negative>();
+
+/// Estimated bytes a positive entry for `identity` costs: key, entry, the identity with
+/// its header values, and moka's bookkeeping. What `max_memory` counts.
+pub fn estimated_entry_bytes(identity: &Identity) -> usize {
+    MOKA_ENTRY_BYTES + size_of::<TokenKey>() + size_of::<Positive>() + identity.approx_size()
+}
+
+/// The two caches, built from the `[cache]` settings.
+pub(super) struct Entries {
+    positive: Cache<TokenKey, Positive, KeyHasher>,
+    negative: Cache<TokenKey, Negative, KeyHasher>,
+}
+
+impl Entries {
+    pub fn new(settings: &CacheSettings) -> Entries {
+        let hasher = KeyHasher::default();
+        let max_entries = settings.max_entries.max(1);
+        // Every positive entry weighs at least `floor`, so at most `max_entries` of them fit
+        // in `capacity`; and weighing at least its size, they hold at most `max_memory`.
+        let floor = (settings.max_memory / max_entries).clamp(1, u64::from(u32::MAX));
+        let capacity = settings
+            .max_memory
+            .min(max_entries.saturating_mul(floor))
+            .max(1);
+        let floor = floor as u32;
+        let positive = Cache::builder()
+            .max_capacity(capacity)
+            .weigher(move |_, entry: &Positive| {
+                u32::try_from(estimated_entry_bytes(&entry.identity))
+                    .unwrap_or(u32::MAX)
+                    .max(floor)
+            })
+            .expire_after(UntilDeadline)
+            .build_with_hasher(hasher.clone());
+        let negative = Cache::builder()
+            .max_capacity(max_entries)
+            .expire_after(UntilDeadline)
+            .build_with_hasher(hasher);
+        Entries { positive, negative }
+    }
+
+    /// The entry for `key`, fresh or not: whether it may be served is the caller's question.
+    /// One probe for a signed-in user; a refused token's costs two.
+    pub fn get(&self, key: &TokenKey) -> Option<Entry> {
+        if let Some(positive) = self.positive.get(key) {
+            return Some(Entry::Positive(positive));
+        }
+        self.negative.get(key).map(Entry::Negative)
+    }
+
+    /// Stores `entry` under `key` until its deadline, in place of any entry of either kind.
+    /// An entry whose deadline has passed is not stored.
+    pub fn insert(&self, key: TokenKey, entry: Entry) {
+        let now = Instant::now();
+        match entry {
+            Entry::Positive(positive) if positive.keep_until() > now => {
+                self.positive.insert(key, positive);
+                self.negative.invalidate(&key);
+            }
+            Entry::Negative(negative) if negative.keep_until() > now => {
+                self.negative.insert(key, negative);
+                self.positive.invalidate(&key);
+            }
+            _ => {}
+        }
+    }
+
+    /// Removes the entry under `key`; how many went (0 or 1).
+    pub fn remove(&self, key: &TokenKey) -> u64 {
+        u64::from(self.positive.remove(key).is_some()) + u64::from(self.negative.remove(key).is_some())
+    }
+
+    /// Removes every positive entry of user `sub`; how many went. A scan of the positive
+    /// cache (about 0.1 s per million entries, `cargo bench --bench cache_hot_path --
+    /// purge/`), which nothing else waits on: requests keep being served meanwhile.
+    pub fn remove_sub(&self, sub: &str) -> u64 {
+        let mut removed = 0;
+        for (key, entry) in self.positive.iter() {
+            if *entry.identity.sub == *sub && self.positive.remove(&*key).is_some() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Removes everything; how many entries there were.
+    pub fn clear(&self) -> u64 {
+        let held = self.len();
+        self.positive.invalidate_all();
+        self.negative.invalidate_all();
+        // Frees the memory now, so the next count is honest too.
+        self.run_pending_tasks();
+        held
+    }
+
+    /// Entries held. moka counts inserts and evictions in the background; this brings the
+    /// count up to date first (and drops entries whose deadline moka's clock has passed).
+    pub fn len(&self) -> u64 {
+        self.run_pending_tasks();
+        self.positive.entry_count() + self.negative.entry_count()
+    }
+
+    /// Estimated bytes held by positive entries (their weights), once up to date.
+    #[cfg(test)]
+    pub fn positive_weight_held(&self) -> (u64, u64) {
+        self.positive.run_pending_tasks();
+        (self.positive.entry_count(), self.positive.weighted_size())
+    }
+
+    fn run_pending_tasks(&self) {
+        self.positive.run_pending_tasks();
+        self.negative.run_pending_tasks();
+    }
+}
+
+/// SipHash (keyed per process) of a key's first eight bytes: the key is already a digest,
+/// so hashing all 32 bytes again would buy nothing, and the per-process key keeps which
+/// bucket a token lands in out of the sender's hands (a digest's bits can be ground for,
+/// SipHash's output cannot without the key). Public for the benches.
+#[derive(Clone, Default)]
+pub struct KeyHasher(RandomState);
+
+/// See [`KeyHasher`].
+pub struct PrefixHasher(DefaultHasher);
+
+impl BuildHasher for KeyHasher {
+    type Hasher = PrefixHasher;
+    fn build_hasher(&self) -> PrefixHasher {
+        PrefixHasher(self.0.build_hasher())
+    }
+}
+
+impl Hasher for PrefixHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.write(&bytes[..bytes.len().min(8)]);
+    }
+    /// The length prefix of `[u8; 32]`: always 32.
+    fn write_usize(&mut self, _: usize) {}
+    fn finish(&self) -> u64 {
+        self.0.finish()
+    }
+}
