@@ -272,3 +272,132 @@ impl Hasher for PrefixHasher {
         self.0.finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::cloudbase::types::{Introspection, UserProfile};
+    use crate::config::IdentityField;
+
+    fn key(i: u32) -> TokenKey {
+        super::super::token_key(&format!("token-{i}"))
+    }
+
+    fn settings(max_entries: u64, max_memory: u64) -> CacheSettings {
+        CacheSettings {
+            max_entries,
+            max_memory,
+            ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(5),
+            stale_if_error: Duration::ZERO,
+        }
+    }
+
+    fn identity(i: u32) -> SharedIdentity {
+        let introspection = Introspection {
+            sub: Some(format!("{:019}", 1_830_000_000_000_000_000u64 + u64::from(i))),
+            scope: Some("user".into()),
+            ..Default::default()
+        };
+        let profile = UserProfile {
+            name: Some("演示用户".into()),
+            email: Some(format!("user{i}@example.com")),
+            ..Default::default()
+        };
+        let fields = [IdentityField::Sub, IdentityField::Name, IdentityField::Email];
+        Arc::new(Identity::new(&introspection, &profile, None, &fields, 0))
+    }
+
+    fn positive(i: u32, life: Duration) -> Entry {
+        let until = Instant::now() + life;
+        Entry::Positive(Positive {
+            identity: identity(i),
+            fresh_until: until,
+            stale_until: until,
+        })
+    }
+
+    fn negative(life: Duration) -> Entry {
+        Entry::Negative(Negative {
+            fresh_until: Instant::now() + life,
+        })
+    }
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn max_memory_bounds_the_estimated_bytes_of_positive_entries() {
+        let max_memory = 1 << 20;
+        let entries = Entries::new(&settings(1_000_000, max_memory));
+        for i in 0..20_000 {
+            entries.insert(key(i), positive(i, MINUTE));
+        }
+        let (count, weight) = entries.positive_weight_held();
+        let each = estimated_entry_bytes(&identity(0)) as u64;
+        assert!(weight <= max_memory, "{weight} bytes held");
+        assert!(
+            weight > max_memory / 2 && count >= max_memory / each / 2,
+            "the room is used: {count} entries of {each} bytes"
+        );
+    }
+
+    #[test]
+    fn max_entries_bounds_the_count_of_each_kind() {
+        let entries = Entries::new(&settings(100, 256 << 20));
+        for i in 0..5_000 {
+            entries.insert(key(i), positive(i, MINUTE));
+            entries.insert(key(i + 1_000_000), negative(MINUTE));
+        }
+        let (positive, _) = entries.positive_weight_held();
+        assert!((50..=100).contains(&positive), "{positive} positive entries");
+        let all = entries.len();
+        assert!(all - positive <= 100, "{} negative entries", all - positive);
+    }
+
+    /// moka keeps time on its own clock, so this one runs in real time, briefly.
+    #[tokio::test]
+    async fn entries_leave_by_their_own_deadline_and_a_replaced_one_by_its_new_one() {
+        let entries = Entries::new(&settings(1000, 256 << 20));
+        let short = Duration::from_millis(50);
+        entries.insert(key(1), positive(1, short));
+        entries.insert(key(2), negative(short));
+        entries.insert(key(3), positive(3, MINUTE));
+        entries.insert(key(4), positive(4, short));
+        entries.insert(key(4), positive(4, MINUTE));
+        assert_eq!(entries.len(), 4);
+        let waited = Instant::now();
+        while entries.len() > 2 {
+            assert!(
+                waited.elapsed() < Duration::from_secs(10),
+                "short-lived entries still held"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(waited.elapsed() >= Duration::from_millis(30), "not before their time");
+        assert!(entries.get(&key(1)).is_none() && entries.get(&key(2)).is_none());
+        assert!(entries.get(&key(3)).is_some());
+        assert!(
+            entries.get(&key(4)).is_some(),
+            "the replacement's deadline, not the first entry's"
+        );
+    }
+
+    #[test]
+    fn an_entry_past_its_deadline_is_not_stored() {
+        let entries = Entries::new(&settings(1000, 256 << 20));
+        entries.insert(key(1), positive(1, Duration::ZERO));
+        entries.insert(key(2), negative(Duration::ZERO));
+        assert_eq!(entries.len(), 0);
+    }
+
+    #[test]
+    fn bucket_hashes_are_keyed_per_cache() {
+        let (a, b) = (KeyHasher::default(), KeyHasher::default());
+        let k = key(1);
+        assert_ne!(a.hash_one(k), b.hash_one(k), "another key, other buckets");
+        assert_eq!(a.hash_one(k), a.hash_one(k));
+        assert_ne!(a.hash_one(k), a.hash_one(key(2)));
+    }
+}

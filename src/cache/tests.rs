@@ -132,15 +132,32 @@ fn cache_with_clock(
     clock: UnixClock,
 ) -> (IdentityCache, Arc<Metrics>) {
     let settings = CacheSettings {
+        ttl: Duration::from_secs(ttl),
+        stale_if_error: Duration::from_secs(stale),
+        ..settings()
+    };
+    cache_with_settings(api, &settings, clock)
+}
+
+/// The tests' cache settings: `ttl` 60 s, `negative_ttl` 5 s, no stale window.
+fn settings() -> CacheSettings {
+    CacheSettings {
         max_entries: 1000,
         max_memory: 256 << 20,
-        ttl: Duration::from_secs(ttl),
+        ttl: Duration::from_secs(60),
         negative_ttl: Duration::from_secs(5),
-        stale_if_error: Duration::from_secs(stale),
-    };
+        stale_if_error: Duration::ZERO,
+    }
+}
+
+fn cache_with_settings(
+    api: Arc<FakeApi>,
+    settings: &CacheSettings,
+    clock: UnixClock,
+) -> (IdentityCache, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new(Vec::<String>::new()));
     let cache = IdentityCache::with_clock(
-        &settings,
+        settings,
         &[IdentityField::Sub, IdentityField::Groups],
         api,
         metrics.clone(),
@@ -526,4 +543,78 @@ async fn a_token_whose_exp_comes_while_cloudbase_answers_is_refused() {
         Validation::Invalid
     ));
     assert_eq!(api.calls(), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_made_up_tokens_never_evicts_a_signed_in_user() {
+    let api = FakeApi::new(Script::Active);
+    let settings = CacheSettings {
+        max_entries: 50,
+        ..settings()
+    };
+    let (c, _) = cache_with_settings(api.clone(), &settings, UnixClock::System);
+    let users: Vec<String> = (0..50).map(|i| format!("user-{i}")).collect();
+    for user in &users {
+        assert!(is_valid(&c.validate(user, None).await));
+    }
+    // Each made-up token three times: more often than any user was seen, so in one shared
+    // cache frequency-based eviction would pick the users.
+    api.set(Script::Inactive);
+    for i in 0..2_000 {
+        let fake = format!("made-up-{i}");
+        for _ in 0..3 {
+            assert!(matches!(c.validate(&fake, None).await, Validation::Invalid));
+        }
+    }
+    assert!(
+        c.entry_count() <= 100,
+        "each kind holds at most max_entries: {}",
+        c.entry_count()
+    );
+    let calls = api.calls();
+    api.set(Script::Down);
+    for user in &users {
+        assert!(
+            is_valid(&c.validate(user, None).await),
+            "{user} served from the cache"
+        );
+    }
+    assert_eq!(api.calls(), calls, "no user was asked about again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_entry_count_is_up_to_date_after_every_insert_and_purge() {
+    let api = FakeApi::new(Script::Active);
+    let c = cache(api.clone(), 60, 0);
+    c.validate("a", None).await;
+    c.validate("b", None).await;
+    api.set(Script::Inactive);
+    c.validate("bad", None).await;
+    assert_eq!(c.entry_count(), 3, "two positive, one negative");
+    assert_eq!(c.purge_token("bad"), 1);
+    assert_eq!(c.entry_count(), 2);
+    assert_eq!(c.purge_sub("42"), 2);
+    assert_eq!(c.entry_count(), 0);
+    api.set(Script::Active);
+    c.validate("a", None).await;
+    c.validate("b", None).await;
+    assert_eq!(c.purge_all(), 2);
+    assert_eq!(c.entry_count(), 0, "counted as gone at once");
+    assert!(is_valid(&c.validate("a", None).await));
+    assert_eq!(api.calls().0, 6, "and really gone");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_is_held_once_whichever_answer_came_last() {
+    let api = FakeApi::new(Script::Inactive);
+    let c = cache(api.clone(), 60, 0);
+    assert!(matches!(c.validate("t", None).await, Validation::Invalid));
+    tokio::time::advance(Duration::from_secs(6)).await;
+    api.set(Script::Active);
+    assert!(is_valid(&c.validate("t", None).await));
+    assert_eq!(c.entry_count(), 1, "the positive entry replaced the negative one");
+    tokio::time::advance(Duration::from_secs(61)).await;
+    api.set(Script::Inactive);
+    assert!(matches!(c.validate("t", None).await, Validation::Invalid));
+    assert_eq!(c.entry_count(), 1, "and the other way round");
 }

@@ -20,6 +20,17 @@ fn duration(d: Duration) -> Value {
     text(humantime::format_duration(d).to_string())
 }
 
+/// In the largest binary unit that divides it exactly (`"256MiB"`), else in bytes.
+fn size(bytes: u64) -> Value {
+    let unit = [(30, "GiB"), (20, "MiB"), (10, "KiB")]
+        .into_iter()
+        .find(|(shift, _)| bytes != 0 && bytes % (1u64 << shift) == 0);
+    text(match unit {
+        Some((shift, name)) => format!("{}{name}", bytes >> shift),
+        None => bytes.to_string(),
+    })
+}
+
 fn secret(s: &Secret) -> Value {
     text(if s.is_empty() { "" } else { REDACTED })
 }
@@ -40,7 +51,7 @@ impl Config {
             ("listen", text(s.listen.to_string())),
             ("request_timeout", duration(s.request_timeout)),
             ("header_read_timeout", duration(s.header_read_timeout)),
-            ("max_body_size", text(s.max_body_size.to_string())),
+            ("max_body_size", size(s.max_body_size)),
             ("max_connections", Value::Integer(s.max_connections as i64)),
             ("shutdown_grace_period", duration(s.shutdown_grace_period)),
             ("escaped_slashes", text(s.escaped_slashes.as_str())),
@@ -95,7 +106,7 @@ impl Config {
                 "max_entries",
                 Value::Integer(k.max_entries.min(i64::MAX as u64) as i64),
             ),
-            ("max_memory", text(k.max_memory.to_string())),
+            ("max_memory", size(k.max_memory)),
             ("ttl", duration(k.ttl)),
             ("negative_ttl", duration(k.negative_ttl)),
             ("stale_if_error", duration(k.stale_if_error)),
@@ -238,6 +249,8 @@ introspect_auth = "client"
 [upstream]
 pool_idle_timeout = "1500ms"
 pool_max_idle_per_host = 8
+[cache]
+max_memory = "64MiB"
 [identity.headers]
 "X-User-Email" = ""
 "X-Tenant" = "client_id"
@@ -268,6 +281,8 @@ groups = ["a", { id = "b", expires_at = "2030-01-01T00:00:00Z" }]
         assert_eq!(again.effective_toml(), out, "rendering is stable");
         assert!(out.contains("request_timeout = \"1m 30s\""), "{out}");
         assert!(out.contains("escaped_slashes = \"keep\""), "{out}");
+        assert!(out.contains("max_memory = \"64MiB\""), "{out}");
+        assert!(out.contains("max_body_size = \"10MiB\""), "{out}");
         assert_eq!(
             again.server.escaped_slashes,
             crate::path::EscapedSlashes::Keep
