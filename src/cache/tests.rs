@@ -612,7 +612,11 @@ async fn a_token_is_held_once_whichever_answer_came_last() {
     tokio::time::advance(Duration::from_secs(6)).await;
     api.set(Script::Active);
     assert!(is_valid(&c.validate("t", None).await));
-    assert_eq!(c.entry_count(), 1, "the positive entry replaced the negative one");
+    assert_eq!(
+        c.entry_count(),
+        1,
+        "the positive entry replaced the negative one"
+    );
     tokio::time::advance(Duration::from_secs(61)).await;
     api.set(Script::Inactive);
     assert!(matches!(c.validate("t", None).await, Validation::Invalid));

@@ -768,7 +768,7 @@ fn validate_cache(raw: raw::RawCache, errors: &mut Errors) -> CacheSettings {
         Ok(n) if n < MIN_CACHE_MEMORY => {
             errors.push(
                 "cache.max_memory",
-                "must be at least 1MiB (about 1 500 identities); bound the count with max_entries",
+                "must be at least 1MiB (about a thousand identities); bound the count with max_entries",
             );
             MIN_CACHE_MEMORY
         }

@@ -275,12 +275,21 @@ fn the_upstream_pool_has_defaults_below_common_keep_alives_and_keyed_errors() {
 #[test]
 fn the_cache_is_bounded_by_count_and_by_bytes_with_keyed_errors() {
     let c = load("[emulator]\nenabled = true\n").unwrap();
-    assert_eq!((c.cache.max_entries, c.cache.max_memory), (100_000, 256 << 20));
+    assert_eq!(
+        (c.cache.max_entries, c.cache.max_memory),
+        (100_000, 256 << 20)
+    );
     let c = load("[emulator]\nenabled = true\n[cache]\nmax_memory = \"2GiB\"\n").unwrap();
     assert_eq!(c.cache.max_memory, 2 << 30);
     for (text, key) in [
-        ("max_memory = \"512KiB\"", "cache.max_memory: must be at least 1MiB"),
-        ("max_memory = \"lots\"", "cache.max_memory: \"lots\" is not a size"),
+        (
+            "max_memory = \"512KiB\"",
+            "cache.max_memory: must be at least 1MiB",
+        ),
+        (
+            "max_memory = \"lots\"",
+            "cache.max_memory: \"lots\" is not a size",
+        ),
         ("max_memory = 1048576", "cache.max_memory"),
         ("max_entries = 0", "cache.max_entries: must be at least 1"),
     ] {
