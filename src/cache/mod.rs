@@ -258,6 +258,11 @@ impl IdentityCache {
             if let Some(entry) = &entry {
                 if inner.generation.load(Ordering::Acquire) == generation {
                     inner.entries.insert(key, entry.clone());
+                    // A purge between that look and this store found nothing to remove;
+                    // it still wins.
+                    if inner.generation.load(Ordering::Acquire) != generation {
+                        inner.entries.remove(&key);
+                    }
                 }
             }
             inner
@@ -367,6 +372,7 @@ impl Inner {
             identity: Arc::new(identity),
             fresh_until: now + fresh,
             stale_until,
+            stamp: 0,
         }))
     }
 
