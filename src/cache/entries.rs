@@ -9,9 +9,9 @@
 //!
 //! **Bounds.** The positive cache is bounded in bytes by `max_memory` and in count by
 //! `max_entries`, with moka's one weighted capacity: an entry weighs its estimated size
-//! ([`estimated_entry_bytes`]) but never less than `max_memory / max_entries`, and the capacity
-//! is `max_entries` times that floor (at most `max_memory`), so whichever bound is tighter
-//! holds. The negative cache holds at most `max_entries`; its entries are all one size
+//! ([`estimated_entry_bytes`]) but never less than `max_memory / max_entries`, and the
+//! capacity is `max_entries` times that floor (at most `max_memory`), so whichever bound is
+//! tighter holds. The negative cache holds at most `max_entries`; its entries are all one size
 //! ([`NEGATIVE_ENTRY_BYTES`]), which bounds its bytes too.
 //!
 //! **Two clocks.** moka drops an entry when its per-entry deadline ([`Expiry`]) passes: the
@@ -22,17 +22,20 @@
 //! clocks are the same clock; in a paused-time test moka keeps entries past their time and
 //! the freshness rules still decide, which is what the tests pin.
 //!
-//! **What moka costs.** A moka read (hash, lock-free map probe, expiry check, access
-//! recorded for the eviction policy) among a million entries costs about 0.5 µs more than
-//! the hand-written sharded store this replaced, which never recorded accesses
-//! (`cargo bench --bench cache_hot_path -- map/`): the price of not owning a concurrent
-//! cache, in a request that costs about 50 µs of CPU.
+//! **What moka costs.** A moka read (hash, lock-free map probe, key and entry behind their
+//! own pointers, expiry check, access recorded for the eviction policy) among a million
+//! entries costs two to three times a read of the hand-written sharded store this
+//! replaced, which never recorded accesses (`cargo bench --bench cache_hot_path --
+//! map/1M`); in a whole hit that is 13–18% more, about 0.3 µs (`-- hit/1M` next to
+//! `-- hit_old_store/1M`): the price of not owning a concurrent cache, in a request that
+//! costs about 50 µs of CPU. `moka::sync`, not `moka::future`: nothing on a hit awaits, and
+//! its read is the cheaper one.
 //!
 //! **Purge by user** looks the user's tokens up in an index ([`ByUser`]) kept beside the
 //! positive cache: a purge costs the user's few entries, not a scan of all of them (a scan
-//! of moka took 0.4–0.9 s per million entries, and purges by user run on sign-outs, not
-//! only on an operator's call). The index costs every positive insert and removal a short
-//! lock, and about 100 bytes per entry, counted in the entry's weight.
+//! of moka took 0.8–1 s per million entries, and purges by user run on sign-outs, not only
+//! on an operator's call). The index costs every positive insert and removal a short lock,
+//! and about 130 bytes per entry, counted in the entry's weight.
 //!
 //! Keys are SHA-256 digests; the caches hash their first eight bytes with a per-process
 //! SipHash key, so nobody can aim tokens at one bucket.
