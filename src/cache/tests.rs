@@ -193,6 +193,11 @@ async fn a_hit_does_not_extend_the_entry() {
     }
     assert_eq!(api.calls(), (1, 1), "55 s of hits: one fetch");
     tokio::time::advance(Duration::from_secs(6)).await;
+    assert_eq!(
+        c.entry_count(),
+        1,
+        "moka, on its own clock, still holds the entry: the cache's clock decides"
+    );
     assert!(is_valid(&c.validate("tok", None).await));
     assert_eq!(
         api.calls(),
@@ -621,4 +626,58 @@ async fn a_token_is_held_once_whichever_answer_came_last() {
     api.set(Script::Inactive);
     assert!(matches!(c.validate("t", None).await, Validation::Invalid));
     assert_eq!(c.entry_count(), 1, "and the other way round");
+}
+
+/// Polls until the cache holds nothing, for at most 10 s; how long it took.
+async fn until_empty(c: &IdentityCache) -> Duration {
+    let start = Instant::now();
+    while c.entry_count() > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "entry still held after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    start.elapsed()
+}
+
+/// Real time: moka drops entries on its own clock.
+#[tokio::test]
+async fn moka_drops_an_entry_at_its_tokens_exp_not_at_ttl() {
+    let api = FakeApi::new(Script::Active);
+    let c = cache(api.clone(), 60, 0);
+    let token = jwt_with_exp(UnixClock::System.now_secs() + 1);
+    assert!(is_valid(&c.validate(&token, None).await));
+    assert_eq!(c.entry_count(), 1);
+    let gone = until_empty(&c).await;
+    assert!(gone < Duration::from_secs(5), "gone after {gone:?}, by exp");
+    assert!(matches!(
+        c.validate(&token, None).await,
+        Validation::Invalid
+    ));
+}
+
+/// Real time: moka keeps an entry through its `stale_if_error` window, then drops it.
+#[tokio::test]
+async fn moka_keeps_an_entry_through_its_stale_window_then_drops_it() {
+    let api = FakeApi::new(Script::Active);
+    let settings = CacheSettings {
+        ttl: Duration::from_millis(100),
+        stale_if_error: Duration::from_secs(2),
+        ..settings()
+    };
+    let (c, _) = cache_with_settings(api.clone(), &settings, UnixClock::System);
+    let stored = Instant::now();
+    assert!(is_valid(&c.validate("t", None).await));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    api.set(Script::Down);
+    assert!(
+        is_valid(&c.validate("t", None).await),
+        "past its fresh life, CloudBase down: served stale, so still held"
+    );
+    until_empty(&c).await;
+    assert!(
+        stored.elapsed() >= Duration::from_secs(2),
+        "held until the end of the stale window"
+    );
 }
