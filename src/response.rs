@@ -175,6 +175,10 @@ mod tests {
         assert_eq!(r.status(), 429);
         assert_eq!(r.headers()[RETRY_AFTER], "7");
         let r = Reject::RateLimited { retry_after: 0 }.into_response(None);
-        assert_eq!(r.headers()[RETRY_AFTER], "1", "0 would invite an immediate retry");
+        assert_eq!(
+            r.headers()[RETRY_AFTER],
+            "1",
+            "0 would invite an immediate retry"
+        );
     }
 }

@@ -1819,9 +1819,17 @@ async fn revoke_all_ends_every_session_of_the_user_the_callers_too() {
     let (s, v) = env
         .call(Method::DELETE, "/user/revoke/all", None, None)
         .await;
-    assert_eq!((s, &v["error"]), (StatusCode::UNAUTHORIZED, &json!("unauthenticated")));
+    assert_eq!(
+        (s, &v["error"]),
+        (StatusCode::UNAUTHORIZED, &json!("unauthenticated"))
+    );
     let (s, v) = env
-        .call(Method::DELETE, "/user/revoke/all", Some(access(&phone)), None)
+        .call(
+            Method::DELETE,
+            "/user/revoke/all",
+            Some(access(&phone)),
+            None,
+        )
         .await;
     assert_eq!((s, &v), (StatusCode::OK, &json!({})));
 
@@ -1833,7 +1841,10 @@ async fn revoke_all_ends_every_session_of_the_user_the_callers_too() {
                 json!({"grant_type": "refresh_token", "refresh_token": t["refresh_token"]}),
             )
             .await;
-        assert_eq!((s, &v["error"]), (StatusCode::BAD_REQUEST, &json!("invalid_grant")));
+        assert_eq!(
+            (s, &v["error"]),
+            (StatusCode::BAD_REQUEST, &json!("invalid_grant"))
+        );
     }
     assert_eq!(
         env.introspect(access(&bob)).await["sub"],
@@ -1876,6 +1887,10 @@ async fn revoking_a_device_ends_only_the_sessions_opened_from_it() {
             None,
         )
         .await;
-    assert_eq!((s, &v), (StatusCode::OK, &json!({})), "nothing to end is no error");
+    assert_eq!(
+        (s, &v),
+        (StatusCode::OK, &json!({})),
+        "nothing to end is no error"
+    );
     assert_eq!(env.emu.calls("revoke_device"), 2);
 }

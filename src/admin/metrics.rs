@@ -623,7 +623,10 @@ mod tests {
         assert!(text.contains(
             "cloudbase_gateway_relay_requests_total{endpoint=\"other\",status=\"5xx\"} 1"
         ));
-        assert!(!text.contains("endpoint=\"signin\""), "unseen series stay out");
+        assert!(
+            !text.contains("endpoint=\"signin\""),
+            "unseen series stay out"
+        );
         assert!(text.contains("cloudbase_gateway_relay_purges_total{by=\"sub\"} 1"));
         assert!(text.contains("cloudbase_gateway_relay_purges_total{by=\"token\"} 0"));
         assert!(text.contains("cloudbase_gateway_relay_rate_limited_total{limit=\"signin\"} 1"));

@@ -525,3 +525,28 @@ async fn a_token_whose_exp_comes_while_cloudbase_answers_is_refused() {
     ));
     assert_eq!(api.calls(), (1, 1));
 }
+
+#[tokio::test(start_paused = true)]
+async fn cached_sub_names_the_user_of_a_known_token_without_asking_or_counting() {
+    let api = FakeApi::new(Script::Active);
+    let c = cache(api.clone(), 60, 0);
+    assert_eq!(c.cached_sub("tok"), None, "unknown token");
+    assert!(is_valid(&c.validate("tok", None).await));
+    let metrics_before = c.inner.metrics.render(0);
+    assert_eq!(c.cached_sub("tok").as_deref(), Some("42"));
+    assert_eq!(api.calls(), (1, 1), "no CloudBase call");
+    assert_eq!(
+        c.inner.metrics.render(0),
+        metrics_before,
+        "no lookup counted"
+    );
+
+    api.set(Script::Inactive);
+    assert!(matches!(
+        c.validate("dead", None).await,
+        Validation::Invalid
+    ));
+    assert_eq!(c.cached_sub("dead"), None, "a negative entry names no one");
+    c.purge_sub("42");
+    assert_eq!(c.cached_sub("tok"), None, "gone with its entry");
+}

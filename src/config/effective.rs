@@ -326,7 +326,10 @@ groups = ["a", { id = "b", expires_at = "2030-01-01T00:00:00Z" }]
         assert_eq!(again.relay.limits, config.relay.limits);
         assert!(out.contains("signin_rate = \"3/s\""), "{out}");
         assert!(out.contains("signup_rate = \"off\""), "{out}");
-        assert_eq!(again.relay.client_id, "e", "defaults to cloudbase.client_id");
+        assert_eq!(
+            again.relay.client_id, "e",
+            "defaults to cloudbase.client_id"
+        );
         assert_eq!(
             again.emulator.users[0].name.as_deref(),
             Some("名字 \"quoted\"")

@@ -1114,7 +1114,12 @@ fn validate_relay(
         }
     }
     let mut allowed_origins = Vec::new();
-    for (i, origin) in raw.allowed_origins.unwrap_or_default().into_iter().enumerate() {
+    for (i, origin) in raw
+        .allowed_origins
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
         match check_origin(&origin) {
             Ok(()) => allowed_origins.push(origin),
             Err(e) => errors.push(format!("relay.allowed_origins[{i}]"), e),
@@ -1137,7 +1142,11 @@ fn validate_relay(
     let limits = RelayLimits {
         signin: limit("signin", &raw.signin_rate, raw.signin_burst),
         signup: limit("signup", &raw.signup_rate, raw.signup_burst),
-        verification: limit("verification", &raw.verification_rate, raw.verification_burst),
+        verification: limit(
+            "verification",
+            &raw.verification_rate,
+            raw.verification_burst,
+        ),
     };
     RelaySettings {
         enabled: raw.enabled.unwrap_or(false),
@@ -1182,12 +1191,9 @@ fn check_origin(origin: &str) -> Result<(), String> {
             "{origin:?} is not accepted: list each origin, like \"https://app.example.com\""
         ));
     }
-    let bad = |why: &str| {
-        format!("{origin:?} is not an origin like \"https://app.example.com\" ({why})")
-    };
-    let (scheme, authority) = origin
-        .split_once("://")
-        .ok_or_else(|| bad("no scheme"))?;
+    let bad =
+        |why: &str| format!("{origin:?} is not an origin like \"https://app.example.com\" ({why})");
+    let (scheme, authority) = origin.split_once("://").ok_or_else(|| bad("no scheme"))?;
     let default_port = match scheme {
         "https" => ":443",
         "http" => ":80",
