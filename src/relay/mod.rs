@@ -388,3 +388,165 @@ impl Shared {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The divert with `oneshot`, no socket: what goes to the inner service, and what the
+    //! relay answers without calling CloudBase (here a closed port, so a call would be a 502).
+
+    use super::*;
+    use crate::cache::{AuthApi, BoxFuture};
+    use crate::cloudbase::types::{Introspection, UserProfile};
+    use crate::cloudbase::{CallOptions, Error as ApiError};
+    use crate::config::Config;
+    use tower::{ServiceBuilder, ServiceExt};
+
+    /// A CloudBase the cache must never ask: the relay validates nothing.
+    struct Unasked;
+
+    impl AuthApi for Unasked {
+        fn introspect<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a CallOptions,
+        ) -> BoxFuture<'a, Result<Introspection, ApiError>> {
+            panic!("the relay asked CloudBase to introspect")
+        }
+        fn user_me<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a CallOptions,
+        ) -> BoxFuture<'a, Result<UserProfile, ApiError>> {
+            panic!("the relay asked CloudBase for a profile")
+        }
+    }
+
+    fn relay_layer(extra: &str) -> (RelayLayer, Arc<Metrics>) {
+        let config = Config::from_toml_str(&format!(
+            "[cloudbase]\nbase_url = \"http://127.0.0.1:1/auth/v1\"\n\
+             [relay]\nenabled = true\nallowed_origins = [\"https://app.example.com\"]\n{extra}"
+        ))
+        .unwrap();
+        let metrics = Arc::new(Metrics::new(vec![config.relay.prefix.clone()]));
+        let cache = IdentityCache::new(&config.cache, &[], Arc::new(Unasked), metrics.clone());
+        let parts = RelayParts {
+            base_url: config.cloudbase.base_url.clone(),
+            escaped_slashes: EscapedSlashes::Reject,
+            trusted_proxies: Vec::new(),
+            request_timeout: Duration::from_secs(5),
+            client: crate::proxy::forward::upstream_client(&config.upstream, None).unwrap(),
+            cache,
+            metrics: metrics.clone(),
+            route: BuiltinRoute {
+                index: 0,
+                prefix: "/auth/v1/".into(),
+            },
+        };
+        (RelayLayer::new(&config.relay, parts).unwrap(), metrics)
+    }
+
+    /// The relay over an inner service that answers 299 to say "routing got it".
+    fn stack(
+        layer: RelayLayer,
+    ) -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible> {
+        ServiceBuilder::new()
+            .layer(layer)
+            .service_fn(|_req: Request<Body>| async {
+                let mut r = Response::new(empty());
+                *r.status_mut() = StatusCode::from_u16(299).unwrap();
+                Ok::<_, Infallible>(r)
+            })
+    }
+
+    fn request(method: &str, uri: &str, headers: &[(&str, &str)]) -> Request<Body> {
+        let mut b = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn only_paths_under_the_prefix_in_normal_form_are_diverted() {
+        let (layer, _) = relay_layer("");
+        for uri in [
+            "/api/x",
+            "/auth/v1",
+            "/auth/v10/signin",
+            "/auth/v1/../../admin",
+            "/",
+        ] {
+            let resp = stack(layer.clone())
+                .oneshot(request("GET", uri, &[]))
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 299, "{uri} goes on to routing");
+        }
+        for uri in [
+            "/auth/v1/user/me",
+            "/%61uth/v1/user/me",
+            "/auth//v1/./user/me",
+        ] {
+            let resp = stack(layer.clone())
+                .oneshot(request("GET", uri, &[]))
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 502, "{uri}: relayed (to a closed port)");
+            assert!(resp.extensions().get::<BuiltinRoute>().is_some());
+        }
+    }
+
+    #[tokio::test]
+    async fn preflights_are_answered_without_calling_cloudbase() {
+        let (layer, metrics) = relay_layer("");
+        let resp = stack(layer)
+            .oneshot(request(
+                "OPTIONS",
+                "/auth/v1/signin",
+                &[
+                    ("origin", "https://app.example.com"),
+                    ("access-control-request-method", "POST"),
+                ],
+            ))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 204);
+        assert_eq!(
+            resp.headers()["access-control-allow-origin"],
+            "https://app.example.com"
+        );
+        assert!(metrics
+            .render(0)
+            .contains("relay_requests_total{endpoint=\"preflight\",status=\"2xx\"} 1"));
+    }
+
+    #[tokio::test]
+    async fn a_spent_limit_is_429_before_cloudbase_and_declared_oversize_413() {
+        let (layer, _) =
+            relay_layer("signin_rate = \"1/h\"\nsignin_burst = 1\nmax_body_size = \"10\"\n");
+        let signin = || {
+            request(
+                "POST",
+                "/auth/v1/signin",
+                &[("origin", "https://app.example.com")],
+            )
+        };
+        let first = stack(layer.clone()).oneshot(signin()).await.unwrap();
+        assert_eq!(first.status(), 502, "the first one went to CloudBase");
+        let second = stack(layer.clone()).oneshot(signin()).await.unwrap();
+        assert_eq!(second.status(), 429);
+        let retry_after: u64 = second.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((3590..=3600).contains(&retry_after), "{retry_after}");
+        assert_eq!(
+            second.headers()["access-control-allow-origin"],
+            "https://app.example.com"
+        );
+        let big = request("POST", "/auth/v1/user/sudo", &[("content-length", "11")]);
+        let resp = stack(layer).oneshot(big).await.unwrap();
+        assert_eq!(resp.status(), 413);
+    }
+}
