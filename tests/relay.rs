@@ -80,6 +80,24 @@ fn s<'a>(v: &'a Value, key: &str) -> &'a str {
     v[key].as_str().unwrap_or_else(|| panic!("no {key} in {v}"))
 }
 
+/// `relay_purges_total{by}` in a metrics text.
+fn purges(metrics: &str, by: &str) -> f64 {
+    metric(
+        metrics,
+        &format!("cloudbase_gateway_relay_purges_total{{by=\"{by}\"}}"),
+    )
+}
+
+/// `relay_requests_total{endpoint,status}` in a metrics text.
+fn relayed(metrics: &str, endpoint: &str, class: &str) -> f64 {
+    metric(
+        metrics,
+        &format!(
+            "cloudbase_gateway_relay_requests_total{{endpoint=\"{endpoint}\",status=\"{class}\"}}"
+        ),
+    )
+}
+
 async fn whoami_status(h: &Harness, token: &str) -> u16 {
     h.get("/api/whoami", Some(token)).await.status().as_u16()
 }
@@ -106,17 +124,8 @@ async fn a_token_revoked_through_the_relay_is_refused_at_once_despite_an_hour_of
         (401, "INVALID_ACCESS_TOKEN")
     );
     let m = h.metrics().await;
-    assert_eq!(
-        metric(&m, "cloudbase_gateway_relay_purges_total{by=\"token\"}"),
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &m,
-            "cloudbase_gateway_relay_requests_total{endpoint=\"revoke\",status=\"2xx\"}"
-        ),
-        1.0
-    );
+    assert_eq!(purges(&m, "token"), 1.0);
+    assert_eq!(relayed(&m, "revoke", "2xx"), 1.0);
     assert_eq!(
         metric(
             &m,
@@ -160,10 +169,7 @@ async fn signing_out_one_session_purges_every_cached_token_of_the_user_and_only_
         "the user's two tokens were asked about afresh; the other user's stayed cached"
     );
     let m = h.metrics().await;
-    assert_eq!(
-        metric(&m, "cloudbase_gateway_relay_purges_total{by=\"sub\"}"),
-        1.0
-    );
+    assert_eq!(purges(&m, "sub"), 1.0);
 }
 
 #[tokio::test]
@@ -185,17 +191,8 @@ async fn a_token_the_cache_never_saw_is_resolved_to_its_user_by_its_claims() {
     assert_eq!(resp.status(), 200);
     assert_eq!(whoami_status(&h, s(&cached, "access_token")).await, 401);
     let m = h.metrics().await;
-    assert_eq!(
-        metric(&m, "cloudbase_gateway_relay_purges_total{by=\"sub\"}"),
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &m,
-            "cloudbase_gateway_relay_purges_total{by=\"unresolved\"}"
-        ),
-        0.0
-    );
+    assert_eq!(purges(&m, "sub"), 1.0);
+    assert_eq!(purges(&m, "unresolved"), 0.0);
 }
 
 #[tokio::test]
@@ -254,16 +251,9 @@ async fn calls_cloudbase_refuses_purge_nothing() {
     );
     let m = h.metrics().await;
     for by in ["token", "sub", "unresolved"] {
-        let series = format!("cloudbase_gateway_relay_purges_total{{by=\"{by}\"}}");
-        assert_eq!(metric(&m, &series), 0.0, "{series}");
+        assert_eq!(purges(&m, by), 0.0, "purges by {by}");
     }
-    assert_eq!(
-        metric(
-            &m,
-            "cloudbase_gateway_relay_requests_total{endpoint=\"signin\",status=\"4xx\"}"
-        ),
-        1.0
-    );
+    assert_eq!(relayed(&m, "signin", "4xx"), 1.0);
 }
 
 #[tokio::test]
@@ -552,14 +542,7 @@ async fn hop_by_hop_identity_and_cookie_headers_do_not_cross_the_relay_either_wa
         v["error_description"], "stand-in",
         "CloudBase's body as it sent it"
     );
-    assert_eq!(
-        metric(
-            &h.metrics().await,
-            "cloudbase_gateway_relay_purges_total{by=\"sub\"}"
-        ),
-        0.0,
-        "a 400 ends nothing"
-    );
+    assert_eq!(purges(&h.metrics().await, "sub"), 0.0, "a 400 ends nothing");
 }
 
 /// A request line and headers written byte for byte, so no client normalizes the path.
@@ -732,13 +715,7 @@ async fn cors_permits_exactly_the_listed_origins_and_preflights_never_reach_clou
         "preflights are the relay's to answer"
     );
     let m = h.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            "cloudbase_gateway_relay_requests_total{endpoint=\"preflight\",status=\"2xx\"}"
-        ),
-        4.0
-    );
+    assert_eq!(relayed(&m, "preflight", "2xx"), 4.0);
 }
 
 #[tokio::test]
@@ -763,11 +740,5 @@ async fn an_unreachable_cloudbase_is_a_502_and_nothing_is_purged() {
         (status.as_u16(), code.as_str()),
         (502, "UPSTREAM_UNAVAILABLE")
     );
-    assert_eq!(
-        metric(
-            &h.metrics().await,
-            "cloudbase_gateway_relay_purges_total{by=\"token\"}"
-        ),
-        0.0
-    );
+    assert_eq!(purges(&h.metrics().await, "token"), 0.0);
 }

@@ -168,20 +168,25 @@ pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr
     client
 }
 
+/// A header map of `pairs` (names and values valid), appended in order; for tests of
+/// header rules here and in other modules.
+#[cfg(test)]
+pub(crate) fn test_header_map(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(
+            HeaderName::from_bytes(k.as_bytes()).expect("a header name"),
+            HeaderValue::from_str(v).expect("a header value"),
+        );
+    }
+    h
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
+    use super::test_header_map as map;
 
     #[test]
     fn identity_headers_go_in_every_spelling() {

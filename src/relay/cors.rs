@@ -121,22 +121,12 @@ fn add_vary_origin(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::headers::test_header_map as request;
 
     const APP: &str = "https://app.example.com";
 
     fn cors() -> Cors {
         Cors::new(&[APP.to_owned(), "http://localhost:5173".to_owned()])
-    }
-
-    fn request(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
     }
 
     #[test]

@@ -89,17 +89,7 @@ pub fn with_client_id<'a>(query: Option<&'a str>, client_id: &str) -> Option<Cow
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
+    use crate::proxy::headers::test_header_map as map;
 
     #[test]
     fn the_apps_end_to_end_headers_go_and_hop_by_hop_cookies_and_host_do_not() {
