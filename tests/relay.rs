@@ -602,45 +602,31 @@ async fn paths_under_the_prefix_cannot_climb_out_of_cloudbases_base_path() {
 async fn bodies_over_the_relays_bound_get_413_declared_or_streamed() {
     let cb = StandIn::spawn().await;
     let h = gateway_to(&cb, "").await;
-    // Declared: refused before anything is read or sent.
-    let (status, code, _) = rejection(
-        h.http
-            .post(format!("{}/auth/v1/signup", h.base))
-            .body(vec![b'x'; 2048])
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!((status.as_u16(), code.as_str()), (413, "PAYLOAD_TOO_LARGE"));
-    assert!(cb.seen().is_empty());
-
-    // Streamed without a length: `/revoke`'s body is read here, so it is cut here.
+    let too_large = |path: &'static str, body: reqwest::Body| {
+        let req = h.http.post(format!("{}/auth/v1{path}", h.base)).body(body);
+        async move {
+            let (status, code, _) = rejection(req.send().await.unwrap()).await;
+            assert_eq!(
+                (status.as_u16(), code.as_str()),
+                (413, "PAYLOAD_TOO_LARGE"),
+                "{path}"
+            );
+        }
+    };
+    // 2 KiB in four chunks, without a declared length.
     let chunks = || {
         let chunks = (0..4).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; 512])));
         reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))
     };
-    let resp = h
-        .http
-        .post(format!("{}/auth/v1/revoke", h.base))
-        .body(chunks())
-        .send()
-        .await
-        .unwrap();
-    let (status, code, _) = rejection(resp).await;
-    assert_eq!((status.as_u16(), code.as_str()), (413, "PAYLOAD_TOO_LARGE"));
-    assert!(cb.seen().is_empty());
 
+    // Declared: refused before anything is read or sent.
+    too_large("/signup", vec![b'x'; 2048].into()).await;
+    assert!(cb.seen().is_empty());
+    // Streamed: `/revoke`'s body is read here, so it is cut here.
+    too_large("/revoke", chunks()).await;
+    assert!(cb.seen().is_empty());
     // Streamed to CloudBase: the stream is cut at the bound and the app gets 413.
-    let resp = h
-        .http
-        .post(format!("{}/auth/v1/signup", h.base))
-        .body(chunks())
-        .send()
-        .await
-        .unwrap();
-    let (status, code, _) = rejection(resp).await;
-    assert_eq!((status.as_u16(), code.as_str()), (413, "PAYLOAD_TOO_LARGE"));
+    too_large("/signup", chunks()).await;
     for s in cb.seen() {
         assert!(s.body.len() <= 1024, "CloudBase got {} bytes", s.body.len());
     }
