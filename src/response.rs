@@ -67,6 +67,11 @@ pub enum Reject {
     UpstreamUnavailable,
     UpstreamTimeout,
     Overloaded,
+    /// A per-client limit is spent; `retry_after` whole seconds until the next request
+    /// would pass.
+    RateLimited {
+        retry_after: u64,
+    },
     /// A bad request head the gateway cannot forward (e.g. an unroutable URI).
     BadRequest,
 }
@@ -85,6 +90,7 @@ impl Reject {
             Reject::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Reject::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Reject::BadRequest => StatusCode::BAD_REQUEST,
+            Reject::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -101,6 +107,7 @@ impl Reject {
             Reject::UpstreamTimeout => "UPSTREAM_TIMEOUT",
             Reject::Overloaded => "OVERLOADED",
             Reject::BadRequest => "BAD_REQUEST",
+            Reject::RateLimited { .. } => "RATE_LIMITED",
         }
     }
 
@@ -119,6 +126,7 @@ impl Reject {
             Reject::UpstreamTimeout => "the request took longer than the gateway allows",
             Reject::Overloaded => "the gateway is overloaded; try again shortly",
             Reject::BadRequest => "the request could not be understood",
+            Reject::RateLimited { .. } => "too many requests from this address; try again later",
         }
     }
 
@@ -161,6 +169,9 @@ impl Reject {
             Reject::MethodNotAllowed { allow } => {
                 headers.insert(ALLOW, allow);
             }
+            Reject::RateLimited { retry_after } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
+            }
             _ => {}
         }
         response
@@ -181,5 +192,18 @@ mod tests {
             "Bearer realm=\"cloudbase-gateway\", error=\"invalid_token\""
         );
         assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
+    }
+
+    #[test]
+    fn rate_limited_says_when_to_come_back_never_zero() {
+        let r = Reject::RateLimited { retry_after: 7 }.into_response(None);
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()[RETRY_AFTER], "7");
+        let r = Reject::RateLimited { retry_after: 0 }.into_response(None);
+        assert_eq!(
+            r.headers()[RETRY_AFTER],
+            "1",
+            "0 would invite an immediate retry"
+        );
     }
 }

@@ -20,6 +20,15 @@ use crate::auth::Authenticated;
 use crate::proxy::headers::X_REQUEST_ID;
 use crate::routing::MatchedRoute;
 
+/// Put in a response's extensions by a built-in service that answers outside the
+/// configured routes (the relay): its label index in `requests_total` and the prefix the
+/// access log names it by.
+#[derive(Debug, Clone)]
+pub struct BuiltinRoute {
+    pub index: usize,
+    pub prefix: Arc<str>,
+}
+
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -110,9 +119,17 @@ where
             let took = start.elapsed();
             drop(guard);
             if let Ok(response) = &result {
-                let route = response.extensions().get::<MatchedRoute>().map(|m| &m.0);
+                let extensions = response.extensions();
+                let route = extensions
+                    .get::<MatchedRoute>()
+                    .map(|m| (m.0.index, m.0.settings.prefix.as_str()))
+                    .or_else(|| {
+                        extensions
+                            .get::<BuiltinRoute>()
+                            .map(|b| (b.index, &*b.prefix))
+                    });
                 let status = response.status().as_u16();
-                metrics.request(route.map(|r| r.index), &method, status, took);
+                metrics.request(route.map(|(index, _)| index), &method, status, took);
                 let sub = response
                     .extensions()
                     .get::<Authenticated>()
@@ -120,7 +137,7 @@ where
                 tracing::info!(
                     target: "cloudbase_gateway::access",
                     method = %method,
-                    route = route.map_or(NO_ROUTE, |r| r.settings.prefix.as_str()),
+                    route = route.map_or(NO_ROUTE, |(_, prefix)| prefix),
                     status,
                     duration_ms = took.as_secs_f64() * 1000.0,
                     request_id = request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),

@@ -257,6 +257,127 @@ impl CloudbaseOutcome {
     }
 }
 
+/// The CloudBase calls the relay tells apart: `relay_requests_total{endpoint}`. Every
+/// other path under the relay's prefix is `Other`, so a client cannot mint label values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayEndpoint {
+    Signin,
+    SigninAnonymously,
+    Signup,
+    Verification,
+    Verify,
+    Token,
+    Introspect,
+    Revoke,
+    Signout,
+    RevokeAll,
+    RevokeDevice,
+    UserMe,
+    DeleteUser,
+    Sudo,
+    Password,
+    /// A CORS preflight the relay answered itself.
+    Preflight,
+    Other,
+}
+
+impl RelayEndpoint {
+    pub const ALL: [RelayEndpoint; 17] = [
+        RelayEndpoint::Signin,
+        RelayEndpoint::SigninAnonymously,
+        RelayEndpoint::Signup,
+        RelayEndpoint::Verification,
+        RelayEndpoint::Verify,
+        RelayEndpoint::Token,
+        RelayEndpoint::Introspect,
+        RelayEndpoint::Revoke,
+        RelayEndpoint::Signout,
+        RelayEndpoint::RevokeAll,
+        RelayEndpoint::RevokeDevice,
+        RelayEndpoint::UserMe,
+        RelayEndpoint::DeleteUser,
+        RelayEndpoint::Sudo,
+        RelayEndpoint::Password,
+        RelayEndpoint::Preflight,
+        RelayEndpoint::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayEndpoint::Signin => "signin",
+            RelayEndpoint::SigninAnonymously => "signin_anonymously",
+            RelayEndpoint::Signup => "signup",
+            RelayEndpoint::Verification => "verification",
+            RelayEndpoint::Verify => "verify",
+            RelayEndpoint::Token => "token",
+            RelayEndpoint::Introspect => "introspect",
+            RelayEndpoint::Revoke => "revoke",
+            RelayEndpoint::Signout => "signout",
+            RelayEndpoint::RevokeAll => "revoke_all",
+            RelayEndpoint::RevokeDevice => "revoke_device",
+            RelayEndpoint::UserMe => "user_me",
+            RelayEndpoint::DeleteUser => "delete_user",
+            RelayEndpoint::Sudo => "sudo",
+            RelayEndpoint::Password => "password",
+            RelayEndpoint::Preflight => "preflight",
+            RelayEndpoint::Other => "other",
+        }
+    }
+}
+
+/// How a relay purge found what to drop: `relay_purges_total{by}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayPurge {
+    /// The one token the call revoked.
+    Token,
+    /// Every cached token of the caller's `sub`.
+    Sub,
+    /// The call ended the caller's sessions but no `sub` could be found for its token:
+    /// only that token was dropped.
+    Unresolved,
+}
+
+impl RelayPurge {
+    const ALL: [RelayPurge; 3] = [RelayPurge::Token, RelayPurge::Sub, RelayPurge::Unresolved];
+    fn as_str(self) -> &'static str {
+        match self {
+            RelayPurge::Token => "token",
+            RelayPurge::Sub => "sub",
+            RelayPurge::Unresolved => "unresolved",
+        }
+    }
+}
+
+/// The relay's per-client-address limits: `relay_rate_limited_total{limit}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayLimitName {
+    Signin,
+    Signup,
+    Verification,
+}
+
+impl RelayLimitName {
+    pub const ALL: [RelayLimitName; 3] = [
+        RelayLimitName::Signin,
+        RelayLimitName::Signup,
+        RelayLimitName::Verification,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayLimitName::Signin => "signin",
+            RelayLimitName::Signup => "signup",
+            RelayLimitName::Verification => "verification",
+        }
+    }
+}
+
+/// `1xx` … `5xx`; anything outside 100–599 (hyper never lets one through) counts as `5xx`.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn status_class(status: u16) -> usize {
+    usize::from(status / 100).saturating_sub(1).min(4)
+}
+
 /// Methods get their own label value; anything else is `OTHER`.
 fn method_label(m: &Method) -> &'static str {
     match *m {
@@ -296,6 +417,9 @@ pub struct Metrics {
     redis_invalidations: [AtomicU64; 3],
     redis_breaker_open: AtomicI64,
     redis_subscribed: AtomicI64,
+    relay_requests: [[AtomicU64; 5]; 17],
+    relay_purges: [AtomicU64; 3],
+    relay_rate_limited: [AtomicU64; 3],
 }
 
 impl Metrics {
@@ -320,6 +444,9 @@ impl Metrics {
             redis_invalidations: Default::default(),
             redis_breaker_open: AtomicI64::new(0),
             redis_subscribed: AtomicI64::new(0),
+            relay_requests: Default::default(),
+            relay_purges: Default::default(),
+            relay_rate_limited: Default::default(),
         }
     }
 
@@ -401,6 +528,21 @@ impl Metrics {
 
     pub fn set_redis_subscribed(&self, subscribed: bool) {
         self.redis_subscribed.store(i64::from(subscribed), Relaxed);
+    }
+
+    /// A relayed request answered with `status` (CloudBase's or the relay's own).
+    pub fn relay_request(&self, endpoint: RelayEndpoint, status: u16) {
+        self.relay_requests[endpoint as usize][status_class(status)].fetch_add(1, Relaxed);
+    }
+
+    /// A purge made because a relayed call ended a session or an identity.
+    pub fn relay_purge(&self, by: RelayPurge) {
+        self.relay_purges[by as usize].fetch_add(1, Relaxed);
+    }
+
+    /// A relayed request refused by a per-client-address limit.
+    pub fn relay_rate_limited(&self, limit: RelayLimitName) {
+        self.relay_rate_limited[limit as usize].fetch_add(1, Relaxed);
     }
 
     /// Prometheus text exposition format 0.0.4.
@@ -513,6 +655,43 @@ impl Metrics {
             "",
             self.sub_mismatches.load(Relaxed),
         );
+        family(
+            o,
+            "relay_requests_total",
+            "counter",
+            "Requests through the CloudBase relay, by endpoint and status class (series appear once seen).",
+        );
+        for e in RelayEndpoint::ALL {
+            for (class, label) in STATUS_CLASSES.iter().enumerate() {
+                let n = self.relay_requests[e as usize][class].load(Relaxed);
+                if n > 0 {
+                    let labels = format!("endpoint=\"{}\",status=\"{label}\"", e.as_str());
+                    sample(o, "relay_requests_total", &labels, n);
+                }
+            }
+        }
+        family(
+            o,
+            "relay_purges_total",
+            "counter",
+            "Cache purges made because a call through the relay ended a session or identity.",
+        );
+        for by in RelayPurge::ALL {
+            let labels = format!("by=\"{}\"", by.as_str());
+            let n = self.relay_purges[by as usize].load(Relaxed);
+            sample(o, "relay_purges_total", &labels, n);
+        }
+        family(
+            o,
+            "relay_rate_limited_total",
+            "counter",
+            "Relayed requests refused by a per-client-address limit.",
+        );
+        for limit in RelayLimitName::ALL {
+            let labels = format!("limit=\"{}\"", limit.as_str());
+            let n = self.relay_rate_limited[limit as usize].load(Relaxed);
+            sample(o, "relay_rate_limited_total", &labels, n);
+        }
         family(
             o,
             "inflight_requests",
@@ -664,5 +843,29 @@ mod tests {
         assert!(text.contains("cloudbase_gateway_redis_breaker_open 1"));
         assert!(text.contains("cloudbase_gateway_redis_subscribed 0"));
         assert!(text.contains("# TYPE cloudbase_gateway_redis_lookups_total counter"));
+    }
+
+    #[test]
+    fn relay_counters_use_closed_labels() {
+        let m = Metrics::new(Vec::new());
+        m.relay_request(RelayEndpoint::Signout, 200);
+        m.relay_request(RelayEndpoint::Signout, 204);
+        m.relay_request(RelayEndpoint::Other, 999);
+        m.relay_purge(RelayPurge::Sub);
+        m.relay_rate_limited(RelayLimitName::Signin);
+        let text = m.render(0);
+        assert!(text.contains(
+            "cloudbase_gateway_relay_requests_total{endpoint=\"signout\",status=\"2xx\"} 2"
+        ));
+        assert!(text.contains(
+            "cloudbase_gateway_relay_requests_total{endpoint=\"other\",status=\"5xx\"} 1"
+        ));
+        assert!(
+            !text.contains("endpoint=\"signin\""),
+            "unseen series stay out"
+        );
+        assert!(text.contains("cloudbase_gateway_relay_purges_total{by=\"sub\"} 1"));
+        assert!(text.contains("cloudbase_gateway_relay_purges_total{by=\"token\"} 0"));
+        assert!(text.contains("cloudbase_gateway_relay_rate_limited_total{limit=\"signin\"} 1"));
     }
 }

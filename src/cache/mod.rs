@@ -393,6 +393,16 @@ impl IdentityCache {
         flight
     }
 
+    /// The `sub` CloudBase named for `token` when it was last validated, if the cache still
+    /// holds that positive entry (fresh or not). Asks no one and counts no lookup: for
+    /// callers that need to know whose token it is, not whether it is valid now.
+    pub fn cached_sub(&self, token: &str) -> Option<Box<str>> {
+        match self.inner.entries.get(&token_key(token))?.verdict {
+            Verdict::Positive { identity, .. } => Some(identity.sub.clone()),
+            Verdict::Negative => None,
+        }
+    }
+
     /// Drops the entry of one token. Returns how many entries went (0 or 1).
     pub fn purge_token(&self, token: &str) -> u64 {
         self.inner.generation.fetch_add(1, Ordering::AcqRel);

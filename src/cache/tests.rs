@@ -596,3 +596,28 @@ async fn a_shed_miss_serves_a_stale_identity_when_stale_if_error_has_one() {
     assert!(is_valid(&busy.await.unwrap()));
     assert_eq!(api.calls(), (2, 2), "b was not asked about again");
 }
+
+#[tokio::test(start_paused = true)]
+async fn cached_sub_names_the_user_of_a_known_token_without_asking_or_counting() {
+    let api = FakeApi::new(Script::Active);
+    let c = cache(api.clone(), 60, 0);
+    assert_eq!(c.cached_sub("tok"), None, "unknown token");
+    assert!(is_valid(&c.validate("tok", None).await));
+    let metrics_before = c.inner.metrics.render(0);
+    assert_eq!(c.cached_sub("tok").as_deref(), Some("42"));
+    assert_eq!(api.calls(), (1, 1), "no CloudBase call");
+    assert_eq!(
+        c.inner.metrics.render(0),
+        metrics_before,
+        "no lookup counted"
+    );
+
+    api.set(Script::Inactive);
+    assert!(matches!(
+        c.validate("dead", None).await,
+        Validation::Invalid
+    ));
+    assert_eq!(c.cached_sub("dead"), None, "a negative entry names no one");
+    c.purge_sub("42");
+    assert_eq!(c.cached_sub("tok"), None, "gone with its entry");
+}

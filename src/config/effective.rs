@@ -179,6 +179,30 @@ impl Config {
             })
             .collect();
 
+        let r = &self.relay;
+        let mut relay = table([
+            ("enabled", Value::Boolean(r.enabled)),
+            ("prefix", text(&r.prefix)),
+            (
+                "allowed_origins",
+                strings(r.allowed_origins.iter().map(String::as_str)),
+            ),
+            ("client_id", text(&r.client_id)),
+            ("max_body_size", text(r.max_body_size.to_string())),
+        ]);
+        for (name, limit) in [
+            ("signin", r.limits.signin),
+            ("signup", r.limits.signup),
+            ("verification", r.limits.verification),
+        ] {
+            let rate = limit.rate.map_or("off".to_owned(), |rate| rate.to_string());
+            relay.insert(format!("{name}_rate"), text(rate));
+            relay.insert(
+                format!("{name}_burst"),
+                Value::Integer(limit.burst.get().into()),
+            );
+        }
+
         let e = &self.emulator;
         let users = e
             .users
@@ -243,6 +267,7 @@ impl Config {
                 ])),
             ),
             ("routes", Value::Array(routes)),
+            ("relay", Value::Table(relay)),
             ("emulator", Value::Table(emulator)),
         ]);
         toml::to_string(&root)
@@ -283,6 +308,14 @@ prefix = "/api/"
 upstream = "https://api.internal:8443/v2"
 methods = ["GET"]
 require_groups = ["admin"]
+[relay]
+enabled = true
+prefix = "/cb/auth/"
+allowed_origins = ["https://app.example.com", "http://localhost:5173"]
+max_body_size = "16KiB"
+signin_rate = "3/s"
+signin_burst = 7
+signup_rate = "off"
 [emulator]
 verification_code = "424242"
 test_hooks = true
@@ -333,6 +366,17 @@ groups = ["a", { id = "b", expires_at = "2030-01-01T00:00:00Z" }]
         assert!(again.emulator.test_hooks);
         assert_eq!(again.emulator.limits, config.emulator.limits);
         assert!(out.contains("lockout = \"1m 30s\""), "{out}");
+        assert!(again.relay.enabled);
+        assert_eq!(again.relay.prefix, "/cb/auth/");
+        assert_eq!(again.relay.allowed_origins, config.relay.allowed_origins);
+        assert_eq!(again.relay.max_body_size, 16 << 10);
+        assert_eq!(again.relay.limits, config.relay.limits);
+        assert!(out.contains("signin_rate = \"3/s\""), "{out}");
+        assert!(out.contains("signup_rate = \"off\""), "{out}");
+        assert_eq!(
+            again.relay.client_id, "e",
+            "defaults to cloudbase.client_id"
+        );
         assert_eq!(
             again.server.idle_timeout,
             std::time::Duration::from_secs(90)

@@ -35,6 +35,7 @@ pub struct Config {
     pub cache: CacheSettings,
     pub identity: IdentitySettings,
     pub routes: Vec<RouteSettings>,
+    pub relay: RelaySettings,
     pub emulator: EmulatorSettings,
 }
 
@@ -278,6 +279,105 @@ pub struct RouteSettings {
     pub allow_preflight: bool,
 }
 
+/// `[relay]`: the CloudBase Auth v2 relay (see [`crate::relay`]).
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// Default false.
+    pub enabled: bool,
+    /// Paths under it go to `cloudbase.base_url`. Starts and ends with `/`, in normal form.
+    /// Default `/auth/v1/`, where the official web SDK calls by default.
+    pub prefix: String,
+    /// Origins (`https://app.example.com`) whose pages may call the relay; exact match.
+    /// Default none: no CORS headers.
+    pub allowed_origins: Vec<String>,
+    /// `?client_id=` added to calls that carry none. Default `cloudbase.client_id`.
+    pub client_id: String,
+    /// Largest request body relayed. Default 64 KiB.
+    pub max_body_size: u64,
+    /// Per-client-address token buckets of the endpoints that guess or create accounts.
+    pub limits: RelayLimits,
+}
+
+/// The relay's per-client-address limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// `/signin` and `/signin/*`. Default 10 per minute, burst 10.
+    pub signin: RelayLimit,
+    /// `/signup`. Default 5 per minute, burst 5.
+    pub signup: RelayLimit,
+    /// `/verification` and `/verification/verify`. Default 5 per minute, burst 5.
+    pub verification: RelayLimit,
+}
+
+/// One token bucket: refilled at `rate`, holding at most `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayLimit {
+    /// `None`: not limited (`"off"`).
+    pub rate: Option<Rate>,
+    pub burst: std::num::NonZeroU32,
+}
+
+/// `"10/m"`: `count` requests per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: std::num::NonZeroU32,
+    pub per: RateUnit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateUnit {
+    Second,
+    Minute,
+    Hour,
+}
+
+impl RateUnit {
+    pub fn duration(self) -> Duration {
+        Duration::from_secs(match self {
+            RateUnit::Second => 1,
+            RateUnit::Minute => 60,
+            RateUnit::Hour => 3600,
+        })
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            RateUnit::Second => "s",
+            RateUnit::Minute => "m",
+            RateUnit::Hour => "h",
+        }
+    }
+}
+
+impl Rate {
+    /// Time between two tokens.
+    pub fn interval(self) -> Duration {
+        self.per.duration() / self.count.get()
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.count, self.per.as_str())
+    }
+}
+
+/// `"10/s"`, `"10/m"`, `"10/h"` (also `sec`, `min`, `hour` and plurals), at least 1.
+pub fn parse_rate(s: &str) -> Result<Rate, String> {
+    let bad = || format!("{s:?} is not a rate like \"10/s\", \"10/m\" or \"100/h\"");
+    let (count, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+    let count: u32 = count.trim().parse().map_err(|_| bad())?;
+    let count = std::num::NonZeroU32::new(count)
+        .ok_or_else(|| format!("{s:?}: the rate must be at least 1 (\"off\" turns a limit off)"))?;
+    let per = match unit.trim() {
+        "s" | "sec" | "second" | "seconds" => RateUnit::Second,
+        "m" | "min" | "minute" | "minutes" => RateUnit::Minute,
+        "h" | "hour" | "hours" => RateUnit::Hour,
+        _ => return Err(bad()),
+    };
+    Ok(Rate { count, per })
+}
+
 /// `[emulator]`.
 #[derive(Debug, Clone)]
 pub struct EmulatorSettings {
@@ -457,6 +557,7 @@ impl Config {
         let cache: raw::RawCache = section(take("cache"), "cache", &mut errors);
         let identity: raw::RawIdentity = section(take("identity"), "identity", &mut errors);
         let emulator: raw::RawEmulator = section(take("emulator"), "emulator", &mut errors);
+        let relay: raw::RawRelay = section(take("relay"), "relay", &mut errors);
         // A route whose table did not deserialize is `None`: reported once, not again as
         // "prefix missing", and the others keep their indices.
         let routes: Vec<Option<raw::RawRoute>> = match take("routes") {
@@ -474,19 +575,23 @@ impl Config {
         for key in value.keys() {
             errors.push(
                 key.clone(),
-                "unknown key (expected server, admin, cloudbase, upstream, cache, identity, routes, emulator)",
+                "unknown key (expected server, admin, cloudbase, upstream, cache, identity, routes, relay, emulator)",
             );
         }
 
         let emulator = validate_emulator(emulator, &mut errors);
+        let cloudbase = validate_cloudbase(cloudbase, &emulator, &mut errors);
+        let routes = validate_routes(routes, &mut errors);
+        let relay = validate_relay(relay, &cloudbase, &routes, &mut errors);
         let config = Config {
             server: validate_server(server, &mut errors),
             admin: validate_admin(admin, &mut errors),
-            cloudbase: validate_cloudbase(cloudbase, &emulator, &mut errors),
+            cloudbase,
             upstream: validate_upstream(upstream, &mut errors),
             cache: validate_cache(cache, &mut errors),
             identity: validate_identity(identity, &mut errors),
-            routes: validate_routes(routes, &mut errors),
+            routes,
+            relay,
             emulator,
         };
         if errors.0.is_empty() {
@@ -1199,6 +1304,145 @@ pub fn parse_upstream(s: &str) -> Result<Upstream, String> {
         authority,
         base_path,
     })
+}
+
+/// The relay's defaults, one place for the validator and the docs' numbers.
+const RELAY_PREFIX: &str = "/auth/v1/";
+const RELAY_MAX_BODY: &str = "64KiB";
+const RELAY_LIMITS: [(&str, &str, u32); 3] = [
+    ("signin", "10/m", 10),
+    ("signup", "5/m", 5),
+    ("verification", "5/m", 5),
+];
+
+fn validate_relay(
+    raw: raw::RawRelay,
+    cloudbase: &CloudbaseSettings,
+    routes: &[RouteSettings],
+    errors: &mut Errors,
+) -> RelaySettings {
+    let prefix = raw.prefix.unwrap_or_else(|| RELAY_PREFIX.to_owned());
+    if !prefix.starts_with('/') || !prefix.ends_with('/') {
+        errors.push(
+            "relay.prefix",
+            format!("{prefix:?} must start and end with / (like \"{RELAY_PREFIX}\")"),
+        );
+    } else if let Err(e) = check_prefix(&prefix) {
+        errors.push("relay.prefix", e);
+    }
+    // The relay is consulted before the routes, so a route under its prefix could never
+    // be reached. A shorter route (`/`, `/auth/`) keeps every path outside the prefix, as
+    // with the longest-prefix rule between routes.
+    for (i, route) in routes.iter().enumerate() {
+        if route.prefix.starts_with(&prefix) {
+            errors.push(
+                "relay.prefix",
+                format!(
+                    "{prefix:?} would hide routes[{i}] ({:?}): the relay takes every path under its prefix",
+                    route.prefix
+                ),
+            );
+        }
+    }
+    let mut allowed_origins = Vec::new();
+    for (i, origin) in raw
+        .allowed_origins
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        match check_origin(&origin) {
+            Ok(()) => allowed_origins.push(origin),
+            Err(e) => errors.push(format!("relay.allowed_origins[{i}]"), e),
+        }
+    }
+    let max_body_size = match parse_size(raw.max_body_size.as_deref().unwrap_or(RELAY_MAX_BODY)) {
+        Ok(0) => {
+            errors.push("relay.max_body_size", "must be at least 1 byte");
+            0
+        }
+        Ok(n) => n,
+        Err(e) => {
+            errors.push("relay.max_body_size", e);
+            64 << 10
+        }
+    };
+    let mut limit = |name: &str, rate: &Option<String>, burst: Option<u32>| {
+        relay_limit(name, rate.as_deref(), burst, errors)
+    };
+    let limits = RelayLimits {
+        signin: limit("signin", &raw.signin_rate, raw.signin_burst),
+        signup: limit("signup", &raw.signup_rate, raw.signup_burst),
+        verification: limit(
+            "verification",
+            &raw.verification_rate,
+            raw.verification_burst,
+        ),
+    };
+    RelaySettings {
+        enabled: raw.enabled.unwrap_or(false),
+        prefix,
+        allowed_origins,
+        client_id: raw.client_id.unwrap_or_else(|| cloudbase.client_id.clone()),
+        max_body_size,
+        limits,
+    }
+}
+
+/// `relay.{name}_rate` and `relay.{name}_burst`, defaults from [`RELAY_LIMITS`].
+fn relay_limit(
+    name: &str,
+    rate: Option<&str>,
+    burst: Option<u32>,
+    errors: &mut Errors,
+) -> RelayLimit {
+    let (_, default_rate, default_burst) = RELAY_LIMITS
+        .into_iter()
+        .find(|(n, _, _)| *n == name)
+        .expect("a relay limit with defaults");
+    let rate = match rate.unwrap_or(default_rate) {
+        "off" => None,
+        text => Some(parse_rate(text).unwrap_or_else(|e| {
+            errors.push(format!("relay.{name}_rate"), e);
+            parse_rate(default_rate).expect("default rate parses")
+        })),
+    };
+    let burst = std::num::NonZeroU32::new(burst.unwrap_or(default_burst)).unwrap_or_else(|| {
+        errors.push(format!("relay.{name}_burst"), "must be at least 1");
+        std::num::NonZeroU32::MIN
+    });
+    RelayLimit { rate, burst }
+}
+
+/// An origin as browsers send it: `http` or `https`, a lower-case host, the port only when
+/// it is not the scheme's default, nothing else. Anything else could never match.
+fn check_origin(origin: &str) -> Result<(), String> {
+    if origin == "*" || origin == "null" {
+        return Err(format!(
+            "{origin:?} is not accepted: list each origin, like \"https://app.example.com\""
+        ));
+    }
+    let bad =
+        |why: &str| format!("{origin:?} is not an origin like \"https://app.example.com\" ({why})");
+    let (scheme, authority) = origin.split_once("://").ok_or_else(|| bad("no scheme"))?;
+    let default_port = match scheme {
+        "https" => ":443",
+        "http" => ":80",
+        _ => return Err(bad("the scheme must be http or https")),
+    };
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+        return Err(bad("an origin has no path, query or user"));
+    }
+    if authority.parse::<http::uri::Authority>().is_err() {
+        return Err(bad("not a valid host"));
+    }
+    if authority.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err(bad("browsers send the host in lower case"));
+    }
+    if authority.ends_with(default_port) {
+        return Err(bad("browsers leave out the scheme's default port"));
+    }
+    Ok(())
 }
 
 fn validate_emulator(raw: raw::RawEmulator, errors: &mut Errors) -> EmulatorSettings {

@@ -95,6 +95,22 @@ pub struct RawRoute {
     pub allow_preflight: Option<bool>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRelay {
+    pub enabled: Option<bool>,
+    pub prefix: Option<String>,
+    pub allowed_origins: Option<Vec<String>>,
+    pub client_id: Option<String>,
+    pub max_body_size: Option<String>,
+    pub signin_rate: Option<String>,
+    pub signin_burst: Option<u32>,
+    pub signup_rate: Option<String>,
+    pub signup_burst: Option<u32>,
+    pub verification_rate: Option<String>,
+    pub verification_burst: Option<u32>,
+}
+
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawEmulator {

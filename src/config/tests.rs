@@ -507,3 +507,85 @@ fn the_shipped_configs_commented_redis_table_is_valid_once_uncommented() {
     assert_eq!(r.timeout, Duration::from_millis(50));
     assert_eq!(r.breaker_failures, 5);
 }
+
+#[test]
+fn the_relay_is_off_with_sign_in_limits_by_default() {
+    let c = load("[emulator]\nenabled = true\n").unwrap();
+    let r = &c.relay;
+    assert!(!r.enabled);
+    assert_eq!(r.prefix, "/auth/v1/");
+    assert!(r.allowed_origins.is_empty());
+    assert_eq!(r.client_id, c.cloudbase.client_id);
+    assert_eq!(r.max_body_size, 64 << 10);
+    let signin = r.limits.signin;
+    assert_eq!(signin.rate.unwrap().to_string(), "10/m");
+    assert_eq!(signin.rate.unwrap().interval(), Duration::from_secs(6));
+    assert_eq!(signin.burst.get(), 10);
+    assert_eq!(r.limits.signup.rate.unwrap().to_string(), "5/m");
+    assert_eq!(r.limits.verification.burst.get(), 5);
+}
+
+#[test]
+fn rates_are_counts_per_second_minute_or_hour() {
+    for (text, count, per) in [
+        ("10/s", 10, RateUnit::Second),
+        ("1 / min", 1, RateUnit::Minute),
+        ("100/hour", 100, RateUnit::Hour),
+    ] {
+        let rate = parse_rate(text).unwrap();
+        assert_eq!((rate.count.get(), rate.per), (count, per), "{text}");
+    }
+    for text in ["0/s", "10", "10/d", "-1/s", "ten/m", "/m", ""] {
+        assert!(parse_rate(text).is_err(), "{text}");
+    }
+}
+
+#[test]
+fn relay_mistakes_are_errors_naming_their_keys() {
+    let got = errors(
+        "[emulator]\nenabled = true\n\
+         [[routes]]\nprefix = \"/auth/v1/admin/\"\nupstream = \"whoami\"\n\
+         [relay]\nenabled = true\nprefix = \"/auth/v1/\"\n\
+         allowed_origins = [\"*\", \"https://app.example.com/\", \"https://App.example.com\", \
+         \"https://app.example.com:443\", \"ftp://x\", \"https://ok.example.com\"]\n\
+         max_body_size = \"lots\"\nsignin_rate = \"fast\"\nsignup_burst = 0\n\
+         verification_rate = \"0/m\"\n",
+    );
+    let has = |key: &str, part: &str| got.iter().any(|e| e.starts_with(key) && e.contains(part));
+    assert!(has("relay.prefix:", "routes[0]"), "{got:?}");
+    for i in 0..5 {
+        assert!(
+            has(&format!("relay.allowed_origins[{i}]:"), ""),
+            "origin {i}: {got:?}"
+        );
+    }
+    assert!(!has("relay.allowed_origins[5]", ""), "{got:?}");
+    assert!(has("relay.max_body_size:", "lots"), "{got:?}");
+    assert!(has("relay.signin_rate:", "fast"), "{got:?}");
+    assert!(has("relay.signup_burst:", "at least 1"), "{got:?}");
+    assert!(has("relay.verification_rate:", "at least 1"), "{got:?}");
+
+    for prefix in ["auth/v1/", "/auth/v1", "/auth/./v1/", "/auth;x/"] {
+        let got = errors(&format!(
+            "[emulator]\nenabled = true\n[relay]\nprefix = \"{prefix}\"\n"
+        ));
+        assert!(
+            got.iter().any(|e| e.starts_with("relay.prefix:")),
+            "{prefix}: {got:?}"
+        );
+    }
+    let got = errors("[emulator]\nenabled = true\n[relay]\nsecret = \"x\"\n");
+    assert!(got.iter().any(|e| e.starts_with("relay.secret")), "{got:?}");
+}
+
+#[test]
+fn a_shorter_route_beside_the_relay_is_no_collision() {
+    let c = load(
+        "[emulator]\nenabled = true\n[[routes]]\nprefix = \"/\"\nupstream = \"whoami\"\n\
+         [[routes]]\nprefix = \"/auth/\"\nupstream = \"whoami\"\n\
+         [relay]\nenabled = true\nsignin_rate = \"off\"\nclient_id = \"web-app\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.relay.limits.signin.rate, None);
+    assert_eq!(c.relay.client_id, "web-app");
+}

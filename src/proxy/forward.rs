@@ -53,6 +53,24 @@ pub struct UpstreamClient {
     fresh: HttpClient,
 }
 
+impl UpstreamClient {
+    /// Sends `req` on a pooled connection, and once more on a new one when the retry rule
+    /// allows it (see [`super::retry`]).
+    pub async fn send(
+        &self,
+        req: Request<Body>,
+    ) -> Result<Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
+        let replay = Replay::capture(&req);
+        match (self.pooled.request(req).await, replay) {
+            (Err(e), Some(replay)) if may_retry(replay.method(), never_sent(&e)) => {
+                tracing::debug!(error = %e, "upstream exchange failed; retrying on a new connection");
+                self.fresh.request(replay.into_request()).await
+            }
+            (result, _) => result,
+        }
+    }
+}
+
 /// Builds the upstream clients. TLS trusts the platform roots plus `extra_roots` (PEM).
 pub fn upstream_client(
     pool: &UpstreamSettings,
@@ -208,15 +226,7 @@ impl Forward {
         }
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let method = req.method().clone();
-        let replay = Replay::capture(&req);
-        let result = match (self.client.pooled.request(req).await, replay) {
-            (Err(e), Some(replay)) if may_retry(replay.method(), never_sent(&e)) => {
-                tracing::debug!(error = %e, "upstream exchange failed; retrying on a new connection");
-                self.client.fresh.request(replay.into_request()).await
-            }
-            (result, _) => result,
-        };
-        let mut response = match result {
+        let mut response = match self.client.send(req).await {
             Ok(r) => r,
             Err(e) => return upstream_error(&e).into_response(request_id.as_ref()),
         };
@@ -257,7 +267,7 @@ fn with_query(path: &str, query: Option<&str>) -> String {
 
 /// Maps an upstream client error to the gateway's answer. A failure to read the client's
 /// own body is the client's (413 or 400), never the upstream's.
-fn upstream_error(e: &hyper_util::client::legacy::Error) -> Reject {
+pub fn upstream_error(e: &hyper_util::client::legacy::Error) -> Reject {
     if let Some(reject) = client_body_fault(e) {
         return reject;
     }

@@ -21,8 +21,10 @@ use crate::config::Config;
 use crate::proxy::forward::{upstream_client, Forward};
 use crate::proxy::headers::X_REQUEST_ID;
 use crate::proxy::{ClientHeadersLayer, HopByHopLayer};
+use crate::relay::{RelayLayer, RelayParts};
 use crate::response::Body;
 use crate::routing::{RouteLayer, Routes};
+use crate::telemetry::BuiltinRoute;
 
 /// The whole gateway service.
 pub type GatewayService =
@@ -49,7 +51,14 @@ pub fn build_with_api(
     config: &Config,
     api: Arc<dyn crate::cache::AuthApi>,
 ) -> Result<Built, StartError> {
-    let metrics = Arc::new(Metrics::new(config.routes.iter().map(|r| r.prefix.clone())));
+    // The relay's label follows the routes' in `requests_total`.
+    let relay_enabled = config.relay.enabled;
+    let labels = config
+        .routes
+        .iter()
+        .map(|r| r.prefix.clone())
+        .chain(relay_enabled.then(|| config.relay.prefix.clone()));
+    let metrics = Arc::new(Metrics::new(labels));
     let fields: Vec<_> = config.identity.headers.iter().map(|(_, f)| *f).collect();
     let names: Vec<HeaderName> = config
         .identity
@@ -68,6 +77,34 @@ pub fn build_with_api(
             source,
         },
     )?;
+    // ── relay integration point (issue 13) ─────────────────────────────────────────────
+    // The CloudBase relay, when enabled: a self-contained layer (`crate::relay`) that
+    // diverts its prefix before routing. It shares the upstream client, the cache (its
+    // purges go through `IdentityCache::purge_*`) and the metrics.
+    let relay = if relay_enabled {
+        let parts = RelayParts {
+            base_url: config.cloudbase.base_url.clone(),
+            escaped_slashes: config.server.escaped_slashes,
+            trusted_proxies: config.server.trusted_proxies.clone(),
+            request_timeout: config.server.request_timeout,
+            client: upstream.clone(),
+            cache: cache.clone(),
+            metrics: metrics.clone(),
+            route: BuiltinRoute {
+                index: config.routes.len(),
+                prefix: config.relay.prefix.as_str().into(),
+            },
+        };
+        let layer = RelayLayer::new(&config.relay, parts).map_err(|e| StartError::Setup {
+            what: "CloudBase relay",
+            source: e.into(),
+        })?;
+        Some(layer)
+    } else {
+        None
+    };
+    // ───────────────────────────────────────────────────────────────────────────────────
+
     let sensitive: Arc<[HeaderName]> =
         Arc::new([AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE, SET_COOKIE]);
 
@@ -92,6 +129,10 @@ pub fn build_with_api(
         // Forged identity headers go, and an ambiguous Host is refused, before any route,
         // auth mode or upstream sees them; inside the access log, so a 400 is logged.
         .layer(ClientHeadersLayer::new(&config.identity.strip))
+        // The relay before routing: its prefix is CloudBase's, needs no gateway token and
+        // is never cached; after stripping, so no forged identity header reaches CloudBase
+        // either; inside the access log, so relayed calls are logged and counted.
+        .option_layer(relay)
         // Routing before auth: the route decides whether and how to authenticate, on the
         // normalized path it also hands to every later layer. Outside the timeout, so a 504
         // is still tagged with its route for metrics and the log.
