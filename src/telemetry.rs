@@ -1,7 +1,7 @@
 //! Logging setup and the access log.
 //!
-//! One access-log line per request: method, route prefix, status, duration, request id and
-//! the user's `sub` when known. Never the path or query (a `?token=` would leak), never a
+//! One access-log line per request: method, route prefix, kind (`proxy` or `forward_auth`),
+//! status, duration, request id and the user's `sub` when known. Never the path or query (a `?token=` would leak), never a
 //! header value. The same layer keeps the per-request metrics, since it already holds the
 //! start time and sees the final status.
 
@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 use tracing_subscriber::EnvFilter;
 
-use crate::admin::metrics::{Metrics, NO_ROUTE};
+use crate::admin::metrics::{Metrics, RequestKind, NO_ROUTE};
 use crate::auth::Authenticated;
 use crate::proxy::headers::X_REQUEST_ID;
 use crate::routing::MatchedRoute;
@@ -110,7 +110,12 @@ where
             if let Ok(response) = &result {
                 let route = response.extensions().get::<MatchedRoute>().map(|m| &m.0);
                 let status = response.status().as_u16();
-                metrics.request(route.map(|r| r.index), &method, status, took);
+                let kind = response
+                    .extensions()
+                    .get::<RequestKind>()
+                    .copied()
+                    .unwrap_or_default();
+                metrics.request(route.map(|r| r.index), kind, &method, status, took);
                 let sub = response
                     .extensions()
                     .get::<Authenticated>()
@@ -119,6 +124,7 @@ where
                     target: "cloudbase_gateway::access",
                     method = %method,
                     route = route.map_or(NO_ROUTE, |r| r.settings.prefix.as_str()),
+                    kind = kind.as_str(),
                     status,
                     duration_ms = took.as_secs_f64() * 1000.0,
                     request_id = request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),

@@ -588,7 +588,7 @@ async fn refused_and_rewritten_paths_are_counted_by_route_and_never_logged() {
     assert_eq!(
         metric(
             &metrics,
-            "cloudbase_gateway_requests_total{route=\"none\",method=\"GET\",status=\"400\"}"
+            "cloudbase_gateway_requests_total{route=\"none\",method=\"GET\",status=\"400\",kind=\"proxy\"}"
         ),
         1.0,
         "{metrics}"
@@ -596,7 +596,7 @@ async fn refused_and_rewritten_paths_are_counted_by_route_and_never_logged() {
     assert_eq!(
         metric(
             &metrics,
-            "cloudbase_gateway_requests_total{route=\"/api/\",method=\"GET\",status=\"401\"}"
+            "cloudbase_gateway_requests_total{route=\"/api/\",method=\"GET\",status=\"401\",kind=\"proxy\"}"
         ),
         1.0,
         "{metrics}"

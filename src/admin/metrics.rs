@@ -81,6 +81,27 @@ impl AuthDecision {
     }
 }
 
+/// `kind` of `requests_total` and `request_duration_seconds`: what the gateway did with
+/// the request. Put in response extensions by whoever answers other than by proxying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum RequestKind {
+    /// Routed and (unless refused) forwarded upstream.
+    #[default]
+    Proxy,
+    /// A forward-auth decision for an ingress (`[forward_auth]`); never forwarded.
+    ForwardAuth,
+}
+
+impl RequestKind {
+    const ALL: [RequestKind; 2] = [RequestKind::Proxy, RequestKind::ForwardAuth];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestKind::Proxy => "proxy",
+            RequestKind::ForwardAuth => "forward_auth",
+        }
+    }
+}
+
 /// `cache_lookups_total{result}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheLookup {
@@ -180,8 +201,11 @@ pub const NO_ROUTE: &str = "none";
 pub struct Metrics {
     /// Label per route index; the last one is [`NO_ROUTE`].
     routes: Vec<String>,
-    requests: RwLock<HashMap<(usize, &'static str, u16), AtomicU64>>,
-    durations: Vec<Histogram>,
+    requests: RwLock<HashMap<(usize, &'static str, u16, RequestKind), AtomicU64>>,
+    /// Per route, per [`RequestKind`].
+    durations: Vec<[Histogram; 2]>,
+    /// Whether `kind="forward_auth"` histograms are rendered (all zero when it is off).
+    forward_auth: bool,
     auth: [AtomicU64; 5],
     cache: [AtomicU64; 4],
     cloudbase: [[AtomicU64; 5]; 2],
@@ -195,8 +219,9 @@ impl Metrics {
         let mut routes: Vec<String> = routes.into_iter().collect();
         routes.push(NO_ROUTE.to_owned());
         Metrics {
-            durations: routes.iter().map(|_| Histogram::default()).collect(),
+            durations: routes.iter().map(|_| Default::default()).collect(),
             routes,
+            forward_auth: false,
             requests: RwLock::default(),
             auth: Default::default(),
             cache: Default::default(),
@@ -206,14 +231,27 @@ impl Metrics {
         }
     }
 
+    /// Renders the `kind="forward_auth"` request histograms too.
+    pub fn with_forward_auth(mut self) -> Metrics {
+        self.forward_auth = true;
+        self
+    }
+
     /// Index used for requests that matched no route.
     pub fn no_route(&self) -> usize {
         self.routes.len() - 1
     }
 
-    pub fn request(&self, route: Option<usize>, method: &Method, status: u16, took: Duration) {
+    pub fn request(
+        &self,
+        route: Option<usize>,
+        kind: RequestKind,
+        method: &Method,
+        status: u16,
+        took: Duration,
+    ) {
         let route = route.unwrap_or(self.no_route()).min(self.no_route());
-        let key = (route, method_label(method), status);
+        let key = (route, method_label(method), status, kind);
         let hit = {
             let map = self.requests.read().unwrap_or_else(|e| e.into_inner());
             map.get(&key).map(|c| c.fetch_add(1, Relaxed)).is_some()
@@ -222,7 +260,7 @@ impl Metrics {
             let mut map = self.requests.write().unwrap_or_else(|e| e.into_inner());
             map.entry(key).or_default().fetch_add(1, Relaxed);
         }
-        self.durations[route].observe(took);
+        self.durations[route][kind as usize].observe(took);
     }
 
     pub fn auth_decision(&self, d: AuthDecision) {
@@ -251,15 +289,18 @@ impl Metrics {
             o,
             "requests_total",
             "counter",
-            "Requests answered, by route prefix, method and status.",
+            "Requests answered, by route prefix, method, status and kind (proxy, forward_auth).",
         );
         {
             let map = self.requests.read().unwrap_or_else(|e| e.into_inner());
             let mut rows: Vec<_> = map.iter().map(|(k, v)| (*k, v.load(Relaxed))).collect();
             rows.sort();
-            for ((route, method, status), n) in rows {
+            for ((route, method, status, kind), n) in rows {
                 let route = escape(&self.routes[route]);
-                let labels = format!("route=\"{route}\",method=\"{method}\",status=\"{status}\"");
+                let kind = kind.as_str();
+                let labels = format!(
+                    "route=\"{route}\",method=\"{method}\",status=\"{status}\",kind=\"{kind}\""
+                );
                 sample(o, "requests_total", &labels, n);
             }
         }
@@ -267,14 +308,16 @@ impl Metrics {
             o,
             "request_duration_seconds",
             "histogram",
-            "Time from request head to response head, by route prefix.",
+            "Time from request head to response head, by route prefix and kind.",
         );
-        for (route, h) in self.routes.iter().zip(&self.durations) {
-            h.render(
-                o,
-                "request_duration_seconds",
-                &format!("route=\"{}\"", escape(route)),
-            );
+        for (route, by_kind) in self.routes.iter().zip(&self.durations) {
+            for kind in RequestKind::ALL {
+                if kind == RequestKind::ForwardAuth && !self.forward_auth {
+                    continue;
+                }
+                let labels = format!("route=\"{}\",kind=\"{}\"", escape(route), kind.as_str());
+                by_kind[kind as usize].render(o, "request_duration_seconds", &labels);
+            }
         }
         family(
             o,
@@ -382,26 +425,48 @@ mod tests {
     #[test]
     fn counts_by_route_method_status() {
         let m = Metrics::new(["/api/".to_owned()]);
-        m.request(Some(0), &Method::GET, 200, Duration::from_millis(3));
-        m.request(Some(0), &Method::GET, 200, Duration::from_millis(3));
-        m.request(
-            None,
-            &Method::from_bytes(b"BREW").unwrap(),
-            404,
-            Duration::ZERO,
-        );
+        let proxy = RequestKind::Proxy;
+        m.request(Some(0), proxy, &Method::GET, 200, Duration::from_millis(3));
+        m.request(Some(0), proxy, &Method::GET, 200, Duration::from_millis(3));
+        let brew = Method::from_bytes(b"BREW").unwrap();
+        m.request(None, proxy, &brew, 404, Duration::ZERO);
         m.cache_lookup(CacheLookup::Stale);
         let text = m.render(7);
         assert!(text.contains(
-            "cloudbase_gateway_requests_total{route=\"/api/\",method=\"GET\",status=\"200\"} 2"
+            "cloudbase_gateway_requests_total{route=\"/api/\",method=\"GET\",status=\"200\",kind=\"proxy\"} 2"
         ));
         assert!(text.contains(
-            "cloudbase_gateway_requests_total{route=\"none\",method=\"OTHER\",status=\"404\"} 1"
+            "cloudbase_gateway_requests_total{route=\"none\",method=\"OTHER\",status=\"404\",kind=\"proxy\"} 1"
         ));
         assert!(text.contains("cloudbase_gateway_cache_lookups_total{result=\"stale\"} 1"));
         assert!(text.contains("cloudbase_gateway_cache_entries 7"));
         assert!(text.contains(
-            "cloudbase_gateway_request_duration_seconds_bucket{route=\"/api/\",le=\"0.005\"} 2"
+            "cloudbase_gateway_request_duration_seconds_bucket{route=\"/api/\",kind=\"proxy\",le=\"0.005\"} 2"
+        ));
+        assert!(
+            !text.contains("kind=\"forward_auth\""),
+            "no forward-auth series while it is off"
+        );
+    }
+
+    #[test]
+    fn forward_auth_decisions_are_counted_apart_from_proxied_requests() {
+        let m = Metrics::new(["/api/".to_owned()]).with_forward_auth();
+        m.request(Some(0), RequestKind::Proxy, &Method::GET, 200, Duration::ZERO);
+        let fa = RequestKind::ForwardAuth;
+        m.request(Some(0), fa, &Method::GET, 401, Duration::from_millis(3));
+        let text = m.render(0);
+        assert!(text.contains(
+            "cloudbase_gateway_requests_total{route=\"/api/\",method=\"GET\",status=\"200\",kind=\"proxy\"} 1"
+        ));
+        assert!(text.contains(
+            "cloudbase_gateway_requests_total{route=\"/api/\",method=\"GET\",status=\"401\",kind=\"forward_auth\"} 1"
+        ));
+        assert!(text.contains(
+            "cloudbase_gateway_request_duration_seconds_count{route=\"/api/\",kind=\"forward_auth\"} 1"
+        ));
+        assert!(text.contains(
+            "cloudbase_gateway_request_duration_seconds_count{route=\"/api/\",kind=\"proxy\"} 1"
         ));
     }
 }

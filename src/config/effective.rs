@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use toml::{Table, Value};
 
-use super::{AuthMode, Config, IntrospectAuth, Secret, Upstream};
+use super::{Config, IntrospectAuth, Secret, Upstream};
 
 const REDACTED: &str = "[redacted]";
 
@@ -121,14 +121,7 @@ impl Config {
                             }
                         }),
                     ),
-                    (
-                        "auth",
-                        text(match r.auth {
-                            AuthMode::Required => "required",
-                            AuthMode::Optional => "optional",
-                            AuthMode::None => "none",
-                        }),
-                    ),
+                    ("auth", text(r.auth.as_str())),
                     ("strip_prefix", Value::Boolean(r.strip_prefix)),
                     ("methods", strings(r.methods.iter().map(|m| m.as_str()))),
                     ("allow_anonymous", Value::Boolean(r.allow_anonymous)),
@@ -141,6 +134,15 @@ impl Config {
                 ]))
             })
             .collect();
+
+        let f = &self.forward_auth;
+        let mut forward_auth = table([
+            ("enabled", Value::Boolean(f.enabled)),
+            ("path", text(&f.path)),
+        ]);
+        if let Some(mode) = f.default_auth {
+            forward_auth.insert("default_auth".into(), text(mode.as_str()));
+        }
 
         let e = &self.emulator;
         let users = e
@@ -192,6 +194,7 @@ impl Config {
                 Value::Table(table([("headers", Value::Table(headers))])),
             ),
             ("routes", Value::Array(routes)),
+            ("forward_auth", Value::Table(forward_auth)),
             ("emulator", Value::Table(emulator)),
         ]);
         toml::to_string(&root)

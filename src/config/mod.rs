@@ -34,6 +34,7 @@ pub struct Config {
     pub cache: CacheSettings,
     pub identity: IdentitySettings,
     pub routes: Vec<RouteSettings>,
+    pub forward_auth: ForwardAuthSettings,
     pub emulator: EmulatorSettings,
 }
 
@@ -179,12 +180,45 @@ pub struct IdentitySettings {
     pub strip: Vec<HeaderName>,
 }
 
-/// `auth` of a route.
+/// `auth` of a route (and `forward_auth.default_auth`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMode {
     Required,
     Optional,
     None,
+}
+
+impl AuthMode {
+    /// The configuration spellings.
+    pub const ALL: [(&'static str, AuthMode); 3] = [
+        ("required", AuthMode::Required),
+        ("optional", AuthMode::Optional),
+        ("none", AuthMode::None),
+    ];
+
+    /// `"required"`, `"optional"` or `"none"`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, m)| *m)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::Required => "required",
+            AuthMode::Optional => "optional",
+            AuthMode::None => "none",
+        }
+    }
+}
+
+/// An `auth` value, or the error naming `key` and the spellings.
+fn auth_mode(value: &str, key: String, errors: &mut Errors) -> AuthMode {
+    AuthMode::parse(value).unwrap_or_else(|| {
+        errors.push(
+            key,
+            format!("{value:?} is not one of \"required\", \"optional\", \"none\""),
+        );
+        AuthMode::Required
+    })
 }
 
 /// Where a route's requests go.
@@ -214,6 +248,24 @@ pub struct RouteSettings {
     pub pass_token: bool,
     pub allow_preflight: bool,
 }
+
+/// `[forward_auth]`: the endpoint an existing ingress asks whether a request may pass
+/// (nginx `auth_request`, Traefik `ForwardAuth`, Caddy `forward_auth`, Envoy `ext_authz`).
+/// See [`crate::forward_auth`].
+#[derive(Debug, Clone)]
+pub struct ForwardAuthSettings {
+    /// Default false.
+    pub enabled: bool,
+    /// On the main listener: this path exactly, and every path under `path/` (Envoy appends
+    /// the original path). Normal form, no trailing `/`. Default `/_gateway/auth`.
+    pub path: String,
+    /// The rules for original requests no route matches: a catch-all route with this
+    /// `auth` and no other rule. `None` (default): such requests are answered 404.
+    pub default_auth: Option<AuthMode>,
+}
+
+/// `forward_auth.path` when unset.
+pub const DEFAULT_FORWARD_AUTH_PATH: &str = "/_gateway/auth";
 
 /// `[emulator]`.
 #[derive(Debug, Clone)]
@@ -336,6 +388,8 @@ impl Config {
         let cache: raw::RawCache = section(take("cache"), "cache", &mut errors);
         let identity: raw::RawIdentity = section(take("identity"), "identity", &mut errors);
         let emulator: raw::RawEmulator = section(take("emulator"), "emulator", &mut errors);
+        let forward_auth: raw::RawForwardAuth =
+            section(take("forward_auth"), "forward_auth", &mut errors);
         // A route whose table did not deserialize is `None`: reported once, not again as
         // "prefix missing", and the others keep their indices.
         let routes: Vec<Option<raw::RawRoute>> = match take("routes") {
@@ -353,11 +407,12 @@ impl Config {
         for key in value.keys() {
             errors.push(
                 key.clone(),
-                "unknown key (expected server, admin, cloudbase, cache, identity, routes, emulator)",
+                "unknown key (expected server, admin, cloudbase, cache, identity, routes, forward_auth, emulator)",
             );
         }
 
         let emulator = validate_emulator(emulator, &mut errors);
+        let routes = validate_routes(routes, &mut errors);
         let config = Config {
             server: validate_server(server, &mut errors),
             admin: AdminSettings {
@@ -366,7 +421,8 @@ impl Config {
             cloudbase: validate_cloudbase(cloudbase, &emulator, &mut errors),
             cache: validate_cache(cache, &mut errors),
             identity: validate_identity(identity, &mut errors),
-            routes: validate_routes(routes, &mut errors),
+            forward_auth: validate_forward_auth(forward_auth, &routes, &mut errors),
+            routes,
             emulator,
         };
         if errors.0.is_empty() {
@@ -821,18 +877,7 @@ fn validate_routes(raws: Vec<Option<raw::RawRoute>>, errors: &mut Errors) -> Vec
                 }
             },
         };
-        let auth = match raw.auth.as_deref().unwrap_or("required") {
-            "required" => AuthMode::Required,
-            "optional" => AuthMode::Optional,
-            "none" => AuthMode::None,
-            other => {
-                errors.push(
-                    key("auth"),
-                    format!("{other:?} is not one of \"required\", \"optional\", \"none\""),
-                );
-                AuthMode::Required
-            }
-        };
+        let auth = auth_mode(raw.auth.as_deref().unwrap_or("required"), key("auth"), errors);
         let mut methods = Vec::new();
         for (j, m) in raw.methods.unwrap_or_default().into_iter().enumerate() {
             match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
@@ -886,6 +931,71 @@ fn check_prefix(prefix: &str) -> Result<(), String> {
             encoded(c)
         )),
         None => Ok(()),
+    }
+}
+
+fn validate_forward_auth(
+    raw: raw::RawForwardAuth,
+    routes: &[RouteSettings],
+    errors: &mut Errors,
+) -> ForwardAuthSettings {
+    let enabled = raw.enabled.unwrap_or(false);
+    let path = raw
+        .path
+        .unwrap_or_else(|| DEFAULT_FORWARD_AUTH_PATH.to_owned());
+    let default_auth = raw
+        .default_auth
+        .map(|s| auth_mode(&s, "forward_auth.default_auth".into(), errors));
+    let key = "forward_auth.path";
+    if !path.starts_with('/') {
+        errors.push(key, format!("{path:?} must start with /"));
+    } else if path.ends_with('/') {
+        errors.push(
+            key,
+            format!(
+                "{path:?} must not end with / (Envoy joins it to the original path, which \
+                 starts with one)"
+            ),
+        );
+    } else if let Err(e) = check_prefix(&path) {
+        errors.push(key, e);
+    }
+    if enabled {
+        let under = format!("{path}/");
+        for (i, route) in routes.iter().enumerate() {
+            let prefix = &route.prefix;
+            if *prefix == path || prefix.starts_with(&under) {
+                errors.push(
+                    key,
+                    format!(
+                        "{path:?} answers every request at or under it, so routes[{i}].prefix \
+                         {prefix:?} would never be reached"
+                    ),
+                );
+            } else if prefix != "/" && path.starts_with(prefix.as_str()) {
+                errors.push(
+                    key,
+                    format!(
+                        "{path:?} lies under routes[{i}].prefix {prefix:?}: requests for it \
+                         would never reach that route's upstream; choose a path outside every \
+                         route prefix but \"/\""
+                    ),
+                );
+            }
+        }
+        if default_auth.is_some() {
+            if let Some(i) = routes.iter().position(|r| r.prefix == "/") {
+                errors.push(
+                    "forward_auth.default_auth",
+                    format!("never used: routes[{i}].prefix \"/\" matches every path"),
+                );
+            }
+        }
+    }
+    ForwardAuthSettings {
+        enabled,
+        path,
+        default_auth,
     }
 }
 

@@ -69,6 +69,14 @@ pub struct RawRoute {
     pub allow_preflight: Option<bool>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForwardAuth {
+    pub enabled: Option<bool>,
+    pub path: Option<String>,
+    pub default_auth: Option<String>,
+}
+
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawEmulator {

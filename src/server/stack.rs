@@ -14,10 +14,11 @@ use tower_http::sensitive_headers::{
 use super::timeout::RequestTimeoutLayer;
 use super::StartError;
 use crate::admin::metrics::Metrics;
-use crate::auth::AuthLayer;
+use crate::auth::{AuthLayer, Authenticator};
 use crate::cache::IdentityCache;
 use crate::cloudbase::Client;
 use crate::config::Config;
+use crate::forward_auth::{self, ForwardAuth, ForwardAuthLayer};
 use crate::proxy::forward::{upstream_client, Forward};
 use crate::proxy::headers::X_REQUEST_ID;
 use crate::proxy::StripIdentityLayer;
@@ -49,7 +50,13 @@ pub fn build_with_api(
     config: &Config,
     api: Arc<dyn crate::cache::AuthApi>,
 ) -> Result<Built, StartError> {
-    let metrics = Arc::new(Metrics::new(config.routes.iter().map(|r| r.prefix.clone())));
+    // Forward-auth's default route, if any, is labelled after the configured routes.
+    let fa_routes = forward_auth::routes(&config.forward_auth, &config.routes);
+    let mut metrics = Metrics::new(fa_routes.iter().map(|r| r.prefix.clone()));
+    if config.forward_auth.enabled {
+        metrics = metrics.with_forward_auth();
+    }
+    let metrics = Arc::new(metrics);
     let fields: Vec<_> = config.identity.headers.iter().map(|(_, f)| *f).collect();
     let names: Vec<HeaderName> = config
         .identity
@@ -64,6 +71,17 @@ pub fn build_with_api(
             source,
         }
     })?;
+    let authenticator = Authenticator::new(cache.clone(), metrics.clone());
+    // --- forward-auth (issue 12): the only coupling is this optional layer below.
+    let forward_auth = config.forward_auth.enabled.then(|| {
+        ForwardAuthLayer::new(ForwardAuth::new(
+            &config.forward_auth,
+            &config.routes,
+            config.server.escaped_slashes,
+            authenticator.clone(),
+            &names,
+        ))
+    });
     let sensitive: Arc<[HeaderName]> =
         Arc::new([AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE, SET_COOKIE]);
 
@@ -83,6 +101,11 @@ pub fn build_with_api(
         .layer(crate::telemetry::AccessLogLayer::new(metrics.clone()))
         // Forged identity headers go before any route, auth mode or upstream sees them.
         .layer(StripIdentityLayer::new(&config.identity.strip))
+        // Forward-auth: requests for `forward_auth.path` are answered here and never
+        // routed; after the access log (counted with kind="forward_auth") and identity
+        // stripping, before routing. Not under `request_timeout`: it only waits for the
+        // cache, whose CloudBase calls `cloudbase.timeout` bounds.
+        .option_layer(forward_auth)
         // Routing before auth: the route decides whether and how to authenticate, on the
         // normalized path it also hands to every later layer. Outside the timeout, so a 504
         // is still tagged with its route for metrics and the log.
@@ -93,7 +116,7 @@ pub fn build_with_api(
         ))
         // The timeout covers CloudBase validation and the upstream alike.
         .layer(RequestTimeoutLayer::new(config.server.request_timeout))
-        .layer(AuthLayer::new(cache.clone(), &names, metrics.clone()))
+        .layer(AuthLayer::new(authenticator, &names))
         .service(Forward::new(upstream, &config.server.trusted_proxies));
     Ok(Built {
         service: BoxCloneSyncService::new(service),
