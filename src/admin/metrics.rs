@@ -452,7 +452,13 @@ mod tests {
     #[test]
     fn forward_auth_decisions_are_counted_apart_from_proxied_requests() {
         let m = Metrics::new(["/api/".to_owned()]).with_forward_auth();
-        m.request(Some(0), RequestKind::Proxy, &Method::GET, 200, Duration::ZERO);
+        m.request(
+            Some(0),
+            RequestKind::Proxy,
+            &Method::GET,
+            200,
+            Duration::ZERO,
+        );
         let fa = RequestKind::ForwardAuth;
         m.request(Some(0), fa, &Method::GET, 401, Duration::from_millis(3));
         let text = m.render(0);

@@ -225,6 +225,10 @@ prefix = "/api/"
 upstream = "https://api.internal:8443/v2"
 methods = ["GET"]
 require_groups = ["admin"]
+[forward_auth]
+enabled = true
+path = "/auth/check"
+default_auth = "optional"
 [emulator]
 verification_code = "424242"
 [[emulator.users]]
@@ -258,6 +262,12 @@ groups = ["a", { id = "b", expires_at = "2030-01-01T00:00:00Z" }]
         );
         assert!(out.contains("x-tenant = \"client_id\""));
         assert_eq!(again.routes[0].require_groups, ["admin"]);
+        assert!(again.forward_auth.enabled);
+        assert_eq!(again.forward_auth.path, "/auth/check");
+        assert_eq!(
+            again.forward_auth.default_auth,
+            Some(crate::config::AuthMode::Optional)
+        );
         assert_eq!(
             again.emulator.users[0].name.as_deref(),
             Some("名字 \"quoted\"")

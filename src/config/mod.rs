@@ -877,7 +877,11 @@ fn validate_routes(raws: Vec<Option<raw::RawRoute>>, errors: &mut Errors) -> Vec
                 }
             },
         };
-        let auth = auth_mode(raw.auth.as_deref().unwrap_or("required"), key("auth"), errors);
+        let auth = auth_mode(
+            raw.auth.as_deref().unwrap_or("required"),
+            key("auth"),
+            errors,
+        );
         let mut methods = Vec::new();
         for (j, m) in raw.methods.unwrap_or_default().into_iter().enumerate() {
             match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {

@@ -164,7 +164,10 @@ impl ForwardAuth {
         };
         if !route.allows(&original.method) {
             let allow = route.allow.clone();
-            return (Some(route), Decision::Refuse(Reject::MethodNotAllowed { allow }));
+            return (
+                Some(route),
+                Decision::Refuse(Reject::MethodNotAllowed { allow }),
+            );
         }
         let decision = s
             .authenticator
