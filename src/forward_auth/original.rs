@@ -3,7 +3,7 @@
 //!
 //! | ingress | original method | original URI |
 //! |---|---|---|
-//! | nginx `auth_request`, ingress-nginx | `X-Original-Method` | `X-Original-URI` |
+//! | nginx `auth_request`, ingress-nginx (with `auth-method`) | `X-Original-Method` | `X-Original-URI` |
 //! | Traefik `ForwardAuth`, Caddy `forward_auth` | `X-Forwarded-Method` | `X-Forwarded-Uri` |
 //! | Envoy `ext_authz` (HTTP service) | the subrequest's own method | the subrequest's path after the endpoint: `/_gateway/auth/api/x` asks about `/api/x` |
 //!
@@ -22,6 +22,12 @@
 //! line's would be: its path decides. The query never decides anything and is dropped,
 //! as are `X-Forwarded-Host` and `X-Forwarded-Proto`: routes match paths, not hosts, so
 //! reading them could only add ways to fail.
+//!
+//! `X-Original-URL`, which ingress-nginx always sends (`$scheme://$http_host$request_uri`),
+//! is not read: `$http_host` is the client's own `Host`, and nginx accepts a `Host` holding
+//! `?` or `#`, which moves the real path out of the URL's path (`Host: x#` gives
+//! `http://x#/api/x`, whose path is `/`). ingress-nginx sends `X-Original-URI` once the
+//! `auth-method` annotation is set, as `deploy/ingress-nginx/` does.
 //!
 //! The URI headers are parsed with `http::Uri`, the parser hyper applies to request
 //! targets, so a proxied request and a forward-auth subrequest naming the same target

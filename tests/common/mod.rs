@@ -2,6 +2,8 @@
 //! and real upstreams, all on 127.0.0.1 with ports picked by the OS.
 #![allow(dead_code)]
 
+pub mod ingress;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -238,6 +240,12 @@ pub fn bytes_body(n: usize) -> Body {
     cloudbase_gateway::response::full(Bytes::from(vec![b'x'; n]))
 }
 
+/// Whether a process's log says a port it was given was taken in the meantime (between
+/// [`free_port`] and its bind, another socket can get the port): then retry on new ports.
+pub fn address_in_use(log: &str) -> bool {
+    log.to_ascii_lowercase().contains("address already in use")
+}
+
 /// A free port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -262,6 +270,18 @@ impl Process {
         env: &[(&str, &str)],
         wait_for: SocketAddr,
     ) -> Process {
+        Self::try_spawn(config, args, env, wait_for)
+            .unwrap_or_else(|log| panic!("the binary exited early:\n{log}"))
+    }
+
+    /// Like [`Process::spawn`], but a binary that exits before `wait_for` accepts is an
+    /// `Err` with its log (see [`address_in_use`] for retrying a port taken meanwhile).
+    pub fn try_spawn(
+        config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        wait_for: SocketAddr,
+    ) -> Result<Process, String> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.toml");
         std::fs::write(&path, config).unwrap();
@@ -279,7 +299,7 @@ impl Process {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while std::net::TcpStream::connect(wait_for).is_err() {
             if let Ok(Some(status)) = process.child.try_wait() {
-                panic!("the binary exited early with {status}:\n{}", process.log());
+                return Err(format!("exit {status}:\n{}", process.log()));
             }
             assert!(
                 std::time::Instant::now() < deadline,
@@ -288,7 +308,7 @@ impl Process {
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        process
+        Ok(process)
     }
 
     /// Runs `cloudbase-gateway emulator --listen ADDR` with `config` on a free port.

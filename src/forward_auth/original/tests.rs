@@ -89,6 +89,27 @@ fn envoy_appends_the_original_path_to_the_endpoint_and_keeps_the_method() {
 }
 
 #[test]
+fn ingress_nginx_s_x_original_url_is_never_read_its_host_is_the_client_s() {
+    // ingress-nginx without `auth-method`: only X-Original-URL, built from the client's
+    // Host. `Host: x#` would make its path `/`.
+    let url_only = [
+        ("x-original-url", "http://x#/api/secret"),
+        ("x-original-method", "GET"),
+    ];
+    assert_eq!(get(ENDPOINT, &url_only), Err(OriginalError::MissingUri));
+    // With `auth-method` set, X-Original-URI decides, whatever X-Original-URL says.
+    let with_uri = [
+        ("x-original-url", "http://x#/api/secret"),
+        ("x-original-uri", "/api/secret"),
+        ("x-original-method", "GET"),
+    ];
+    assert_eq!(
+        get(ENDPOINT, &with_uri),
+        original(Method::GET, "/api/secret")
+    );
+}
+
+#[test]
 fn a_subrequest_without_an_original_uri_is_refused() {
     assert_eq!(get(ENDPOINT, &[]), Err(OriginalError::MissingUri));
     assert_eq!(
