@@ -194,6 +194,9 @@ fn method_label(m: &Method) -> &'static str {
     }
 }
 
+/// A `requests_total` series: route index, method label, status, kind.
+type RequestKey = (usize, &'static str, u16, RequestKind);
+
 /// Route label for requests that matched no route.
 pub const NO_ROUTE: &str = "none";
 
@@ -201,7 +204,7 @@ pub const NO_ROUTE: &str = "none";
 pub struct Metrics {
     /// Label per route index; the last one is [`NO_ROUTE`].
     routes: Vec<String>,
-    requests: RwLock<HashMap<(usize, &'static str, u16, RequestKind), AtomicU64>>,
+    requests: RwLock<HashMap<RequestKey, AtomicU64>>,
     /// Per route, per [`RequestKind`].
     durations: Vec<[Histogram; 2]>,
     /// Whether `kind="forward_auth"` histograms are rendered (all zero when it is off).
