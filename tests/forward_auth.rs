@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use cloudbase_gateway::cloudbase::{CallOptions, Client};
-use cloudbase_gateway::config::{Config, DEFAULT_IDENTITY_HEADERS};
-use common::ingress::{deploy_file, raw_get, Ingress, RawResponse};
+use cloudbase_gateway::config::DEFAULT_IDENTITY_HEADERS;
+use common::ingress::{deploy_file, Ingress};
+use common::raw::{raw_get, RawResponse};
 use common::*;
 use serde_json::Value;
 
@@ -115,14 +116,7 @@ impl Rig {
                 &[("CLOUDBASE_GATEWAY", &gateway_addr.to_string())],
             ),
         };
-        let cloudbase = Client::new(
-            &Config::from_toml_str(&format!(
-                "[cloudbase]\nbase_url = \"http://{emulator}/auth/v1\"\nclient_id = \"test-client\"\n"
-            ))
-            .expect("client config")
-            .cloudbase,
-        )
-        .expect("client");
+        let cloudbase = emulator_client(emulator);
         Rig {
             kind,
             ingress,

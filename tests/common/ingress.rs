@@ -1,16 +1,12 @@
 //! Real ingresses for end-to-end tests: nginx (Debian `nginx-light`, which has
 //! `auth_request`) and Caddy (Debian `caddy`, which has `forward_auth`). Each runs on a
 //! free port from a temp directory holding its configuration, pid file, temp paths, data
-//! and logs, and is stopped when dropped. Plus a raw HTTP/1.1 exchange, for request
-//! targets no client library would send unchanged (`/public/%2e%2e/api/x`).
+//! and logs, and is stopped when dropped.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
 
 use super::{address_in_use, free_port};
 
@@ -184,96 +180,5 @@ fn nginx_binary() -> &'static str {
         "/usr/sbin/nginx"
     } else {
         "nginx"
-    }
-}
-
-/// An HTTP/1.1 response read off a socket.
-#[derive(Debug)]
-pub struct RawResponse {
-    pub status: u16,
-    /// Names lower-cased, in order.
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl RawResponse {
-    /// The first value of header `name` (lower-case).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
-    }
-}
-
-/// Sends `GET {target} HTTP/1.1` with `headers`, `Host` and `Connection: close`, the
-/// target written byte for byte, and reads the whole answer (bounded by 10 s).
-pub async fn raw_get(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> RawResponse {
-    let mut head = format!("GET {target} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
-        stream.write_all(head.as_bytes()).await.expect("write");
-        let mut bytes = Vec::new();
-        stream.read_to_end(&mut bytes).await.expect("read");
-        bytes
-    };
-    let bytes = tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .unwrap_or_else(|_| panic!("no answer to GET {target}"));
-    parse(&bytes).unwrap_or_else(|| {
-        panic!(
-            "GET {target}: not an HTTP/1.1 answer: {:?}",
-            String::from_utf8_lossy(&bytes)
-        )
-    })
-}
-
-/// Parses a response with a `Content-Length` or chunked body, or one ended by the close.
-fn parse(bytes: &[u8]) -> Option<RawResponse> {
-    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&bytes[..end]).ok()?;
-    let mut lines = head.split("\r\n");
-    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let rest = &bytes[end + 4..];
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
-    let body = if chunked {
-        dechunk(rest)?
-    } else {
-        rest.to_vec()
-    };
-    Some(RawResponse {
-        status,
-        headers,
-        body,
-    })
-}
-
-fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
-    let mut body = Vec::new();
-    loop {
-        let line_end = rest.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&rest[..line_end]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        rest = &rest[line_end + 2..];
-        if size == 0 {
-            return Some(body);
-        }
-        body.extend_from_slice(rest.get(..size)?);
-        rest = rest.get(size + 2..)?;
     }
 }

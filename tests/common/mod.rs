@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod ingress;
+pub mod raw;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -121,16 +122,12 @@ impl Harness {
             .expect("gateway starts");
         let emulator = running.emulator.clone().expect("emulator embedded");
         let emulator_addr = running.emulator_addr.expect("emulator address");
-        let cloudbase_config = Config::from_toml_str(&format!(
-            "[cloudbase]\nbase_url = \"http://{emulator_addr}/auth/v1\"\nclient_id = \"test-client\"\n"
-        ))
-        .expect("client config");
         Harness {
             base: format!("http://{}", running.addr),
             admin: format!("http://{}", running.admin_addr),
             running: Some(running),
             emulator,
-            cloudbase: Client::new(&cloudbase_config.cloudbase).expect("client"),
+            cloudbase: emulator_client(emulator_addr),
             http: reqwest::Client::builder()
                 .no_proxy()
                 .build()
@@ -179,6 +176,15 @@ impl Harness {
             r.shutdown().await;
         }
     }
+}
+
+/// A CloudBase client of the emulator at `addr`, as the test gateways' `client_id`.
+pub fn emulator_client(addr: SocketAddr) -> Client {
+    let config = Config::from_toml_str(&format!(
+        "[cloudbase]\nbase_url = \"http://{addr}/auth/v1\"\nclient_id = \"test-client\"\n"
+    ))
+    .expect("client config");
+    Client::new(&config.cloudbase).expect("client")
 }
 
 /// The value of one metric line (`name{labels}`) in Prometheus text, 0 if absent.
