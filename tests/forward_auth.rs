@@ -198,14 +198,7 @@ impl Rig {
     }
 
     async fn metrics(&self) -> String {
-        self.http
-            .get(format!("http://{}/metrics", self.admin))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics body")
+        metrics_at(&self.http, &format!("http://{}", self.admin)).await
     }
 }
 

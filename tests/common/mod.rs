@@ -161,14 +161,7 @@ impl Harness {
     }
 
     pub async fn metrics(&self) -> String {
-        self.http
-            .get(format!("{}/metrics", self.admin))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics body")
+        metrics_at(&self.http, &self.admin).await
     }
 
     pub async fn shutdown(mut self) {
@@ -185,6 +178,17 @@ pub fn emulator_client(addr: SocketAddr) -> Client {
     ))
     .expect("client config");
     Client::new(&config.cloudbase).expect("client")
+}
+
+/// `GET {admin}/metrics` (`admin` is `http://HOST:PORT` of an admin listener).
+pub async fn metrics_at(http: &reqwest::Client, admin: &str) -> String {
+    http.get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body")
 }
 
 /// The value of one metric line (`name{labels}`) in Prometheus text, 0 if absent.
