@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Method, Request, Response};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 use tracing_subscriber::EnvFilter;
@@ -19,6 +19,12 @@ use crate::admin::metrics::{Metrics, RequestKind, NO_ROUTE};
 use crate::auth::Authenticated;
 use crate::proxy::headers::X_REQUEST_ID;
 use crate::routing::MatchedRoute;
+
+/// The method a response is about when it is not the request's own: forward-auth answers a
+/// GET from nginx about the client's POST. Put in response extensions by such a service;
+/// the access log and `requests_total` use it instead of the request's method.
+#[derive(Debug, Clone)]
+pub struct OriginalMethod(pub Method);
 
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -108,6 +114,10 @@ where
             let took = start.elapsed();
             drop(guard);
             if let Ok(response) = &result {
+                let method = response
+                    .extensions()
+                    .get::<OriginalMethod>()
+                    .map_or(&method, |m| &m.0);
                 let route = response.extensions().get::<MatchedRoute>().map(|m| &m.0);
                 let status = response.status().as_u16();
                 let kind = response
@@ -115,7 +125,7 @@ where
                     .get::<RequestKind>()
                     .copied()
                     .unwrap_or_default();
-                metrics.request(route.map(|r| r.index), kind, &method, status, took);
+                metrics.request(route.map(|r| r.index), kind, method, status, took);
                 let sub = response
                     .extensions()
                     .get::<Authenticated>()

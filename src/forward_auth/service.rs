@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 
 use http::header::{HeaderName, HeaderValue};
 use http::request::Parts;
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use tower::Service;
 
 use super::original;
@@ -26,6 +26,7 @@ use crate::path::EscapedSlashes;
 use crate::proxy::headers::X_REQUEST_ID;
 use crate::response::{empty, Body, Reject};
 use crate::routing::{MatchedRoute, Route, Routes};
+use crate::telemetry::OriginalMethod;
 
 /// On every refusal: the JSON envelope of the body, repeated. nginx `auth_request` drops
 /// the auth response's body, so this is how the shipped nginx snippet gives clients the
@@ -100,7 +101,9 @@ impl ForwardAuth {
         }
     }
 
-    /// Where `raw` (a request's path as received) points.
+    /// Where `raw` (a request's path as received) points. Costs every proxied request one
+    /// more scan of its path while forward-auth is on (an already-normal path is
+    /// recognised without allocating).
     pub fn target(&self, raw: &str) -> Target {
         let endpoint = self.shared.path.as_str();
         let at_or_under = |p: &str| {
@@ -117,13 +120,14 @@ impl ForwardAuth {
     }
 
     /// The answer to a forward-auth subrequest. Tagged for the access log and metrics with
-    /// [`RequestKind::ForwardAuth`], the matched route and the identity.
+    /// [`RequestKind::ForwardAuth`], the original method, the matched route and the
+    /// identity.
     pub async fn answer(self, req: Request<Body>) -> Response<Body> {
         // The body is never read: the decision is on the head, as for a proxied request.
         let (parts, _) = req.into_parts();
-        let (route, decision) = self.decide(&parts).await;
+        let decided = self.decide(&parts).await;
         let request_id = parts.headers.get(&X_REQUEST_ID);
-        let mut response = match decision {
+        let mut response = match decided.decision {
             Decision::Allow(identity) => {
                 let mut response = self.allowed(identity.as_ref());
                 if let Some(identity) = identity {
@@ -133,15 +137,18 @@ impl ForwardAuth {
             }
             Decision::Refuse(reason) => refused(reason, request_id),
         };
-        if let Some(route) = route {
-            response.extensions_mut().insert(MatchedRoute(route));
+        let extensions = response.extensions_mut();
+        if let Some(method) = decided.method {
+            extensions.insert(OriginalMethod(method));
         }
-        response.extensions_mut().insert(RequestKind::ForwardAuth);
+        if let Some(route) = decided.route {
+            extensions.insert(MatchedRoute(route));
+        }
+        extensions.insert(RequestKind::ForwardAuth);
         response
     }
 
-    /// The route that decided, if one did, and the decision.
-    async fn decide(&self, parts: &Parts) -> (Option<Arc<Route>>, Decision) {
+    async fn decide(&self, parts: &Parts) -> Decided {
         let s = &self.shared;
         let original = match original::recover(
             &parts.method,
@@ -153,27 +160,30 @@ impl ForwardAuth {
             Ok(original) => original,
             Err(reason) => {
                 tracing::debug!(%reason, "forward-auth subrequest refused");
-                return (None, Decision::Refuse(Reject::BadRequest));
+                return Decided::refused(None, None, Reject::BadRequest);
             }
         };
+        let method = original.method;
         // Exactly the routing layer's decision on the path; the normal form it returns
         // is for forwarding, which the ingress does.
         let route = match s.routes.decide(&original.path, s.escaped_slashes) {
             Ok((route, _)) => route,
-            Err(reason) => return (None, Decision::Refuse(reason)),
+            Err(reason) => return Decided::refused(Some(method), None, reason),
         };
-        if !route.allows(&original.method) {
+        if !route.allows(&method) {
             let allow = route.allow.clone();
-            return (
-                Some(route),
-                Decision::Refuse(Reject::MethodNotAllowed { allow }),
-            );
+            let reason = Reject::MethodNotAllowed { allow };
+            return Decided::refused(Some(method), Some(route), reason);
         }
         let decision = s
             .authenticator
-            .decide(&route.settings, &original.method, &parts.headers)
+            .decide(&route.settings, &method, &parts.headers)
             .await;
-        (Some(route), decision)
+        Decided {
+            method: Some(method),
+            route: Some(route),
+            decision,
+        }
     }
 
     /// 200 with every configured identity header: the identity's value, or empty when it
@@ -193,6 +203,24 @@ impl ForwardAuth {
             }
         }
         response
+    }
+}
+
+/// A subrequest's decision, with the original method and the deciding route when they
+/// are known (for the access log and metrics).
+struct Decided {
+    method: Option<Method>,
+    route: Option<Arc<Route>>,
+    decision: Decision,
+}
+
+impl Decided {
+    fn refused(method: Option<Method>, route: Option<Arc<Route>>, reason: Reject) -> Decided {
+        Decided {
+            method,
+            route,
+            decision: Decision::Refuse(reason),
+        }
     }
 }
 

@@ -435,13 +435,18 @@ async fn decisions_are_counted_by_route_with_kind_forward_auth() {
     rig.call(traefik("GET", "/api/x", &[])).await;
     rig.call(Request::get("/api/x").body(empty()).unwrap())
         .await;
+    // Counted under the original method (nginx, Traefik and Caddy ask with GET).
+    let auth = bearer(&rig.token("demo").await);
+    rig.call(traefik("POST", "/api/x", &[("authorization", &auth)]))
+        .await;
     let text = rig.metrics.render(0);
     for series in [
         "requests_total{route=\"/api/\",method=\"GET\",status=\"200\",kind=\"forward_auth\"} 1",
         "requests_total{route=\"/api/\",method=\"GET\",status=\"401\",kind=\"forward_auth\"} 1",
         "requests_total{route=\"/api/\",method=\"GET\",status=\"401\",kind=\"proxy\"} 1",
-        "request_duration_seconds_count{route=\"/api/\",kind=\"forward_auth\"} 2",
-        "auth_decisions_total{result=\"allowed\"} 1",
+        "requests_total{route=\"/api/\",method=\"POST\",status=\"200\",kind=\"forward_auth\"} 1",
+        "request_duration_seconds_count{route=\"/api/\",kind=\"forward_auth\"} 3",
+        "auth_decisions_total{result=\"allowed\"} 2",
         "auth_decisions_total{result=\"missing\"} 2",
     ] {
         assert!(
