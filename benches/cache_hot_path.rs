@@ -47,7 +47,9 @@ use std::time::{Duration, Instant};
 
 use cloudbase_gateway::auth::token::{bearer, Credentials};
 use cloudbase_gateway::cache::store::{Kind, Store};
-use cloudbase_gateway::cache::{token_key, Identity, IdentityCache, TokenKey, Validation};
+use cloudbase_gateway::cache::{
+    token_key, HeaderFields, Identity, IdentityCache, TokenKey, Validation,
+};
 use cloudbase_gateway::cloudbase::types::{Introspection, UserProfile};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use http::header::AUTHORIZATION;
@@ -390,6 +392,7 @@ fn identity(n: u64) -> Arc<Identity> {
         email: Some(format!("user{n}@example.com")),
         ..Default::default()
     };
+    let fields = HeaderFields::new(&fields, config.identity.max_header_bytes, None);
     Arc::new(Identity::new(&introspection, &profile, None, &fields, 0))
 }
 

@@ -1,44 +1,56 @@
 #!/usr/bin/env bash
-# End-to-end load test of the gateway with real processes on 127.0.0.1.
+# The gateway side by side with what people run instead, in one run, real processes on
+# 127.0.0.1:
 #
-#   benches/load.sh        # the table on stdout, progress on stderr
+#   benches/load.sh        # the tables on stdout, progress on stderr
 #
-# About a minute after the release build (which takes 2-3 minutes on a fresh machine).
-# Builds the binary and examples/bench_upstream.rs, installs wrk and curl with apt-get if
-# missing, then measures with wrk (one thread, 32 connections, 10 s, --latency):
-#   (a) the upstream alone;
-#   (b) the gateway, route auth = "none";
-#   (c) the gateway, route auth = "required", every token cached: TOKENS users' tokens
-#       (signed in at the embedded emulator), each warmed by one request, rotating;
-#   (d) cold start: a restarted gateway (empty cache) and COLD_TOKENS fresh tokens, each
-#       sent once; checks that the emulator saw exactly COLD_TOKENS introspect and
-#       COLD_TOKENS user/me calls (GET /__emulator/stats).
-# then the cache's memory per entry (examples/cache_memory.rs, 1 000 000 identities).
-# (a), (b) and (c) run ROUNDS times, interleaved, and the table shows their means (other work
-# on the machine then weighs on all three alike). Prints a table with requests/s, p50 and
-# p99, and the ratios (c)/(b) and (b),(c)/(a).
+# Targets, each behind the same upstream (its own one-worker nginx answering "ok"):
+#   upstream direct                      the upstream alone (the ceiling)
+#   nginx plain proxy                    nginx, proxy_pass with upstream keep-alive
+#   nginx + Lua cached introspection     what lua-resty-openidc does: a shared-dict cache
+#                                        keyed by a digest of the token; on a miss,
+#                                        /token/introspect + /user/me subrequests to the
+#                                        same CloudBase stand-in; the same identity headers
+#   gateway auth = "none"                the gateway as a plain proxy
+#   gateway auth = "required"            every request a cache hit
+# then the same over HTTP/2 (h2c, prior knowledge) with h2load: nginx's h2c proxy against
+# the gateway's h2c listener. Finally a cold check: a restarted gateway, COLD_TOKENS new
+# tokens sent CONCURRENCY at a time, must cost exactly one introspect and one /user/me per
+# token (the emulator's call counters).
 #
-# Servers (gateway with its embedded emulator, upstream) run on SERVER_CPUS and wrk on
-# LOAD_CPUS, pinned with taskset; with one core both share it. The gateway logs at
-# RUST_LOG (default info: one access log line per request, as in production) to a file.
+# Every server (upstream, CloudBase stand-in, nginx, gateway) is pinned to SERVER_CPUS,
+# wrk/h2load to LOAD_CPUS (taskset). Access logs are off everywhere (RUST_LOG=warn for the
+# gateway, access_log off for nginx). Each HTTP/1.1 target runs ROUNDS times, interleaved,
+# and the table shows means, so other work on the machine weighs on all alike.
 #
-# Settings (environment): DURATION=10s ROUNDS=2 CONNECTIONS=32 TOKENS=300 COLD_TOKENS=2000
-# SERVER_CPUS=1 LOAD_CPUS=0 BASE_PORT=18000 SKIP_MEMORY=1 (skip the memory run)
-# KEEP=1 (keep the work directory with configs, tokens and logs).
+# Installs what is missing with apt-get (nginx-light, libnginx-mod-http-lua, lua-cjson,
+# wrk, nghttp2-client, curl); builds the release binary. About 3 minutes after the build.
+#
+# Settings (environment): DURATION=10s ROUNDS=2 CONNECTIONS=64 TOKENS=200
+# H2_CONNECTIONS=8 H2_STREAMS=32 H2_REQUESTS=200000 COLD_TOKENS=2000 SERVER_CPUS=1
+# LOAD_CPUS=0 BASE_PORT=18000 KEEP=1 (keep the work directory: configs, tokens, logs)
+# ONLY="regex" (run only the HTTP/1.1 targets whose name matches).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 ROUNDS=${ROUNDS:-2}
-CONNECTIONS=${CONNECTIONS:-32}
-TOKENS=${TOKENS:-300}
+CONNECTIONS=${CONNECTIONS:-64}
+TOKENS=${TOKENS:-200}
+H2_CONNECTIONS=${H2_CONNECTIONS:-8}
+H2_STREAMS=${H2_STREAMS:-32}
+H2_REQUESTS=${H2_REQUESTS:-200000}
 COLD_TOKENS=${COLD_TOKENS:-2000}
+ONLY=${ONLY:-.}
 BASE_PORT=${BASE_PORT:-18000}
 UPSTREAM_PORT=$((BASE_PORT + 1))
-GATEWAY_PORT=$((BASE_PORT + 2))
-ADMIN_PORT=$((BASE_PORT + 3))
-EMULATOR_PORT=$((BASE_PORT + 4))
-export RUST_LOG=${RUST_LOG:-info}
+EMULATOR_PORT=$((BASE_PORT + 2))
+GATEWAY_PORT=$((BASE_PORT + 3))
+ADMIN_PORT=$((BASE_PORT + 4))
+NGINX_PORT=$((BASE_PORT + 5))
+LUA_PORT=$((BASE_PORT + 6))
+NGINX_H2_PORT=$((BASE_PORT + 7))
+export RUST_LOG=${RUST_LOG:-warn}
 
 CORES=$(nproc)
 if [ "$CORES" -ge 2 ]; then
@@ -47,41 +59,218 @@ if [ "$CORES" -ge 2 ]; then
 else
     SERVER_CPUS=${SERVER_CPUS:-0}
     LOAD_CPUS=${LOAD_CPUS:-0}
-    echo "note: one core; wrk and the servers share it" >&2
+    echo "note: one core; the load generator and the servers share it" >&2
 fi
 
 WORK=$(mktemp -d /tmp/cloudbase-gateway-load.XXXXXX)
 PIDS=()
 cleanup() {
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    if [ "${KEEP:-0}" = 1 ]; then
-        echo "kept $WORK" >&2
-    else
-        rm -rf "$WORK"
-    fi
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [ "${KEEP:-0}" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 
 say() { printf '\n== %s\n' "$*" >&2; }
 
-say "building (release)"
-cargo build --release --quiet --bin cloudbase-gateway --example bench_upstream --example cache_memory
-GATEWAY_BIN=$PWD/target/release/cloudbase-gateway
-UPSTREAM_BIN=$PWD/target/release/examples/bench_upstream
-MEMORY_BIN=$PWD/target/release/examples/cache_memory
+need=()
+command -v nginx >/dev/null || need+=(nginx-light)
+[ -e /usr/lib/nginx/modules/ngx_http_lua_module.so ] || need+=(libnginx-mod-http-lua)
+[ -e /usr/lib/x86_64-linux-gnu/lua/5.1/cjson.so ] || ls /usr/lib/*/lua/5.1/cjson.so >/dev/null 2>&1 || need+=(lua-cjson)
+command -v wrk >/dev/null || need+=(wrk)
+command -v h2load >/dev/null || need+=(nghttp2-client)
+command -v curl >/dev/null || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+    say "installing ${need[*]}"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+NGINX_MODULES=/usr/lib/nginx/modules
 
-for tool in wrk curl; do
-    if ! command -v "$tool" >/dev/null; then
-        say "installing $tool"
-        apt-get install -y "$tool" >/dev/null 2>&1 ||
-            { apt-get update >/dev/null && apt-get install -y "$tool" >/dev/null; }
-    fi
-done
+say "building (release)"
+cargo build --release --quiet --bin cloudbase-gateway
+GATEWAY_BIN=$PWD/target/release/cloudbase-gateway
+
+# ---------------------------------------------------------------------------------------
+# Configurations
+# ---------------------------------------------------------------------------------------
+
+mkdir -p "$WORK/nginx"
+# The common head of every nginx: one worker, no access log, a pid file of its own.
+nginx_head() { # name [module.so...]
+    local name=$1 module
+    shift
+    for module in "$@"; do echo "load_module $NGINX_MODULES/$module;"; done
+    cat <<EOF
+worker_processes 1;
+daemon off;
+pid $WORK/nginx/$name.pid;
+error_log $WORK/nginx/$name.error.log warn;
+events { worker_connections 4096; }
+EOF
+}
+temp_paths() { # name
+    local d="$WORK/nginx/$1"
+    mkdir -p "$d"
+    cat <<EOF
+    client_body_temp_path $d/body;
+    proxy_temp_path $d/proxy;
+    fastcgi_temp_path $d/fastcgi;
+    uwsgi_temp_path $d/uwsgi;
+    scgi_temp_path $d/scgi;
+EOF
+}
+
+{
+    nginx_head upstream
+    cat <<EOF
+http {
+    access_log off;
+$(temp_paths upstream)
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$UPSTREAM_PORT backlog=4096;
+        location / { default_type text/plain; return 200 "ok\n"; }
+    }
+}
+EOF
+} >"$WORK/nginx/upstream.conf"
+
+# nginx as a plain reverse proxy: what an operator would write (HTTP/1.1 keep-alive to the
+# upstream), on HTTP/1.1 and on an h2c (prior knowledge) port.
+{
+    nginx_head proxy
+    cat <<EOF
+http {
+    access_log off;
+$(temp_paths proxy)
+    keepalive_requests 1000000;
+    http2_max_concurrent_streams 256;
+    upstream app { server 127.0.0.1:$UPSTREAM_PORT; keepalive 256; keepalive_requests 1000000; }
+    server {
+        listen 127.0.0.1:$NGINX_PORT backlog=4096;
+        listen 127.0.0.1:$NGINX_H2_PORT http2;
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$remote_addr;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+        }
+    }
+}
+EOF
+} >"$WORK/nginx/proxy.conf"
+
+# nginx + Lua doing cached introspection, as lua-resty-openidc's introspection mode does:
+# the token's SHA-1 digest keys a shared dict; a miss makes the two CloudBase calls as
+# subrequests (concurrently), a hit sets the identity headers from the cached JSON.
+{
+    nginx_head lua ndk_http_module.so ngx_http_lua_module.so
+    cat <<EOF
+http {
+    access_log off;
+$(temp_paths lua)
+    keepalive_requests 1000000;
+    lua_package_cpath "/usr/lib/x86_64-linux-gnu/lua/5.1/?.so;/usr/lib/lua/5.1/?.so;;";
+    lua_shared_dict identities 64m;
+    upstream app { server 127.0.0.1:$UPSTREAM_PORT; keepalive 256; keepalive_requests 1000000; }
+    upstream cloudbase { server 127.0.0.1:$EMULATOR_PORT; keepalive 64; }
+    server {
+        listen 127.0.0.1:$LUA_PORT backlog=4096;
+        location = /_introspect {
+            internal;
+            proxy_pass http://cloudbase/auth/v1/token/introspect;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Authorization \$http_authorization;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+        }
+        location = /_user_me {
+            internal;
+            proxy_pass http://cloudbase/auth/v1/user/me;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Authorization \$http_authorization;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+        }
+        location / {
+            access_by_lua_block {
+                local cjson = require "cjson.safe"
+                local names = { "X-User-Id", "X-User-Name", "X-User-Username", "X-User-Email",
+                                "X-User-Phone", "X-User-Groups", "X-User-Scope", "X-User-Anonymous" }
+                for _, n in ipairs(names) do ngx.req.clear_header(n) end
+                local auth = ngx.var.http_authorization
+                local token = auth and auth:match("^[Bb]earer%s+(%S+)$")
+                if not token then
+                    ngx.header["WWW-Authenticate"] = 'Bearer realm="cloudbase-gateway"'
+                    return ngx.exit(401)
+                end
+                local cache = ngx.shared.identities
+                local key = ngx.sha1_bin(token)
+                local cached = cache:get(key)
+                if cached == "-" then return ngx.exit(401) end
+                local id
+                if cached then
+                    id = cjson.decode(cached)
+                else
+                    local i, u = ngx.location.capture_multi({ { "/_introspect" }, { "/_user_me" } })
+                    if i.status >= 500 or u.status >= 500 then return ngx.exit(503) end
+                    local intro = cjson.decode(i.body) or {}
+                    if u.status == 401 or not intro.sub then
+                        cache:set(key, "-", 5)
+                        return ngx.exit(401)
+                    end
+                    local p = cjson.decode(u.body) or {}
+                    local groups = {}
+                    for _, g in ipairs(p.groups or {}) do
+                        groups[#groups + 1] = type(g) == "table" and g.id or g
+                    end
+                    local scope = intro.scope or ""
+                    id = { intro.sub, p.name, p.username, p.email, p.phone_number,
+                           table.concat(groups, ","), scope,
+                           scope:find("anonymous", 1, true) and "true" or "false" }
+                    for k = 1, #names do
+                        if type(id[k]) == "string" then id[k] = ngx.escape_uri(id[k]) else id[k] = nil end
+                    end
+                    cache:set(key, cjson.encode(id), 60)
+                end
+                for k, n in ipairs(names) do
+                    if id[k] and id[k] ~= cjson.null then ngx.req.set_header(n, id[k]) end
+                end
+            }
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$remote_addr;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+        }
+    }
+}
+EOF
+} >"$WORK/nginx/lua.conf"
+
+cat >"$WORK/emulator.toml" <<EOF
+[cloudbase]
+env_id = "bench-env"
+client_id = "bench-client"
+
+[emulator]
+listen = "127.0.0.1:$EMULATOR_PORT"
+access_token_ttl = "2h"
+test_hooks = true
+
+[[emulator.users]]
+username = "bench"
+password = "bench-password"
+name = "压测用户"
+email = "bench@example.com"
+groups = ["user"]
+EOF
 
 cat >"$WORK/gateway.toml" <<EOF
 [server]
@@ -93,6 +282,7 @@ listen = "127.0.0.1:$ADMIN_PORT"
 [cloudbase]
 env_id = "bench-env"
 client_id = "bench-client"
+base_url = "http://127.0.0.1:$EMULATOR_PORT/auth/v1"
 
 [cache]
 max_entries = 1000000
@@ -107,18 +297,6 @@ auth = "none"
 prefix = "/auth/"
 upstream = "http://127.0.0.1:$UPSTREAM_PORT"
 auth = "required"
-
-[emulator]
-enabled = true
-listen = "127.0.0.1:$EMULATOR_PORT"
-access_token_ttl = "2h"
-
-[[emulator.users]]
-username = "bench"
-password = "bench-password"
-name = "压测用户"
-email = "bench@example.com"
-groups = ["user"]
 EOF
 "$GATEWAY_BIN" check --config "$WORK/gateway.toml" >/dev/null
 
@@ -136,42 +314,23 @@ function request()
 end
 EOF
 
-# Sends each token of $TOKENS_FILE once, stops after as many responses, and prints
-# "COLD <responses> <non-200> <nanoseconds>" (wrk's own rate counts its whole -d).
-cat >"$WORK/walk.lua" <<'EOF'
-local requests, i, done, bad, started = {}, 0, 0, 0, nil
-local function now_ns()
-  local p = io.popen("date +%s%N"); local t = p:read("*n"); p:close(); return t
-end
-function init(args)
-  for token in io.lines(os.getenv("TOKENS_FILE")) do
-    requests[#requests + 1] = wrk.format(nil, nil, { ["Authorization"] = "Bearer " .. token })
-  end
-end
-function request()
-  if not started then started = now_ns() end
-  i = i % #requests + 1
-  return requests[i]
-end
-function response(status, headers, body)
-  done = done + 1
-  if status ~= 200 then bad = bad + 1 end
-  if done == #requests then
-    io.write(string.format("COLD %d %d %d\n", done, bad, now_ns() - started))
-    wrk.thread:stop()
-    -- Ends wrk's sleep through -d; system() blocks SIGINT, hence the background kill.
-    os.execute("(sleep 0.01; kill -INT $PPID) >/dev/null 2>&1 &")
-  end
-end
-EOF
+# ---------------------------------------------------------------------------------------
+# Processes
+# ---------------------------------------------------------------------------------------
 
 wait_http() { # url
     for _ in $(seq 1 100); do
-        curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+        curl -sS -o /dev/null "$1" 2>/dev/null && return 0
         sleep 0.1
     done
     echo "no answer from $1" >&2
     exit 1
+}
+
+start_nginx() { # name port
+    taskset -c "$SERVER_CPUS" nginx -e "$WORK/nginx/$1.error.log" -c "$WORK/nginx/$1.conf" -p "$WORK/nginx" &
+    PIDS+=("$!")
+    wait_http "http://127.0.0.1:$2/"
 }
 
 start_gateway() {
@@ -179,7 +338,6 @@ start_gateway() {
     GATEWAY_PID=$!
     PIDS+=("$GATEWAY_PID")
     wait_http "http://127.0.0.1:$ADMIN_PORT/readyz"
-    wait_http "http://127.0.0.1:$EMULATOR_PORT/healthz"
 }
 
 stop_gateway() {
@@ -203,18 +361,18 @@ sign_in() {
     [ "$(sort -u "$out" | wc -l)" -eq "$n" ] || { echo "tokens are not distinct" >&2; exit 1; }
 }
 
-# One request per token of file $1 to the auth route; every answer must be 200.
+# One request per token of file $1 to URL $2; every answer must be 200.
 warm() {
     local cfg="$WORK/warm.curl"
     : >"$cfg"
     while read -r token; do
         [ ! -s "$cfg" ] || echo next >>"$cfg"
-        printf 'url = "http://127.0.0.1:%s/auth/warm"\nheader = "Authorization: Bearer %s"\noutput = "/dev/null"\nwrite-out = "%%{http_code}\\n"\n' \
-            "$GATEWAY_PORT" "$token" >>"$cfg"
+        printf 'url = "%s"\nheader = "Authorization: Bearer %s"\noutput = "/dev/null"\nwrite-out = "%%{http_code}\\n"\n' \
+            "$2" "$token" >>"$cfg"
     done <"$1"
     local not_ok
     not_ok=$(curl -sS -K "$cfg" | grep -cv '^200$' || true)
-    [ "$not_ok" -eq 0 ] || { echo "$not_ok warm-up requests were not 200" >&2; exit 1; }
+    [ "$not_ok" -eq 0 ] || { echo "$not_ok warm-up requests to $2 were not 200" >&2; exit 1; }
 }
 
 # The emulator's call counter $1 (introspect, user_me, signin…).
@@ -223,7 +381,7 @@ calls() {
         grep -o "\"$1\":[0-9]*" | cut -d: -f2
 }
 
-# wrk latency ("412.00us", "1.02ms", "1.5s") -> microseconds.
+# Latency ("412.00us", "1.02ms", "1.5s") -> microseconds.
 to_us() {
     awk -v v="$1" 'BEGIN {
         n = v + 0
@@ -231,111 +389,147 @@ to_us() {
         printf "%.0f", u }'
 }
 
-# Runs wrk with script $2 against URL $1; sets RPS, P50, P99 (µs). Extra wrk args after.
-# Per scenario, in first-run order: summed requests/s, p50, p99 and the number of runs.
 ORDER=()
 declare -A SUM_RPS SUM_P50 SUM_P99 RUNS
-measure() {
-    local name=$1 url=$2 script=$3
-    shift 3
-    local out="$WORK/wrk-${name%% *}.txt"
-    taskset -c "$LOAD_CPUS" wrk -t1 -c"$CONNECTIONS" --latency -s "$script" "$@" "$url" >"$out"
-    if grep -q "Non-2xx" "$out"; then
-        echo "$name: $(grep 'Non-2xx' "$out")" >&2
-        cat "$out" >&2
-        exit 1
-    fi
-    local p50 p99 rps
-    p50=$(to_us "$(awk '$1 == "50%" { print $2 }' "$out")")
-    p99=$(to_us "$(awk '$1 == "99%" { print $2 }' "$out")")
-    rps=$(awk '$1 == "Requests/sec:" { printf "%.0f", $2 }' "$out")
-    if grep -q '^COLD ' "$out"; then
-        rps=$(awk '$1 == "COLD" { printf "%.0f", $2 / ($4 / 1e9) }' "$out")
-    fi
+record() { # name rps p50 p99
+    local name=$1
     if [ -z "${RUNS[$name]:-}" ]; then
         ORDER+=("$name")
         RUNS[$name]=0 SUM_RPS[$name]=0 SUM_P50[$name]=0 SUM_P99[$name]=0
     fi
     RUNS[$name]=$((RUNS[$name] + 1))
-    SUM_RPS[$name]=$((SUM_RPS[$name] + rps))
-    SUM_P50[$name]=$((SUM_P50[$name] + p50))
-    SUM_P99[$name]=$((SUM_P99[$name] + p99))
-    printf '%-44s %9s req/s  p50 %6s us  p99 %6s us\n' "$name" "$rps" "$p50" "$p99" >&2
+    SUM_RPS[$name]=$((SUM_RPS[$name] + $2))
+    SUM_P50[$name]=$((SUM_P50[$name] + $3))
+    SUM_P99[$name]=$((SUM_P99[$name] + $4))
+    printf '%-40s %9s req/s  p50 %6s us  p99 %6s us\n' "$name" "$2" "$3" "$4" >&2
 }
 
-say "starting upstream (cpu $SERVER_CPUS) and gateway with embedded emulator (cpu $SERVER_CPUS); wrk on cpu $LOAD_CPUS"
-taskset -c "$SERVER_CPUS" "$UPSTREAM_BIN" "$UPSTREAM_PORT" 2>"$WORK/upstream.log" &
+# wrk against URL $2 under the name $1, tokens rotating; every answer must be 2xx.
+measure() {
+    local name=$1 url=$2 out
+    out="$WORK/wrk-$(echo "$name" | tr -c 'a-z0-9' '-').txt"
+    TOKENS_FILE="$WORK/tokens.txt" taskset -c "$LOAD_CPUS" \
+        wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$WORK/rotate.lua" "$url" >"$out"
+    if grep -qE "Non-2xx|Socket errors" "$out"; then
+        echo "$name: errors" >&2
+        cat "$out" >&2
+        exit 1
+    fi
+    record "$name" "$(awk '$1 == "Requests/sec:" { printf "%.0f", $2 }' "$out")" \
+        "$(to_us "$(awk '$1 == "50%" { print $2 }' "$out")")" \
+        "$(to_us "$(awk '$1 == "99%" { print $2 }' "$out")")"
+}
+
+# h2load (h2c, prior knowledge) against URL $2 under the name $1, one token.
+measure_h2() {
+    local name=$1 url=$2 out
+    out="$WORK/h2load-$(echo "$name" | tr -c 'a-z0-9' '-').txt"
+    taskset -c "$LOAD_CPUS" h2load -n"$H2_REQUESTS" -c"$H2_CONNECTIONS" -m"$H2_STREAMS" \
+        -H "Authorization: Bearer $(head -1 "$WORK/tokens.txt")" "$url" >"$out"
+    local ok
+    ok=$(awk '/^status codes:/ { gsub(",", "", $3); print $3 }' "$out")
+    if [ "$ok" != "$H2_REQUESTS" ]; then
+        echo "$name: $ok of $H2_REQUESTS were 2xx" >&2
+        cat "$out" >&2
+        exit 1
+    fi
+    # "time for request:  min  max  mean  sd  +/- sd": h2load reports no percentiles; the
+    # p50 column shows the mean and the p99 column the max.
+    local mean max
+    mean=$(to_us "$(awk '/^time for request:/ { print $6 }' "$out")")
+    max=$(to_us "$(awk '/^time for request:/ { print $5 }' "$out")")
+    record "$name" "$(awk '/^finished in/ { gsub(",", "", $4); printf "%.0f", $4 }' "$out")" "$mean" "$max"
+}
+
+say "starting upstream, CloudBase stand-in (emulator), nginx x2 and the gateway on cpu $SERVER_CPUS; load on cpu $LOAD_CPUS"
+start_nginx upstream "$UPSTREAM_PORT"
+taskset -c "$SERVER_CPUS" "$GATEWAY_BIN" emulator --config "$WORK/emulator.toml" 2>"$WORK/emulator.log" &
 PIDS+=("$!")
-wait_http "http://127.0.0.1:$UPSTREAM_PORT/"
+wait_http "http://127.0.0.1:$EMULATOR_PORT/healthz"
+start_nginx proxy "$NGINX_PORT"
+start_nginx lua "$LUA_PORT"
 start_gateway
 
-say "signing in $TOKENS sessions, warming each token with one request"
+say "signing in $TOKENS sessions; warming the gateway's and nginx + Lua's caches"
 sign_in "$TOKENS" "$WORK/tokens.txt"
-warm "$WORK/tokens.txt"
-[ "$(calls introspect)" -eq "$TOKENS" ] && [ "$(calls user_me)" -eq "$TOKENS" ] ||
-    { echo "warm-up: expected $TOKENS introspect/user_me calls" >&2; exit 1; }
+warm "$WORK/tokens.txt" "http://127.0.0.1:$GATEWAY_PORT/auth/warm"
+warm "$WORK/tokens.txt" "http://127.0.0.1:$LUA_PORT/warm"
+WARM_I=$(calls introspect)
+WARM_U=$(calls user_me)
+[ "$WARM_I" -eq $((2 * TOKENS)) ] && [ "$WARM_U" -eq $((2 * TOKENS)) ] ||
+    { echo "warm-up: expected $((2 * TOKENS)) introspect/user_me calls, saw $WARM_I/$WARM_U" >&2; exit 1; }
 
-export TOKENS_FILE="$WORK/tokens.txt"
-say "measuring ($DURATION each)"
-A="(a) upstream direct"
-B="(b) gateway, auth = none"
-C="(c) gateway, auth = required, cached"
+UP="upstream direct"
+NG="nginx plain proxy"
+LUA="nginx + Lua cached introspection"
+NONE="gateway auth = none"
+HIT="gateway auth = required, cache hits"
+say "HTTP/1.1: wrk -t1 -c$CONNECTIONS -d$DURATION, $ROUNDS interleaved rounds"
 for _ in $(seq 1 "$ROUNDS"); do
-    measure "$A" "http://127.0.0.1:$UPSTREAM_PORT/auth/x" "$WORK/rotate.lua" -d "$DURATION"
-    measure "$B" "http://127.0.0.1:$GATEWAY_PORT/none/x" "$WORK/rotate.lua" -d "$DURATION"
-    measure "$C" "http://127.0.0.1:$GATEWAY_PORT/auth/x" "$WORK/rotate.lua" -d "$DURATION"
+    for pair in "$UP|http://127.0.0.1:$UPSTREAM_PORT/auth/x" \
+        "$NG|http://127.0.0.1:$NGINX_PORT/auth/x" \
+        "$LUA|http://127.0.0.1:$LUA_PORT/auth/x" \
+        "$NONE|http://127.0.0.1:$GATEWAY_PORT/none/x" \
+        "$HIT|http://127.0.0.1:$GATEWAY_PORT/auth/x"; do
+        name=${pair%%|*}
+        [[ $name =~ $ONLY ]] || continue
+        measure "$name" "${pair#*|}"
+    done
 done
-HOT_INTROSPECT=$(calls introspect)
-HOT_USER_ME=$(calls user_me)
-[ "$HOT_INTROSPECT" -eq "$TOKENS" ] && [ "$HOT_USER_ME" -eq "$TOKENS" ] ||
-    { echo "(c) called CloudBase: introspect $HOT_INTROSPECT, user_me $HOT_USER_ME" >&2; exit 1; }
+[ "$(calls introspect)" -eq "$WARM_I" ] && [ "$(calls user_me)" -eq "$WARM_U" ] ||
+    { echo "cache-hit runs called CloudBase" >&2; exit 1; }
 
-say "cold start: restarting the gateway, $COLD_TOKENS fresh tokens, each sent once"
+H2NG="h2c: nginx plain proxy"
+H2NONE="h2c: gateway auth = none"
+H2HIT="h2c: gateway auth = required, hits"
+say "HTTP/2 (h2c): h2load -n$H2_REQUESTS -c$H2_CONNECTIONS -m$H2_STREAMS"
+for _ in $(seq 1 "$ROUNDS"); do
+    measure_h2 "$H2NG" "http://127.0.0.1:$NGINX_H2_PORT/auth/x"
+    measure_h2 "$H2NONE" "http://127.0.0.1:$GATEWAY_PORT/none/x"
+    measure_h2 "$H2HIT" "http://127.0.0.1:$GATEWAY_PORT/auth/x"
+done
+
+say "cold: restarted gateway, $COLD_TOKENS new tokens, $CONNECTIONS at a time"
 stop_gateway
 start_gateway
 sign_in "$COLD_TOKENS" "$WORK/cold-tokens.txt"
 BEFORE_I=$(calls introspect)
 BEFORE_U=$(calls user_me)
-D="(d) gateway, auth = required, cold"
-TOKENS_FILE="$WORK/cold-tokens.txt" measure "$D" \
-    "http://127.0.0.1:$GATEWAY_PORT/auth/x" "$WORK/walk.lua" -d 60s
+# Each token twice at once (two requests in flight for it): single flight must hold.
+paste -d'\n' "$WORK/cold-tokens.txt" "$WORK/cold-tokens.txt" |
+    xargs -P "$CONNECTIONS" -I{} curl -sS -o /dev/null -w '%{http_code}\n' \
+        -H "Authorization: Bearer {}" "http://127.0.0.1:$GATEWAY_PORT/auth/cold" >"$WORK/cold-status.txt"
+COLD_NOT_OK=$(grep -cv '^200$' "$WORK/cold-status.txt" || true)
 COLD_I=$(($(calls introspect) - BEFORE_I))
 COLD_U=$(($(calls user_me) - BEFORE_U))
-if [ "$COLD_I" -eq "$COLD_TOKENS" ] && [ "$COLD_U" -eq "$COLD_TOKENS" ]; then
+if [ "$COLD_I" -eq "$COLD_TOKENS" ] && [ "$COLD_U" -eq "$COLD_TOKENS" ] && [ "$COLD_NOT_OK" -eq 0 ]; then
     COLD_VERDICT="ok"
 else
     COLD_VERDICT="MISMATCH"
 fi
 stop_gateway
 
-MEMORY_LINE="skipped (SKIP_MEMORY=1)"
-if [ "${SKIP_MEMORY:-0}" != 1 ]; then
-    say "cache memory: 1 000 000 identities (examples/cache_memory.rs)"
-    "$MEMORY_BIN" 1000000 | tee "$WORK/memory.txt" >&2 || true
-    MEMORY_LINE="$(awk '/bytes per entry/ { print $4 }' "$WORK/memory.txt") bytes per cached identity (target <= 1024)"
-fi
-
-mean() { # sums array name, scenario
-    local -n sums=$1
-    echo $(( ${sums[$2]} / ${RUNS[$2]} ))
-}
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+mean() { local -n sums=$1; echo $((${sums[$2]} / ${RUNS[$2]})); }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "-"; else printf "%.2f", a / b }'; }
+rps() { [ -n "${RUNS[$1]:-}" ] && mean SUM_RPS "$1" || echo 0; }
+p99() { [ -n "${RUNS[$1]:-}" ] && mean SUM_P99 "$1" || echo 0; }
 
 echo
-echo "cloudbase-gateway load test: $CORES cores ($(lscpu | awk -F: '/Model name/ { gsub(/^ +/, "", $2); print $2 }')); servers on cpu $SERVER_CPUS, wrk on cpu $LOAD_CPUS"
-echo "wrk -t1 -c$CONNECTIONS -d$DURATION --latency; (a)-(c): mean of $ROUNDS interleaved runs, $TOKENS rotating tokens; (d): $COLD_TOKENS new tokens once each; RUST_LOG=$RUST_LOG"
+echo "cloudbase-gateway load comparison: $CORES cores ($(lscpu | awk -F: '/Model name/ { gsub(/^ +/, "", $2); print $2 }')); servers on cpu $SERVER_CPUS, load on cpu $LOAD_CPUS"
+echo "HTTP/1.1: wrk -t1 -c$CONNECTIONS -d$DURATION --latency, mean of $ROUNDS interleaved runs, $TOKENS tokens rotating"
+echo "h2c: h2load -n$H2_REQUESTS -c$H2_CONNECTIONS -m$H2_STREAMS (p50 column: mean, p99 column: max)"
 echo
-printf '| %-40s | %10s | %9s | %9s |\n' "scenario" "requests/s" "p50 (us)" "p99 (us)"
-printf '|%s|%s|%s|%s|\n' "------------------------------------------" "------------" "-----------" "-----------"
+printf '| %-38s | %10s | %9s | %9s |\n' "target" "requests/s" "p50 (us)" "p99 (us)"
+printf '|%s|%s|%s|%s|\n' "----------------------------------------" "------------" "-----------" "-----------"
 for name in "${ORDER[@]}"; do
-    printf '| %-40s | %10s | %9s | %9s |\n' "$name" "$(mean SUM_RPS "$name")" \
+    printf '| %-38s | %10s | %9s | %9s |\n' "$name" "$(mean SUM_RPS "$name")" \
         "$(mean SUM_P50 "$name")" "$(mean SUM_P99 "$name")"
 done
 echo
-echo "(c)/(b) throughput: $(ratio "$(mean SUM_RPS "$C")" "$(mean SUM_RPS "$B")")   (target >= 0.90)"
-echo "(c)/(b) p99:        $(ratio "$(mean SUM_P99 "$C")" "$(mean SUM_P99 "$B")")   (target <= 1.20)"
-echo "(b)/(a) throughput: $(ratio "$(mean SUM_RPS "$B")" "$(mean SUM_RPS "$A")")"
-echo "(c)/(a) throughput: $(ratio "$(mean SUM_RPS "$C")" "$(mean SUM_RPS "$A")")"
-echo "(d) $COLD_TOKENS new tokens -> introspect $COLD_I, user_me $COLD_U: $COLD_VERDICT"
-echo "memory: $MEMORY_LINE"
+echo "gateway none / nginx plain proxy:       $(ratio "$(rps "$NONE")" "$(rps "$NG")")   (target >= 0.85; p99 $(p99 "$NONE") vs $(p99 "$NG") us)"
+echo "gateway hits / gateway none:            $(ratio "$(rps "$HIT")" "$(rps "$NONE")")   (target >= 0.95)"
+echo "gateway hits / nginx + Lua:             $(ratio "$(rps "$HIT")" "$(rps "$LUA")")   (target >= 1.7)"
+echo "h2c gateway none / h2c nginx:           $(ratio "$(rps "$H2NONE")" "$(rps "$H2NG")")   (target >= 0.85)"
+echo "h2c gateway hits / h2c nginx:           $(ratio "$(rps "$H2HIT")" "$(rps "$H2NG")")"
+echo "cold: $COLD_TOKENS new tokens, each twice at once -> introspect $COLD_I, user_me $COLD_U, non-200 $COLD_NOT_OK: $COLD_VERDICT"
 [ "$COLD_VERDICT" = ok ]

@@ -1,9 +1,9 @@
 //! Logging setup and the access log.
 //!
-//! One access-log line per request: method, route prefix, kind (`proxy` or `forward_auth`),
-//! status, duration, request id and the user's `sub` when known. Never the path or query (a `?token=` would leak), never a
-//! header value. The same layer keeps the per-request metrics, since it already holds the
-//! start time and sees the final status.
+//! One access-log line per request: method, route prefix, kind (`proxy`, `forward_auth` or
+//! `relay`), status, duration, request id and the user's `sub` when known. Never the path
+//! or query (a `?token=` would leak), never a header value. The same layer keeps the
+//! per-request metrics, since it already holds the start time and sees the final status.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,6 +25,15 @@ use crate::routing::MatchedRoute;
 /// the access log and `requests_total` use it instead of the request's method.
 #[derive(Debug, Clone)]
 pub struct OriginalMethod(pub Method);
+
+/// Put in a response's extensions by a built-in service that answers outside the
+/// configured routes (the relay): its label index in `requests_total` and the prefix the
+/// access log names it by.
+#[derive(Debug, Clone)]
+pub struct BuiltinRoute {
+    pub index: usize,
+    pub prefix: Arc<str>,
+}
 
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -94,7 +103,9 @@ where
 {
     type Response = Response<RB>;
     type Error = S::Error;
-    // Boxed: holds the inner future across an await; measured as noise in benches/.
+    // Boxed: holds the inner future across an await. One allocation per request, not
+    // measured on its own (no bench builds the tower stack; `benches/load.sh` measures the
+    // whole proxy).
     type Future = Pin<Box<dyn Future<Output = Result<Response<RB>, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
@@ -114,18 +125,19 @@ where
             let took = start.elapsed();
             drop(guard);
             if let Ok(response) = &result {
-                let method = response
-                    .extensions()
-                    .get::<OriginalMethod>()
-                    .map_or(&method, |m| &m.0);
-                let route = response.extensions().get::<MatchedRoute>().map(|m| &m.0);
+                let extensions = response.extensions();
+                let method = extensions.get::<OriginalMethod>().map_or(&method, |m| &m.0);
+                let route = extensions
+                    .get::<MatchedRoute>()
+                    .map(|m| (m.0.index, m.0.settings.prefix.as_str()))
+                    .or_else(|| {
+                        extensions
+                            .get::<BuiltinRoute>()
+                            .map(|b| (b.index, &*b.prefix))
+                    });
                 let status = response.status().as_u16();
-                let kind = response
-                    .extensions()
-                    .get::<RequestKind>()
-                    .copied()
-                    .unwrap_or_default();
-                metrics.request(route.map(|r| r.index), kind, method, status, took);
+                let kind = extensions.get::<RequestKind>().copied().unwrap_or_default();
+                metrics.request(route.map(|(index, _)| index), kind, method, status, took);
                 let sub = response
                     .extensions()
                     .get::<Authenticated>()
@@ -133,7 +145,7 @@ where
                 tracing::info!(
                     target: "cloudbase_gateway::access",
                     method = %method,
-                    route = route.map_or(NO_ROUTE, |r| r.settings.prefix.as_str()),
+                    route = route.map_or(NO_ROUTE, |(_, prefix)| prefix),
                     kind = kind.as_str(),
                     status,
                     duration_ms = took.as_secs_f64() * 1000.0,

@@ -128,7 +128,7 @@ async fn introspect_in_both_modes() {
 }
 
 #[tokio::test]
-async fn refresh_tokens_rotate() {
+async fn refresh_tokens_rotate_and_a_replayed_one_revokes_its_family() {
     let (_, c) = setup("").await;
     let t = c
         .signin_password("alice", "alice-password", &opts())
@@ -139,15 +139,25 @@ async fn refresh_tokens_rotate() {
     let new = next.refresh_token.clone().unwrap();
     assert_ne!(old, new);
     assert!(c.user_me(&next.access_token, &opts()).await.is_ok());
+    let newer = c.refresh(&new, &opts()).await.unwrap();
+    assert!(c.user_me(&newer.access_token, &opts()).await.is_ok());
+
+    // The first refresh token comes back: someone copied it. The whole session ends.
     assert_api(
         c.refresh(&old, &opts()).await.unwrap_err(),
         StatusCode::BAD_REQUEST,
         "invalid_grant",
     );
-    assert!(
-        c.refresh(&new, &opts()).await.is_ok(),
-        "the new one works once"
+    assert_api(
+        c.refresh(newer.refresh_token.as_deref().unwrap(), &opts())
+            .await
+            .unwrap_err(),
+        StatusCode::BAD_REQUEST,
+        "invalid_grant",
     );
+    for access in [&t.access_token, &next.access_token, &newer.access_token] {
+        assert!(!c.introspect(access, &opts()).await.unwrap().is_active());
+    }
 }
 
 #[tokio::test]

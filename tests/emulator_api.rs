@@ -19,6 +19,7 @@ client_secret = "test-secret"
 enabled = true
 verification_code = "123456"
 access_token_ttl = "1h"
+test_hooks = true
 
 [[emulator.users]]
 username = "alice"
@@ -122,6 +123,21 @@ impl Env {
             .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         v
+    }
+
+    /// A sudo token for the holder of `access`, by password.
+    async fn sudo(&self, access: &str, password: &str) -> String {
+        let (s, v) = self
+            .call(
+                Method::POST,
+                "/user/sudo",
+                Some(access),
+                Some(json!({ "password": password })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["expires_in"], 900);
+        at(&v, "sudo_token")
     }
 
     async fn verified(&self, kind: &str, contact: &str) -> String {
@@ -623,17 +639,7 @@ async fn password_change_signs_out_other_sessions_but_not_the_caller() {
         .await;
     assert_error(s, &v, 403, "permission_denied");
 
-    let (s, sudo) = env
-        .call(
-            Method::POST,
-            "/user/sudo",
-            Some(&access),
-            Some(json!({"password": "bob-password"})),
-        )
-        .await;
-    assert_eq!(s, 200, "{sudo}");
-    assert_eq!(sudo["expires_in"], 900);
-    let sudo_token = at(&sudo, "sudo_token");
+    let sudo_token = env.sudo(&access, "bob-password").await;
 
     let (s, v) = env
         .call(
@@ -692,10 +698,11 @@ async fn password_change_signs_out_other_sessions_but_not_the_caller() {
         )
         .await;
     assert_eq!(s, 200, "{v}");
+    let sudo = env.sudo(&access, "bob-third-password").await;
     let (s, v) = env
         .call(
             Method::PATCH,
-            &format!("/user/password?sudo_token={sudo_token}"),
+            &format!("/user/password?sudo_token={sudo}"),
             Some(&access),
             Some(json!({"new_password": "bob-fourth-password"})),
         )
@@ -800,7 +807,14 @@ async fn malformed_bodies_are_invalid_argument_in_the_envelope() {
         r#"["array"]"#,
         r#"{"username": "alice", "password": "alice-password"} trailing"#,
     ] {
-        let resp = env.http.post(&url).body(body).send().await.unwrap();
+        let resp = env
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         let status = resp.status();
         let v: Value = resp.json().await.unwrap();
         assert_error(status, &v, 400, "invalid_argument");
@@ -850,9 +864,9 @@ async fn unknown_paths_and_wrong_methods_answer_in_the_envelope() {
 }
 
 #[tokio::test]
-async fn cors_preflights_are_answered_on_any_path() {
+async fn cors_preflights_are_answered_on_every_auth_path() {
     let env = start().await;
-    for path in ["/auth/v1/signin", "/auth/v1/user/me", "/nowhere"] {
+    for path in ["/auth/v1/signin", "/auth/v1/user/me", "/auth/v1/nowhere"] {
         let resp = env
             .http
             .request(Method::OPTIONS, format!("{}{path}", env.base))
@@ -929,6 +943,8 @@ async fn stats_count_calls_per_endpoint_and_reset() {
         "token",
         "introspect",
         "revoke",
+        "revoke_all",
+        "revoke_device",
         "user_me",
         "sudo",
         "password",
@@ -945,6 +961,7 @@ async fn stats_count_calls_per_endpoint_and_reset() {
     let resp = env
         .http
         .post(format!("{}/__emulator/stats/reset", env.base))
+        .header("content-type", "application/json")
         .send()
         .await
         .unwrap();
@@ -1093,4 +1110,787 @@ async fn many_concurrent_calls_are_served() {
     }
     assert_eq!(env.emu.calls("introspect"), 250);
     assert_eq!(env.emu.calls("signin"), 251);
+}
+
+// ---------------------------------------------------------------------------------------
+// As strict as a real auth server: test hooks, attempt limits, token families, bodies
+// ---------------------------------------------------------------------------------------
+
+/// [`CONFIG`] with the test hooks off (the default) instead of on.
+fn without_hooks() -> String {
+    CONFIG.replace("test_hooks = true\n", "")
+}
+
+/// [`CONFIG`] with `[emulator]` lines added.
+fn with_emulator(lines: &str) -> String {
+    CONFIG.replace(
+        "access_token_ttl = \"1h\"\n",
+        &format!("access_token_ttl = \"1h\"\n{lines}\n"),
+    )
+}
+
+/// An emulator whose clients set no timers, so a test can pause tokio's clock: with time
+/// paused, any pending timer (a request timeout, the connection pool's idle sweep) would
+/// be fired early by auto-advance while a request is on the wire.
+async fn start_timerless(config: &str) -> Env {
+    let mut env = start_with(config).await;
+    env.http = Client::builder().pool_idle_timeout(None).build().unwrap();
+    env
+}
+
+fn no_cors_permission(h: &reqwest::header::HeaderMap, what: &str) {
+    for name in [
+        "access-control-allow-origin",
+        "access-control-allow-methods",
+        "access-control-allow-headers",
+        "access-control-allow-credentials",
+    ] {
+        assert!(h.get(name).is_none(), "{what}: {name} = {:?}", h.get(name));
+    }
+}
+
+#[tokio::test]
+async fn a_web_pages_preflight_to_the_test_hooks_gets_no_cors_permission() {
+    let env = start().await;
+    for path in [
+        "/__emulator/fault",
+        "/__emulator/stats/reset",
+        "/__emulator/stats",
+    ] {
+        let resp = env
+            .http
+            .request(Method::OPTIONS, format!("{}{path}", env.base))
+            .header("origin", "https://evil.example")
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+            .await
+            .unwrap();
+        assert!(!resp.status().is_success(), "{path}: {}", resp.status());
+        no_cors_permission(resp.headers(), path);
+    }
+    // Not readable cross-origin either.
+    let resp = env
+        .http
+        .get(format!("{}/__emulator/stats", env.base))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    no_cors_permission(resp.headers(), "GET stats");
+    // The Auth v2 endpoints keep theirs: the JS SDK runs in browsers.
+    let resp = env
+        .http
+        .request(Method::OPTIONS, format!("{}/auth/v1/signin", env.base))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+}
+
+#[tokio::test]
+async fn a_cross_site_text_or_form_post_cannot_inject_a_fault() {
+    let env = start().await;
+    let access = at(&env.signin("alice", "alice-password").await, "access_token");
+    let fault_url = format!("{}/__emulator/fault", env.base);
+    // What a page can send cross-site without a preflight: an HTML form (urlencoded,
+    // multipart, text/plain) or a no-cors fetch, whose body may have no type at all.
+    for content_type in [
+        Some("text/plain"),
+        Some("text/plain;charset=UTF-8"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        None,
+    ] {
+        let mut req = env
+            .http
+            .post(&fault_url)
+            .header("origin", "https://evil.example")
+            .header("x-device-id", "even-with-a-device-id")
+            .body(r#"{"mode":"hang"}"#);
+        if let Some(t) = content_type {
+            req = req.header("content-type", t);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        no_cors_permission(resp.headers(), "fault post");
+        let v: Value = resp.json().await.unwrap();
+        assert_error(status, &v, 415, "invalid_argument");
+    }
+    let resp = env
+        .http
+        .post(format!("{}/__emulator/stats/reset", env.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        415,
+        "a bodiless reset needs the JSON type too"
+    );
+    // No fault took hold: the emulator still answers.
+    let i = tokio::time::timeout(Duration::from_secs(5), env.introspect(&access))
+        .await
+        .expect("the emulator does not hang");
+    assert!(i["sub"].is_string(), "{i}");
+    assert_eq!(env.emu.calls("signin"), 1, "the reset did not happen");
+    // A test that means it still can.
+    set_fault(&env, "error500").await;
+    let (s, v) = env.get("/token/introspect", &access).await;
+    assert_error(s, &v, 500, "internal");
+}
+
+#[tokio::test]
+async fn the_test_hooks_are_not_served_unless_enabled() {
+    let env = start_with(&without_hooks()).await;
+    let access = at(&env.signin("alice", "alice-password").await, "access_token");
+    for (method, path) in [
+        (Method::GET, "/__emulator/stats"),
+        (Method::POST, "/__emulator/stats/reset"),
+        (Method::POST, "/__emulator/fault"),
+    ] {
+        let resp = env
+            .http
+            .request(method, format!("{}{path}", env.base))
+            .json(&json!({"mode": "hang"}))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap();
+        assert_error(status, &v, 404, "not_found");
+    }
+    assert!(env.introspect(&access).await["sub"].is_string());
+    assert_eq!(env.emu.calls("signin"), 1, "counting goes on, in process");
+}
+
+/// Signs in `n` times with wrong passwords, 16 at a time; the statuses in order of answer.
+async fn wrong_passwords(env: &Env, username: &str, n: usize) -> Vec<(StatusCode, Value)> {
+    use futures_util::StreamExt as _;
+    futures_util::stream::iter(0..n)
+        .map(|i| {
+            env.post(
+                "/signin",
+                json!({"username": username, "password": format!("guess-{i:06}")}),
+            )
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await
+}
+
+#[tokio::test]
+async fn a_password_guessing_flood_is_locked_out_and_the_right_password_refused_meanwhile() {
+    let env = start().await;
+    let answers = wrong_passwords(&env, "alice", 2000).await;
+    let wrong = answers.iter().filter(|(s, _)| *s == 400).count();
+    let locked = answers.iter().filter(|(s, _)| *s == 429).count();
+    assert_eq!(
+        (wrong, locked),
+        (5, 1995),
+        "5 guesses (the default), then 429"
+    );
+    for (s, v) in answers.iter().filter(|(s, _)| *s == 429) {
+        assert_error(*s, v, 429, "resource_exhausted");
+    }
+    let resp = env
+        .http
+        .post(format!("{}/auth/v1/signin", env.base))
+        .header("origin", "http://localhost:5173")
+        .json(&json!({"username": "alice", "password": "alice-password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        429,
+        "the right password is refused while locked"
+    );
+    assert_eq!(
+        resp.headers()["access-control-expose-headers"],
+        "retry-after",
+        "a page using the SDK can read when to retry"
+    );
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=900).contains(&retry), "Retry-After {retry}");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"], "resource_exhausted");
+    assert_eq!(v["error_code"], 8);
+    // The login name's other spellings are the same account.
+    let (s, _) = env
+        .post(
+            "/signin",
+            json!({"username": "alice@example.com", "password": "alice-password"}),
+        )
+        .await;
+    assert_eq!(s, 429);
+    // Only alice is locked: refused guesses did not count against this client.
+    env.signin("bob", "bob-password").await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_locked_out_user_signs_in_again_once_the_lockout_has_passed() {
+    let env = start_timerless(&with_emulator(
+        "failed_attempts_per_user = 3\nlockout = \"10m\"",
+    ))
+    .await;
+    let answers = wrong_passwords(&env, "alice", 10).await;
+    assert_eq!(answers.iter().filter(|(s, _)| *s == 400).count(), 3);
+    tokio::time::advance(Duration::from_secs(599)).await;
+    let (s, v) = env
+        .post(
+            "/signin",
+            json!({"username": "alice", "password": "alice-password"}),
+        )
+        .await;
+    assert_error(s, &v, 429, "resource_exhausted");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    env.signin("alice", "alice-password").await;
+    // The success forgot the failures: three more guesses before the next lock.
+    let answers = wrong_passwords(&env, "alice", 4).await;
+    assert_eq!(answers.iter().filter(|(s, _)| *s == 400).count(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn verification_code_guessing_is_locked_out_per_phone_number() {
+    // Shorter than the 600 s a verification id lives, so the same id verifies after it.
+    let env = start_timerless(&with_emulator("lockout = \"5m\"")).await;
+    let phone = "+86 13800000001";
+    let start_verification = || async {
+        let (s, v) = env
+            .post("/verification", json!({ "phone_number": phone }))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        at(&v, "verification_id")
+    };
+    let id = start_verification().await;
+    let mut statuses = Vec::new();
+    for code in 0..50 {
+        let (s, _) = env
+            .post(
+                "/verification/verify",
+                json!({"verification_id": id, "verification_code": format!("{code:06}")}),
+            )
+            .await;
+        statuses.push(s.as_u16());
+    }
+    assert_eq!(&statuses[..5], [400; 5]);
+    assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
+    let env = &env;
+    let verify = |id: String| async move {
+        env.post(
+            "/verification/verify",
+            json!({"verification_id": id, "verification_code": "123456"}),
+        )
+        .await
+    };
+    let (s, v) = verify(id.clone()).await;
+    assert_error(s, &v, 429, "resource_exhausted");
+    // A fresh verification for the same number does not reset the count.
+    let (s, _) = verify(start_verification().await).await;
+    assert_eq!(s, 429);
+    // Another number is not locked.
+    let (s, other) = env
+        .post("/verification", json!({"phone_number": "+86 13800000002"}))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(verify(at(&other, "verification_id")).await.0, 200);
+
+    tokio::time::advance(Duration::from_secs(299)).await;
+    assert_eq!(verify(id.clone()).await.0, 429);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let (s, v) = verify(id).await;
+    assert_eq!(
+        s, 200,
+        "the first verification is still alive and now verifies: {v}"
+    );
+}
+
+#[tokio::test]
+async fn one_client_spraying_guesses_over_many_accounts_is_locked_out() {
+    let env = start_with(&with_emulator(
+        "failed_attempts_per_user = 5\nfailed_attempts_per_client = 8",
+    ))
+    .await;
+    // Two guesses at each of two accounts and four unknown names: 8, none locked alone.
+    for (name, n) in [
+        ("alice", 2),
+        ("bob", 2),
+        ("carol", 1),
+        ("dave", 1),
+        ("erin", 1),
+        ("frank", 1),
+    ] {
+        for (s, _) in wrong_passwords(&env, name, n).await {
+            assert!(s == 400 || s == 404, "{s}");
+        }
+    }
+    let (s, v) = env
+        .post(
+            "/signin",
+            json!({"username": "alice", "password": "alice-password"}),
+        )
+        .await;
+    assert_error(s, &v, 429, "resource_exhausted");
+    // Codes come out of the same budget.
+    let (_, ver) = env
+        .post("/verification", json!({"email": "new@example.com"}))
+        .await;
+    let (s, _) = env
+        .post(
+            "/verification/verify",
+            json!({"verification_id": ver["verification_id"], "verification_code": "123456"}),
+        )
+        .await;
+    assert_eq!(s, 429);
+    // Another client (another loopback address) is not affected.
+    let other = Client::builder()
+        .local_address(Some("127.0.0.2".parse().unwrap()))
+        .build()
+        .unwrap();
+    let resp = other
+        .post(format!("{}/auth/v1/signin", env.base))
+        .json(&json!({"username": "alice", "password": "alice-password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn sign_ups_refreshes_and_many_good_sign_ins_are_not_limited() {
+    let env = start().await;
+    for i in 0..30 {
+        env.register(
+            &format!("user{i}@example.com"),
+            &format!("user-{i}"),
+            "long-enough",
+        )
+        .await;
+    }
+    let mut t = env.signin("alice", "alice-password").await;
+    for _ in 0..30 {
+        let (s, next) = env
+            .post(
+                "/token",
+                json!({"grant_type": "refresh_token", "refresh_token": t["refresh_token"]}),
+            )
+            .await;
+        assert_eq!(s, 200, "{next}");
+        t = next;
+    }
+    for _ in 0..30 {
+        env.signin("alice", "alice-password").await;
+    }
+    // A user's failures below the limit are forgotten by a success.
+    for _ in 0..3 {
+        for (s, _) in wrong_passwords(&env, "bob", 4).await {
+            assert_eq!(s, 400);
+        }
+        env.signin("bob", "bob-password").await;
+    }
+}
+
+#[tokio::test]
+async fn a_replayed_refresh_token_revokes_its_whole_family() {
+    let env = start().await;
+    let refresh = |token: Value| {
+        let env = &env;
+        async move {
+            env.post(
+                "/token",
+                json!({"grant_type": "refresh_token", "refresh_token": token}),
+            )
+            .await
+        }
+    };
+    let first = env.signin("alice", "alice-password").await;
+    let bystander = env.signin("alice", "alice-password").await;
+    let (s, second) = refresh(first["refresh_token"].clone()).await;
+    assert_eq!(s, 200);
+    let (s, third) = refresh(second["refresh_token"].clone()).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        env.get("/user/me", &at(&third, "access_token")).await.0,
+        200
+    );
+
+    // A thief replays the rotated-out token (or the user does, after the thief rotated).
+    let (s, v) = refresh(first["refresh_token"].clone()).await;
+    assert_error(s, &v, 400, "invalid_grant");
+    // Every member of the family is dead: the current refresh token and the access tokens.
+    let (s, v) = refresh(third["refresh_token"].clone()).await;
+    assert_error(s, &v, 400, "invalid_grant");
+    for t in [&first, &second, &third] {
+        let access = at(t, "access_token");
+        assert_eq!(env.introspect(&access).await, json!({}));
+        let (s, v) = env.get("/user/me", &access).await;
+        assert_error(s, &v, 401, "unauthenticated");
+    }
+    // The user's other session is another family.
+    assert_eq!(
+        env.get("/user/me", &at(&bystander, "access_token")).await.0,
+        200
+    );
+    let (s, _) = refresh(bystander["refresh_token"].clone()).await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test]
+async fn a_sudo_token_works_only_once() {
+    let env = start().await;
+    let t = env.signin("bob", "bob-password").await;
+    let access = at(&t, "access_token");
+    let sudo_token = env.sudo(&access, "bob-password").await;
+    let change = |new: &'static str| {
+        let (env, access, sudo_token) = (&env, access.clone(), sudo_token.clone());
+        async move {
+            env.call(
+                Method::PATCH,
+                "/user/password",
+                Some(&access),
+                Some(json!({"new_password": new, "sudo_token": sudo_token})),
+            )
+            .await
+        }
+    };
+    assert_eq!(change("bob-second-password").await.0, 200);
+    let (s, v) = change("bob-third-password").await;
+    assert_error(s, &v, 403, "permission_denied");
+    let (s, v) = env
+        .call(
+            Method::DELETE,
+            &format!("/user/me?sudo_token={sudo_token}"),
+            Some(&access),
+            None,
+        )
+        .await;
+    assert_error(s, &v, 403, "permission_denied");
+    env.signin("bob", "bob-second-password").await;
+}
+
+#[tokio::test]
+async fn another_environments_client_id_is_refused() {
+    let env = start().await;
+    let t = env.signin("alice", "alice-password").await;
+    let token_url = format!("{}/auth/v1/token", env.base);
+    let grant = |refresh: &Value, client_id: Option<&str>| {
+        let mut body = json!({"grant_type": "refresh_token", "refresh_token": refresh});
+        if let Some(id) = client_id {
+            body["client_id"] = json!(id);
+        }
+        body
+    };
+    let answer = |resp: reqwest::Response| async move {
+        let status = resp.status();
+        (status, resp.json::<Value>().await.unwrap())
+    };
+    // In the body (what the JS SDK sends), in the query, in Basic credentials.
+    let (s, v) = env
+        .post("/token", grant(&t["refresh_token"], Some("other-env")))
+        .await;
+    assert_error(s, &v, 401, "invalid_client");
+    let resp = env
+        .http
+        .post(format!("{token_url}?client_id=other-env"))
+        .json(&grant(&t["refresh_token"], None))
+        .send()
+        .await
+        .unwrap();
+    let (s, v) = answer(resp).await;
+    assert_error(s, &v, 401, "invalid_client");
+    let resp = env
+        .http
+        .post(&token_url)
+        .basic_auth("other-env", Some("test-secret"))
+        .json(&grant(&t["refresh_token"], None))
+        .send()
+        .await
+        .unwrap();
+    let (s, v) = answer(resp).await;
+    assert_error(s, &v, 401, "invalid_client");
+    // Refused before the grant: the refresh token was not spent (nor its family revoked).
+    let (s, next) = env
+        .post("/token", grant(&t["refresh_token"], Some("test-client")))
+        .await;
+    assert_eq!(s, 200, "{next}");
+    // The env id is this environment's default client.
+    let (s, _) = env
+        .post("/token", grant(&next["refresh_token"], Some("test-env")))
+        .await;
+    assert_eq!(s, 200);
+    // Sign-in with a foreign `?client_id=` too.
+    let resp = env
+        .http
+        .post(format!("{}/auth/v1/signin?client_id=other-env", env.base))
+        .json(&json!({"username": "alice", "password": "alice-password"}))
+        .send()
+        .await
+        .unwrap();
+    let (s, v) = answer(resp).await;
+    assert_error(s, &v, 401, "invalid_client");
+}
+
+#[tokio::test]
+async fn a_text_plain_or_form_sign_in_is_refused() {
+    let env = start().await;
+    let url = format!("{}/auth/v1/signin", env.base);
+    let creds = r#"{"username":"alice","password":"alice-password"}"#;
+    let post = |content_type: Option<&str>, device: bool| {
+        let mut req = env.http.post(&url).body(creds);
+        if let Some(t) = content_type {
+            req = req.header("content-type", t);
+        }
+        if device {
+            req = req.header("x-device-id", "fedcba9876543210fedcba9876543210");
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status();
+            (status, resp.json::<Value>().await.unwrap())
+        }
+    };
+    for (content_type, device) in [
+        (Some("text/plain"), false),
+        (Some("text/plain;charset=UTF-8"), false),
+        (Some("application/x-www-form-urlencoded"), false),
+        // The seed guide's curl lines: a device id, but a form type.
+        (Some("application/x-www-form-urlencoded"), true),
+        (Some("multipart/form-data; boundary=x"), true),
+        (Some("application/jsonp"), true),
+        (None, false),
+    ] {
+        let (s, v) = post(content_type, device).await;
+        assert_error(s, &v, 415, "invalid_argument");
+        assert!(
+            at(&v, "error_description").contains("application/json"),
+            "the answer says what to send: {v}"
+        );
+    }
+    assert_eq!(env.emu.calls("signin"), 7);
+    for (content_type, device) in [
+        (Some("application/json"), false),
+        (Some("application/json; charset=utf-8"), false),
+        // The official SDK's fetch: its JSON string as text/plain, with its device id.
+        (Some("text/plain;charset=UTF-8"), true),
+    ] {
+        let (s, v) = post(content_type, device).await;
+        assert_eq!(s, 200, "{content_type:?}: {v}");
+    }
+}
+
+/// Sends `head` over a raw socket and reads until the server closes or `deadline`;
+/// returns what came back.
+async fn raw_exchange(addr: &str, head: &[u8], body: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    // The rest of the body is never sent: an answer proves it was not waited for.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    got.extend_from_slice(&buf[..n]);
+                    if let Some(end) = find_end_of_answer(&got) {
+                        got.truncate(end);
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the emulator answered without waiting for the rest of the body");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// The end of a complete `Content-Length` response in `bytes`, if there is one.
+fn find_end_of_answer(bytes: &[u8]) -> Option<usize> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let head_end = text.find("\r\n\r\n")? + 4;
+    let length: usize = text[..head_end]
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_owned())
+        })?
+        .parse()
+        .ok()?;
+    (bytes.len() >= head_end + length).then_some(head_end + length)
+}
+
+fn assert_413(answer: &str, what: &str) {
+    assert!(answer.starts_with("HTTP/1.1 413"), "{what}: {answer}");
+    let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("{what}: {answer}"));
+    assert_eq!(v["error"], "invalid_argument", "{what}: {v}");
+    assert!(
+        v["error_description"].as_str().unwrap().contains("65536"),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn a_50_mib_body_is_refused_with_413_before_it_is_read() {
+    let env = start().await;
+    let addr = env.base.trim_start_matches("http://").to_owned();
+    let fifty_mib = 50 << 20;
+    // Declared: refused on the head alone, on every path, whether its handler reads a body.
+    for path in [
+        "/auth/v1/signin",
+        "/auth/v1/signin/anonymously",
+        "/auth/v1/nowhere",
+        "/__emulator/fault",
+    ] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+             x-device-id: fedcba9876543210\r\ncontent-length: {fifty_mib}\r\n\r\n"
+        );
+        let answer = raw_exchange(&addr, head.as_bytes(), b"{\"username\":").await;
+        assert_413(&answer, path);
+    }
+    // Chunked: read up to the limit, refused as soon as it is passed.
+    let head = format!(
+        "POST /auth/v1/signin HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         transfer-encoding: chunked\r\n\r\n"
+    );
+    let chunk = format!("4000\r\n{}\r\n", " ".repeat(0x4000));
+    let body = chunk.repeat(cloudbase_gateway::emulator::MAX_BODY / 0x4000 + 1);
+    let answer = raw_exchange(&addr, head.as_bytes(), body.as_bytes()).await;
+    assert_413(&answer, "chunked");
+    assert_eq!(
+        env.emu.calls("signin"),
+        1,
+        "the chunked one reached the handler"
+    );
+    // A body at the limit is read (and here, being blank, is `{}`).
+    let resp = env
+        .http
+        .post(format!("{}/auth/v1/signin", env.base))
+        .header("content-type", "application/json")
+        .body(" ".repeat(cloudbase_gateway::emulator::MAX_BODY))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400, "missing username, not too large");
+}
+
+/// Signs `username` in from `device` (its `x-device-id`); returns the token response.
+async fn signin_on(env: &Env, device: &str, username: &str, password: &str) -> Value {
+    let resp = env
+        .http
+        .post(format!("{}/auth/v1/signin", env.base))
+        .header("x-device-id", device)
+        .json(&json!({"username": username, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.json().await.unwrap()
+}
+
+fn access(v: &Value) -> &str {
+    v["access_token"].as_str().unwrap()
+}
+
+#[tokio::test]
+async fn revoke_all_ends_every_session_of_the_user_the_callers_too() {
+    let env = start().await;
+    let phone = signin_on(&env, "phone-device-000001", "alice", "alice-password").await;
+    let laptop = signin_on(&env, "laptop-device-00001", "alice", "alice-password").await;
+    let bob = env.signin("bob", "bob-password").await;
+
+    let (s, v) = env
+        .call(Method::DELETE, "/user/revoke/all", None, None)
+        .await;
+    assert_eq!(
+        (s, &v["error"]),
+        (StatusCode::UNAUTHORIZED, &json!("unauthenticated"))
+    );
+    let (s, v) = env
+        .call(
+            Method::DELETE,
+            "/user/revoke/all",
+            Some(access(&phone)),
+            None,
+        )
+        .await;
+    assert_eq!((s, &v), (StatusCode::OK, &json!({})));
+
+    for (name, t) in [("phone", &phone), ("laptop", &laptop)] {
+        assert_eq!(env.introspect(access(t)).await, json!({}), "{name}");
+        let (s, v) = env
+            .post(
+                "/token",
+                json!({"grant_type": "refresh_token", "refresh_token": t["refresh_token"]}),
+            )
+            .await;
+        assert_eq!(
+            (s, &v["error"]),
+            (StatusCode::BAD_REQUEST, &json!("invalid_grant"))
+        );
+    }
+    assert_eq!(
+        env.introspect(access(&bob)).await["sub"],
+        bob["sub"],
+        "another user's session is untouched"
+    );
+    assert_eq!(env.emu.calls("revoke_all"), 2);
+}
+
+#[tokio::test]
+async fn revoking_a_device_ends_only_the_sessions_opened_from_it() {
+    let env = start().await;
+    let phone = signin_on(&env, "phone-device-000001", "alice", "alice-password").await;
+    let phone_again = signin_on(&env, "phone-device-000001", "alice", "alice-password").await;
+    let laptop = signin_on(&env, "laptop-device-00001", "alice", "alice-password").await;
+    let bobs_phone = signin_on(&env, "phone-device-000001", "bob", "bob-password").await;
+
+    let (s, v) = env
+        .call(
+            Method::DELETE,
+            "/user/authorized/devices/phone-device-000001",
+            Some(access(&laptop)),
+            None,
+        )
+        .await;
+    assert_eq!((s, &v), (StatusCode::OK, &json!({})));
+    assert_eq!(env.introspect(access(&phone)).await, json!({}));
+    assert_eq!(env.introspect(access(&phone_again)).await, json!({}));
+    assert_eq!(env.introspect(access(&laptop)).await["sub"], laptop["sub"]);
+    assert_eq!(
+        env.introspect(access(&bobs_phone)).await["sub"],
+        bobs_phone["sub"],
+        "only the caller's sessions on that device end"
+    );
+    let (s, v) = env
+        .call(
+            Method::DELETE,
+            "/user/authorized/devices/no-such-device",
+            Some(access(&laptop)),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, &v),
+        (StatusCode::OK, &json!({})),
+        "nothing to end is no error"
+    );
+    assert_eq!(env.emu.calls("revoke_device"), 2);
 }

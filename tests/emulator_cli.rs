@@ -1,7 +1,10 @@
 //! Black-box test of the binary: `cloudbase-gateway emulator --listen … --config …`,
 //! driven through the seed guide's curl flows (`seed/auth-http-api-skill.txt`) with
-//! plain HTTP: the guide's paths, Basic client credentials, `--data-raw` bodies without a
-//! JSON content type, and `?token=` introspection.
+//! plain HTTP: the guide's paths, Basic client credentials, `--data-raw` bodies and
+//! `?token=` introspection. The guide's lines omit the `Content-Type: application/json`
+//! that CloudBase's documentation lists, so curl labels their bodies as a form; the
+//! emulator refuses form bodies (415, saying what to add), so the flows here add the
+//! header, and one test holds the guide's verbatim line to that clear refusal.
 
 mod common;
 
@@ -18,6 +21,7 @@ client_secret = "cli-secret"
 
 [emulator]
 enabled = true
+test_hooks = true
 
 [[emulator.users]]
 username = "test@example.com"
@@ -31,8 +35,8 @@ struct Curl {
 }
 
 impl Curl {
-    /// One curl line of the seed guide: `-H x-device-id -H x-request-id -u id:secret
-    /// --data-raw …` (so `Content-Type: application/x-www-form-urlencoded`).
+    /// One curl line of the seed guide, `-H x-device-id -H x-request-id -u id:secret
+    /// --data-raw …`, plus `-H 'Content-Type: application/json'`.
     async fn run(
         &self,
         method: Method,
@@ -53,9 +57,7 @@ impl Curl {
             req = req.bearer_auth(t);
         }
         if let Some(body) = data_raw {
-            req = req
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(body);
+            req = req.header("content-type", "application/json").body(body);
         }
         let resp = req.send().await.unwrap();
         let status = resp.status();
@@ -271,11 +273,35 @@ async fn the_binary_serves_the_seed_guides_curl_flows() {
         .await;
     assert_eq!(st, 200);
 
-    // Delete the account.
+    // Delete the account: the sudo token was spent by the password change, so a new one.
     let (st, v) = curl
         .run(
             Method::DELETE,
             &format!("/user/me?sudo_token={sudo_token}"),
+            false,
+            Some(&new_access),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (st.as_u16(), &v["error"]),
+        (403, &json!("permission_denied")),
+        "{v}"
+    );
+    let (st, sudo) = curl
+        .run(
+            Method::POST,
+            "/user/sudo",
+            false,
+            Some(&new_access),
+            data(json!({"password": "newer-password"})),
+        )
+        .await;
+    assert_eq!(st, 200, "{sudo}");
+    let (st, v) = curl
+        .run(
+            Method::DELETE,
+            &format!("/user/me?sudo_token={}", s(&sudo, "sudo_token")),
             false,
             Some(&new_access),
             None,
@@ -299,5 +325,56 @@ async fn the_binary_serves_the_seed_guides_curl_flows() {
         .await
         .unwrap();
     assert_eq!(stats["calls"]["signin"], 2);
-    assert_eq!(stats["calls"]["delete_user"], 1);
+    assert_eq!(
+        stats["calls"]["delete_user"], 2,
+        "the spent sudo token, then the new one"
+    );
+}
+
+#[tokio::test]
+async fn the_seed_guides_verbatim_form_body_gets_a_clear_415() {
+    let (_emulator, addr) = common::Process::emulator(CONFIG);
+    // `curl --data-raw '{…}'` without `-H 'Content-Type: application/json'`.
+    let resp = Client::new()
+        .post(format!("http://{addr}/auth/v1/signin"))
+        .header("x-device-id", "backend-service-1")
+        .header("x-request-id", "manual-request-id")
+        .basic_auth("cli-client", Some("cli-secret"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(r#"{"username":"test@example.com","password":"your password"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 415);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"], "invalid_argument");
+    assert!(
+        s(&v, "error_description").contains("Content-Type: application/json"),
+        "{v}"
+    );
+}
+
+/// Test hooks are off unless configured, in the binary too, and without CORS when on.
+#[tokio::test]
+async fn the_binarys_test_hooks_are_off_by_default_and_never_cors() {
+    let (_off, off) = common::Process::emulator(&CONFIG.replace("test_hooks = true\n", ""));
+    let (_on, on) = common::Process::emulator(CONFIG);
+    let http = Client::new();
+    let fault = |addr: std::net::SocketAddr| {
+        http.post(format!("http://{addr}/__emulator/fault"))
+            .header("origin", "https://evil.example")
+            .json(&json!({"mode": "hang"}))
+            .send()
+    };
+    assert_eq!(fault(off).await.unwrap().status(), 404);
+    let resp = fault(on).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("access-control-allow-origin").is_none());
+    // The hang took hold (only a same-origin or non-browser client could do this).
+    let hung = http
+        .get(format!("http://{on}/auth/v1/token/introspect"))
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(hung.unwrap_err().is_timeout());
 }

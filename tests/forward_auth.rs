@@ -36,7 +36,7 @@ impl Kind {
 }
 
 /// The gateway's routes: a protected API with an admin-only part, an optional public
-/// route and a route that admits anonymous users.
+/// route, a route that admits anonymous users and one open to CORS preflights.
 fn routes(upstream: SocketAddr) -> String {
     let route = |prefix: &str, extra: &str| {
         format!("[[routes]]\nprefix = \"{prefix}\"\nupstream = \"http://{upstream}\"\n{extra}\n")
@@ -46,6 +46,7 @@ fn routes(upstream: SocketAddr) -> String {
         route("/api/admin/", "require_groups = [\"admin\"]"),
         route("/public/", "auth = \"optional\""),
         route("/guest/", "allow_anonymous = true"),
+        route("/cors/", "allow_preflight = true"),
     ]
     .concat()
 }
@@ -63,7 +64,8 @@ fn start_gateway(routes: &str) -> (Process, SocketAddr, SocketAddr, SocketAddr) 
              [admin]\nlisten = \"{admin}\"\n\
              [cloudbase]\nenv_id = \"test-env\"\nclient_id = \"test-client\"\ntimeout = \"1s\"\n\
              [forward_auth]\nenabled = true\n\
-             [emulator]\nenabled = true\nlisten = \"{emulator}\"\n{USERS}\n{routes}"
+             [emulator]\nenabled = true\nlisten = \"{emulator}\"\n{EMULATOR_TEST_HOOKS}\n\
+             {USERS}\n{routes}"
         );
         match Process::try_spawn(&config, &[], &[], admin) {
             Ok(process) => return (process, addr, admin, emulator),
@@ -159,7 +161,19 @@ impl Rig {
         token: Option<&str>,
         headers: &[(&str, &str)],
     ) -> reqwest::Response {
-        let mut req = self.http.get(format!("{}{path}", self.ingress.base()));
+        self.send(reqwest::Method::GET, path, token, headers).await
+    }
+
+    /// `{method} {path}` through the ingress with an optional token and extra headers.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let url = format!("{}{path}", self.ingress.base());
+        let mut req = self.http.request(method, url);
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -186,6 +200,8 @@ impl Rig {
         self.upstream_requests.load(Ordering::SeqCst)
     }
 
+    /// `POST` with a JSON body (`.json` sets `Content-Type: application/json`, which the
+    /// emulator requires) or `GET`; the hooks are on by [`EMULATOR_TEST_HOOKS`].
     async fn emulator_hook(&self, path: &str, body: Option<Value>) -> Value {
         let url = format!("http://{}/__emulator/{path}", self.emulator);
         let req = match body {
@@ -411,6 +427,43 @@ async fn path_confusion_through_the_ingress_is_decided_on_the_normalized_path(ki
     assert_eq!(r.status, 200, "{kind:?}: {r:?}");
 }
 
+/// A preflight is told apart on the headers the ingress passes in its subrequest (the
+/// client's `Origin` and `Access-Control-Request-Method`) and the original method it
+/// reports, exactly as the proxy path tells one apart.
+async fn only_a_real_cors_preflight_passes_without_a_token(kind: Kind) {
+    let rig = Rig::start(kind).await;
+    let options = || reqwest::Method::OPTIONS;
+    let origin = ("Origin", "https://app.example.com");
+    let put = ("Access-Control-Request-Method", "PUT");
+    let r = rig.send(options(), "/cors/x", None, &[origin, put]).await;
+    assert_eq!(r.status(), 200, "{kind:?}: a real preflight passes");
+    let echo: Value = r.json().await.expect("the echo upstream's JSON");
+    assert_eq!(echo["method"], "OPTIONS");
+    let user_id = echo["headers"].get("x-user-id").and_then(Value::as_str);
+    assert_eq!(
+        user_id.unwrap_or(""),
+        "",
+        "{kind:?}: no identity on a preflight"
+    );
+
+    let before = rig.upstream_requests();
+    // No Origin: an ordinary OPTIONS, which needs a token.
+    let r = rig.send(options(), "/cors/x", None, &[put]).await;
+    assert_refused(r, 401, "MISSING_CREDENTIALS", Some(REALM)).await;
+    // No allow_preflight on /api/: the same preflight is an ordinary request there.
+    let r = rig.send(options(), "/api/x", None, &[origin, put]).await;
+    assert_refused(r, 401, "MISSING_CREDENTIALS", Some(REALM)).await;
+    // A method override the ingress would forward as sent: refused.
+    let overriding = [origin, put, ("X-HTTP-Method-Override", "DELETE")];
+    let r = rig.send(options(), "/cors/x", None, &overriding).await;
+    assert_eq!(r.status(), kind.unplaceable(), "{kind:?}");
+    assert_eq!(
+        rig.upstream_requests(),
+        before,
+        "{kind:?}: none of these got through"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // nginx
 // ---------------------------------------------------------------------------------------
@@ -445,6 +498,11 @@ async fn nginx_path_confusion_is_decided_on_the_normalized_path() {
     path_confusion_through_the_ingress_is_decided_on_the_normalized_path(Kind::Nginx).await;
 }
 
+#[tokio::test]
+async fn nginx_only_a_real_cors_preflight_passes_without_a_token() {
+    only_a_real_cors_preflight_passes_without_a_token(Kind::Nginx).await;
+}
+
 // ---------------------------------------------------------------------------------------
 // Caddy
 // ---------------------------------------------------------------------------------------
@@ -477,6 +535,11 @@ async fn caddy_many_requests_with_one_token_cost_one_cloudbase_call_pair() {
 #[tokio::test]
 async fn caddy_path_confusion_is_decided_on_the_normalized_path() {
     path_confusion_through_the_ingress_is_decided_on_the_normalized_path(Kind::Caddy).await;
+}
+
+#[tokio::test]
+async fn caddy_only_a_real_cors_preflight_passes_without_a_token() {
+    only_a_real_cors_preflight_passes_without_a_token(Kind::Caddy).await;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 //! The official CloudBase JS SDK (`@cloudbase/oauth` 3.3.3, pinned in
 //! `tests/js-sdk/package-lock.json`) against the emulator binary: `tests/js-sdk/drive.mjs`
-//! signs in with a username and password, reads the user, forces a refresh, verifies a
-//! phone number and signs up, signs out with a redirect (`/user/signout`), signs in with
+//! signs in with a username and password, reads the user, forces a refresh (then replays
+//! the rotated-out refresh token, which ends the session), verifies a phone number and
+//! signs up, signs out with a redirect (`/user/signout`), signs in with
 //! a verification code, signs in anonymously and signs out (`/revoke`). Here every step's
 //! outcome is checked, and the server side of each sign-out through introspection and
 //! the emulator's call statistics.
@@ -30,6 +31,7 @@ client_secret = "js-sdk-secret"
 
 [emulator]
 enabled = true
+test_hooks = true
 verification_code = "000000"
 access_token_ttl = "2h"
 allow_anonymous = true
@@ -147,11 +149,15 @@ fn npm_ci_if_needed(dir: &Path) {
     );
 }
 
-/// Runs drive.mjs; returns its exit status, its step lines by name, stdout and stderr.
-async fn drive(origin: &str) -> (std::process::ExitStatus, HashMap<String, Value>, String) {
+/// Runs `script` (in `tests/js-sdk`) against `origin`; returns its exit status, its step
+/// lines by name, and stdout and stderr for failure messages.
+async fn run_script(
+    script: &str,
+    origin: &str,
+) -> (std::process::ExitStatus, HashMap<String, Value>, String) {
     let dir = sdk_dir();
     let child = tokio::process::Command::new("node")
-        .arg("drive.mjs")
+        .arg(script)
         .arg(origin)
         .current_dir(&dir)
         .stdin(Stdio::null())
@@ -162,8 +168,8 @@ async fn drive(origin: &str) -> (std::process::ExitStatus, HashMap<String, Value
         .expect("node runs");
     let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
         .await
-        .expect("drive.mjs finished within 120 s")
-        .expect("drive.mjs output");
+        .unwrap_or_else(|_| panic!("{script} finished within 120 s"))
+        .unwrap_or_else(|e| panic!("{script} output: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let transcript = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
@@ -180,6 +186,24 @@ async fn drive(origin: &str) -> (std::process::ExitStatus, HashMap<String, Value
     (out.status, steps, transcript)
 }
 
+/// Every expected step ran and passed, no other step ran, and the script exited 0.
+fn all_passed(
+    steps: &HashMap<String, Value>,
+    expected: &[&str],
+    status: std::process::ExitStatus,
+    transcript: &str,
+    node: &str,
+) {
+    for name in expected {
+        let step = steps
+            .get(*name)
+            .unwrap_or_else(|| panic!("step {name} missing (node {node})\n{transcript}"));
+        assert_eq!(step["ok"], true, "step {name} failed: {step}\n{transcript}");
+    }
+    assert_eq!(steps.len(), expected.len(), "{transcript}");
+    assert!(status.success(), "the script exited {status}\n{transcript}");
+}
+
 fn s<'a>(v: &'a Value, key: &str) -> &'a str {
     v[key]
         .as_str()
@@ -193,14 +217,15 @@ async fn the_official_js_sdk_drives_the_emulator() {
     npm_ci_if_needed(&sdk_dir());
     let emu = Emulator::start(CONFIG);
 
-    let (status, steps, transcript) = drive(&emu.origin()).await;
+    let (status, steps, transcript) = run_script("drive.mjs", &emu.origin()).await;
     let expected = [
         "signin",
         "signin_wrong_password",
         "user_info",
         "refresh",
-        "refresh_old_token_rejected",
         "user_info_after_refresh",
+        "refresh_replay_rejected",
+        "refresh_after_replay_rejected",
         "verification",
         "verify",
         "signup",
@@ -215,21 +240,14 @@ async fn the_official_js_sdk_drives_the_emulator() {
         "signout",
         "done",
     ];
-    for name in expected {
-        let step = steps
-            .get(name)
-            .unwrap_or_else(|| panic!("step {name} missing (node {node})\n{transcript}"));
-        assert_eq!(step["ok"], true, "step {name} failed: {step}\n{transcript}");
-    }
-    assert_eq!(steps.len(), expected.len(), "{transcript}");
-    assert!(status.success(), "drive.mjs exited {status}\n{transcript}");
+    all_passed(&steps, &expected, status, &transcript, &node);
     let step = |name: &str| &steps[name];
 
     // What the SDK called, before this test makes calls of its own.
     let calls = &emu.stats().await["calls"];
     for (name, n) in [
         ("signin", 3),
-        ("token", 2),
+        ("token", 3),
         ("verification", 2),
         ("verify", 2),
         ("signup", 1),
@@ -265,13 +283,15 @@ async fn the_official_js_sdk_drives_the_emulator() {
     assert_ne!(refresh["access_token"], signin["access_token"]);
     assert_ne!(refresh["refresh_token"], signin["refresh_token"]);
     assert_eq!(refresh["previous_refresh_token"], signin["refresh_token"]);
+    // The replayed refresh token ended the session: its current tokens are dead too.
+    for name in ["refresh_replay_rejected", "refresh_after_replay_rejected"] {
+        assert_eq!(step(name)["expected_error"], "invalid_grant", "{name}");
+    }
     assert_eq!(
-        step("refresh_old_token_rejected")["expected_error"],
-        "invalid_grant"
+        emu.introspect(s(refresh, "access_token")).await,
+        json!({}),
+        "the family's access token is revoked"
     );
-    let live = emu.introspect(s(refresh, "access_token")).await;
-    assert_eq!(live["sub"], user_sub, "the other sessions are untouched");
-    assert_eq!(live["scope"], "user sso");
 
     // Verification of a bare number (the SDK adds "+86 "), then sign-up.
     assert_eq!(step("verification")["is_user"], false);
@@ -442,5 +462,155 @@ async fn disabled_anonymous_sign_in_reads_as_provider_not_enabled() {
     assert!(
         s(&v, "error_description").contains("anonymous login is not enabled"),
         "{v}"
+    );
+}
+
+/// The gateway binary with its embedded emulator, the relay on and an hour of cache: a
+/// token refused right after a sign-out can only have been purged by the relay.
+fn relay_config(gateway: SocketAddr, admin: SocketAddr, emulator: SocketAddr) -> String {
+    let users: String = [
+        "relay-signout",
+        "relay-password",
+        "relay-all",
+        "relay-device",
+        "relay-outside",
+    ]
+    .iter()
+    .map(|u| format!("[[emulator.users]]\nusername = \"{u}\"\npassword = \"relay-password-1\"\n"))
+    .collect();
+    format!(
+        r#"
+[server]
+listen = "{gateway}"
+[admin]
+listen = "{admin}"
+[cloudbase]
+env_id = "js-sdk-env"
+client_secret = "js-sdk-secret"
+[cache]
+ttl = "1h"
+[[routes]]
+prefix = "/api/"
+upstream = "whoami"
+[relay]
+enabled = true
+[emulator]
+enabled = true
+listen = "{emulator}"
+test_hooks = true
+{users}"#
+    )
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+#[tokio::test]
+async fn the_official_js_sdk_through_the_relay_is_cut_off_at_once_on_sign_out() {
+    let node = require_tool("node");
+    require_tool("npm");
+    npm_ci_if_needed(&sdk_dir());
+    let (gateway, admin, emulator) = (
+        local(common::free_port()),
+        local(common::free_port()),
+        local(common::free_port()),
+    );
+    let _process =
+        common::Process::spawn(&relay_config(gateway, admin, emulator), &[], &[], gateway);
+    common::wait_for_port(admin);
+
+    let (status, steps, transcript) = run_script("relay.mjs", &format!("http://{gateway}")).await;
+    let expected = [
+        "signout_signed_in",
+        "signout",
+        "signout_old_token_refused",
+        "password_signed_in",
+        "password_changed",
+        "password_other_device_refused",
+        "password_this_device_still_served",
+        "password_new_one_signs_in",
+        "revoke_all_signed_in",
+        "revoke_all",
+        "revoke_all_second_device_refused",
+        "revoke_all_first_device_refused",
+        "revoke_device_signed_in",
+        "revoke_device",
+        "revoke_device_lost_device_refused",
+        "revoke_device_keeper_still_served",
+        "outside_signed_in",
+        "done",
+    ];
+    all_passed(&steps, &expected, status, &transcript, &node);
+    for name in [
+        "signout_old_token_refused",
+        "password_other_device_refused",
+        "revoke_all_second_device_refused",
+        "revoke_device_lost_device_refused",
+    ] {
+        assert_eq!(steps[name]["code"], "INVALID_ACCESS_TOKEN", "{name}");
+    }
+
+    let http = Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let text = |url: String| {
+        let http = http.clone();
+        async move { http.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    // The SDK's calls reached CloudBase through the relay, and each purged.
+    let stats: Value =
+        serde_json::from_str(&text(format!("http://{emulator}/__emulator/stats")).await).unwrap();
+    let calls = &stats["calls"];
+    for (name, n) in [
+        ("revoke", 1),
+        ("password", 1),
+        ("sudo", 1),
+        ("revoke_all", 1),
+        ("revoke_device", 1),
+    ] {
+        assert_eq!(calls[name], n, "{name} calls: {calls}");
+    }
+    let metrics = text(format!("http://{admin}/metrics")).await;
+    for (by, n) in [("token", 1.0), ("sub", 3.0), ("unresolved", 0.0)] {
+        let series = format!("cloudbase_gateway_relay_purges_total{{by=\"{by}\"}}");
+        assert_eq!(common::metric(&metrics, &series), n, "{series}");
+    }
+
+    // A revocation outside the relay (here: straight at CloudBase) is not seen: the
+    // cached token keeps working until `POST /cache/purge`.
+    let outside = &steps["outside_signed_in"];
+    let token = s(outside, "access_token");
+    let revoked = http
+        .post(format!("http://{emulator}/auth/v1/revoke"))
+        .json(&json!({ "token": token }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    let whoami = |token: String| {
+        let http = http.clone();
+        async move {
+            http.get(format!("http://{gateway}/api/whoami"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(whoami(token.to_owned()).await, 200, "still cached");
+    let purged = http
+        .post(format!("http://{admin}/cache/purge"))
+        .json(&json!({ "sub": s(outside, "sub") }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purged.status(), 200);
+    assert_eq!(
+        whoami(token.to_owned()).await,
+        401,
+        "purged by the operator"
     );
 }

@@ -55,7 +55,7 @@ impl Cfg<'_> {
             self.emulator.to_owned()
         } else {
             format!(
-                "enabled = true\nlisten = \"127.0.0.1:0\"\n{}\n{USERS}",
+                "enabled = true\nlisten = \"127.0.0.1:0\"\n{EMULATOR_TEST_HOOKS}\n{}\n{USERS}",
                 self.emulator
             )
         };
@@ -1008,7 +1008,7 @@ async fn logged_mix(args: &[&str], level: &str) -> (String, Vec<String>) {
          [admin]\nlisten = \"{{ADMIN}}\"\n\
          [cloudbase]\nenv_id = \"test-env\"\nclient_id = \"test-client\"\n\
          client_secret = \"{CLIENT_SECRET}\"\nintrospect_auth = \"client\"\ntimeout = \"300ms\"\n\
-         [emulator]\nenabled = true\nlisten = \"{{EMULATOR}}\"\n{USERS}\n\
+         [emulator]\nenabled = true\nlisten = \"{{EMULATOR}}\"\n{EMULATOR_TEST_HOOKS}\n{USERS}\n\
          {}{}{}",
         route("/api/", "whoami", "required"),
         route("/opt/", &format!("http://{echo}"), "optional"),
@@ -1178,19 +1178,8 @@ fn http1_exchange(stream: &mut StdStream, path: &str) -> String {
             String::from_utf8_lossy(&buf)
         );
         buf.extend_from_slice(&byte[..n]);
-        let text = String::from_utf8_lossy(&buf).to_string();
-        if let Some(head_end) = text.find("\r\n\r\n") {
-            let len = text[..head_end]
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse::<usize>().unwrap())
-                })
-                .unwrap_or(0);
-            if buf.len() >= head_end + 4 + len {
-                return text;
-            }
+        if http1_response_complete(&buf) {
+            return String::from_utf8_lossy(&buf).into_owned();
         }
     }
 }

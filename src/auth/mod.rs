@@ -2,9 +2,10 @@
 //!
 //! [`Authenticator::decide`] is the decision, in one place: the proxy path's layer
 //! ([`Auth`]) and forward-auth both call it. The layer sits after routing (it needs the
-//! route's `auth` mode and rules) and before forwarding, and answers rejections itself. Rules (anonymous users, groups) are checked on every
-//! request, hit or miss, because one cached identity may serve routes with different rules
-//! and group memberships expire on their own clock.
+//! route's `auth` mode and rules) and before forwarding, and answers rejections itself.
+//! Rules (anonymous users, groups) are checked on every request, hit or miss, because one
+//! cached identity may serve routes with different rules and group memberships expire on
+//! their own clock.
 
 pub mod token;
 
@@ -14,15 +15,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::header::{HeaderName, ACCESS_CONTROL_REQUEST_METHOD};
+use http::header::HeaderName;
 use http::{HeaderMap, Method, Request, Response};
 use tower::{Layer, Service};
 
 use crate::admin::metrics::{AuthDecision, Metrics};
 use crate::cache::{unix_now, IdentityCache, SharedIdentity, Validation};
 use crate::config::{AuthMode, RouteSettings};
-use crate::proxy::headers::X_REQUEST_ID;
-use crate::response::{Body, Reject};
+use crate::proxy::headers::{is_cors_preflight, strip_preflight, X_REQUEST_ID};
+use crate::response::{empty, Body, Reject};
 use crate::routing::MatchedRoute;
 use token::Credentials;
 
@@ -44,6 +45,11 @@ pub struct Authenticator {
 pub enum Decision {
     /// Let the request through, with the identity when one was established.
     Allow(Option<SharedIdentity>),
+    /// A real CORS preflight ([`is_cors_preflight`]) on a route with `allow_preflight`:
+    /// let it through without a token, as nothing more than a preflight (the proxy path
+    /// drops its body and method-override headers; forward-auth, which cannot, refuses one
+    /// that carries such a header).
+    Preflight,
     /// Answer with this rejection.
     Refuse(Reject),
 }
@@ -54,9 +60,9 @@ impl Authenticator {
     }
 
     /// Decides a request with `method` and `headers` (its `Authorization`, `x-request-id`,
-    /// CORS preflight headers) under `rules`. Takes the request's parts, not the request:
-    /// the body is not `Sync`, so a borrow of the whole request could not be held across
-    /// the validation await.
+    /// `Origin` and `Access-Control-Request-Method`) under `rules`. Takes the request's
+    /// parts, not the request: the body is not `Sync`, so a borrow of the whole request
+    /// could not be held across the validation await.
     pub async fn decide(
         &self,
         rules: &RouteSettings,
@@ -66,11 +72,8 @@ impl Authenticator {
         if rules.auth == AuthMode::None {
             return Decision::Allow(None);
         }
-        if rules.allow_preflight
-            && method == Method::OPTIONS
-            && headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD)
-        {
-            return Decision::Allow(None);
+        if rules.allow_preflight && is_cors_preflight(method, headers) {
+            return Decision::Preflight;
         }
         let required = rules.auth == AuthMode::Required;
         // On an optional route every failure passes without identity.
@@ -155,7 +158,9 @@ where
     type Response = Response<Body>;
     type Error = Infallible;
     // Boxed: the validation await makes this future large and its state machine is not
-    // worth hand-writing; one allocation per request is measured in benches/.
+    // worth hand-writing. One allocation per request, small next to a cache hit's digest
+    // and lookup; not measured on its own (no bench builds the tower stack, and
+    // `benches/load.sh` measures the whole proxy).
     type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
@@ -177,26 +182,29 @@ where
                 }
                 None => Decision::Refuse(Reject::NotFound),
             };
-            match decision {
+            let identity = match decision {
                 Decision::Refuse(reason) => {
-                    Ok(reason.into_response(req.headers().get(&X_REQUEST_ID)))
+                    return Ok(reason.into_response(req.headers().get(&X_REQUEST_ID)));
                 }
-                Decision::Allow(identity) => {
-                    if let Some(identity) = &identity {
-                        identity.apply(&shared.header_names, req.headers_mut());
-                    }
-                    // Boxed at once: proving `S::Future: Send` inside this async block trips
-                    // rustc's higher-ranked lifetime check (rust-lang/rust#110338).
-                    let future: Pin<
-                        Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>,
-                    > = Box::pin(inner.call(req));
-                    let mut response = future.await?;
-                    if let Some(identity) = identity {
-                        response.extensions_mut().insert(Authenticated(identity));
-                    }
-                    Ok(response)
+                Decision::Preflight => {
+                    strip_preflight(req.headers_mut());
+                    *req.body_mut() = empty();
+                    None
                 }
+                Decision::Allow(identity) => identity,
+            };
+            if let Some(identity) = &identity {
+                identity.apply(&shared.header_names, req.headers_mut());
             }
+            // Boxed at once: proving `S::Future: Send` inside this async block trips
+            // rustc's higher-ranked lifetime check (rust-lang/rust#110338).
+            let future: Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>> =
+                Box::pin(inner.call(req));
+            let mut response = future.await?;
+            if let Some(identity) = identity {
+                response.extensions_mut().insert(Authenticated(identity));
+            }
+            Ok(response)
         })
     }
 }

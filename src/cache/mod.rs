@@ -4,13 +4,30 @@
 //! heap dump of it). Entries are positive (an [`Identity`]) or negative (CloudBase called the
 //! token invalid). Freshness is tracked with `tokio::time` (so tests can pause time); the
 //! [`store`] bounds memory and drops entries once even their stale window has passed.
+//! A positive entry is fresh until the earliest of `ttl`, the token's `exp` and the next
+//! group expiry, computed to the nanosecond against a [`UnixClock`]; on every hit a token
+//! whose `exp` has come is refused whatever the entry says, so no clock skew between
+//! tokio's clock and Unix time can serve a token past its `exp`.
 //!
 //! A miss starts one *flight* per token, run as its own task: concurrent requests for the
 //! same token wait on it, a client that disconnects does not cancel it, and its result is
 //! stored before the flight is forgotten. Transport errors, timeouts and 5xx are never
-//! stored; `stale_if_error` may then serve a recently expired positive entry.
+//! stored; `stale_if_error` may then serve a recently expired positive entry. When the two
+//! calls disagree, a definitive "no" from either wins over an error from the other, and
+//! answers naming two different users are treated as a CloudBase fault.
+//!
+//! Flights are bounded (`cloudbase.max_in_flight` calls open at once): every made-up token
+//! misses, so without a bound a flood of them while CloudBase is slow opens a socket and a
+//! task per token (measured: 700 MB and 19 600 descriptors). A miss that finds no free slot
+//! is answered at once as if CloudBase had failed — a stale entry if `stale_if_error` has
+//! one, else "unavailable" — and counted as `shed`; joining a flight already in the air
+//! needs no slot. The trade-off: under such a flood some real users' first requests are
+//! refused with 503 for a moment, instead of everyone waiting on an exhausted process.
 
 mod identity;
+/// The shared second tier on Redis (`[cache.redis]`); not yet consulted by
+/// [`IdentityCache`].
+pub mod shared;
 /// Public for `benches/cache_hot_path.rs`, which compares it with moka and dashmap.
 pub mod store;
 
@@ -19,19 +36,24 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::future::{FutureExt, Shared};
 use http::StatusCode;
 use tokio::time::Instant;
 
-pub use identity::{encode_header_value, Grant, Identity, SharedIdentity};
+pub use identity::{
+    encode_header_value, encode_list_element, Grant, HeaderFields, Identity, SharedIdentity,
+};
 
 use crate::admin::metrics::{CacheLookup, CloudbaseEndpoint, CloudbaseOutcome, Metrics};
 use crate::auth::token::jwt_exp;
+use crate::clock::{remaining, unix_secs, UnixClock};
 use crate::cloudbase::types::{Introspection, UserProfile};
 use crate::cloudbase::{CallOptions, Client, Error as ApiError};
-use crate::config::{CacheSettings, IdentityField};
+use crate::config::{
+    CacheSettings, IdentityField, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_IN_FLIGHT,
+};
 
 /// Cache key: SHA-256 of the token.
 pub type TokenKey = [u8; 32];
@@ -127,27 +149,95 @@ struct Inner {
     generation: AtomicU64,
     api: Arc<dyn AuthApi>,
     settings: CacheSettings,
-    fields: Box<[IdentityField]>,
+    fields: HeaderFields,
+    /// One permit per CloudBase call that may be open; a flight holds two.
+    calls: Arc<tokio::sync::Semaphore>,
     metrics: Arc<Metrics>,
+    /// Unix time, for `exp` and group expiries.
+    clock: UnixClock,
 }
 
-/// Unix seconds now.
+/// Bounds of the cache that come from outside `[cache]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `cloudbase.max_in_flight`: CloudBase calls open at once (at least 2).
+    pub max_in_flight: usize,
+    /// `identity.max_header_bytes`: the most bytes of one encoded identity header value.
+    pub max_header_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+        }
+    }
+}
+
+/// CloudBase calls one flight makes at once (introspect and `/user/me`, concurrently).
+const CALLS_PER_FLIGHT: u32 = 2;
+
+/// Unix seconds now (rounded down), from the system clock.
 pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    UnixClock::System.now_secs()
 }
 
 impl IdentityCache {
-    /// `fields` are the configured identity header fields, in header order.
+    /// `fields` are the configured identity header fields, in header order. The
+    /// [`Limits`] are the defaults.
     pub fn new(
         settings: &CacheSettings,
         fields: &[IdentityField],
         api: Arc<dyn AuthApi>,
         metrics: Arc<Metrics>,
     ) -> IdentityCache {
+        Self::with_options(
+            settings,
+            fields,
+            Limits::default(),
+            api,
+            metrics,
+            UnixClock::System,
+        )
+    }
+
+    /// Like [`IdentityCache::new`], reading Unix time from `clock` (tests control it).
+    pub fn with_clock(
+        settings: &CacheSettings,
+        fields: &[IdentityField],
+        api: Arc<dyn AuthApi>,
+        metrics: Arc<Metrics>,
+        clock: UnixClock,
+    ) -> IdentityCache {
+        Self::with_options(settings, fields, Limits::default(), api, metrics, clock)
+    }
+
+    /// Like [`IdentityCache::new`], with the given [`Limits`].
+    pub fn with_limits(
+        settings: &CacheSettings,
+        fields: &[IdentityField],
+        limits: Limits,
+        api: Arc<dyn AuthApi>,
+        metrics: Arc<Metrics>,
+    ) -> IdentityCache {
+        Self::with_options(settings, fields, limits, api, metrics, UnixClock::System)
+    }
+
+    /// The cache with every option: [`Limits`] and the Unix clock.
+    pub fn with_options(
+        settings: &CacheSettings,
+        fields: &[IdentityField],
+        limits: Limits,
+        api: Arc<dyn AuthApi>,
+        metrics: Arc<Metrics>,
+        clock: UnixClock,
+    ) -> IdentityCache {
         let entries = store::Store::new(settings.max_entries);
+        let permits = limits.max_in_flight.clamp(
+            CALLS_PER_FLIGHT as usize,
+            tokio::sync::Semaphore::MAX_PERMITS,
+        );
         IdentityCache {
             inner: Arc::new(Inner {
                 entries,
@@ -155,8 +245,10 @@ impl IdentityCache {
                 generation: AtomicU64::new(0),
                 api,
                 settings: settings.clone(),
-                fields: fields.into(),
+                fields: HeaderFields::new(fields, limits.max_header_bytes, Some(metrics.clone())),
+                calls: Arc::new(tokio::sync::Semaphore::new(permits)),
                 metrics,
+                clock,
             }),
         }
     }
@@ -166,9 +258,18 @@ impl IdentityCache {
     pub async fn validate(&self, token: &str, request_id: Option<&str>) -> Validation {
         let key = token_key(token);
         let cached = self.inner.entries.get(&key);
+        let clock = &self.inner.clock;
         if let Some(entry) = &cached {
             if Instant::now() < entry.fresh_until {
                 return match &entry.verdict {
+                    // Fresh entries end at or before `exp`; this holds even if the system
+                    // clock and tokio's clock drift apart.
+                    Verdict::Positive { identity, .. }
+                        if identity.exp.is_some_and(|exp| clock.has_reached(exp)) =>
+                    {
+                        self.inner.metrics.cache_lookup(CacheLookup::Miss);
+                        Validation::Invalid
+                    }
                     Verdict::Positive { identity, .. } => {
                         self.inner.metrics.cache_lookup(CacheLookup::Hit);
                         Validation::Valid(identity.clone())
@@ -180,9 +281,8 @@ impl IdentityCache {
                 };
             }
         }
-        let now_unix = unix_now();
         let exp = jwt_exp(token);
-        if exp.is_some_and(|exp| exp <= now_unix) {
+        if exp.is_some_and(|exp| clock.has_reached(exp)) {
             // Dead by its own claim: no CloudBase call, nothing cached.
             self.inner.metrics.cache_lookup(CacheLookup::Miss);
             return Validation::Invalid;
@@ -191,6 +291,12 @@ impl IdentityCache {
             Some(entry) => {
                 self.inner.metrics.cache_lookup(CacheLookup::Miss);
                 match &entry.verdict {
+                    // `exp` may have come while CloudBase was answering.
+                    Verdict::Positive { identity, .. }
+                        if identity.exp.is_some_and(|exp| clock.has_reached(exp)) =>
+                    {
+                        Validation::Invalid
+                    }
                     Verdict::Positive { identity, .. } => Validation::Valid(identity.clone()),
                     Verdict::Negative => Validation::Invalid,
                 }
@@ -201,7 +307,7 @@ impl IdentityCache {
                         identity,
                         stale_until,
                     } if Instant::now() < *stale_until
-                        && identity.exp.is_none_or(|exp| exp > unix_now()) =>
+                        && identity.exp.is_none_or(|exp| !clock.has_reached(exp)) =>
                     {
                         Some(identity.clone())
                     }
@@ -221,7 +327,8 @@ impl IdentityCache {
         }
     }
 
-    /// Joins the flight for `key`, starting it if there is none.
+    /// Joins the flight for `key`, starting it if there is none and a CloudBase slot is
+    /// free; with none free the flight ends at once with nothing (counted as shed).
     fn flight(
         &self,
         key: TokenKey,
@@ -241,6 +348,16 @@ impl IdentityCache {
                 return done.shared();
             }
         }
+        let Ok(permit) = self
+            .inner
+            .calls
+            .clone()
+            .try_acquire_many_owned(CALLS_PER_FLIGHT)
+        else {
+            self.inner.metrics.cloudbase_shed();
+            let shed: BoxFuture<'static, Fetched> = Box::pin(std::future::ready(None));
+            return shed.shared();
+        };
         let inner = self.inner.clone();
         let token = token.to_owned();
         let opts = CallOptions {
@@ -250,6 +367,7 @@ impl IdentityCache {
         let task = tokio::spawn(async move {
             let generation = inner.generation.load(Ordering::Acquire);
             let entry = inner.fetch(&token, exp, &opts).await;
+            drop(permit);
             if let Some(entry) = &entry {
                 if !entry.keep_for.is_zero()
                     && inner.generation.load(Ordering::Acquire) == generation
@@ -273,6 +391,16 @@ impl IdentityCache {
             (Box::pin(task.map(|r| r.ok().flatten())) as BoxFuture<'static, _>).shared();
         flights.insert(key, flight.clone());
         flight
+    }
+
+    /// The `sub` CloudBase named for `token` when it was last validated, if the cache still
+    /// holds that positive entry (fresh or not). Asks no one and counts no lookup: for
+    /// callers that need to know whose token it is, not whether it is valid now.
+    pub fn cached_sub(&self, token: &str) -> Option<Box<str>> {
+        match self.inner.entries.get(&token_key(token))?.verdict {
+            Verdict::Positive { identity, .. } => Some(identity.sub.clone()),
+            Verdict::Negative => None,
+        }
     }
 
     /// Drops the entry of one token. Returns how many entries went (0 or 1).
@@ -316,33 +444,46 @@ impl Inner {
                 |_| true
             ),
         );
+        // Read before the Unix time below, so the entry ends a hair early, never late.
         let now = Instant::now();
         let negative = || Entry {
             verdict: Verdict::Negative,
             fresh_until: now + self.settings.negative_ttl,
             keep_for: self.settings.negative_ttl,
         };
-        let introspection = match introspection {
-            Ok(i) if i.is_active() => i,
-            Ok(_) => return Some(negative()),
-            Err(e) if is_rejection(&e) => return Some(negative()),
-            Err(_) => return None,
+        // A definitive "no" from either call decides, whatever the other one did: CloudBase
+        // has said the token is not valid, and a failure of the other call cannot undo it.
+        let refused = match &introspection {
+            Ok(i) => !i.is_active(),
+            Err(e) => is_rejection(e),
+        } || matches!(&profile, Err(e) if is_rejection(e));
+        if refused {
+            return Some(negative());
+        }
+        let (Ok(introspection), Ok(profile)) = (introspection, profile) else {
+            return None;
         };
-        let profile = match profile {
-            Ok(p) => p,
-            Err(e) if is_rejection(&e) => return Some(negative()),
-            Err(_) => return None,
-        };
-        let now_unix = unix_now();
-        let identity = Identity::new(&introspection, &profile, exp, &self.fields, now_unix);
+        if introspection.sub.as_deref() != Some(profile.sub.as_str()) {
+            // Only a CloudBase or network fault can pair one user's introspection with
+            // another's profile: no identity is made from it, and nothing is stored.
+            self.metrics.cloudbase_sub_mismatch();
+            tracing::warn!(
+                request_id = opts.request_id.as_deref().unwrap_or(""),
+                introspect_sub = introspection.sub.as_deref().unwrap_or(""),
+                user_me_sub = %profile.sub,
+                "CloudBase /token/introspect and /user/me named different users; not validated"
+            );
+            return None;
+        }
+        let unix_now = self.clock.now();
+        let now_secs = unix_secs(unix_now);
+        let identity = Identity::new(&introspection, &profile, exp, &self.fields, now_secs);
         let mut fresh = self.settings.ttl;
-        for limit in [exp, identity.next_group_expiry(now_unix)]
+        for limit in [exp, identity.next_group_expiry(now_secs)]
             .into_iter()
             .flatten()
         {
-            fresh = fresh.min(Duration::from_secs(
-                limit.saturating_sub(now_unix).max(0) as u64
-            ));
+            fresh = fresh.min(remaining(limit, unix_now));
         }
         let keep_for = if fresh.is_zero() {
             Duration::ZERO

@@ -13,6 +13,12 @@ enum Script {
     Inactive,
     Down,
     Unauthenticated,
+    /// Introspection fails (5xx) while `/user/me` answers 401 `unauthenticated`.
+    IntrospectDownUserMeRefuses,
+    /// Introspection answers `{}` while `/user/me` times out.
+    IntrospectRefusesUserMeDown,
+    /// Introspection vouches for user 42, `/user/me` describes user 43.
+    TwoUsers,
 }
 
 struct FakeApi {
@@ -67,13 +73,15 @@ impl AuthApi for FakeApi {
                 tokio::time::sleep(self.delay).await;
             }
             match *self.script.lock().unwrap() {
-                Script::Active | Script::Unauthenticated => Ok(Introspection {
+                Script::Active | Script::Unauthenticated | Script::TwoUsers => Ok(Introspection {
                     sub: Some("42".into()),
                     scope: Some("user".into()),
                     ..Default::default()
                 }),
-                Script::Inactive => Ok(Introspection::default()),
-                Script::Down => Err(down()),
+                Script::Inactive | Script::IntrospectRefusesUserMeDown => {
+                    Ok(Introspection::default())
+                }
+                Script::Down | Script::IntrospectDownUserMeRefuses => Err(down()),
             }
         })
     }
@@ -88,40 +96,73 @@ impl AuthApi for FakeApi {
             if !self.delay.is_zero() {
                 tokio::time::sleep(self.delay).await;
             }
+            let profile = |sub: &str| UserProfile {
+                sub: sub.into(),
+                name: Some("n".into()),
+                groups: self.groups.clone(),
+                ..Default::default()
+            };
             match *self.script.lock().unwrap() {
-                Script::Active | Script::Inactive => Ok(UserProfile {
-                    sub: "42".into(),
-                    name: Some("n".into()),
-                    groups: self.groups.clone(),
-                    ..Default::default()
-                }),
-                Script::Unauthenticated => Err(ApiError::Api {
-                    status: StatusCode::UNAUTHORIZED,
-                    error: "unauthenticated".into(),
-                    error_code: 16,
-                    error_description: String::new(),
-                }),
-                Script::Down => Err(ApiError::Timeout),
+                Script::Active | Script::Inactive => Ok(profile("42")),
+                Script::TwoUsers => Ok(profile("43")),
+                Script::Unauthenticated | Script::IntrospectDownUserMeRefuses => {
+                    Err(ApiError::Api {
+                        status: StatusCode::UNAUTHORIZED,
+                        error: "unauthenticated".into(),
+                        error_code: 16,
+                        error_description: String::new(),
+                    })
+                }
+                Script::Down | Script::IntrospectRefusesUserMeDown => Err(ApiError::Timeout),
             }
         })
     }
 }
 
-fn cache(api: Arc<FakeApi>, ttl: u64, stale: u64) -> IdentityCache {
-    let settings = CacheSettings {
+fn settings(ttl: u64, stale: u64) -> CacheSettings {
+    CacheSettings {
         max_entries: 1000,
         ttl: Duration::from_secs(ttl),
         negative_ttl: Duration::from_secs(5),
         stale_if_error: Duration::from_secs(stale),
-    };
+        redis: None,
+    }
+}
+
+fn cache(api: Arc<FakeApi>, ttl: u64, stale: u64) -> IdentityCache {
+    cache_with_clock(api, ttl, stale, UnixClock::System).0
+}
+
+/// A cache reading Unix time from `clock`, and its metrics.
+fn cache_with_clock(
+    api: Arc<FakeApi>,
+    ttl: u64,
+    stale: u64,
+    clock: UnixClock,
+) -> (IdentityCache, Arc<Metrics>) {
+    let settings = settings(ttl, stale);
     let metrics = Arc::new(Metrics::new(Vec::<String>::new()));
-    IdentityCache::new(
+    let cache = IdentityCache::with_clock(
         &settings,
         &[IdentityField::Sub, IdentityField::Groups],
         api,
-        metrics,
-    )
+        metrics.clone(),
+        clock,
+    );
+    (cache, metrics)
 }
+
+/// A JWT-shaped token carrying only `exp` (the cache reads no other claim).
+fn jwt_with_exp(exp: i64) -> String {
+    use base64::Engine;
+    let claims = format!(r#"{{"exp":{exp}}}"#);
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims);
+    format!("eyJhbGciOiJub25lIn0.{payload}.c2ln")
+}
+
+/// Unix second 1 000 000 000 and 900 ms: the fraction that let entries outlive `exp`.
+const X_9: Duration = Duration::from_millis(1_000_000_000_900);
+const X: i64 = 1_000_000_000;
 
 fn is_valid(v: &Validation) -> bool {
     matches!(v, Validation::Valid(_))
@@ -273,4 +314,310 @@ async fn a_request_racing_a_finishing_flight_makes_no_second_call() {
         }
     }
     assert_eq!(api.calls(), (TOKENS, TOKENS));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_entry_stored_at_x_9_is_refused_at_exp_plus_one_millisecond() {
+    let api = FakeApi::new(Script::Active);
+    let clock = UnixClock::following_tokio(X_9);
+    let (c, _) = cache_with_clock(api.clone(), 60, 0, UnixClock::Tokio(clock));
+    let token = jwt_with_exp(X + 2);
+    assert!(is_valid(&c.validate(&token, None).await));
+    // The fetch took the stand-in's 10 ms; stop 1 ms before exp.
+    tokio::time::advance(Duration::from_millis(1_089)).await;
+    assert!(
+        is_valid(&c.validate(&token, None).await),
+        "exp - 1 ms: still valid"
+    );
+    assert_eq!(api.calls(), (1, 1), "served from the cache");
+    tokio::time::advance(Duration::from_millis(2)).await;
+    assert!(
+        matches!(c.validate(&token, None).await, Validation::Invalid),
+        "exp + 1 ms: refused, although whole seconds would have kept it until exp + 0.9 s"
+    );
+    assert_eq!(
+        api.calls(),
+        (1, 1),
+        "refused by its own exp, without asking CloudBase"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wall_clock_step_past_exp_refuses_an_entry_tokio_time_still_calls_fresh() {
+    let api = FakeApi::new(Script::Active);
+    let clock = UnixClock::following_tokio(X_9);
+    let (c, _) = cache_with_clock(api.clone(), 60, 0, UnixClock::Tokio(clock.clone()));
+    let token = jwt_with_exp(X + 30);
+    assert!(is_valid(&c.validate(&token, None).await));
+    // The system clock is corrected forward past exp; the entry's tokio deadline is not.
+    clock.step(Duration::from_secs(60));
+    assert!(
+        matches!(c.validate(&token, None).await, Validation::Invalid),
+        "a hit never serves a token past its exp"
+    );
+    assert_eq!(api.calls(), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_if_error_serves_until_exp_and_never_after() {
+    let api = FakeApi::new(Script::Active);
+    let clock = UnixClock::following_tokio(X_9);
+    let (c, _) = cache_with_clock(api.clone(), 1, 60, UnixClock::Tokio(clock));
+    let token = jwt_with_exp(X + 3);
+    assert!(is_valid(&c.validate(&token, None).await));
+    api.set(Script::Down);
+    // Stored at x.91 (the stand-in answers in 10 ms), fresh for 1 s, exp at x + 3. Each
+    // failing call takes 10 ms too: this one ends at exp - 10 ms.
+    tokio::time::advance(Duration::from_millis(2_070)).await;
+    assert!(
+        is_valid(&c.validate(&token, None).await),
+        "expired, CloudBase down, before exp: served stale"
+    );
+    tokio::time::advance(Duration::from_millis(11)).await;
+    assert!(
+        matches!(c.validate(&token, None).await, Validation::Invalid),
+        "exp + 1 ms: never stale"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_group_expiry_bounds_the_entry_to_the_millisecond() {
+    let expires_at = time::OffsetDateTime::from_unix_timestamp(X + 2)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let api = Arc::new(FakeApi {
+        script: StdMutex::new(Script::Active),
+        introspects: AtomicUsize::new(0),
+        user_mes: AtomicUsize::new(0),
+        delay: Duration::ZERO,
+        groups: vec![
+            Group::Id("user".into()),
+            Group::Object {
+                id: "admin".into(),
+                expires_at: Some(expires_at),
+            },
+        ],
+    });
+    let clock = UnixClock::following_tokio(X_9);
+    let (c, _) = cache_with_clock(api.clone(), 60, 0, UnixClock::Tokio(clock));
+    let groups = |v: Validation| match v {
+        Validation::Valid(identity) => {
+            let mut h = http::HeaderMap::new();
+            let names = [
+                http::HeaderName::from_static("x-sub"),
+                http::HeaderName::from_static("x-groups"),
+            ];
+            identity.apply(&names, &mut h);
+            h["x-groups"].to_str().unwrap().to_owned()
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(groups(c.validate("opaque", None).await), "user,admin");
+    tokio::time::advance(Duration::from_millis(1_099)).await;
+    assert_eq!(groups(c.validate("opaque", None).await), "user,admin");
+    assert_eq!(
+        api.calls(),
+        (1, 1),
+        "a hit until 1 ms before the group expires"
+    );
+    tokio::time::advance(Duration::from_millis(2)).await;
+    assert_eq!(
+        groups(c.validate("opaque", None).await),
+        "user",
+        "1 ms after: asked again, and the group is gone"
+    );
+    assert_eq!(api.calls(), (2, 2));
+}
+
+/// A cache allowing one flight (two calls) at a time, and its metrics.
+fn one_flight_cache(api: Arc<FakeApi>, ttl: u64, stale: u64) -> (IdentityCache, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new(Vec::<String>::new()));
+    let limits = Limits {
+        max_in_flight: 2,
+        ..Limits::default()
+    };
+    let c = IdentityCache::with_limits(
+        &settings(ttl, stale),
+        &[IdentityField::Sub],
+        limits,
+        api,
+        metrics.clone(),
+    );
+    (c, metrics)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_miss_beyond_max_in_flight_is_refused_at_once_and_joining_a_flight_is_free() {
+    let api = FakeApi::new(Script::Active);
+    let (c, metrics) = one_flight_cache(api.clone(), 60, 0);
+    let spawn = |token: &'static str| {
+        let c = c.clone();
+        tokio::spawn(async move { c.validate(token, None).await })
+    };
+    let first = spawn("a");
+    tokio::task::yield_now().await; // "a" takes the only slot
+    let joined = spawn("a");
+    let start = Instant::now();
+    assert!(matches!(
+        c.validate("b", None).await,
+        Validation::Unavailable
+    ));
+    assert_eq!(Instant::now(), start, "shed without waiting for the slot");
+    assert!(is_valid(&first.await.unwrap()));
+    assert!(is_valid(&joined.await.unwrap()), "joining needs no slot");
+    assert_eq!(api.calls(), (1, 1), "the shed miss called nothing");
+    let text = metrics.render(0);
+    for endpoint in ["introspect", "user_me"] {
+        let line = format!(
+            "cloudbase_gateway_cloudbase_requests_total{{endpoint=\"{endpoint}\",outcome=\"shed\"}} 1"
+        );
+        assert!(text.contains(&line), "{line} missing:\n{text}");
+    }
+    // The slot is free again once the flight has ended.
+    assert!(is_valid(&c.validate("b", None).await));
+    assert_eq!(api.calls(), (2, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_401_from_user_me_beats_an_introspect_failure_and_is_stored() {
+    let api = FakeApi::new(Script::IntrospectDownUserMeRefuses);
+    let c = cache(api.clone(), 10, 60);
+    assert!(matches!(
+        c.validate("cold", None).await,
+        Validation::Invalid
+    ));
+    assert!(matches!(
+        c.validate("cold", None).await,
+        Validation::Invalid
+    ));
+    assert_eq!(
+        api.calls(),
+        (1, 1),
+        "the negative entry answered the second time"
+    );
+
+    // A warm token inside its stale window: the "no" wins over stale serving too.
+    api.set(Script::Active);
+    assert!(is_valid(&c.validate("warm", None).await));
+    tokio::time::advance(Duration::from_secs(11)).await;
+    api.set(Script::IntrospectDownUserMeRefuses);
+    assert!(matches!(
+        c.validate("warm", None).await,
+        Validation::Invalid
+    ));
+    api.set(Script::Active);
+    assert!(
+        matches!(c.validate("warm", None).await, Validation::Invalid),
+        "the negative entry replaced the positive one"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inactive_introspection_beats_a_user_me_failure_and_is_stored() {
+    let api = FakeApi::new(Script::IntrospectRefusesUserMeDown);
+    let c = cache(api.clone(), 10, 60);
+    assert!(matches!(c.validate("t", None).await, Validation::Invalid));
+    assert!(matches!(c.validate("t", None).await, Validation::Invalid));
+    assert_eq!(api.calls(), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn introspection_and_profile_of_different_users_validate_nobody_and_store_nothing() {
+    let api = FakeApi::new(Script::TwoUsers);
+    let (c, metrics) = cache_with_clock(api.clone(), 10, 60, UnixClock::System);
+    let mismatches = |m: &Metrics| {
+        let text = m.render(0);
+        text.lines()
+            .find_map(|l| l.strip_prefix("cloudbase_gateway_cloudbase_sub_mismatches_total "))
+            .map(|v| v.parse::<u64>().unwrap())
+    };
+    assert!(matches!(
+        c.validate("t", None).await,
+        Validation::Unavailable
+    ));
+    assert!(matches!(
+        c.validate("t", None).await,
+        Validation::Unavailable
+    ));
+    assert_eq!(
+        api.calls(),
+        (2, 2),
+        "nothing was cached: each request asks again"
+    );
+    assert_eq!(mismatches(&metrics), Some(2));
+    assert_eq!(c.entry_count(), 0);
+
+    // Like any CloudBase fault, it does not erase what CloudBase said consistently before:
+    // inside its stale window a known identity is still served.
+    api.set(Script::Active);
+    assert!(is_valid(&c.validate("warm", None).await));
+    tokio::time::advance(Duration::from_secs(11)).await;
+    api.set(Script::TwoUsers);
+    match c.validate("warm", None).await {
+        Validation::Valid(identity) => assert_eq!(&*identity.sub, "42"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_whose_exp_comes_while_cloudbase_answers_is_refused() {
+    let api = Arc::new(FakeApi {
+        script: StdMutex::new(Script::Active),
+        introspects: AtomicUsize::new(0),
+        user_mes: AtomicUsize::new(0),
+        delay: Duration::from_millis(500),
+        groups: vec![],
+    });
+    let clock = UnixClock::following_tokio(X_9);
+    let (c, _) = cache_with_clock(api.clone(), 60, 0, UnixClock::Tokio(clock));
+    // exp is 100 ms away when asked; CloudBase takes 500 ms to vouch for it.
+    let token = jwt_with_exp(X + 1);
+    assert!(matches!(
+        c.validate(&token, None).await,
+        Validation::Invalid
+    ));
+    assert_eq!(api.calls(), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shed_miss_serves_a_stale_identity_when_stale_if_error_has_one() {
+    let api = FakeApi::new(Script::Active);
+    let (c, _) = one_flight_cache(api.clone(), 60, 30);
+    assert!(is_valid(&c.validate("b", None).await));
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let c2 = c.clone();
+    let busy = tokio::spawn(async move { c2.validate("a", None).await });
+    tokio::task::yield_now().await;
+    assert!(
+        is_valid(&c.validate("b", None).await),
+        "expired but within stale_if_error: served while no slot is free"
+    );
+    assert!(is_valid(&busy.await.unwrap()));
+    assert_eq!(api.calls(), (2, 2), "b was not asked about again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn cached_sub_names_the_user_of_a_known_token_without_asking_or_counting() {
+    let api = FakeApi::new(Script::Active);
+    let c = cache(api.clone(), 60, 0);
+    assert_eq!(c.cached_sub("tok"), None, "unknown token");
+    assert!(is_valid(&c.validate("tok", None).await));
+    let metrics_before = c.inner.metrics.render(0);
+    assert_eq!(c.cached_sub("tok").as_deref(), Some("42"));
+    assert_eq!(api.calls(), (1, 1), "no CloudBase call");
+    assert_eq!(
+        c.inner.metrics.render(0),
+        metrics_before,
+        "no lookup counted"
+    );
+
+    api.set(Script::Inactive);
+    assert!(matches!(
+        c.validate("dead", None).await,
+        Validation::Invalid
+    ));
+    assert_eq!(c.cached_sub("dead"), None, "a negative entry names no one");
+    c.purge_sub("42");
+    assert_eq!(c.cached_sub("tok"), None, "gone with its entry");
 }

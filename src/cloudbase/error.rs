@@ -2,8 +2,9 @@
 //!
 //! The gateway needs one distinction above all: "CloudBase said no" ([`Error::Api`] with a
 //! 4xx) versus "CloudBase could not be asked" ([`Error::is_server_side`]), because the
-//! first rejects the user and the second may be served from a stale cache or answered
-//! 502/504. The trade-off: messages stay generic. Nothing here keeps a URL, a request or a
+//! first rejects the user (401, remembered for `negative_ttl`) and the second never does:
+//! the gateway serves a stale identity where `stale_if_error` allows, and otherwise answers
+//! 503 `AUTH_UNAVAILABLE` with `Retry-After`. The trade-off: messages stay generic. Nothing here keeps a URL, a request or a
 //! response body, so no token, password or secret can reach a log through an error; the
 //! price is that a malformed-body error tells you where parsing failed, not what was there.
 

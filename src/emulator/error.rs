@@ -3,10 +3,16 @@
 //! Every failure the emulator reports, including malformed bodies, unknown paths and wrong
 //! methods, goes through [`ApiError`] so clients see one shape, as with the real service.
 //! The description is free text for humans; clients branch on `error` only.
+//!
+//! The `error` names stay within CloudBase's documented vocabulary even where HTTP has a
+//! more precise status: an oversized body (413) or a body that is not declared JSON (415)
+//! is `invalid_argument`, so a client that branches on `error` needs no new case, while
+//! the status still tells HTTP tooling what went wrong.
 
 use std::borrow::Cow;
+use std::time::Duration;
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
@@ -21,7 +27,7 @@ pub enum ErrorKind {
     InvalidPassword,
     /// 400 `invalid_grant`: unknown, used or expired refresh token.
     InvalidGrant,
-    /// 401 `invalid_client`: client credentials sent but wrong.
+    /// 401 `invalid_client`: client credentials sent but wrong, or another client's id.
     InvalidClient,
     /// 401 `unauthenticated`: missing, invalid, expired or revoked access token.
     Unauthenticated,
@@ -33,6 +39,13 @@ pub enum ErrorKind {
     MethodNotAllowed,
     /// 409 `already_exists`.
     AlreadyExists,
+    /// 413 `invalid_argument`: the body is larger than the emulator reads.
+    PayloadTooLarge,
+    /// 415 `invalid_argument`: a body that is not declared JSON.
+    UnsupportedMediaType,
+    /// 429 `resource_exhausted`: too many wrong passwords or codes; comes with
+    /// `Retry-After`.
+    ResourceExhausted,
     /// 500 `internal`.
     Internal,
     /// 501 `unimplemented`.
@@ -43,7 +56,9 @@ impl ErrorKind {
     /// The `error` string on the wire.
     pub fn code(self) -> &'static str {
         match self {
-            ErrorKind::InvalidArgument => "invalid_argument",
+            ErrorKind::InvalidArgument
+            | ErrorKind::PayloadTooLarge
+            | ErrorKind::UnsupportedMediaType => "invalid_argument",
             ErrorKind::InvalidPassword => "invalid_password",
             ErrorKind::InvalidGrant => "invalid_grant",
             ErrorKind::InvalidClient => "invalid_client",
@@ -52,6 +67,7 @@ impl ErrorKind {
             ErrorKind::NotFound => "not_found",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::AlreadyExists => "already_exists",
+            ErrorKind::ResourceExhausted => "resource_exhausted",
             ErrorKind::Internal => "internal",
             ErrorKind::Unimplemented => "unimplemented",
         }
@@ -68,6 +84,9 @@ impl ErrorKind {
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::AlreadyExists => StatusCode::CONFLICT,
+            ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorKind::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::Unimplemented => StatusCode::NOT_IMPLEMENTED,
         }
@@ -76,11 +95,14 @@ impl ErrorKind {
     /// The numeric `error_code` (gRPC-style numbering; `invalid_grant` is 4 as in the docs).
     fn number(self) -> i64 {
         match self {
-            ErrorKind::InvalidArgument => 3,
+            ErrorKind::InvalidArgument
+            | ErrorKind::PayloadTooLarge
+            | ErrorKind::UnsupportedMediaType => 3,
             ErrorKind::InvalidPassword | ErrorKind::InvalidGrant | ErrorKind::InvalidClient => 4,
             ErrorKind::NotFound => 5,
             ErrorKind::AlreadyExists => 6,
             ErrorKind::PermissionDenied => 7,
+            ErrorKind::ResourceExhausted => 8,
             ErrorKind::MethodNotAllowed | ErrorKind::Unimplemented => 12,
             ErrorKind::Internal => 13,
             ErrorKind::Unauthenticated => 16,
@@ -94,6 +116,8 @@ impl ErrorKind {
 pub struct ApiError {
     pub kind: ErrorKind,
     pub description: Cow<'static, str>,
+    /// Sent as `Retry-After` (whole seconds, rounded up).
+    pub retry_after: Option<Duration>,
 }
 
 impl ApiError {
@@ -101,6 +125,15 @@ impl ApiError {
         ApiError {
             kind,
             description: description.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 429 `resource_exhausted`, to be retried after `wait`.
+    pub fn exhausted(description: impl Into<Cow<'static, str>>, wait: Duration) -> Self {
+        ApiError {
+            retry_after: Some(wait),
+            ..Self::new(ErrorKind::ResourceExhausted, description)
         }
     }
 
@@ -114,6 +147,11 @@ impl ApiError {
             ErrorKind::InvalidArgument,
             format!("missing field `{field}`"),
         )
+    }
+
+    /// 401 `invalid_client`: wrong client credentials or another client's `client_id`.
+    pub fn invalid_client() -> Self {
+        Self::new(ErrorKind::InvalidClient, "client authentication failed")
     }
 
     pub fn unauthenticated() -> Self {
@@ -132,6 +170,13 @@ impl IntoResponse for ApiError {
             error_description: self.description.into_owned(),
             details: None,
         };
-        (self.kind.status(), Json(body)).into_response()
+        let mut response = (self.kind.status(), Json(body)).into_response();
+        if let Some(wait) = self.retry_after {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        response
     }
 }

@@ -1,28 +1,24 @@
-//! The endpoint handlers and the extractors that keep every rejection in the envelope.
-//!
-//! Bodies are read as bytes and parsed here rather than with axum's `Json`: its
-//! rejections are plain text, and it insists on `Content-Type: application/json`, which
-//! the seed guide's curl commands (`--data-raw`, so form-encoded) do not send. An empty
-//! body counts as `{}`. Unknown fields are ignored, as the real service does with the
-//! SDK's extras (`client_id`, `verification_code` at sign-up…).
+//! The `/auth/v1` endpoint handlers and the extractors that keep every rejection in the
+//! envelope (request bodies: [`super::body`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Query, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use axum::Json;
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::body::JsonBody;
 use super::error::{ApiError, ErrorKind};
 use super::jwt::Claims;
+use super::limits::Subject;
 use super::state::{self, Caller, Contact, Issued, Now, SignUp};
-use super::{Endpoint, Fault, Inner};
+use super::Inner;
 use crate::cloudbase::types::{
     Introspection, ProvidersResponse, SudoResponse, TokenResponse, UserProfile,
     VerificationResponse, VerifyResponse,
@@ -30,36 +26,6 @@ use crate::cloudbase::types::{
 
 type AppState = State<Arc<Inner>>;
 type ApiResult<T> = Result<Json<T>, ApiError>;
-
-/// A JSON body whose every failure is a 400 `invalid_argument` in the envelope.
-pub struct JsonBody<T>(pub T);
-
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::invalid_argument(format!("cannot read the body: {e}")))?;
-        let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-            b"{}"
-        } else {
-            &bytes
-        };
-        let mut de = serde_json::Deserializer::from_slice(text);
-        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            if path == "." {
-                ApiError::invalid_argument(format!("invalid JSON body: {}", e.inner()))
-            } else {
-                ApiError::invalid_argument(format!("invalid JSON body at `{path}`: {}", e.inner()))
-            }
-        })?;
-        de.end()
-            .map_err(|e| ApiError::invalid_argument(format!("invalid JSON body: {e}")))?;
-        Ok(JsonBody(value))
-    }
-}
 
 /// The query string as a map; a malformed one is a 400 `invalid_argument`.
 pub struct Params(pub HashMap<String, String>);
@@ -73,6 +39,31 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
             .map(|Query(m)| Params(m))
             .map_err(|e| ApiError::invalid_argument(format!("invalid query string: {e}")))
     }
+}
+
+/// The caller's address, as the subject of the per-client attempt limits. Taken from the
+/// connection, never from `X-Forwarded-For`, which any client can write.
+pub struct Client(pub Subject);
+
+impl<S: Send + Sync> FromRequestParts<S> for Client {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Infallible> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip());
+        Ok(Client(Subject::client(peer)))
+    }
+}
+
+/// The caller's `x-device-id`, when it sent a usable one.
+fn device_id(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("x-device-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -136,9 +127,11 @@ pub struct SigninReq {
     verification_token: Option<String>,
 }
 
-/// `POST /signin`: username + password, or a verification token.
+/// `POST /signin`: username + password (attempts limited), or a verification token.
 pub async fn signin(
     State(inner): AppState,
+    Client(client): Client,
+    headers: HeaderMap,
     JsonBody(req): JsonBody<SigninReq>,
 ) -> ApiResult<TokenResponse> {
     let now = Now::current();
@@ -146,11 +139,12 @@ pub async fn signin(
         let mut store = inner.store();
         let (sub, provider) = match (req.verification_token, req.username, req.password) {
             (Some(t), _, _) => store.login_by_verification(&t, now)?,
-            (None, Some(u), Some(p)) => (store.check_login(&u, &p)?, "username"),
+            (None, Some(u), Some(p)) => (store.check_login(&u, &p, &client, now)?, "username"),
             (None, None, _) => return Err(ApiError::missing("username")),
             (None, Some(_), None) => return Err(ApiError::missing("password")),
         };
-        store.open_session(&sub, provider, inner.access_exp(now), now)?
+        let device = device_id(&headers);
+        store.open_session(&sub, provider, device, inner.access_exp(now), now)?
     };
     Ok(Json(inner.token_response(issued, now)))
 }
@@ -211,9 +205,10 @@ pub struct VerifyReq {
     verification_code: Option<String>,
 }
 
-/// `POST /verification/verify`: code -> verification token.
+/// `POST /verification/verify`: code -> verification token (attempts limited).
 pub async fn verify(
     State(inner): AppState,
+    Client(client): Client,
     JsonBody(req): JsonBody<VerifyReq>,
 ) -> ApiResult<VerifyResponse> {
     let id = req
@@ -223,7 +218,9 @@ pub async fn verify(
         .verification_code
         .ok_or(ApiError::missing("verification_code"))?;
     let code_ok = code == inner.verification_code;
-    let verification_token = inner.store().verify(&id, code_ok, Now::current())?;
+    let verification_token = inner
+        .store()
+        .verify(&id, code_ok, &client, Now::current())?;
     Ok(Json(VerifyResponse {
         verification_token,
         expires_in: state::VERIFICATION_TTL.as_secs(),
@@ -245,6 +242,7 @@ pub struct SignupReq {
 /// `POST /signup`: creates a user from a verified phone or email.
 pub async fn signup(
     State(inner): AppState,
+    headers: HeaderMap,
     JsonBody(req): JsonBody<SignupReq>,
 ) -> ApiResult<TokenResponse> {
     let now = Now::current();
@@ -277,7 +275,8 @@ pub async fn signup(
     let issued = {
         let mut store = inner.store();
         let (sub, provider) = store.sign_up(form, now)?;
-        store.open_session(&sub, provider, inner.access_exp(now), now)?
+        let device = device_id(&headers);
+        store.open_session(&sub, provider, device, inner.access_exp(now), now)?
     };
     Ok(Json(inner.token_response(issued, now)))
 }
@@ -292,17 +291,13 @@ pub async fn anonymous(State(inner): AppState, headers: HeaderMap) -> ApiResult<
             "anonymous login is not enabled for this environment",
         ));
     }
-    let device = headers
-        .get("x-device-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
+    let device = device_id(&headers)
         .ok_or_else(|| ApiError::invalid_argument("the x-device-id header is required"))?;
     let now = Now::current();
     let issued = {
         let mut store = inner.store();
         let sub = store.anonymous_user(device, now);
-        store.open_session(&sub, "anonymous", inner.access_exp(now), now)?
+        store.open_session(&sub, "anonymous", Some(device), inner.access_exp(now), now)?
     };
     Ok(Json(inner.token_response(issued, now)))
 }
@@ -315,19 +310,22 @@ pub struct TokenReq {
     client_secret: Option<String>,
 }
 
-/// `POST /token`: refresh-token grant; the refresh token rotates.
+/// `POST /token`: refresh-token grant; the refresh token rotates, and a rotated-out one
+/// presented again ends its session. A `client_id` (body, query or Basic) must be this
+/// environment's: 401 `invalid_client` otherwise.
 pub async fn token(
     State(inner): AppState,
     JsonBody(req): JsonBody<TokenReq>,
 ) -> ApiResult<TokenResponse> {
+    if let Some(id) = req.client_id.as_deref().filter(|id| !id.is_empty()) {
+        if !inner.is_our_client(id) {
+            return Err(ApiError::invalid_client());
+        }
+    }
     // The JS SDK sends `client_secret: ""`: only a non-empty secret is checked.
     if let Some(secret) = req.client_secret.as_deref().filter(|s| !s.is_empty()) {
-        let id_ok = !matches!(req.client_id.as_deref(), Some(id) if id != inner.client_id);
-        if !id_ok || secret != inner.client_secret.expose() {
-            return Err(ApiError::new(
-                ErrorKind::InvalidClient,
-                "client authentication failed",
-            ));
+        if secret != inner.client_secret.expose() {
+            return Err(ApiError::invalid_client());
         }
     }
     match req.grant_type.as_deref() {
@@ -415,6 +413,29 @@ pub async fn signout(
     }))
 }
 
+/// `DELETE /user/revoke/all` (Bearer): the SDK's `revokeAllDevices()`. Ends every
+/// session of the caller's user, the caller's own included, and answers `{}`.
+pub async fn revoke_all(State(inner): AppState, headers: HeaderMap) -> ApiResult<Value> {
+    let caller = inner.authenticate(&headers, Now::current())?;
+    inner.store().end_sessions_of(&caller.sub, None);
+    Ok(Json(json!({})))
+}
+
+/// `DELETE /user/authorized/devices/{device_id}` (Bearer): the SDK's
+/// `revokeDevice({device_id})`. Ends the caller's sessions opened with that `x-device-id`
+/// (none is not an error: the device is signed out either way) and answers `{}`.
+pub async fn revoke_device(
+    State(inner): AppState,
+    device: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    headers: HeaderMap,
+) -> ApiResult<Value> {
+    let Path(device) =
+        device.map_err(|e| ApiError::invalid_argument(format!("invalid device id: {e}")))?;
+    let caller = inner.authenticate(&headers, Now::current())?;
+    inner.store().end_device_sessions(&caller.sub, &device);
+    Ok(Json(json!({})))
+}
+
 /// `GET /user/me`.
 pub async fn user_me(State(inner): AppState, headers: HeaderMap) -> ApiResult<UserProfile> {
     let caller = inner.authenticate(&headers, Now::current())?;
@@ -432,9 +453,11 @@ pub struct SudoReq {
     verification_token: Option<String>,
 }
 
-/// `POST /user/sudo`: password or verification token -> sudo token (900 s).
+/// `POST /user/sudo`: password (attempts limited) or verification token -> single-use
+/// sudo token (900 s).
 pub async fn sudo(
     State(inner): AppState,
+    Client(client): Client,
     headers: HeaderMap,
     JsonBody(req): JsonBody<SudoReq>,
 ) -> ApiResult<SudoResponse> {
@@ -444,6 +467,7 @@ pub async fn sudo(
         &caller.sub,
         req.password.as_deref(),
         req.verification_token.as_deref(),
+        &client,
         now,
     )?;
     Ok(Json(SudoResponse {
@@ -459,10 +483,11 @@ pub struct PasswordReq {
     sudo_token: Option<String>,
 }
 
-/// `PATCH /user/password`: needs a sudo token (body or query) or the old password; signs
-/// out the user's other sessions.
+/// `PATCH /user/password`: needs a sudo token (body or query; spent) or the old password
+/// (attempts limited); signs out the user's other sessions.
 pub async fn password(
     State(inner): AppState,
+    Client(client): Client,
     Params(params): Params,
     headers: HeaderMap,
     JsonBody(req): JsonBody<PasswordReq>,
@@ -476,12 +501,14 @@ pub async fn password(
         &new_password,
         req.old_password.as_deref(),
         sudo_token.as_deref(),
+        &client,
         now,
     )?;
     Ok(Json(json!({})))
 }
 
-/// `DELETE /user/me?sudo_token=`: deletes the account and all its tokens.
+/// `DELETE /user/me?sudo_token=`: deletes the account and all its tokens; spends the
+/// sudo token.
 pub async fn delete_user(
     State(inner): AppState,
     Params(params): Params,
@@ -509,45 +536,6 @@ pub async fn providers(State(inner): AppState, headers: HeaderMap) -> ApiResult<
         total: data.len() as u64,
         data,
     }))
-}
-
-/// `GET /__emulator/stats`: `{"calls": {name: count, …}}` with every endpoint present.
-pub async fn stats(State(inner): AppState) -> Json<Value> {
-    let calls: serde_json::Map<String, Value> = Endpoint::ALL
-        .iter()
-        .map(|e| {
-            (
-                e.name().to_owned(),
-                Value::from(inner.calls[e.index()].load(Ordering::Relaxed)),
-            )
-        })
-        .collect();
-    Json(json!({ "calls": calls }))
-}
-
-/// `POST /__emulator/stats/reset`.
-pub async fn reset_stats(State(inner): AppState) -> Json<Value> {
-    for c in &inner.calls {
-        c.store(0, Ordering::Relaxed);
-    }
-    Json(json!({}))
-}
-
-#[derive(Deserialize)]
-pub struct FaultReq {
-    mode: String,
-}
-
-/// `POST /__emulator/fault` `{"mode": "ok" | "hang" | "error500" | "garbage"}`.
-pub async fn set_fault(
-    State(inner): AppState,
-    JsonBody(req): JsonBody<FaultReq>,
-) -> ApiResult<Value> {
-    let fault = Fault::from_name(&req.mode).ok_or_else(|| {
-        ApiError::invalid_argument("mode must be one of ok, hang, error500, garbage")
-    })?;
-    inner.fault.store(fault as u8, Ordering::Relaxed);
-    Ok(Json(json!({ "mode": req.mode })))
 }
 
 /// `GET /healthz`.

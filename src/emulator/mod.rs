@@ -11,9 +11,13 @@
 //! the emulator is not meant to be exposed to untrusted networks; in exchange it starts in
 //! microseconds, needs no key material and is deterministic enough for tests.
 
+mod body;
+mod cors;
 mod error;
 mod handlers;
+mod hooks;
 mod jwt;
+mod limits;
 mod state;
 
 use std::future::Future;
@@ -21,8 +25,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post, MethodRouter};
@@ -30,7 +34,9 @@ use axum::Router;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use tokio::sync::watch;
+use tower::ServiceBuilder;
 
+pub use body::MAX_BODY;
 pub use error::{ApiError, ErrorKind};
 
 use crate::config::{CloudbaseSettings, EmulatorSettings, Secret};
@@ -47,6 +53,10 @@ pub enum Endpoint {
     Introspect,
     /// `/revoke` and the JS SDK's `/user/signout`.
     Revoke,
+    /// `DELETE /user/revoke/all`.
+    RevokeAll,
+    /// `DELETE /user/authorized/devices/{device_id}`.
+    RevokeDevice,
     UserMe,
     Sudo,
     Password,
@@ -56,7 +66,7 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Every endpoint, in statistics order.
-    pub const ALL: [Endpoint; 13] = [
+    pub const ALL: [Endpoint; 15] = [
         Endpoint::Signin,
         Endpoint::Verification,
         Endpoint::Verify,
@@ -65,6 +75,8 @@ impl Endpoint {
         Endpoint::Token,
         Endpoint::Introspect,
         Endpoint::Revoke,
+        Endpoint::RevokeAll,
+        Endpoint::RevokeDevice,
         Endpoint::UserMe,
         Endpoint::Sudo,
         Endpoint::Password,
@@ -83,6 +95,8 @@ impl Endpoint {
             Endpoint::Token => "token",
             Endpoint::Introspect => "introspect",
             Endpoint::Revoke => "revoke",
+            Endpoint::RevokeAll => "revoke_all",
+            Endpoint::RevokeDevice => "revoke_device",
             Endpoint::UserMe => "user_me",
             Endpoint::Sudo => "sudo",
             Endpoint::Password => "password",
@@ -141,13 +155,14 @@ pub(crate) struct Inner {
     verification_code: String,
     access_token_ttl: i64,
     allow_anonymous: bool,
+    test_hooks: bool,
     issuer: String,
     project_id: String,
     client_id: String,
     client_secret: Secret,
     signer: jwt::Signer,
     store: Mutex<state::Store>,
-    calls: [AtomicU64; 13],
+    calls: [AtomicU64; 15],
     fault: AtomicU8,
     /// Flips to true at shutdown, releasing requests held by [`Fault::Hang`].
     shutdown: watch::Sender<bool>,
@@ -158,6 +173,13 @@ impl Inner {
         // A panic while holding the lock cannot leave the maps half-updated in a way that
         // matters to tests, so a poisoned lock is still used.
         self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The client ids of this environment: the configured one and the env id (CloudBase's
+    /// default client, what `client_id` defaults to). Any other is another client's or
+    /// another environment's.
+    fn is_our_client(&self, client_id: &str) -> bool {
+        client_id == self.client_id || client_id == self.project_id
     }
 }
 
@@ -196,12 +218,13 @@ impl Emulator {
                 verification_code: settings.verification_code.clone(),
                 access_token_ttl: settings.access_token_ttl.as_secs().max(1) as i64,
                 allow_anonymous: settings.allow_anonymous,
+                test_hooks: settings.test_hooks,
                 issuer: format!("http://{env_id}.{region}.tcb-api.tencentcloudapi.com"),
                 project_id: env_id.to_owned(),
                 client_id,
                 client_secret: cloudbase.client_secret.clone(),
                 signer: jwt::Signer::new(),
-                store: Mutex::new(state::Store::seeded(&settings.users, now)),
+                store: Mutex::new(state::Store::seeded(&settings.users, settings.limits, now)),
                 calls: Default::default(),
                 fault: AtomicU8::new(Fault::Ok as u8),
                 shutdown: watch::channel(false).0,
@@ -209,7 +232,9 @@ impl Emulator {
         }
     }
 
-    /// The full HTTP surface: `/auth/v1/*`, `/__emulator/*`, `/healthz`, with CORS.
+    /// The full HTTP surface: `/auth/v1/*` with CORS, `/healthz`, and `/__emulator/*` when
+    /// test hooks are enabled. Served with connection info (as [`Emulator::serve`] does),
+    /// attempt limits count per client address; without it, all callers are one client.
     pub fn router(&self) -> Router {
         let inner = &self.inner;
         let counted = |e: Endpoint, r: MethodRouter<Arc<Inner>>| {
@@ -244,6 +269,14 @@ impl Emulator {
             // The JS SDK's `signOut({redirect_uri})`; counted with the other revocations.
             .route("/user/signout", counted(Endpoint::Revoke, post(h::signout)))
             .route(
+                "/user/revoke/all",
+                counted(Endpoint::RevokeAll, delete(h::revoke_all)),
+            )
+            .route(
+                "/user/authorized/devices/{device_id}",
+                counted(Endpoint::RevokeDevice, delete(h::revoke_device)),
+            )
+            .route(
                 "/user/me",
                 counted(Endpoint::UserMe, get(h::user_me))
                     .merge(counted(Endpoint::DeleteUser, delete(h::delete_user))),
@@ -261,18 +294,26 @@ impl Emulator {
                 "/user/providers",
                 counted(Endpoint::Providers, get(h::providers)),
             );
-        let app = Router::new()
+        let mut app = Router::new()
             .nest("/auth/v1", auth)
-            .route("/__emulator/stats", get(h::stats))
-            .route("/__emulator/stats/reset", post(h::reset_stats))
-            .route("/__emulator/fault", post(h::set_fault))
-            .route("/healthz", get(h::healthz))
+            .route("/healthz", get(h::healthz));
+        if inner.test_hooks {
+            app = app.merge(hooks::routes());
+        }
+        let app = app
             .fallback(h::not_found)
             .method_not_allowed_fallback(h::method_not_allowed)
             .with_state(inner.clone());
-        // CORS wraps the whole router (as a fallback service) so preflights to any path,
-        // known or not, are answered before routing.
-        Router::new().fallback_service(tower::Layer::layer(&middleware::from_fn(cors), app))
+        let service = ServiceBuilder::new()
+            // Before routing, so preflights to any Auth v2 path, known or not, are answered
+            // (and never reach the call counters); outermost, so refusals below are
+            // readable by the SDK in a browser.
+            .layer(middleware::from_fn(cors::cors))
+            // Before any handler: a declared oversized body is refused unread, on every
+            // path, including those whose handlers never read a body.
+            .layer(middleware::from_fn(refuse_declared_oversize))
+            .service(app);
+        Router::new().fallback_service(service)
     }
 
     /// Serves until `shutdown` completes, then stops accepting, releases hanging requests
@@ -287,9 +328,14 @@ impl Emulator {
             shutdown.await;
             inner.shutdown.send_replace(true);
         };
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await
+        let app = self.router();
+        // The peer address feeds the per-client attempt limits.
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
     }
 
     /// Binds `addr` (port 0 picks a free port) and serves in a background task until it
@@ -357,14 +403,37 @@ async fn gate(
                 .into_response();
         }
     }
-    if let Err(e) = check_basic(&inner, req.headers()) {
+    if let Err(e) = check_basic(&inner, req.headers()).and_then(|()| check_query(&inner, &req)) {
         return e.into_response();
     }
     next.run(req).await
 }
 
-/// Basic credentials are optional; when sent and a client secret is configured, both the
-/// id and the secret must match.
+/// `?client_id=` is optional; when given (non-empty) it must be this environment's.
+fn check_query(inner: &Inner, req: &Request) -> Result<(), ApiError> {
+    // A malformed query is the handler's to refuse, if it reads one.
+    let Ok(Query(query)) =
+        Query::<std::collections::HashMap<String, String>>::try_from_uri(req.uri())
+    else {
+        return Ok(());
+    };
+    match query.get("client_id").map(String::as_str) {
+        Some(id) if !id.is_empty() && !inner.is_our_client(id) => Err(ApiError::invalid_client()),
+        _ => Ok(()),
+    }
+}
+
+/// 413 in the envelope for a declared `Content-Length` over [`MAX_BODY`], before the
+/// body is read.
+async fn refuse_declared_oversize(req: Request, next: Next) -> Response {
+    match body::declared_too_large(req.headers()) {
+        Some(e) => e.into_response(),
+        None => next.run(req).await,
+    }
+}
+
+/// Basic credentials are optional; when sent, the id must be this environment's and, when
+/// a client secret is configured, the secret must match.
 fn check_basic(inner: &Inner, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(());
@@ -375,56 +444,17 @@ fn check_basic(inner: &Inner, headers: &HeaderMap) -> Result<(), ApiError> {
     }) else {
         return Ok(());
     };
-    if inner.client_secret.is_empty() {
-        return Ok(());
-    }
-    let bad = || ApiError::new(ErrorKind::InvalidClient, "client authentication failed");
-    let decoded = STANDARD.decode(encoded.trim()).map_err(|_| bad())?;
-    let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
-    let (id, secret) = decoded.split_once(':').ok_or_else(bad)?;
-    if id == inner.client_id && secret == inner.client_secret.expose() {
+    let decoded = STANDARD
+        .decode(encoded.trim())
+        .map_err(|_| ApiError::invalid_client())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| ApiError::invalid_client())?;
+    let (id, secret) = decoded
+        .split_once(':')
+        .ok_or_else(ApiError::invalid_client)?;
+    let secret_ok = inner.client_secret.is_empty() || secret == inner.client_secret.expose();
+    if inner.is_our_client(id) && secret_ok {
         Ok(())
     } else {
-        Err(bad())
+        Err(ApiError::invalid_client())
     }
-}
-
-/// Answers preflights on any path and lets browsers read every response, so the JS SDK
-/// can be pointed at the emulator from a web page.
-async fn cors(req: Request, next: Next) -> Response {
-    let origin = req
-        .headers()
-        .get(header::ORIGIN)
-        .cloned()
-        .unwrap_or_else(|| HeaderValue::from_static("*"));
-    if req.method() == Method::OPTIONS {
-        let allow_headers = req
-            .headers()
-            .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
-            .cloned()
-            .unwrap_or_else(|| {
-                HeaderValue::from_static(
-                    "authorization, content-type, x-device-id, x-request-id, x-sdk-version",
-                )
-            });
-        let mut resp = StatusCode::NO_CONTENT.into_response();
-        let h = resp.headers_mut();
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE, OPTIONS"),
-        );
-        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allow_headers);
-        h.insert(
-            header::ACCESS_CONTROL_MAX_AGE,
-            HeaderValue::from_static("600"),
-        );
-        h.insert(header::VARY, HeaderValue::from_static("Origin"));
-        return resp;
-    }
-    let mut resp = next.run(req).await;
-    let h = resp.headers_mut();
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-    h.insert(header::VARY, HeaderValue::from_static("Origin"));
-    resp
 }

@@ -6,18 +6,30 @@
 //! get right than per-map locks (a password change touches sessions, refresh tokens and
 //! access tokens at once) and is far from the bottleneck at the request rates a test
 //! suite produces. Methods take the current time as an argument so expiry is testable
-//! without sleeping.
+//! without sleeping; the monotonic clock is tokio's, so integration tests can pause it.
+//!
+//! Refresh tokens rotate on every use and a session is their family (RFC 9700 §4.14.2):
+//! a rotated-out token that comes back was copied by someone, and since the emulator
+//! cannot tell whether the thief or the user presents it, it ends the whole session — the
+//! current refresh token and every access token issued in the session die with it. That
+//! is stricter than the RFC's minimum (revoke the active refresh token): an access token
+//! minted from a stolen refresh token would otherwise live on for up to
+//! `access_token_ttl`. The retired tokens of a session are remembered until it ends,
+//! at most [`RETIRED_PER_SESSION`] of them.
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use rand::{Rng, RngCore};
 
 use super::error::{ApiError, ErrorKind};
+use super::limits::{Attempts, Subject};
 use crate::cloudbase::types::{Group, ProfileProvider, Provider, UserProfile};
-use crate::config::EmulatorUser;
+use crate::config::{AttemptLimits, EmulatorUser};
 
 /// Verification ids and verification tokens live 600 s.
 pub const VERIFICATION_TTL: Duration = Duration::from_secs(600);
@@ -27,13 +39,17 @@ pub const SUDO_TTL: Duration = Duration::from_secs(900);
 pub const REFRESH_TTL_SECS: i64 = 31 * 24 * 3600;
 /// Expired access-token entries are swept after this many issuances.
 const SWEEP_EVERY: u32 = 4096;
+/// Rotated-out refresh tokens remembered per session for reuse detection; older ones are
+/// forgotten (and then refused as unknown, without ending the session). A session that
+/// refreshes every 2 h reaches this after about 3 months, past the 31-day refresh life.
+pub const RETIRED_PER_SESSION: usize = 1024;
 
 /// The current time in both clocks the store needs.
 #[derive(Debug, Clone, Copy)]
 pub struct Now {
     /// Unix seconds, for JWT `iat`/`exp` and refresh-token expiry.
     pub unix: i64,
-    /// Monotonic, for verification and sudo lifetimes.
+    /// Monotonic (tokio's clock), for verification and sudo lifetimes and lockouts.
     pub instant: Instant,
 }
 
@@ -253,6 +269,10 @@ struct Session {
     refresh_token: String,
     refresh_expires: i64,
     provider_type: String,
+    /// The `x-device-id` the session was opened from, if any.
+    device: Option<String>,
+    /// The refresh tokens this session rotated out, oldest first.
+    retired: VecDeque<String>,
 }
 
 #[derive(Debug)]
@@ -275,11 +295,15 @@ pub struct Store {
     by_contact: HashMap<String, String>,
     by_device: HashMap<String, String>,
     sessions: HashMap<u64, Session>,
+    /// Live refresh tokens -> session.
     refresh: HashMap<String, u64>,
+    /// Rotated-out refresh tokens -> the session (family) they belonged to.
+    retired: HashMap<String, u64>,
     access: HashMap<String, AccessEntry>,
     verifications: HashMap<String, Pending>,
     verification_tokens: HashMap<String, Pending>,
     sudo: HashMap<String, (String, Instant)>,
+    attempts: Attempts,
     next_sid: u64,
     issued_since_sweep: u32,
 }
@@ -287,8 +311,11 @@ pub struct Store {
 impl Store {
     /// A store holding the configured users. Their subs are derived from the username, so
     /// they are stable across restarts.
-    pub fn seeded(users: &[EmulatorUser], now: Now) -> Self {
-        let mut store = Store::default();
+    pub fn seeded(users: &[EmulatorUser], limits: AttemptLimits, now: Now) -> Self {
+        let mut store = Store {
+            attempts: Attempts::new(limits),
+            ..Store::default()
+        };
         for u in users {
             let digest = blake3::hash(u.username.as_bytes());
             let n = u64::from_le_bytes(digest.as_bytes()[..8].try_into().expect("8 bytes"));
@@ -345,8 +372,17 @@ impl Store {
     }
 
     /// Sign-in with `username` + `password`; the name may also be an email or phone number.
-    pub fn check_login(&self, name: &str, password: &str) -> Result<String, ApiError> {
-        let user = self
+    /// Wrong passwords count against the user and the client, unknown names against the
+    /// client; a locked user or client is refused whatever the password.
+    pub fn check_login(
+        &mut self,
+        name: &str,
+        password: &str,
+        client: &Subject,
+        now: Now,
+    ) -> Result<String, ApiError> {
+        self.attempts.check(&[client], now.instant)?;
+        let found = self
             .by_username
             .get(name)
             .and_then(|s| self.users.get(s))
@@ -358,11 +394,35 @@ impl Store {
                 };
                 self.by_contact(&contact)
             })
-            .ok_or_else(|| ApiError::new(ErrorKind::NotFound, "user not found"))?;
-        if user.password.as_deref() == Some(password) {
-            Ok(user.sub.clone())
+            .map(|u| (u.sub.clone(), u.password.as_deref() == Some(password)));
+        let Some((sub, password_ok)) = found else {
+            self.attempts.failed(&[client], now.instant);
+            return Err(ApiError::new(ErrorKind::NotFound, "user not found"));
+        };
+        let wrong = ApiError::new(ErrorKind::InvalidPassword, "wrong password");
+        self.guess(&Subject::User(sub.clone()), client, password_ok, wrong, now)?;
+        Ok(sub)
+    }
+
+    /// The lockout rule around one guess at a secret (a password or a code) of `subject`:
+    /// refused with 429 while `subject` or `client` is locked, `correct` or not; otherwise
+    /// a wrong guess is counted against both and answered with `wrong`, a right one clears
+    /// `subject`'s failures.
+    fn guess(
+        &mut self,
+        subject: &Subject,
+        client: &Subject,
+        correct: bool,
+        wrong: ApiError,
+        now: Now,
+    ) -> Result<(), ApiError> {
+        self.attempts.check(&[subject, client], now.instant)?;
+        if correct {
+            self.attempts.succeeded(subject);
+            Ok(())
         } else {
-            Err(ApiError::new(ErrorKind::InvalidPassword, "wrong password"))
+            self.attempts.failed(&[subject, client], now.instant);
+            Err(wrong)
         }
     }
 
@@ -386,16 +446,29 @@ impl Store {
     }
 
     /// Checks a code against a verification id and turns it into a verification token.
-    pub fn verify(&mut self, id: &str, code_ok: bool, now: Now) -> Result<String, ApiError> {
-        let pending = self
+    /// Wrong codes count against the phone number or email and the client.
+    pub fn verify(
+        &mut self,
+        id: &str,
+        code_ok: bool,
+        client: &Subject,
+        now: Now,
+    ) -> Result<String, ApiError> {
+        self.attempts.check(&[client], now.instant)?;
+        let contact = self
             .verifications
             .get(id)
             .filter(|p| p.expires > now.instant)
+            .map(|p| p.contact.clone())
             .ok_or_else(|| ApiError::invalid_argument("verification_id is unknown or expired"))?;
-        if !code_ok {
-            return Err(ApiError::invalid_argument("verification code mismatch"));
-        }
-        let contact = pending.contact.clone();
+        let wrong = ApiError::invalid_argument("verification code mismatch");
+        self.guess(
+            &Subject::Contact(contact.key()),
+            client,
+            code_ok,
+            wrong,
+            now,
+        )?;
         self.verifications.remove(id);
         let token = random_token(24);
         self.verification_tokens
@@ -565,11 +638,13 @@ impl Store {
         Ok(issued)
     }
 
-    /// Opens a session for `sub` and issues its first access and refresh tokens.
+    /// Opens a session for `sub` on `device` (the caller's `x-device-id`) and issues its
+    /// first access and refresh tokens.
     pub fn open_session(
         &mut self,
         sub: &str,
         provider_type: &str,
+        device: Option<&str>,
         access_exp: i64,
         now: Now,
     ) -> Result<Issued, ApiError> {
@@ -584,12 +659,15 @@ impl Store {
                 refresh_token,
                 refresh_expires: now.unix + REFRESH_TTL_SECS,
                 provider_type: provider_type.to_owned(),
+                device: device.map(str::to_owned),
+                retired: VecDeque::new(),
             },
         );
         self.issue(sid, access_exp, now.unix)
     }
 
-    /// Trades a refresh token for new tokens; the old refresh token dies.
+    /// Trades a refresh token for new tokens; the old refresh token retires. A retired
+    /// token presented again ends its whole session (see the module docs).
     pub fn rotate(
         &mut self,
         refresh_token: &str,
@@ -602,15 +680,30 @@ impl Store {
                 "refresh token is invalid, used or expired",
             )
         };
-        let sid = self.refresh.remove(refresh_token).ok_or_else(invalid)?;
+        if let Some(sid) = self.retired.get(refresh_token).copied() {
+            self.end_session(sid);
+            return Err(ApiError::new(
+                ErrorKind::InvalidGrant,
+                "refresh token was already used; its session is revoked",
+            ));
+        }
+        let sid = *self.refresh.get(refresh_token).ok_or_else(invalid)?;
         let session = self.sessions.get_mut(&sid).ok_or_else(invalid)?;
         if session.refresh_expires <= now.unix {
             self.end_session(sid);
             return Err(invalid());
         }
         let fresh = random_token(48);
-        session.refresh_token = fresh.clone();
+        let old = std::mem::replace(&mut session.refresh_token, fresh.clone());
         session.refresh_expires = now.unix + REFRESH_TTL_SECS;
+        session.retired.push_back(old.clone());
+        if session.retired.len() > RETIRED_PER_SESSION {
+            if let Some(forgotten) = session.retired.pop_front() {
+                self.retired.remove(&forgotten);
+            }
+        }
+        self.refresh.remove(&old);
+        self.retired.insert(old, sid);
         self.refresh.insert(fresh, sid);
         self.issue(sid, access_exp, now.unix)
     }
@@ -644,6 +737,9 @@ impl Store {
     pub fn end_session(&mut self, sid: u64) {
         if let Some(s) = self.sessions.remove(&sid) {
             self.refresh.remove(&s.refresh_token);
+            for token in &s.retired {
+                self.retired.remove(token);
+            }
         }
     }
 
@@ -660,20 +756,36 @@ impl Store {
         }
     }
 
-    /// Grants a sudo token after the password or a verification token was checked here.
+    /// Ends every session of `sub` opened from `device`; returns how many ended.
+    pub fn end_device_sessions(&mut self, sub: &str, device: &str) -> usize {
+        let doomed: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.sub == sub && s.device.as_deref() == Some(device))
+            .map(|(sid, _)| *sid)
+            .collect();
+        for sid in &doomed {
+            self.end_session(*sid);
+        }
+        doomed.len()
+    }
+
+    /// Grants a single-use sudo token after the password (limited like sign-in) or a
+    /// verification token was checked here.
     pub fn sudo(
         &mut self,
         sub: &str,
         password: Option<&str>,
         verification_token: Option<&str>,
+        client: &Subject,
         now: Now,
     ) -> Result<String, ApiError> {
         let user = self.users.get(sub).ok_or_else(ApiError::unauthenticated)?;
         match (password, verification_token) {
             (Some(p), _) => {
-                if user.password.as_deref() != Some(p) {
-                    return Err(ApiError::new(ErrorKind::PermissionDenied, "wrong password"));
-                }
+                let correct = user.password.as_deref() == Some(p);
+                let wrong = ApiError::new(ErrorKind::PermissionDenied, "wrong password");
+                self.guess(&Subject::User(sub.to_owned()), client, correct, wrong, now)?;
             }
             (None, Some(t)) => {
                 let contact = self.peek_verification_token(t, now)?;
@@ -705,28 +817,55 @@ impl Store {
             .is_some_and(|(owner, exp)| owner == sub && *exp > now.instant)
     }
 
-    /// Changes the caller's password and signs out its other sessions.
+    /// Sudo tokens are single-use: the operation they allowed has happened.
+    fn spend_sudo(&mut self, token: Option<&str>) {
+        if let Some(t) = token {
+            self.sudo.remove(t);
+        }
+    }
+
+    /// Changes the caller's password and signs out its other sessions. With a valid sudo
+    /// token the token is spent; otherwise `old_password` is a guess, limited like
+    /// sign-in.
     pub fn change_password(
         &mut self,
         caller: &Caller,
         new_password: &str,
         old_password: Option<&str>,
         sudo_token: Option<&str>,
+        client: &Subject,
         now: Now,
     ) -> Result<(), ApiError> {
         let sudo = self.sudo_ok(&caller.sub, sudo_token, now);
+        let current = self
+            .users
+            .get(&caller.sub)
+            .ok_or_else(ApiError::unauthenticated)?
+            .password
+            .clone();
+        let refused = || {
+            ApiError::new(
+                ErrorKind::PermissionDenied,
+                "a valid sudo_token or the correct old_password is required",
+            )
+        };
+        match old_password {
+            _ if sudo => {}
+            None => return Err(refused()),
+            Some(old) => {
+                let correct = current.as_deref() == Some(old);
+                let subject = Subject::User(caller.sub.clone());
+                self.guess(&subject, client, correct, refused(), now)?;
+            }
+        }
+        check_password(new_password)?;
+        if sudo {
+            self.spend_sudo(sudo_token);
+        }
         let user = self
             .users
             .get_mut(&caller.sub)
             .ok_or_else(ApiError::unauthenticated)?;
-        let old_ok = old_password.is_some() && user.password.as_deref() == old_password;
-        if !(sudo || old_ok) {
-            return Err(ApiError::new(
-                ErrorKind::PermissionDenied,
-                "a valid sudo_token or the correct old_password is required",
-            ));
-        }
-        check_password(new_password)?;
         user.password = Some(new_password.to_owned());
         user.updated_at = rfc3339(now.unix);
         self.end_sessions_of(&caller.sub, Some(caller.sid));
@@ -746,6 +885,7 @@ impl Store {
                 "a valid sudo_token is required",
             ));
         }
+        self.spend_sudo(sudo_token);
         self.end_sessions_of(sub, None);
         self.sudo.retain(|_, (owner, _)| owner != sub);
         if let Some(user) = self.users.remove(sub) {
@@ -780,6 +920,20 @@ pub struct SignUp {
 mod tests {
     use super::*;
 
+    fn client() -> Subject {
+        Subject::client(None)
+    }
+
+    /// A store with one anonymous user and one session of it.
+    fn one_session(now: Now) -> (Store, Issued) {
+        let mut store = Store::default();
+        let sub = store.anonymous_user("device-1234567890", now);
+        let first = store
+            .open_session(&sub, "anonymous", None, now.unix + 10, now)
+            .unwrap();
+        (store, first)
+    }
+
     fn later(now: Now, secs: u64) -> Now {
         Now {
             unix: now.unix + secs as i64,
@@ -793,11 +947,13 @@ mod tests {
         let mut store = Store::default();
         let contact = Contact::Phone("+86 13800000000".into());
         let id = store.create_verification(contact.clone(), now);
-        let err = store.verify(&id, true, later(now, 601)).unwrap_err();
+        let err = store
+            .verify(&id, true, &client(), later(now, 601))
+            .unwrap_err();
         assert_eq!(err.kind, ErrorKind::InvalidArgument);
 
         let id = store.create_verification(contact, now);
-        let token = store.verify(&id, true, later(now, 599)).unwrap();
+        let token = store.verify(&id, true, &client(), later(now, 599)).unwrap();
         let form = |t: &str| SignUp {
             contact: None,
             verification_token: t.to_owned(),
@@ -819,15 +975,16 @@ mod tests {
         let now = Now::current();
         let mut store = Store::default();
         let id = store.create_verification(Contact::Email("a@b.c".into()), now);
-        assert!(store.verify(&id, false, now).is_err());
-        assert!(store.verify(&id, true, now).is_ok());
-        assert!(store.verify(&id, true, now).is_err(), "ids are single-use");
+        assert!(store.verify(&id, false, &client(), now).is_err());
+        assert!(store.verify(&id, true, &client(), now).is_ok());
+        assert!(
+            store.verify(&id, true, &client(), now).is_err(),
+            "ids are single-use"
+        );
     }
 
-    #[test]
-    fn sudo_tokens_expire_after_900_seconds() {
-        let now = Now::current();
-        let mut store = Store::seeded(
+    fn alice(now: Now) -> Store {
+        Store::seeded(
             &[EmulatorUser {
                 username: "alice".into(),
                 password: crate::config::Secret::new("password1"),
@@ -836,22 +993,98 @@ mod tests {
                 phone_number: None,
                 groups: Vec::new(),
             }],
+            AttemptLimits::default(),
             now,
-        );
-        let sub = store.check_login("alice", "password1").unwrap();
-        let sudo = store.sudo(&sub, Some("password1"), None, now).unwrap();
+        )
+    }
+
+    #[test]
+    fn sudo_tokens_expire_after_900_seconds() {
+        let now = Now::current();
+        let mut store = alice(now);
+        let sub = store
+            .check_login("alice", "password1", &client(), now)
+            .unwrap();
+        let sudo = store
+            .sudo(&sub, Some("password1"), None, &client(), now)
+            .unwrap();
         assert!(store.sudo_ok(&sub, Some(&sudo), later(now, 899)));
         assert!(!store.sudo_ok(&sub, Some(&sudo), later(now, 901)));
     }
 
     #[test]
+    fn a_sudo_token_is_spent_by_the_operation_it_allowed() {
+        let now = Now::current();
+        let mut store = alice(now);
+        let sub = store
+            .check_login("alice", "password1", &client(), now)
+            .unwrap();
+        let session = store
+            .open_session(&sub, "username", None, now.unix + 10, now)
+            .unwrap();
+        let caller = store.caller(&session.jti, "user sso").unwrap();
+        let sudo = store
+            .sudo(&sub, Some("password1"), None, &client(), now)
+            .unwrap();
+        let change = |store: &mut Store, new: &str| {
+            store.change_password(&caller, new, None, Some(&sudo), &client(), now)
+        };
+        assert_eq!(
+            change(&mut store, "short").unwrap_err().kind,
+            ErrorKind::InvalidPassword,
+            "a refused change does not spend the token"
+        );
+        change(&mut store, "password2").unwrap();
+        assert_eq!(
+            change(&mut store, "password3").unwrap_err().kind,
+            ErrorKind::PermissionDenied
+        );
+        assert!(store.delete_user(&sub, Some(&sudo), now).is_err());
+    }
+
+    #[test]
+    fn a_replayed_refresh_token_ends_its_whole_family() {
+        let now = Now::current();
+        let (mut store, first) = one_session(now);
+        let sub = first.sub.clone();
+        let second = store
+            .rotate(&first.refresh_token, now.unix + 10, now)
+            .unwrap();
+        let third = store
+            .rotate(&second.refresh_token, now.unix + 10, now)
+            .unwrap();
+        assert!(store.caller(&third.jti, "anonymous").is_some());
+        let replay = store
+            .rotate(&first.refresh_token, now.unix + 10, now)
+            .unwrap_err();
+        assert_eq!(replay.kind, ErrorKind::InvalidGrant);
+        assert!(store.caller(&third.jti, "anonymous").is_none());
+        assert!(store.caller(&first.jti, "anonymous").is_none());
+        assert!(store
+            .rotate(&third.refresh_token, now.unix + 10, now)
+            .is_err());
+        assert!(store.retired.is_empty() && store.refresh.is_empty());
+        // Another session of the same user is not part of the family.
+        let other = store
+            .open_session(&sub, "anonymous", None, now.unix + 10, now)
+            .unwrap();
+        assert!(store.caller(&other.jti, "anonymous").is_some());
+    }
+
+    #[test]
+    fn retired_refresh_tokens_are_remembered_within_a_bound() {
+        let now = Now::current();
+        let (mut store, mut t) = one_session(now);
+        for _ in 0..RETIRED_PER_SESSION + 10 {
+            t = store.rotate(&t.refresh_token, now.unix + 10, now).unwrap();
+        }
+        assert_eq!(store.retired.len(), RETIRED_PER_SESSION);
+    }
+
+    #[test]
     fn refresh_tokens_rotate_and_expire() {
         let now = Now::current();
-        let mut store = Store::default();
-        let sub = store.anonymous_user("device-1234567890", now);
-        let first = store
-            .open_session(&sub, "anonymous", now.unix + 10, now)
-            .unwrap();
+        let (mut store, first) = one_session(now);
         let second = store
             .rotate(&first.refresh_token, now.unix + 10, now)
             .unwrap();

@@ -12,7 +12,9 @@
 //!
 //! Trade-off: the endpoint shares the main listener (the ingress already reaches it, and
 //! one port is one thing less to secure), so its path is taken from the proxy's path
-//! space; the configuration refuses a path that collides with a route prefix.
+//! space; the configuration refuses a path that collides with a route prefix or with the
+//! relay's prefix, and the layer sits before the relay's, so a raw spelling under the
+//! endpoint that normalizes into the relay is still decided here.
 
 pub mod original;
 mod service;

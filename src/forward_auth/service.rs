@@ -2,9 +2,15 @@
 //! the original request, without forwarding anything.
 //!
 //! Original request ([`super::original`]) -> the path policy and route lookup
-//! ([`Routes::decide`], as the routing layer does) -> the route's `methods` (405) -> the
-//! auth decision ([`Authenticator::decide`], the proxy path's) -> the answer: 200 with
-//! the identity headers, or the gateway's own rejection.
+//! ([`Routes::decide`], as the routing layer does) -> the route's `methods` (405, with
+//! [`Route::allows`]'s preflight rule) -> the auth decision ([`Authenticator::decide`],
+//! the proxy path's) -> the answer: 200 with the identity headers, or the gateway's own
+//! rejection.
+//!
+//! One difference, because forward-auth forwards nothing: a preflight the route lets
+//! through without a token is forwarded by the ingress as the client sent it, so one
+//! carrying a method-override header (which the proxy path drops) is refused with 400.
+//! Its body cannot be seen at all (ingresses do not pass it); a browser's has none.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -23,7 +29,7 @@ use crate::auth::{Authenticated, Authenticator, Decision};
 use crate::cache::SharedIdentity;
 use crate::config::{ForwardAuthSettings, RouteSettings, Upstream};
 use crate::path::EscapedSlashes;
-use crate::proxy::headers::X_REQUEST_ID;
+use crate::proxy::headers::{overrides_method, X_REQUEST_ID};
 use crate::response::{empty, Body, Reject};
 use crate::routing::{MatchedRoute, Route, Routes};
 use crate::telemetry::OriginalMethod;
@@ -135,6 +141,7 @@ impl ForwardAuth {
                 }
                 response
             }
+            Decision::Preflight => self.allowed(None),
             Decision::Refuse(reason) => refused(reason, request_id),
         };
         let extensions = response.extensions_mut();
@@ -170,15 +177,26 @@ impl ForwardAuth {
             Ok((route, _)) => route,
             Err(reason) => return Decided::refused(Some(method), None, reason),
         };
-        if !route.allows(&method) {
+        if !route.allows(&method, &parts.headers) {
             let allow = route.allow.clone();
             let reason = Reject::MethodNotAllowed { allow };
             return Decided::refused(Some(method), Some(route), reason);
         }
-        let decision = s
+        // A preflight is the original method with the subrequest's `Origin` and
+        // `Access-Control-Request-Method`, which every ingress copies from the client's
+        // request (README "Behind an existing ingress" lists what each passes).
+        let decision = match s
             .authenticator
             .decide(&route.settings, &method, &parts.headers)
-            .await;
+            .await
+        {
+            // The proxy path would drop these before forwarding; the ingress cannot.
+            Decision::Preflight if overrides_method(&parts.headers) => {
+                tracing::debug!("forward-auth preflight refused: it carries a method override");
+                Decision::Refuse(Reject::BadRequest)
+            }
+            decision => decision,
+        };
         Decided {
             method: Some(method),
             route: Some(route),

@@ -34,7 +34,7 @@ groups = ["user", "admin"]
 "#;
 
 /// Routes of every test: a protected API with an admin-only part and a read-only part,
-/// an optional public route, and a route open to CORS preflights.
+/// an optional public route, and routes open to CORS preflights (one of them read-only).
 const ROUTES: &str = r#"
 [[routes]]
 prefix = "/api/"
@@ -54,6 +54,11 @@ auth = "optional"
 [[routes]]
 prefix = "/cors/"
 upstream = "whoami"
+allow_preflight = true
+[[routes]]
+prefix = "/cors/read/"
+upstream = "whoami"
+methods = ["GET"]
 allow_preflight = true
 "#;
 
@@ -135,11 +140,32 @@ fn traefik(method: &str, uri: &str, client: &[(&str, &str)]) -> Request<Body> {
         .expect("request")
 }
 
+/// What nginx `auth_request` with `deploy/nginx/cloudbase-gateway-server.conf` sends for
+/// a client request `method uri`: GET to the endpoint, every header of the client's
+/// (`client`; `proxy_pass_request_headers` is on), then the lines the snippet sets.
+fn nginx(method: &str, uri: &str, client: &[(&str, &str)]) -> Request<Body> {
+    let mut req = Request::get("/_gateway/auth").header("host", "cloudbase-gateway");
+    for (k, v) in client {
+        req = req.header(*k, *v);
+    }
+    req.header("x-original-uri", uri)
+        .header("x-original-method", method)
+        .header("x-request-id", "5f0c2a9e8d7b6a5c4f3e2d1c0b9a8f7e")
+        .body(empty())
+        .expect("request")
+}
+
 /// What Envoy's ext_authz HTTP service (`path_prefix: /_gateway/auth`) sends for a client
 /// request `method path`: the same method, the prefix joined to the original `:path`,
 /// the headers its default matcher allows (`host`, `authorization`), `content-length: 0`,
 /// and what Envoy's async client adds.
 fn envoy(method: &str, path: &str, authorization: Option<&str>) -> Request<Body> {
+    let authorization = authorization.map(|a| ("authorization", a));
+    envoy_with(method, path, authorization.as_slice())
+}
+
+/// [`envoy`] with the client's headers that `allowed_headers` lets through (`allowed`).
+fn envoy_with(method: &str, path: &str, allowed: &[(&str, &str)]) -> Request<Body> {
     let mut req = Request::builder()
         .method(method)
         .uri(format!("/_gateway/auth{path}"))
@@ -147,10 +173,22 @@ fn envoy(method: &str, path: &str, authorization: Option<&str>) -> Request<Body>
         .header("content-length", "0")
         .header("x-envoy-internal", "true")
         .header("x-envoy-expected-rq-timeout-ms", "200");
-    if let Some(a) = authorization {
-        req = req.header("authorization", a);
+    for (k, v) in allowed {
+        req = req.header(*k, *v);
     }
     req.body(empty()).expect("request")
+}
+
+/// A header a test request carries: name, value.
+type Header<'a> = (&'a str, &'a str);
+
+/// A request straight to the gateway's listener (not a subrequest), with the `Host` an
+/// HTTP/1.1 request must carry.
+fn direct(uri: &str) -> Request<Body> {
+    Request::get(uri)
+        .header("host", "gateway:8080")
+        .body(empty())
+        .expect("request")
 }
 
 fn bearer(token: &str) -> String {
@@ -307,8 +345,107 @@ async fn a_cors_preflight_passes_where_the_route_allows_preflights() {
     ];
     let r = rig.call(traefik("OPTIONS", "/cors/x", &preflight)).await;
     assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()["x-user-id"],
+        "",
+        "a preflight carries no identity"
+    );
     let r = rig.call(traefik("OPTIONS", "/api/x", &preflight)).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// Only a real preflight skips the token, and forward-auth tells one apart exactly as
+/// the proxy path does: for each request, the status the gateway's own routing and auth
+/// give a client equals the status forward-auth gives an ingress asking about it, in
+/// nginx's, Traefik's and Envoy's shapes.
+#[tokio::test]
+async fn forward_auth_decides_a_preflight_as_the_proxy_path_does() {
+    let rig = Rig::start("", "").await;
+    let origin = ("origin", "https://app.example.com");
+    let put = ("access-control-request-method", "PUT");
+    let (ok, unauthorized, not_allowed) = (
+        StatusCode::OK,
+        StatusCode::UNAUTHORIZED,
+        StatusCode::METHOD_NOT_ALLOWED,
+    );
+    let cases: [(&str, Vec<Header>, StatusCode); 9] = [
+        ("/cors/x", vec![origin, put], ok),
+        // Without an Origin, or without one method token, it is an ordinary OPTIONS.
+        ("/cors/x", vec![put], unauthorized),
+        ("/cors/x", vec![("origin", ""), put], unauthorized),
+        (
+            "/cors/x",
+            vec![origin, ("access-control-request-method", "")],
+            unauthorized,
+        ),
+        (
+            "/cors/x",
+            vec![origin, ("access-control-request-method", "P(T")],
+            unauthorized,
+        ),
+        // A preflight passes whatever `methods` says; an ordinary OPTIONS does not.
+        ("/cors/read/x", vec![origin, put], ok),
+        ("/cors/read/x", vec![put], not_allowed),
+        // No `allow_preflight`: a preflight is an ordinary request.
+        ("/api/x", vec![origin, put], unauthorized),
+        ("/api/reports/x", vec![origin, put], not_allowed),
+    ];
+    for (path, headers, status) in cases {
+        let mut direct = Request::options(path).header("host", "gateway:8080");
+        for (k, v) in &headers {
+            direct = direct.header(*k, *v);
+        }
+        let proxied = rig.call(direct.body(empty()).unwrap()).await.status();
+        let by_nginx = rig.call(nginx("OPTIONS", path, &headers)).await.status();
+        let by_traefik = rig.call(traefik("OPTIONS", path, &headers)).await.status();
+        let by_envoy = rig
+            .call(envoy_with("OPTIONS", path, &headers))
+            .await
+            .status();
+        assert_eq!(
+            [proxied, by_nginx, by_traefik, by_envoy],
+            [status; 4],
+            "OPTIONS {path} {headers:?}: proxy, nginx, Traefik, Envoy"
+        );
+    }
+}
+
+/// The proxy path drops a preflight's method-override headers before forwarding it; an
+/// ingress forwards the request as the client sent it, so forward-auth refuses to let
+/// such a preflight through without a token (a browser's preflight never carries one).
+#[tokio::test]
+async fn a_preflight_carrying_a_method_override_is_refused_because_the_ingress_would_forward_it() {
+    let rig = Rig::start("", "").await;
+    let origin = ("origin", "https://app.example.com");
+    let get = ("access-control-request-method", "GET");
+    for name in [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    ] {
+        let headers = [origin, get, (name, "DELETE")];
+        for shape in [
+            nginx("OPTIONS", "/cors/x", &headers),
+            traefik("OPTIONS", "/cors/x", &headers),
+        ] {
+            let r = rig.call(shape).await;
+            assert_eq!(
+                refused(r, StatusCode::BAD_REQUEST, None).await,
+                "BAD_REQUEST",
+                "{name}"
+            );
+        }
+    }
+    // A token changes nothing: a preflight is never authenticated. Where preflights do not
+    // skip the token, the same request is an ordinary one, decided as the proxy path does.
+    let auth = bearer(&rig.token("demo").await);
+    let override_ = ("x-http-method-override", "DELETE");
+    let headers = [origin, get, override_, ("authorization", &auth)];
+    let r = rig.call(traefik("OPTIONS", "/cors/x", &headers)).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = rig.call(traefik("OPTIONS", "/api/x", &headers)).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["x-user-username"], "demo");
 }
 
 #[tokio::test]
@@ -374,8 +511,8 @@ async fn no_route_is_404_and_default_auth_makes_a_catch_all_for_forward_auth_onl
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["x-user-username"], "demo");
     // The proxy path has no such route.
-    let direct = Request::get("/elsewhere").body(empty()).unwrap();
-    assert_eq!(rig.call(direct).await.status(), StatusCode::NOT_FOUND);
+    let proxied = direct("/elsewhere");
+    assert_eq!(rig.call(proxied).await.status(), StatusCode::NOT_FOUND);
 
     let rig = Rig::start("default_auth = \"none\"", "").await;
     let r = rig.call(traefik("GET", "/elsewhere", &[])).await;
@@ -402,7 +539,7 @@ async fn the_endpoint_is_never_routed_even_under_a_catch_all_route() {
     let catch_all = "[[routes]]\nprefix = \"/\"\nupstream = \"whoami\"\nauth = \"none\"\n";
     let rig = Rig::start("", catch_all).await;
     // A bare GET to the endpoint names no original request: 400, not whoami's echo.
-    let bare = Request::get("/_gateway/auth").body(empty()).unwrap();
+    let bare = direct("/_gateway/auth");
     assert_eq!(rig.call(bare).await.status(), StatusCode::BAD_REQUEST);
     // Other spellings of it are refused rather than routed to the catch-all.
     for disguised in [
@@ -410,7 +547,7 @@ async fn the_endpoint_is_never_routed_even_under_a_catch_all_route() {
         "/_gateway//auth",
         "/x/../_gateway/auth/api/x",
     ] {
-        let req = Request::get(disguised).body(empty()).unwrap();
+        let req = direct(disguised);
         assert_eq!(
             rig.call(req).await.status(),
             StatusCode::BAD_REQUEST,
@@ -418,7 +555,7 @@ async fn the_endpoint_is_never_routed_even_under_a_catch_all_route() {
         );
     }
     // A neighbour of the endpoint is an ordinary path.
-    let req = Request::get("/_gateway/authz").body(empty()).unwrap();
+    let req = direct("/_gateway/authz");
     assert_eq!(rig.call(req).await.status(), StatusCode::OK);
     // With no identity, the catch-all's decision is 200 with empty identity headers.
     let r = rig.call(traefik("GET", "/anything", &[])).await;
@@ -433,8 +570,7 @@ async fn decisions_are_counted_by_route_with_kind_forward_auth() {
     rig.call(traefik("GET", "/api/x", &[("authorization", &auth)]))
         .await;
     rig.call(traefik("GET", "/api/x", &[])).await;
-    rig.call(Request::get("/api/x").body(empty()).unwrap())
-        .await;
+    rig.call(direct("/api/x")).await;
     // Counted under the original method (nginx, Traefik and Caddy ask with GET).
     let auth = bearer(&rig.token("demo").await);
     rig.call(traefik("POST", "/api/x", &[("authorization", &auth)]))
@@ -454,4 +590,38 @@ async fn decisions_are_counted_by_route_with_kind_forward_auth() {
             "{series}\n{text}"
         );
     }
+}
+
+/// With the relay on too. The endpoint owns every path under it as sent (Envoy appends
+/// the client's path unnormalized), so a subrequest whose normal form lies under the
+/// relay's prefix is forward-auth's to decide. Were it relayed, CloudBase's 200 for a
+/// valid token would tell the ingress "allowed" with no route's rules applied.
+#[tokio::test]
+async fn a_subrequest_that_normalizes_into_the_relay_is_decided_never_relayed() {
+    let routes = format!("{ROUTES}[relay]\nenabled = true\n");
+    let rig = Rig::start("", &routes).await;
+    let demo = bearer(&rig.token("demo").await);
+    // The control: the relay's own path reaches CloudBase's /user/me.
+    let relayed = Request::get("/auth/v1/user/me")
+        .header("host", "gateway:8080")
+        .header("authorization", &demo)
+        .body(empty())
+        .unwrap();
+    assert_eq!(rig.call(relayed).await.status(), StatusCode::OK);
+    let once = "cloudbase_gateway_relay_requests_total{endpoint=\"user_me\",status=\"2xx\"} 1";
+    assert!(rig.metrics.render(0).contains(once));
+    for path in [
+        "/../../auth/v1/user/me",
+        "/%2e%2e/%2E%2E/auth/v1/user/me",
+        "/x/../../../auth/v1/user/me",
+    ] {
+        let r = rig.call(envoy("GET", path, Some(&demo))).await;
+        assert_eq!(
+            refused(r, StatusCode::BAD_REQUEST, None).await,
+            "BAD_REQUEST",
+            "{path}"
+        );
+    }
+    let text = rig.metrics.render(0);
+    assert!(text.contains(once), "nothing more was relayed\n{text}");
 }

@@ -3,7 +3,10 @@
 //! Bodies are never collected: the client's body flows into the upstream request and the
 //! upstream's body flows back frame by frame, so memory per request stays at a few buffers
 //! whatever the size. WebSocket upgrades are proxied by joining the two upgraded
-//! connections once the upstream has answered 101.
+//! connections once the upstream has answered 101; a 101 to any other request is a broken
+//! upstream (502). Connections are pooled per upstream (`[upstream]` settings); a failed
+//! exchange is retried once where that is safe (see [`super::retry`]), and the response's
+//! framing is made true for what the gateway sends (see [`super::framing`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,17 +19,20 @@ use http::header::{HeaderValue, AUTHORIZATION, HOST};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
+use hyper::body::Body as _;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use ipnet::IpNet;
 use tower::Service;
 
+use super::framing::frame_response;
 use super::headers::{is_websocket_upgrade, remove_hop_by_hop, set_forwarded, X_REQUEST_ID};
+use super::retry::{may_retry, never_sent, Replay};
 use super::whoami;
-use crate::config::Upstream;
-use crate::response::{Body, BoxError, Reject};
+use crate::config::{Upstream, UpstreamSettings};
+use crate::response::{client_body_fault, Body, BoxError, Reject};
 use crate::routing::MatchedRoute;
 
 /// Facts about the client connection, put in every request's extensions by the server.
@@ -36,11 +42,40 @@ pub struct ConnInfo {
     pub tls: bool,
 }
 
-/// The upstream HTTP client: HTTP/1.1 over plain TCP or rustls.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
+type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 
-/// Builds the upstream client. TLS trusts the platform roots plus `extra_roots` (PEM).
-pub fn upstream_client(extra_roots: Option<&std::path::Path>) -> Result<UpstreamClient, BoxError> {
+/// The upstream HTTP clients: HTTP/1.1 over plain TCP or rustls. Cheap to clone.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    /// Pooled per `[upstream]`; every first try goes here.
+    pooled: HttpClient,
+    /// Never pools: a retry must not meet another connection the upstream has closed.
+    fresh: HttpClient,
+}
+
+impl UpstreamClient {
+    /// Sends `req` on a pooled connection, and once more on a new one when the retry rule
+    /// allows it (see [`super::retry`]).
+    pub async fn send(
+        &self,
+        req: Request<Body>,
+    ) -> Result<Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
+        let replay = Replay::capture(&req);
+        match (self.pooled.request(req).await, replay) {
+            (Err(e), Some(replay)) if may_retry(replay.method(), never_sent(&e)) => {
+                tracing::debug!(error = %e, "upstream exchange failed; retrying on a new connection");
+                self.fresh.request(replay.into_request()).await
+            }
+            (result, _) => result,
+        }
+    }
+}
+
+/// Builds the upstream clients. TLS trusts the platform roots plus `extra_roots` (PEM).
+pub fn upstream_client(
+    pool: &UpstreamSettings,
+    extra_roots: Option<&std::path::Path>,
+) -> Result<UpstreamClient, BoxError> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {
@@ -66,9 +101,24 @@ pub fn upstream_client(extra_roots: Option<&std::path::Path>) -> Result<Upstream
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(1024)
-        .build(https))
+    // A zero idle timeout means no reuse: say so to the pool rather than rely on how it
+    // compares an instant with itself.
+    let max_idle = if pool.pool_idle_timeout.is_zero() {
+        0
+    } else {
+        pool.pool_max_idle_per_host
+    };
+    let pooled = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(max_idle)
+        .pool_idle_timeout(pool.pool_idle_timeout)
+        // Closes expired idle connections in the background too, not only when a checkout
+        // happens to find them.
+        .pool_timer(TokioTimer::new())
+        .build(https.clone());
+    let fresh = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build(https);
+    Ok(UpstreamClient { pooled, fresh })
 }
 
 /// Sends requests to their route's upstream.
@@ -117,7 +167,8 @@ impl Forward {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        remove_hop_by_hop(req.headers_mut(), websocket);
+        // The request's hop-by-hop headers went at the edge (`inbound::HopByHop`), before
+        // the gateway set its own; removing them here would let `Connection` name those.
         if let Some(conn) = req.extensions().get::<ConnInfo>().copied() {
             set_forwarded(
                 req.headers_mut(),
@@ -174,14 +225,22 @@ impl Forward {
             req.headers_mut().insert(HOST, h);
         }
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
-        let mut response = match self.client.request(req).await {
+        let method = req.method().clone();
+        let mut response = match self.client.send(req).await {
             Ok(r) => r,
-            Err(e) => {
-                return upstream_error(&e).into_response(request_id.as_ref());
-            }
+            Err(e) => return upstream_error(&e).into_response(request_id.as_ref()),
         };
         let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        remove_hop_by_hop(response.headers_mut(), websocket && switched);
+        if switched && client_upgrade.is_none() {
+            // Only a WebSocket upgrade is ever forwarded; a 101 to anything else would
+            // leave the client on a connection neither side can speak.
+            tracing::warn!("upstream answered 101 to a request that did not ask to upgrade");
+            return Reject::UpstreamUnavailable.into_response(request_id.as_ref());
+        }
+        let body_len = response.body().size_hint().exact();
+        let status = response.status();
+        frame_response(response.headers_mut(), status, &method, body_len);
+        remove_hop_by_hop(response.headers_mut(), switched);
         if let (Some(client_upgrade), true) = (client_upgrade, switched) {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             tokio::spawn(async move {
@@ -206,22 +265,11 @@ fn with_query(path: &str, query: Option<&str>) -> String {
     }
 }
 
-/// Whether `e` (or an error it wraps) is the body limit tripping.
-pub fn is_body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
-}
-
-/// Maps an upstream client error to the gateway's answer.
-fn upstream_error(e: &hyper_util::client::legacy::Error) -> Reject {
-    if is_body_too_large(e) {
-        return Reject::PayloadTooLarge;
+/// Maps an upstream client error to the gateway's answer. A failure to read the client's
+/// own body is the client's (413 or 400), never the upstream's.
+pub fn upstream_error(e: &hyper_util::client::legacy::Error) -> Reject {
+    if let Some(reject) = client_body_fault(e) {
+        return reject;
     }
     tracing::warn!(error = %e, connect = e.is_connect(), "upstream request failed");
     Reject::UpstreamUnavailable

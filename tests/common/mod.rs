@@ -4,6 +4,7 @@
 
 pub mod ingress;
 pub mod raw;
+pub mod redis_server;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -59,6 +60,11 @@ password = "crlf-password"
 name = "evil\r\nX-Injected: yes"
 "#;
 
+/// The `[emulator]` line that turns on `/__emulator/stats` and `/__emulator/fault` (off by
+/// default, so no web page can drive them). Test configs that call the hooks over HTTP
+/// include it; in-process tests can use `Emulator::set_fault` / `calls` without it.
+pub const EMULATOR_TEST_HOOKS: &str = "test_hooks = true";
+
 /// A gateway with its embedded emulator.
 pub struct Harness {
     pub running: Option<Running>,
@@ -73,7 +79,8 @@ pub struct Harness {
 }
 
 /// The whole configuration for a test: listeners on port 0, the emulator embedded with
-/// [`USERS`], and `extra` (routes, `[cache]`, …) appended.
+/// [`USERS`] and its HTTP test hooks on ([`EMULATOR_TEST_HOOKS`]), and `extra` (routes,
+/// `[cache]`, …) appended.
 pub fn config_text(extra: &str) -> String {
     config_text_with("", "", "", extra)
 }
@@ -96,6 +103,7 @@ timeout = "1s"
 [emulator]
 enabled = true
 listen = "127.0.0.1:0"
+{EMULATOR_TEST_HOOKS}
 {emulator}
 {USERS}
 {extra}
@@ -405,4 +413,22 @@ pub async fn rejection(
     );
     assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
     (status, body["code"].as_str().unwrap().to_owned(), headers)
+}
+
+/// Whether `buf` holds a whole HTTP/1.1 response with a `Content-Length` body (none
+/// counts as 0): for raw-socket tests that keep the connection open after one answer.
+pub fn http1_response_complete(buf: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(buf);
+    let Some(head_end) = text.find("\r\n\r\n") else {
+        return false;
+    };
+    let len = text[..head_end]
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>().expect("a Content-Length"))
+        })
+        .unwrap_or(0);
+    buf.len() >= head_end + 4 + len
 }

@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // Drives a CloudBase Auth v2 endpoint (the emulator) with the official JS SDK,
 // @cloudbase/oauth, the way a web page does: username + password sign-in, user info, a
-// forced token refresh, phone verification + sign-up, sign-out with a redirect, sign-in
-// with a verification code, anonymous sign-in and sign-out.
+// forced token refresh (and a replay of the rotated-out refresh token, which ends the
+// session), phone verification + sign-up, sign-out with a redirect, sign-in with a
+// verification code, anonymous sign-in and sign-out.
 //
 // Usage: node drive.mjs http://127.0.0.1:PORT      (or EMULATOR_URL=http://…)
 // Optional environment: CLOUDBASE_ENV (default "js-sdk-env"), CLOUDBASE_CLIENT_ID
@@ -18,9 +19,11 @@
 //
 // What the SDK needs in Node: nothing beyond Node 18+. It calls the global fetch, and the
 // only browser API it relies on is window.localStorage (its default storage), so an
-// in-memory SimpleStorage is passed instead.
+// in-memory SimpleStorage is passed instead (steps.mjs, with the step protocol).
 
 import { CloudbaseOAuth } from '@cloudbase/oauth'
+
+import { MemoryStorage, check, done, expectError, fatal, step } from './steps.mjs'
 
 const origin = (process.argv[2] || process.env.EMULATOR_URL || '').replace(/\/+$/, '')
 if (!/^https?:\/\/[^/]+$/.test(origin)) {
@@ -34,35 +37,6 @@ const password = process.env.SDK_PASSWORD || 'sdk-password-1'
 const phone = process.env.SDK_PHONE || '13800000000'
 const code = process.env.SDK_CODE || '000000'
 
-// Keep stdout for the step lines: the SDK logs some failures with console.log.
-const emit = (obj) => process.stdout.write(`${JSON.stringify(obj)}\n`)
-console.log = console.error
-
-/** The SDK's SimpleStorage (async and sync variants), in memory. */
-class MemoryStorage {
-  constructor() {
-    this.map = new Map()
-  }
-  async getItem(key) {
-    return this.getItemSync(key)
-  }
-  async setItem(key, value) {
-    this.setItemSync(key, value)
-  }
-  async removeItem(key) {
-    this.removeItemSync(key)
-  }
-  getItemSync(key) {
-    return this.map.has(key) ? this.map.get(key) : null
-  }
-  setItemSync(key, value) {
-    this.map.set(key, String(value))
-  }
-  removeItemSync(key) {
-    this.map.delete(key)
-  }
-}
-
 const oauth = new CloudbaseOAuth({
   env,
   clientId,
@@ -73,54 +47,6 @@ const oauth = new CloudbaseOAuth({
 oauth.initializeSession()
 const auth = oauth.authApi
 const client = oauth.oauth2client
-
-let failed = 0
-
-/** The SDK rejects with plain objects ({error, error_description, error_uri}) or Errors. */
-function describe(err) {
-  if (err instanceof Error) {
-    return { error: 'exception', error_description: `${err.name}: ${err.message}` }
-  }
-  if (err && typeof err === 'object') {
-    const { error, error_description: description, error_uri: uri } = err
-    return { error, error_description: description, error_uri: uri }
-  }
-  return { error: 'thrown', error_description: String(err) }
-}
-
-/** Runs one step; `fn` returns the fields to report, or throws. */
-async function step(name, fn) {
-  try {
-    const fields = await fn()
-    emit({ step: name, ok: true, ...fields })
-    return fields
-  } catch (err) {
-    failed += 1
-    emit({ step: name, ok: false, ...describe(err) })
-    return null
-  }
-}
-
-/** A step that passes when the SDK call fails with the `expected` error code. */
-async function expectError(name, expected, fn) {
-  return step(name, async () => {
-    let result
-    try {
-      result = await fn()
-    } catch (err) {
-      const got = describe(err)
-      check(got.error === expected, `expected error ${expected}, got ${JSON.stringify(got)}`)
-      return { expected_error: got.error, error_description: got.error_description }
-    }
-    throw new Error(`expected error ${expected}, got success: ${JSON.stringify(result)}`)
-  })
-}
-
-function check(cond, message) {
-  if (!cond) {
-    throw new Error(message)
-  }
-}
 
 function tokenFields(c) {
   check(c && typeof c.access_token === 'string' && c.access_token, 'no access_token')
@@ -197,12 +123,19 @@ async function main() {
     return { ...tokenFields(after), previous_refresh_token: before.refresh_token }
   })
 
-  await expectError('refresh_old_token_rejected', 'invalid_grant', async () => {
+  await step('user_info_after_refresh', async () => userFields(await auth.getUserInfo()))
+
+  // A rotated-out refresh token comes back (as a thief's copy would): refused, and the
+  // whole session ends (RFC 9700 §4.14.2), so the SDK's current tokens die too.
+  await expectError('refresh_replay_rejected', 'invalid_grant', async () => {
     check(refreshed, 'no refresh to replay')
     return auth.grantToken({ grant_type: 'refresh_token', refresh_token: refreshed.previous_refresh_token })
   })
 
-  await step('user_info_after_refresh', async () => userFields(await auth.getUserInfo()))
+  await expectError('refresh_after_replay_rejected', 'invalid_grant', async () => {
+    check(refreshed, 'no refresh to replay')
+    return auth.grantToken({ grant_type: 'refresh_token', refresh_token: refreshed.refresh_token })
+  })
 
   const verified = await verifyPhone('')
 
@@ -256,11 +189,7 @@ async function main() {
     return { revoked_access_token: token, response: resp }
   })
 
-  emit({ step: 'done', ok: failed === 0, failed })
-  process.exit(failed === 0 ? 0 : 1)
+  done()
 }
 
-main().catch((err) => {
-  emit({ step: 'fatal', ok: false, ...describe(err) })
-  process.exit(1)
-})
+main().catch(fatal)
