@@ -130,16 +130,23 @@ impl Reject {
         }
     }
 
-    /// The response, with `request_id` in the body (the header is set by the request-id
-    /// layer on the way out).
-    pub fn into_response(self, request_id: Option<&HeaderValue>) -> Response<Body> {
+    /// The JSON envelope `{"code", "message", "requestId"}`: one line of ASCII (serde_json
+    /// escapes control characters, and a request id is a header value), so it can travel
+    /// in a header too.
+    pub fn envelope(&self, request_id: Option<&HeaderValue>) -> String {
         let request_id = request_id.and_then(|v| v.to_str().ok()).unwrap_or("");
-        let body = serde_json::json!({
+        serde_json::json!({
             "code": self.code(),
             "message": self.message(),
             "requestId": request_id,
-        });
-        let mut response = Response::new(full(body.to_string()));
+        })
+        .to_string()
+    }
+
+    /// The response, with `request_id` in the body (the header is set by the request-id
+    /// layer on the way out).
+    pub fn into_response(self, request_id: Option<&HeaderValue>) -> Response<Body> {
+        let mut response = Response::new(full(self.envelope(request_id)));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

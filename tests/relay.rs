@@ -129,10 +129,10 @@ async fn a_token_revoked_through_the_relay_is_refused_at_once_despite_an_hour_of
     assert_eq!(
         metric(
             &m,
-            "cloudbase_gateway_requests_total{route=\"/auth/v1/\",method=\"POST\",status=\"200\"}"
+            "cloudbase_gateway_requests_total{route=\"/auth/v1/\",method=\"POST\",status=\"200\",kind=\"relay\"}"
         ),
         2.0,
-        "relayed calls are labelled with the relay's prefix"
+        "relayed calls are labelled with the relay's prefix and kind"
     );
 }
 

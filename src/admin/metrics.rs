@@ -88,6 +88,34 @@ impl AuthDecision {
     }
 }
 
+/// `kind` of `requests_total` and `request_duration_seconds`: what the gateway did with
+/// the request. Put in response extensions by whoever answers other than by proxying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum RequestKind {
+    /// Routed and (unless refused) forwarded upstream.
+    #[default]
+    Proxy,
+    /// A forward-auth decision for an ingress (`[forward_auth]`); never forwarded.
+    ForwardAuth,
+    /// Relayed to CloudBase (`[relay]`), under the relay's prefix as its route.
+    Relay,
+}
+
+impl RequestKind {
+    const ALL: [RequestKind; 3] = [
+        RequestKind::Proxy,
+        RequestKind::ForwardAuth,
+        RequestKind::Relay,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestKind::Proxy => "proxy",
+            RequestKind::ForwardAuth => "forward_auth",
+            RequestKind::Relay => "relay",
+        }
+    }
+}
+
 /// `cache_lookups_total{result}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheLookup {
@@ -394,15 +422,30 @@ fn method_label(m: &Method) -> &'static str {
     }
 }
 
+/// A `requests_total` series: route index, method label, status, kind.
+type RequestKey = (usize, &'static str, u16, RequestKind);
+
 /// Route label for requests that matched no route.
 pub const NO_ROUTE: &str = "none";
+
+/// The histograms rendered for a route answered only under `kind`.
+fn only(kind: RequestKind) -> [bool; RequestKind::ALL.len()] {
+    let mut kinds = [false; RequestKind::ALL.len()];
+    kinds[kind as usize] = true;
+    kinds
+}
 
 /// All the gateway's metrics.
 pub struct Metrics {
     /// Label per route index; the last one is [`NO_ROUTE`].
     routes: Vec<String>,
-    requests: RwLock<HashMap<(usize, &'static str, u16), AtomicU64>>,
-    durations: Vec<Histogram>,
+    requests: RwLock<HashMap<RequestKey, AtomicU64>>,
+    /// Per route, per [`RequestKind`].
+    durations: Vec<[Histogram; RequestKind::ALL.len()]>,
+    /// Per route, per [`RequestKind`]: whether that histogram is rendered. Only the kinds a
+    /// route can be answered under are, so a relay or forward-auth that is off (and the
+    /// relay's label under `proxy`) adds no series that stay zero forever.
+    rendered: Vec<[bool; RequestKind::ALL.len()]>,
     auth: [AtomicU64; 5],
     cache: [AtomicU64; 4],
     cloudbase: [[AtomicU64; 6]; 2],
@@ -428,7 +471,8 @@ impl Metrics {
         let mut routes: Vec<String> = routes.into_iter().collect();
         routes.push(NO_ROUTE.to_owned());
         Metrics {
-            durations: routes.iter().map(|_| Histogram::default()).collect(),
+            durations: routes.iter().map(|_| Default::default()).collect(),
+            rendered: routes.iter().map(|_| only(RequestKind::Proxy)).collect(),
             routes,
             requests: RwLock::default(),
             auth: Default::default(),
@@ -450,14 +494,40 @@ impl Metrics {
         }
     }
 
+    /// Renders the `kind="forward_auth"` request histograms of every route added so far
+    /// (and of [`NO_ROUTE`]) too: forward-auth decides on the configured routes.
+    pub fn with_forward_auth(mut self) -> Metrics {
+        for kinds in &mut self.rendered {
+            kinds[RequestKind::ForwardAuth as usize] = true;
+        }
+        self
+    }
+
+    /// Adds a route label answered only under `kind` (forward-auth's default route, the
+    /// relay's prefix), before [`NO_ROUTE`]; returns its index for [`Metrics::request`].
+    pub fn add_route(&mut self, label: String, kind: RequestKind) -> usize {
+        let index = self.no_route();
+        self.routes.insert(index, label);
+        self.durations.insert(index, Default::default());
+        self.rendered.insert(index, only(kind));
+        index
+    }
+
     /// Index used for requests that matched no route.
     pub fn no_route(&self) -> usize {
         self.routes.len() - 1
     }
 
-    pub fn request(&self, route: Option<usize>, method: &Method, status: u16, took: Duration) {
+    pub fn request(
+        &self,
+        route: Option<usize>,
+        kind: RequestKind,
+        method: &Method,
+        status: u16,
+        took: Duration,
+    ) {
         let route = route.unwrap_or(self.no_route()).min(self.no_route());
-        let key = (route, method_label(method), status);
+        let key = (route, method_label(method), status, kind);
         let hit = {
             let map = self.requests.read().unwrap_or_else(|e| e.into_inner());
             map.get(&key).map(|c| c.fetch_add(1, Relaxed)).is_some()
@@ -466,7 +536,7 @@ impl Metrics {
             let mut map = self.requests.write().unwrap_or_else(|e| e.into_inner());
             map.entry(key).or_default().fetch_add(1, Relaxed);
         }
-        self.durations[route].observe(took);
+        self.durations[route][kind as usize].observe(took);
     }
 
     pub fn auth_decision(&self, d: AuthDecision) {
@@ -554,15 +624,18 @@ impl Metrics {
             o,
             "requests_total",
             "counter",
-            "Requests answered, by route prefix, method and status.",
+            "Requests answered, by route prefix, method, status and kind (proxy, forward_auth, relay).",
         );
         {
             let map = self.requests.read().unwrap_or_else(|e| e.into_inner());
             let mut rows: Vec<_> = map.iter().map(|(k, v)| (*k, v.load(Relaxed))).collect();
             rows.sort();
-            for ((route, method, status), n) in rows {
+            for ((route, method, status, kind), n) in rows {
                 let route = escape(&self.routes[route]);
-                let labels = format!("route=\"{route}\",method=\"{method}\",status=\"{status}\"");
+                let kind = kind.as_str();
+                let labels = format!(
+                    "route=\"{route}\",method=\"{method}\",status=\"{status}\",kind=\"{kind}\""
+                );
                 sample(o, "requests_total", &labels, n);
             }
         }
@@ -570,14 +643,18 @@ impl Metrics {
             o,
             "request_duration_seconds",
             "histogram",
-            "Time from request head to response head, by route prefix.",
+            "Time from request head to response head, by route prefix and kind.",
         );
-        for (route, h) in self.routes.iter().zip(&self.durations) {
-            h.render(
-                o,
-                "request_duration_seconds",
-                &format!("route=\"{}\"", escape(route)),
-            );
+        for ((route, by_kind), rendered) in
+            self.routes.iter().zip(&self.durations).zip(&self.rendered)
+        {
+            for kind in RequestKind::ALL {
+                if !rendered[kind as usize] {
+                    continue;
+                }
+                let labels = format!("route=\"{}\",kind=\"{}\"", escape(route), kind.as_str());
+                by_kind[kind as usize].render(o, "request_duration_seconds", &labels);
+            }
         }
         family(
             o,
@@ -802,27 +879,100 @@ mod tests {
     #[test]
     fn counts_by_route_method_status() {
         let m = Metrics::new(["/api/".to_owned()]);
-        m.request(Some(0), &Method::GET, 200, Duration::from_millis(3));
-        m.request(Some(0), &Method::GET, 200, Duration::from_millis(3));
-        m.request(
-            None,
-            &Method::from_bytes(b"BREW").unwrap(),
-            404,
-            Duration::ZERO,
-        );
+        let proxy = RequestKind::Proxy;
+        m.request(Some(0), proxy, &Method::GET, 200, Duration::from_millis(3));
+        m.request(Some(0), proxy, &Method::GET, 200, Duration::from_millis(3));
+        let brew = Method::from_bytes(b"BREW").unwrap();
+        m.request(None, proxy, &brew, 404, Duration::ZERO);
         m.cache_lookup(CacheLookup::Stale);
         let text = m.render(7);
         assert!(text.contains(
-            "cloudbase_gateway_requests_total{route=\"/api/\",method=\"GET\",status=\"200\"} 2"
+            "cloudbase_gateway_requests_total{route=\"/api/\",method=\"GET\",status=\"200\",kind=\"proxy\"} 2"
         ));
         assert!(text.contains(
-            "cloudbase_gateway_requests_total{route=\"none\",method=\"OTHER\",status=\"404\"} 1"
+            "cloudbase_gateway_requests_total{route=\"none\",method=\"OTHER\",status=\"404\",kind=\"proxy\"} 1"
         ));
         assert!(text.contains("cloudbase_gateway_cache_lookups_total{result=\"stale\"} 1"));
         assert!(text.contains("cloudbase_gateway_cache_entries 7"));
         assert!(text.contains(
-            "cloudbase_gateway_request_duration_seconds_bucket{route=\"/api/\",le=\"0.005\"} 2"
+            "cloudbase_gateway_request_duration_seconds_bucket{route=\"/api/\",kind=\"proxy\",le=\"0.005\"} 2"
         ));
+        assert!(
+            !text.contains("kind=\"forward_auth\""),
+            "no forward-auth series while it is off"
+        );
+    }
+
+    #[test]
+    fn forward_auth_decisions_are_counted_apart_from_proxied_requests() {
+        let m = Metrics::new(["/api/".to_owned()]).with_forward_auth();
+        m.request(
+            Some(0),
+            RequestKind::Proxy,
+            &Method::GET,
+            200,
+            Duration::ZERO,
+        );
+        let fa = RequestKind::ForwardAuth;
+        m.request(Some(0), fa, &Method::GET, 401, Duration::from_millis(3));
+        let text = m.render(0);
+        assert!(text.contains(
+            "cloudbase_gateway_requests_total{route=\"/api/\",method=\"GET\",status=\"200\",kind=\"proxy\"} 1"
+        ));
+        assert!(text.contains(
+            "cloudbase_gateway_requests_total{route=\"/api/\",method=\"GET\",status=\"401\",kind=\"forward_auth\"} 1"
+        ));
+        assert!(text.contains(
+            "cloudbase_gateway_request_duration_seconds_count{route=\"/api/\",kind=\"forward_auth\"} 1"
+        ));
+        assert!(text.contains(
+            "cloudbase_gateway_request_duration_seconds_count{route=\"/api/\",kind=\"proxy\"} 1"
+        ));
+    }
+
+    #[test]
+    fn builtin_routes_are_labelled_before_none_and_render_only_their_own_kind() {
+        let mut m = Metrics::new(["/api/".to_owned()]).with_forward_auth();
+        let default = m.add_route("/".to_owned(), RequestKind::ForwardAuth);
+        let relay = m.add_route("/auth/v1/".to_owned(), RequestKind::Relay);
+        assert_eq!((default, relay, m.no_route()), (1, 2, 3));
+        m.request(
+            Some(relay),
+            RequestKind::Relay,
+            &Method::POST,
+            200,
+            Duration::ZERO,
+        );
+        let fa = RequestKind::ForwardAuth;
+        m.request(Some(default), fa, &Method::GET, 401, Duration::ZERO);
+        m.request(None, RequestKind::Proxy, &Method::GET, 404, Duration::ZERO);
+        let text = m.render(0);
+        for series in [
+            "requests_total{route=\"/auth/v1/\",method=\"POST\",status=\"200\",kind=\"relay\"} 1",
+            "requests_total{route=\"/\",method=\"GET\",status=\"401\",kind=\"forward_auth\"} 1",
+            "requests_total{route=\"none\",method=\"GET\",status=\"404\",kind=\"proxy\"} 1",
+            "request_duration_seconds_count{route=\"/auth/v1/\",kind=\"relay\"} 1",
+            "request_duration_seconds_count{route=\"/\",kind=\"forward_auth\"} 1",
+            "request_duration_seconds_count{route=\"/api/\",kind=\"forward_auth\"} 0",
+            "request_duration_seconds_count{route=\"none\",kind=\"forward_auth\"} 0",
+        ] {
+            assert!(
+                text.contains(&format!("cloudbase_gateway_{series}")),
+                "{series}\n{text}"
+            );
+        }
+        for absent in [
+            "route=\"/auth/v1/\",kind=\"proxy\"",
+            "route=\"/auth/v1/\",kind=\"forward_auth\"",
+            "route=\"/\",kind=\"proxy\"",
+            "route=\"/api/\",kind=\"relay\"",
+            "route=\"none\",kind=\"relay\"",
+        ] {
+            assert!(
+                !text.contains(absent),
+                "{absent} can never be observed\n{text}"
+            );
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use toml::{Table, Value};
 
-use super::{AuthMode, Config, IntrospectAuth, Secret, Upstream};
+use super::{Config, IntrospectAuth, Secret, Upstream};
 
 const REDACTED: &str = "[redacted]";
 
@@ -158,14 +158,7 @@ impl Config {
                             }
                         }),
                     ),
-                    (
-                        "auth",
-                        text(match r.auth {
-                            AuthMode::Required => "required",
-                            AuthMode::Optional => "optional",
-                            AuthMode::None => "none",
-                        }),
-                    ),
+                    ("auth", text(r.auth.as_str())),
                     ("strip_prefix", Value::Boolean(r.strip_prefix)),
                     ("methods", strings(r.methods.iter().map(|m| m.as_str()))),
                     ("allow_anonymous", Value::Boolean(r.allow_anonymous)),
@@ -178,6 +171,15 @@ impl Config {
                 ]))
             })
             .collect();
+
+        let f = &self.forward_auth;
+        let mut forward_auth = table([
+            ("enabled", Value::Boolean(f.enabled)),
+            ("path", text(&f.path)),
+        ]);
+        if let Some(mode) = f.default_auth {
+            forward_auth.insert("default_auth".into(), text(mode.as_str()));
+        }
 
         let r = &self.relay;
         let mut relay = table([
@@ -267,6 +269,7 @@ impl Config {
                 ])),
             ),
             ("routes", Value::Array(routes)),
+            ("forward_auth", Value::Table(forward_auth)),
             ("relay", Value::Table(relay)),
             ("emulator", Value::Table(emulator)),
         ]);
@@ -308,6 +311,10 @@ prefix = "/api/"
 upstream = "https://api.internal:8443/v2"
 methods = ["GET"]
 require_groups = ["admin"]
+[forward_auth]
+enabled = true
+path = "/auth/check"
+default_auth = "optional"
 [relay]
 enabled = true
 prefix = "/cb/auth/"
@@ -363,6 +370,12 @@ groups = ["a", { id = "b", expires_at = "2030-01-01T00:00:00Z" }]
         assert!(out.contains("pool_idle_timeout = \"1s 500ms\""), "{out}");
         assert_eq!(again.upstream.pool_max_idle_per_host, 8);
         assert_eq!(again.routes[0].require_groups, ["admin"]);
+        assert!(again.forward_auth.enabled);
+        assert_eq!(again.forward_auth.path, "/auth/check");
+        assert_eq!(
+            again.forward_auth.default_auth,
+            Some(crate::config::AuthMode::Optional)
+        );
         assert!(again.emulator.test_hooks);
         assert_eq!(again.emulator.limits, config.emulator.limits);
         assert!(out.contains("lockout = \"1m 30s\""), "{out}");

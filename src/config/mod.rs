@@ -35,6 +35,7 @@ pub struct Config {
     pub cache: CacheSettings,
     pub identity: IdentitySettings,
     pub routes: Vec<RouteSettings>,
+    pub forward_auth: ForwardAuthSettings,
     pub relay: RelaySettings,
     pub emulator: EmulatorSettings,
 }
@@ -243,12 +244,45 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
 /// one header line (nginx 8 KiB buffers, Node 16 KiB for the whole head).
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 8 << 10;
 
-/// `auth` of a route.
+/// `auth` of a route (and `forward_auth.default_auth`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMode {
     Required,
     Optional,
     None,
+}
+
+impl AuthMode {
+    /// The configuration spellings.
+    pub const ALL: [(&'static str, AuthMode); 3] = [
+        ("required", AuthMode::Required),
+        ("optional", AuthMode::Optional),
+        ("none", AuthMode::None),
+    ];
+
+    /// `"required"`, `"optional"` or `"none"`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, m)| *m)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::Required => "required",
+            AuthMode::Optional => "optional",
+            AuthMode::None => "none",
+        }
+    }
+}
+
+/// An `auth` value, or the error naming `key` and the spellings.
+fn auth_mode(value: &str, key: String, errors: &mut Errors) -> AuthMode {
+    AuthMode::parse(value).unwrap_or_else(|| {
+        errors.push(
+            key,
+            format!("{value:?} is not one of \"required\", \"optional\", \"none\""),
+        );
+        AuthMode::Required
+    })
 }
 
 /// Where a route's requests go.
@@ -278,6 +312,24 @@ pub struct RouteSettings {
     pub pass_token: bool,
     pub allow_preflight: bool,
 }
+
+/// `[forward_auth]`: the endpoint an existing ingress asks whether a request may pass
+/// (nginx `auth_request`, Traefik `ForwardAuth`, Caddy `forward_auth`, Envoy `ext_authz`).
+/// See [`crate::forward_auth`].
+#[derive(Debug, Clone)]
+pub struct ForwardAuthSettings {
+    /// Default false.
+    pub enabled: bool,
+    /// On the main listener: this path exactly, and every path under `path/` (Envoy appends
+    /// the original path). Normal form, no trailing `/`. Default `/_gateway/auth`.
+    pub path: String,
+    /// The rules for original requests no route matches: a catch-all route with this
+    /// `auth` and no other rule. `None` (default): such requests are answered 404.
+    pub default_auth: Option<AuthMode>,
+}
+
+/// `forward_auth.path` when unset.
+pub const DEFAULT_FORWARD_AUTH_PATH: &str = "/_gateway/auth";
 
 /// `[relay]`: the CloudBase Auth v2 relay (see [`crate::relay`]).
 #[derive(Debug, Clone)]
@@ -557,6 +609,8 @@ impl Config {
         let cache: raw::RawCache = section(take("cache"), "cache", &mut errors);
         let identity: raw::RawIdentity = section(take("identity"), "identity", &mut errors);
         let emulator: raw::RawEmulator = section(take("emulator"), "emulator", &mut errors);
+        let forward_auth: raw::RawForwardAuth =
+            section(take("forward_auth"), "forward_auth", &mut errors);
         let relay: raw::RawRelay = section(take("relay"), "relay", &mut errors);
         // A route whose table did not deserialize is `None`: reported once, not again as
         // "prefix missing", and the others keep their indices.
@@ -575,7 +629,7 @@ impl Config {
         for key in value.keys() {
             errors.push(
                 key.clone(),
-                "unknown key (expected server, admin, cloudbase, upstream, cache, identity, routes, relay, emulator)",
+                "unknown key (expected server, admin, cloudbase, upstream, cache, identity, routes, forward_auth, relay, emulator)",
             );
         }
 
@@ -583,6 +637,8 @@ impl Config {
         let cloudbase = validate_cloudbase(cloudbase, &emulator, &mut errors);
         let routes = validate_routes(routes, &mut errors);
         let relay = validate_relay(relay, &cloudbase, &routes, &mut errors);
+        let forward_auth = validate_forward_auth(forward_auth, &routes, &mut errors);
+        check_forward_auth_beside_relay(&forward_auth, &relay, &mut errors);
         let config = Config {
             server: validate_server(server, &mut errors),
             admin: validate_admin(admin, &mut errors),
@@ -591,6 +647,7 @@ impl Config {
             cache: validate_cache(cache, &mut errors),
             identity: validate_identity(identity, &mut errors),
             routes,
+            forward_auth,
             relay,
             emulator,
         };
@@ -1215,18 +1272,11 @@ fn validate_routes(raws: Vec<Option<raw::RawRoute>>, errors: &mut Errors) -> Vec
                 }
             },
         };
-        let auth = match raw.auth.as_deref().unwrap_or("required") {
-            "required" => AuthMode::Required,
-            "optional" => AuthMode::Optional,
-            "none" => AuthMode::None,
-            other => {
-                errors.push(
-                    key("auth"),
-                    format!("{other:?} is not one of \"required\", \"optional\", \"none\""),
-                );
-                AuthMode::Required
-            }
-        };
+        let auth = auth_mode(
+            raw.auth.as_deref().unwrap_or("required"),
+            key("auth"),
+            errors,
+        );
         let mut methods = Vec::new();
         for (j, m) in raw.methods.unwrap_or_default().into_iter().enumerate() {
             match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
@@ -1283,6 +1333,102 @@ fn check_prefix(prefix: &str) -> Result<(), String> {
     }
 }
 
+fn validate_forward_auth(
+    raw: raw::RawForwardAuth,
+    routes: &[RouteSettings],
+    errors: &mut Errors,
+) -> ForwardAuthSettings {
+    let enabled = raw.enabled.unwrap_or(false);
+    let path = raw
+        .path
+        .unwrap_or_else(|| DEFAULT_FORWARD_AUTH_PATH.to_owned());
+    let default_auth = raw
+        .default_auth
+        .map(|s| auth_mode(&s, "forward_auth.default_auth".into(), errors));
+    let key = "forward_auth.path";
+    if !path.starts_with('/') {
+        errors.push(key, format!("{path:?} must start with /"));
+    } else if path.ends_with('/') {
+        errors.push(
+            key,
+            format!(
+                "{path:?} must not end with / (Envoy joins it to the original path, which \
+                 starts with one)"
+            ),
+        );
+    } else if let Err(e) = check_prefix(&path) {
+        errors.push(key, e);
+    }
+    if enabled {
+        let under = format!("{path}/");
+        for (i, route) in routes.iter().enumerate() {
+            let prefix = &route.prefix;
+            if *prefix == path || prefix.starts_with(&under) {
+                errors.push(
+                    key,
+                    format!(
+                        "{path:?} answers every request at or under it, so routes[{i}].prefix \
+                         {prefix:?} would never be reached"
+                    ),
+                );
+            } else if prefix != "/" && path.starts_with(prefix.as_str()) {
+                errors.push(
+                    key,
+                    format!(
+                        "{path:?} lies under routes[{i}].prefix {prefix:?}: requests for it \
+                         would never reach that route's upstream; choose a path outside every \
+                         route prefix but \"/\""
+                    ),
+                );
+            }
+        }
+        if default_auth.is_some() {
+            if let Some(i) = routes.iter().position(|r| r.prefix == "/") {
+                errors.push(
+                    "forward_auth.default_auth",
+                    format!("never used: routes[{i}].prefix \"/\" matches every path"),
+                );
+            }
+        }
+    }
+    ForwardAuthSettings {
+        enabled,
+        path,
+        default_auth,
+    }
+}
+
+/// Forward-auth and the relay both take their paths before routing: a path both claim
+/// would be answered by whichever layer comes first, so their paths must not overlap.
+/// Reported under the key whose path lies under the other's.
+fn check_forward_auth_beside_relay(
+    forward_auth: &ForwardAuthSettings,
+    relay: &RelaySettings,
+    errors: &mut Errors,
+) {
+    if !(forward_auth.enabled && relay.enabled) {
+        return;
+    }
+    let (path, prefix) = (&forward_auth.path, &relay.prefix);
+    // `path` has no trailing `/` and `prefix` has one, so these two cases are every
+    // overlap of {path, path/…} with {prefix…}.
+    if path.starts_with(prefix.as_str()) {
+        errors.push(
+            "forward_auth.path",
+            format!(
+                "{path:?} lies under relay.prefix {prefix:?}: the relay takes every path under                  its prefix; choose a path outside it"
+            ),
+        );
+    } else if prefix.starts_with(&format!("{path}/")) {
+        errors.push(
+            "relay.prefix",
+            format!(
+                "{prefix:?} lies under forward_auth.path {path:?}: forward-auth answers every                  path at or under its own; choose a prefix outside it"
+            ),
+        );
+    }
+}
+
 /// `"whoami"`, or an `http://` / `https://` URL with an optional base path.
 pub fn parse_upstream(s: &str) -> Result<Upstream, String> {
     if s == "whoami" {
@@ -1332,9 +1478,11 @@ fn validate_relay(
     }
     // The relay is consulted before the routes, so a route under its prefix could never
     // be reached. A shorter route (`/`, `/auth/`) keeps every path outside the prefix, as
-    // with the longest-prefix rule between routes.
+    // with the longest-prefix rule between routes. While the relay is off it takes no
+    // path, and `/auth/v1/…` is free for routes.
+    let enabled = raw.enabled.unwrap_or(false);
     for (i, route) in routes.iter().enumerate() {
-        if route.prefix.starts_with(&prefix) {
+        if enabled && route.prefix.starts_with(&prefix) {
             errors.push(
                 "relay.prefix",
                 format!(
@@ -1380,7 +1528,7 @@ fn validate_relay(
         ),
     };
     RelaySettings {
-        enabled: raw.enabled.unwrap_or(false),
+        enabled,
         prefix,
         allowed_origins,
         client_id: raw.client_id.unwrap_or_else(|| cloudbase.client_id.clone()),

@@ -97,6 +97,14 @@ pub struct RawRoute {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawForwardAuth {
+    pub enabled: Option<bool>,
+    pub path: Option<String>,
+    pub default_auth: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawRelay {
     pub enabled: Option<bool>,
     pub prefix: Option<String>,

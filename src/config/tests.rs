@@ -245,6 +245,112 @@ fn route_prefixes_must_be_normal_and_hold_no_character_with_two_spellings() {
 }
 
 #[test]
+fn forward_auth_is_off_at_the_default_path_with_no_default_route() {
+    let c = load("[emulator]\nenabled = true\n").unwrap();
+    assert!(!c.forward_auth.enabled);
+    assert_eq!(c.forward_auth.path, "/_gateway/auth");
+    assert_eq!(c.forward_auth.default_auth, None);
+    let c = load(
+        "[emulator]\nenabled = true\n[forward_auth]\nenabled = true\npath = \"/auth/check\"\n\
+         default_auth = \"optional\"\n",
+    )
+    .unwrap();
+    assert!(c.forward_auth.enabled);
+    assert_eq!(c.forward_auth.path, "/auth/check");
+    assert_eq!(c.forward_auth.default_auth, Some(AuthMode::Optional));
+}
+
+#[test]
+fn forward_auth_mistakes_are_reported_with_their_keys() {
+    let with = |forward_auth: &str| {
+        errors(&format!(
+            "[emulator]\nenabled = true\n[forward_auth]\nenabled = true\n{forward_auth}\n"
+        ))
+    };
+    let one = |forward_auth: &str, key: &str, says: &str| {
+        let got = with(forward_auth);
+        assert!(
+            got.len() == 1 && got[0].starts_with(key) && got[0].contains(says),
+            "{forward_auth:?}: expected one error under {key} saying {says:?}, got {got:?}"
+        );
+    };
+    one(
+        "path = \"_gateway/auth\"",
+        "forward_auth.path:",
+        "must start with /",
+    );
+    one(
+        "path = \"/_gateway/auth/\"",
+        "forward_auth.path:",
+        "must not end with /",
+    );
+    one("path = \"/\"", "forward_auth.path:", "must not end with /");
+    one(
+        "path = \"/_gateway/%61uth\"",
+        "forward_auth.path:",
+        "write \"/_gateway/auth\"",
+    );
+    one("path = \"/auth;check\"", "forward_auth.path:", "';'");
+    one(
+        "default_auth = \"sometimes\"",
+        "forward_auth.default_auth:",
+        "\"required\"",
+    );
+    one("method = \"GET\"", "forward_auth.method", "unknown field");
+}
+
+#[test]
+fn a_forward_auth_path_colliding_with_a_route_prefix_is_an_error_when_enabled() {
+    let routes = |prefixes: &[&str]| {
+        prefixes
+            .iter()
+            .map(|p| format!("[[routes]]\nprefix = {p:?}\nupstream = \"whoami\"\n"))
+            .collect::<String>()
+    };
+    let text = |enabled: bool, prefixes: &[&str]| {
+        format!(
+            "[emulator]\nenabled = true\n[forward_auth]\nenabled = {enabled}\n{}",
+            routes(prefixes)
+        )
+    };
+    // At or under the endpoint: the route would never be reached. Over it (but `/`): the
+    // endpoint would take part of the route's paths.
+    let colliding = [
+        "/_gateway/auth",
+        "/_gateway/auth/",
+        "/_gateway/auth/api/",
+        "/_gateway/",
+        "/_gate",
+    ];
+    let got = errors(&text(true, &colliding));
+    assert_eq!(got.len(), colliding.len(), "{got:?}");
+    for (i, p) in colliding.iter().enumerate() {
+        let names = format!("routes[{i}].prefix {p:?}");
+        assert!(
+            got.iter()
+                .any(|e| e.starts_with("forward_auth.path:") && e.contains(&names)),
+            "no error naming {names} in {got:?}"
+        );
+    }
+    // Neighbours and the catch-all are fine; so is anything while forward-auth is off.
+    load(&text(true, &["/", "/_gateway/authz/", "/api/"])).unwrap();
+    load(&text(false, &colliding)).unwrap();
+}
+
+#[test]
+fn default_auth_next_to_a_catch_all_route_is_an_error_it_would_never_be_used() {
+    let got = errors(
+        "[emulator]\nenabled = true\n[forward_auth]\nenabled = true\ndefault_auth = \"required\"\n\
+         [[routes]]\nprefix = \"/api/\"\nupstream = \"whoami\"\n\
+         [[routes]]\nprefix = \"/\"\nupstream = \"whoami\"\n",
+    );
+    assert_eq!(
+        got,
+        ["forward_auth.default_auth: never used: routes[1].prefix \"/\" matches every path"]
+    );
+}
+
+#[test]
 fn security_limits_have_their_defaults() {
     let c = load("[emulator]\nenabled = true\n").unwrap();
     assert_eq!(c.server.idle_timeout, Duration::from_secs(60));
@@ -588,4 +694,70 @@ fn a_shorter_route_beside_the_relay_is_no_collision() {
     .unwrap();
     assert_eq!(c.relay.limits.signin.rate, None);
     assert_eq!(c.relay.client_id, "web-app");
+}
+
+#[test]
+fn a_route_under_the_relay_prefix_is_no_collision_while_the_relay_is_off() {
+    let text = |enabled: bool| {
+        format!(
+            "[emulator]\nenabled = true\n[[routes]]\nprefix = \"/auth/v1/admin/\"\n\
+             upstream = \"whoami\"\n[relay]\nenabled = {enabled}\n"
+        )
+    };
+    load(&text(false)).unwrap();
+    let got = errors(&text(true));
+    assert!(
+        got.len() == 1 && got[0].starts_with("relay.prefix:") && got[0].contains("routes[0]"),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn forward_auth_and_relay_paths_that_overlap_either_way_are_errors_when_both_are_on() {
+    let text = |path: &str, prefix: &str, relay: bool| {
+        format!(
+            "[emulator]\nenabled = true\n[forward_auth]\nenabled = true\npath = {path:?}\n\
+             [relay]\nenabled = {relay}\nprefix = {prefix:?}\n"
+        )
+    };
+    // The endpoint under the relay's prefix (the relay would take it), reported under
+    // forward_auth.path; the relay's prefix at or under the endpoint (forward-auth would
+    // answer its paths), reported under relay.prefix.
+    for (path, prefix, key, names) in [
+        (
+            "/auth/v1/check",
+            "/auth/v1/",
+            "forward_auth.path:",
+            "relay.prefix",
+        ),
+        (
+            "/auth/v1/x/y",
+            "/auth/",
+            "forward_auth.path:",
+            "relay.prefix",
+        ),
+        (
+            "/auth/v1",
+            "/auth/v1/",
+            "relay.prefix:",
+            "forward_auth.path",
+        ),
+        ("/auth", "/auth/v1/", "relay.prefix:", "forward_auth.path"),
+    ] {
+        let got = errors(&text(path, prefix, true));
+        assert!(
+            got.len() == 1 && got[0].starts_with(key) && got[0].contains(names),
+            "{path} and {prefix}: {got:?}"
+        );
+        load(&text(path, prefix, false)).unwrap();
+    }
+    // Neighbours share no path.
+    for (path, prefix) in [
+        ("/_gateway/auth", "/auth/v1/"),
+        ("/auth/v10", "/auth/v1/"),
+        ("/auth/v1x", "/auth/v1/"),
+        ("/auth/check", "/auth/v1/"),
+    ] {
+        load(&text(path, prefix, true)).unwrap();
+    }
 }

@@ -344,19 +344,31 @@ static X_HTTP_METHOD_OVERRIDE: HeaderName = HeaderName::from_static("x-http-meth
 static X_HTTP_METHOD: HeaderName = HeaderName::from_static("x-http-method");
 static X_METHOD_OVERRIDE: HeaderName = HeaderName::from_static("x-method-override");
 
+/// The method-override headers frameworks honour (Express `method-override`, Rails, ASP.NET,
+/// Spring's filter via a parameter): each would turn an `OPTIONS` into a `DELETE`.
+const METHOD_OVERRIDES: [&HeaderName; 3] =
+    [&X_HTTP_METHOD_OVERRIDE, &X_HTTP_METHOD, &X_METHOD_OVERRIDE];
+
 /// What a preflight passed without a token may not carry: a body's framing (its body is
-/// dropped) and the method-override headers frameworks honour, which would turn an
-/// unauthenticated `OPTIONS` into a `DELETE`.
+/// dropped) and the method-override headers, which would turn an unauthenticated
+/// `OPTIONS` into a `DELETE`.
 pub fn strip_preflight(headers: &mut HeaderMap) {
-    for name in [
-        &CONTENT_LENGTH,
-        &TRANSFER_ENCODING,
-        &X_HTTP_METHOD_OVERRIDE,
-        &X_HTTP_METHOD,
-        &X_METHOD_OVERRIDE,
-    ] {
+    for name in [&CONTENT_LENGTH, &TRANSFER_ENCODING]
+        .into_iter()
+        .chain(METHOD_OVERRIDES)
+    {
         headers.remove(name);
     }
+}
+
+/// Whether a request carries a method-override header. Forward-auth asks this of a
+/// preflight it would pass without a token: the ingress forwards the request as sent, so
+/// the header cannot be dropped as [`strip_preflight`] drops it, and a browser's preflight
+/// never carries one.
+pub fn overrides_method(headers: &HeaderMap) -> bool {
+    METHOD_OVERRIDES
+        .into_iter()
+        .any(|name| headers.contains_key(name))
 }
 
 /// The client's address as far as the gateway can trust it: the peer's, unless the peer
@@ -687,5 +699,30 @@ mod tests {
         ] {
             assert!(!is_cors_preflight(&opt, &bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_method_override_is_dropped_from_a_proxied_preflight_and_seen_by_forward_auth() {
+        for name in [
+            "x-http-method-override",
+            "X-HTTP-Method",
+            "x-method-override",
+        ] {
+            let mut h = map(&[
+                ("origin", "https://app.example"),
+                ("access-control-request-method", "GET"),
+                (name, "DELETE"),
+                ("content-length", "5"),
+            ]);
+            assert!(overrides_method(&h), "{name}");
+            strip_preflight(&mut h);
+            assert!(!overrides_method(&h), "{name} dropped");
+            assert!(!h.contains_key(CONTENT_LENGTH));
+            assert!(is_cors_preflight(&Method::OPTIONS, &h), "still a preflight");
+        }
+        assert!(!overrides_method(&map(&[(
+            "x-http-method-overrides",
+            "DELETE"
+        )])));
     }
 }

@@ -50,7 +50,7 @@ use tower::{Layer, Service};
 pub use cors::Cors;
 pub use limit::Limits;
 
-use crate::admin::metrics::{Metrics, RelayEndpoint, RelayPurge};
+use crate::admin::metrics::{Metrics, RelayEndpoint, RelayPurge, RequestKind};
 use crate::auth::token::jwt_sub;
 use crate::cache::IdentityCache;
 use crate::config::{parse_upstream, EscapedSlashes, RelaySettings, Upstream};
@@ -239,7 +239,9 @@ impl Shared {
         };
         self.metrics
             .relay_request(endpoint, response.status().as_u16());
-        response.extensions_mut().insert(self.route.clone());
+        let extensions = response.extensions_mut();
+        extensions.insert(self.route.clone());
+        extensions.insert(RequestKind::Relay);
         response
     }
 
@@ -493,6 +495,8 @@ mod tests {
                 .unwrap();
             assert_eq!(resp.status(), 502, "{uri}: relayed (to a closed port)");
             assert!(resp.extensions().get::<BuiltinRoute>().is_some());
+            let kind = resp.extensions().get::<RequestKind>();
+            assert_eq!(kind, Some(&RequestKind::Relay), "{uri}: counted as relayed");
         }
     }
 
