@@ -56,7 +56,8 @@ use std::time::{Duration, Instant};
 use cloudbase_gateway::admin::metrics::{CacheLookup, Metrics};
 use cloudbase_gateway::auth::token::{bearer, Credentials};
 use cloudbase_gateway::cache::{
-    token_key, Identity, IdentityCache, KeyHasher, SharedIdentity, TokenKey, Validation,
+    token_key, HeaderFields, Identity, IdentityCache, KeyHasher, SharedIdentity, TokenKey,
+    Validation,
 };
 use cloudbase_gateway::clock::UnixClock;
 use cloudbase_gateway::cloudbase::types::{Introspection, UserProfile};
@@ -517,6 +518,7 @@ fn identity(n: u64) -> Arc<Identity> {
         email: Some(format!("user{n}@example.com")),
         ..Default::default()
     };
+    let fields = HeaderFields::new(&fields, config.identity.max_header_bytes, None);
     Arc::new(Identity::new(&introspection, &profile, None, &fields, 0))
 }
 

@@ -108,6 +108,9 @@ fn main() -> ExitCode {
                     cli.config.display()
                 );
                 let _ = writeln!(out, "{}", config.effective_toml());
+                for warning in config.warnings() {
+                    eprintln!("warning: {warning}");
+                }
                 ExitCode::SUCCESS
             }
             Err(code) => code,
@@ -156,6 +159,9 @@ async fn run_emulator(config: Config, listen: Option<SocketAddr>) -> ExitCode {
 }
 
 async fn run_gateway(config: Config) -> ExitCode {
+    for warning in config.warnings() {
+        tracing::warn!(key = %warning.key, "{}", warning.message);
+    }
     let running = match server::start(config, shutdown_signal()).await {
         Ok(r) => r,
         Err(e) => {

@@ -25,7 +25,7 @@ use tower::{Layer, Service};
 
 use crate::config::RouteSettings;
 use crate::path::{self, EscapedSlashes};
-use crate::proxy::headers::X_REQUEST_ID;
+use crate::proxy::headers::{is_cors_preflight, X_REQUEST_ID};
 use crate::response::{Body, BoxError, Reject};
 
 /// A configured route with what is derived from it once.
@@ -39,11 +39,14 @@ pub struct Route {
 }
 
 impl Route {
-    pub fn allows(&self, method: &Method) -> bool {
+    /// Whether the route takes this request's method: one of `methods`, or a real CORS
+    /// preflight where `allow_preflight` is on (an `OPTIONS` that is not one is an
+    /// ordinary request and needs `OPTIONS` in `methods`).
+    pub fn allows(&self, method: &Method, headers: &http::HeaderMap) -> bool {
         let s = &self.settings;
         s.methods.is_empty()
             || s.methods.contains(method)
-            || (*method == Method::OPTIONS && s.allow_preflight)
+            || (s.allow_preflight && is_cors_preflight(method, headers))
     }
 }
 
@@ -240,7 +243,7 @@ where
                 None => return RouteFuture::reject(Reject::BadRequest, &req, None),
             }
         }
-        if !route.allows(req.method()) {
+        if !route.allows(req.method(), req.headers()) {
             let allow = route.allow.clone();
             return RouteFuture::reject(Reject::MethodNotAllowed { allow }, &req, Some(route));
         }
@@ -288,8 +291,9 @@ mod tests {
         assert_eq!(r.find("/api/x").unwrap().index, 1);
         assert_eq!(r.find("/other").unwrap().index, 0);
         let admin = r.find("/api/admin/").unwrap();
-        assert!(admin.allows(&Method::GET));
-        assert!(!admin.allows(&Method::POST));
+        let none = http::HeaderMap::new();
+        assert!(admin.allows(&Method::GET, &none));
+        assert!(!admin.allows(&Method::POST, &none));
         assert_eq!(admin.allow, "GET");
     }
 }

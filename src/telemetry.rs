@@ -1,24 +1,39 @@
 //! Logging setup and the access log.
 //!
-//! One access-log line per request: method, route prefix, status, duration, request id and
-//! the user's `sub` when known. Never the path or query (a `?token=` would leak), never a
-//! header value. The same layer keeps the per-request metrics, since it already holds the
-//! start time and sees the final status.
+//! One access-log line per request: method, route prefix, kind (`proxy`, `forward_auth` or
+//! `relay`), status, duration, request id and the user's `sub` when known. Never the path
+//! or query (a `?token=` would leak), never a header value. The same layer keeps the
+//! per-request metrics, since it already holds the start time and sees the final status.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Method, Request, Response};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 use tracing_subscriber::EnvFilter;
 
-use crate::admin::metrics::{Metrics, NO_ROUTE};
+use crate::admin::metrics::{Metrics, RequestKind, NO_ROUTE};
 use crate::auth::Authenticated;
 use crate::proxy::headers::X_REQUEST_ID;
 use crate::routing::MatchedRoute;
+
+/// The method a response is about when it is not the request's own: forward-auth answers a
+/// GET from nginx about the client's POST. Put in response extensions by such a service;
+/// the access log and `requests_total` use it instead of the request's method.
+#[derive(Debug, Clone)]
+pub struct OriginalMethod(pub Method);
+
+/// Put in a response's extensions by a built-in service that answers outside the
+/// configured routes (the relay): its label index in `requests_total` and the prefix the
+/// access log names it by.
+#[derive(Debug, Clone)]
+pub struct BuiltinRoute {
+    pub index: usize,
+    pub prefix: Arc<str>,
+}
 
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -110,9 +125,19 @@ where
             let took = start.elapsed();
             drop(guard);
             if let Ok(response) = &result {
-                let route = response.extensions().get::<MatchedRoute>().map(|m| &m.0);
+                let extensions = response.extensions();
+                let method = extensions.get::<OriginalMethod>().map_or(&method, |m| &m.0);
+                let route = extensions
+                    .get::<MatchedRoute>()
+                    .map(|m| (m.0.index, m.0.settings.prefix.as_str()))
+                    .or_else(|| {
+                        extensions
+                            .get::<BuiltinRoute>()
+                            .map(|b| (b.index, &*b.prefix))
+                    });
                 let status = response.status().as_u16();
-                metrics.request(route.map(|r| r.index), &method, status, took);
+                let kind = extensions.get::<RequestKind>().copied().unwrap_or_default();
+                metrics.request(route.map(|(index, _)| index), kind, method, status, took);
                 let sub = response
                     .extensions()
                     .get::<Authenticated>()
@@ -120,7 +145,8 @@ where
                 tracing::info!(
                     target: "cloudbase_gateway::access",
                     method = %method,
-                    route = route.map_or(NO_ROUTE, |r| r.settings.prefix.as_str()),
+                    route = route.map_or(NO_ROUTE, |(_, prefix)| prefix),
+                    kind = kind.as_str(),
                     status,
                     duration_ms = took.as_secs_f64() * 1000.0,
                     request_id = request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),

@@ -229,6 +229,7 @@ async fn purging_a_token_refuses_it_at_once() {
     let purge = h
         .http
         .post(format!("{}/cache/purge", h.admin))
+        .header("content-type", "application/json")
         .body(serde_json::json!({ "token": token }).to_string())
         .send()
         .await

@@ -619,14 +619,14 @@ async fn upstream_refused_is_502_and_hanging_upstream_is_504() {
     assert_eq!(
         metric(
             &m,
-            "cloudbase_gateway_requests_total{route=\"/hang/\",method=\"GET\",status=\"504\"}"
+            "cloudbase_gateway_requests_total{route=\"/hang/\",method=\"GET\",status=\"504\",kind=\"proxy\"}"
         ),
         1.0
     );
     assert_eq!(
         metric(
             &m,
-            "cloudbase_gateway_requests_total{route=\"/refused/\",method=\"GET\",status=\"502\"}"
+            "cloudbase_gateway_requests_total{route=\"/refused/\",method=\"GET\",status=\"502\",kind=\"proxy\"}"
         ),
         1.0
     );
@@ -831,7 +831,7 @@ async fn metrics_count_a_scripted_mix_exactly_and_hold_no_tokens_or_paths() {
         metric(
             &m,
             &format!(
-                "cloudbase_gateway_requests_total{{route=\"{route}\",method=\"GET\",status=\"{status}\"}}"
+                "cloudbase_gateway_requests_total{{route=\"{route}\",method=\"GET\",status=\"{status}\",kind=\"proxy\"}}"
             ),
         )
     };
@@ -1178,19 +1178,8 @@ fn http1_exchange(stream: &mut StdStream, path: &str) -> String {
             String::from_utf8_lossy(&buf)
         );
         buf.extend_from_slice(&byte[..n]);
-        let text = String::from_utf8_lossy(&buf).to_string();
-        if let Some(head_end) = text.find("\r\n\r\n") {
-            let len = text[..head_end]
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse::<usize>().unwrap())
-                })
-                .unwrap_or(0);
-            if buf.len() >= head_end + 4 + len {
-                return text;
-            }
+        if http1_response_complete(&buf) {
+            return String::from_utf8_lossy(&buf).into_owned();
         }
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use cloudbase_gateway::admin::metrics::Metrics;
-use cloudbase_gateway::cache::{AuthApi, BoxFuture, IdentityCache, Validation};
+use cloudbase_gateway::cache::{AuthApi, BoxFuture, IdentityCache, Limits, Validation};
 use cloudbase_gateway::cloudbase::types::{Group, Introspection, UserProfile};
 use cloudbase_gateway::cloudbase::{CallOptions, Error as ApiError};
 use cloudbase_gateway::config::Config;
@@ -141,7 +141,16 @@ pub fn cache(config: &Config, api: Arc<StandIn>) -> (IdentityCache, Vec<HeaderNa
         .map(|(n, _)| n.clone())
         .collect();
     (
-        IdentityCache::new(&config.cache, &fields, api, metrics),
+        IdentityCache::with_limits(
+            &config.cache,
+            &fields,
+            Limits {
+                max_in_flight: config.cloudbase.max_in_flight,
+                max_header_bytes: config.identity.max_header_bytes,
+            },
+            api,
+            metrics,
+        ),
         names,
     )
 }

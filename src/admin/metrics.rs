@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use http::Method;
 
+use crate::config::IdentityField;
+
 /// Histogram bucket upper bounds, seconds.
 const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -86,6 +88,34 @@ impl AuthDecision {
     }
 }
 
+/// `kind` of `requests_total` and `request_duration_seconds`: what the gateway did with
+/// the request. Put in response extensions by whoever answers other than by proxying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum RequestKind {
+    /// Routed and (unless refused) forwarded upstream.
+    #[default]
+    Proxy,
+    /// A forward-auth decision for an ingress (`[forward_auth]`); never forwarded.
+    ForwardAuth,
+    /// Relayed to CloudBase (`[relay]`), under the relay's prefix as its route.
+    Relay,
+}
+
+impl RequestKind {
+    const ALL: [RequestKind; 3] = [
+        RequestKind::Proxy,
+        RequestKind::ForwardAuth,
+        RequestKind::Relay,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestKind::Proxy => "proxy",
+            RequestKind::ForwardAuth => "forward_auth",
+            RequestKind::Relay => "relay",
+        }
+    }
+}
+
 /// `cache_lookups_total{result}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheLookup {
@@ -109,6 +139,95 @@ impl CacheLookup {
             CacheLookup::NegativeHit => "negative_hit",
             CacheLookup::Stale => "stale",
         }
+    }
+}
+
+/// Declares a closed label set: the enum, `ALL` in declaration order, and `as_str`.
+macro_rules! label_set {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant),+
+        }
+
+        impl LabelSet for $name {
+            const ALL: &'static [$name] = &[$($name::$variant),+];
+            fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+            fn index(self) -> usize {
+                self as usize
+            }
+        }
+    };
+}
+
+/// A closed set of label values, rendered in `ALL` order; `index` picks its counter.
+trait LabelSet: Copy + 'static {
+    const ALL: &'static [Self];
+    fn as_str(self) -> &'static str;
+    fn index(self) -> usize;
+}
+
+/// One counter family with one label over a closed set.
+fn counters<L: LabelSet>(
+    o: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[AtomicU64],
+) {
+    family(o, name, "counter", help);
+    for &l in L::ALL {
+        let labels = format!("{label}=\"{}\"", l.as_str());
+        sample(o, name, &labels, values[l.index()].load(Relaxed));
+    }
+}
+
+label_set! {
+    /// `redis_lookups_total{result}`: what a read of the shared tier gave.
+    RedisLookup {
+        Hit => "hit",
+        NegativeHit => "negative_hit",
+        Miss => "miss",
+        /// A value with an unknown version, a bad HMAC or an unreadable body: treated as a miss.
+        Invalid => "invalid",
+        /// Redis failed or did not answer within `timeout`.
+        Error => "error",
+        /// Not asked: the circuit breaker is open.
+        Skipped => "skipped",
+    }
+}
+
+label_set! {
+    /// `redis_writes_total{result}`: what a write of CloudBase's answer to the shared tier did.
+    RedisWrite {
+        Stored => "stored",
+        /// Dropped: a purge happened after the lookup that preceded the CloudBase call.
+        Superseded => "superseded",
+        Error => "error",
+        Skipped => "skipped",
+    }
+}
+
+label_set! {
+    /// `redis_purges_total{result}`: purges sent to the shared tier (and published).
+    RedisPurge {
+        Ok => "ok",
+        Error => "error",
+    }
+}
+
+label_set! {
+    /// `redis_invalidations_total{kind}`: purge messages received from any replica.
+    RedisInvalidation {
+        Token => "token",
+        Sub => "sub",
+        /// A purge of everything, or a (re)subscription after which everything is dropped.
+        All => "all",
     }
 }
 
@@ -141,15 +260,18 @@ pub enum CloudbaseOutcome {
     Timeout,
     /// Connection refused or reset.
     Transport,
+    /// Not made: `cloudbase.max_in_flight` calls were already open.
+    Shed,
 }
 
 impl CloudbaseOutcome {
-    const ALL: [CloudbaseOutcome; 5] = [
+    const ALL: [CloudbaseOutcome; 6] = [
         CloudbaseOutcome::Ok,
         CloudbaseOutcome::Rejected,
         CloudbaseOutcome::Error,
         CloudbaseOutcome::Timeout,
         CloudbaseOutcome::Transport,
+        CloudbaseOutcome::Shed,
     ];
     fn as_str(self) -> &'static str {
         match self {
@@ -158,8 +280,130 @@ impl CloudbaseOutcome {
             CloudbaseOutcome::Error => "error",
             CloudbaseOutcome::Timeout => "timeout",
             CloudbaseOutcome::Transport => "transport",
+            CloudbaseOutcome::Shed => "shed",
         }
     }
+}
+
+/// The CloudBase calls the relay tells apart: `relay_requests_total{endpoint}`. Every
+/// other path under the relay's prefix is `Other`, so a client cannot mint label values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayEndpoint {
+    Signin,
+    SigninAnonymously,
+    Signup,
+    Verification,
+    Verify,
+    Token,
+    Introspect,
+    Revoke,
+    Signout,
+    RevokeAll,
+    RevokeDevice,
+    UserMe,
+    DeleteUser,
+    Sudo,
+    Password,
+    /// A CORS preflight the relay answered itself.
+    Preflight,
+    Other,
+}
+
+impl RelayEndpoint {
+    pub const ALL: [RelayEndpoint; 17] = [
+        RelayEndpoint::Signin,
+        RelayEndpoint::SigninAnonymously,
+        RelayEndpoint::Signup,
+        RelayEndpoint::Verification,
+        RelayEndpoint::Verify,
+        RelayEndpoint::Token,
+        RelayEndpoint::Introspect,
+        RelayEndpoint::Revoke,
+        RelayEndpoint::Signout,
+        RelayEndpoint::RevokeAll,
+        RelayEndpoint::RevokeDevice,
+        RelayEndpoint::UserMe,
+        RelayEndpoint::DeleteUser,
+        RelayEndpoint::Sudo,
+        RelayEndpoint::Password,
+        RelayEndpoint::Preflight,
+        RelayEndpoint::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayEndpoint::Signin => "signin",
+            RelayEndpoint::SigninAnonymously => "signin_anonymously",
+            RelayEndpoint::Signup => "signup",
+            RelayEndpoint::Verification => "verification",
+            RelayEndpoint::Verify => "verify",
+            RelayEndpoint::Token => "token",
+            RelayEndpoint::Introspect => "introspect",
+            RelayEndpoint::Revoke => "revoke",
+            RelayEndpoint::Signout => "signout",
+            RelayEndpoint::RevokeAll => "revoke_all",
+            RelayEndpoint::RevokeDevice => "revoke_device",
+            RelayEndpoint::UserMe => "user_me",
+            RelayEndpoint::DeleteUser => "delete_user",
+            RelayEndpoint::Sudo => "sudo",
+            RelayEndpoint::Password => "password",
+            RelayEndpoint::Preflight => "preflight",
+            RelayEndpoint::Other => "other",
+        }
+    }
+}
+
+/// How a relay purge found what to drop: `relay_purges_total{by}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayPurge {
+    /// The one token the call revoked.
+    Token,
+    /// Every cached token of the caller's `sub`.
+    Sub,
+    /// The call ended the caller's sessions but no `sub` could be found for its token:
+    /// only that token was dropped.
+    Unresolved,
+}
+
+impl RelayPurge {
+    const ALL: [RelayPurge; 3] = [RelayPurge::Token, RelayPurge::Sub, RelayPurge::Unresolved];
+    fn as_str(self) -> &'static str {
+        match self {
+            RelayPurge::Token => "token",
+            RelayPurge::Sub => "sub",
+            RelayPurge::Unresolved => "unresolved",
+        }
+    }
+}
+
+/// The relay's per-client-address limits: `relay_rate_limited_total{limit}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayLimitName {
+    Signin,
+    Signup,
+    Verification,
+}
+
+impl RelayLimitName {
+    pub const ALL: [RelayLimitName; 3] = [
+        RelayLimitName::Signin,
+        RelayLimitName::Signup,
+        RelayLimitName::Verification,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayLimitName::Signin => "signin",
+            RelayLimitName::Signup => "signup",
+            RelayLimitName::Verification => "verification",
+        }
+    }
+}
+
+/// `1xx` … `5xx`; anything outside 100–599 (hyper never lets one through) counts as `5xx`.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn status_class(status: u16) -> usize {
+    usize::from(status / 100).saturating_sub(1).min(4)
 }
 
 /// Methods get their own label value; anything else is `OTHER`.
@@ -178,21 +422,47 @@ fn method_label(m: &Method) -> &'static str {
     }
 }
 
+/// A `requests_total` series: route index, method label, status, kind.
+type RequestKey = (usize, &'static str, u16, RequestKind);
+
 /// Route label for requests that matched no route.
 pub const NO_ROUTE: &str = "none";
+
+/// The histograms rendered for a route answered only under `kind`.
+fn only(kind: RequestKind) -> [bool; RequestKind::ALL.len()] {
+    let mut kinds = [false; RequestKind::ALL.len()];
+    kinds[kind as usize] = true;
+    kinds
+}
 
 /// All the gateway's metrics.
 pub struct Metrics {
     /// Label per route index; the last one is [`NO_ROUTE`].
     routes: Vec<String>,
-    requests: RwLock<HashMap<(usize, &'static str, u16), AtomicU64>>,
-    durations: Vec<Histogram>,
+    requests: RwLock<HashMap<RequestKey, AtomicU64>>,
+    /// Per route, per [`RequestKind`].
+    durations: Vec<[Histogram; RequestKind::ALL.len()]>,
+    /// Per route, per [`RequestKind`]: whether that histogram is rendered. Only the kinds a
+    /// route can be answered under are, so a relay or forward-auth that is off (and the
+    /// relay's label under `proxy`) adds no series that stay zero forever.
+    rendered: Vec<[bool; RequestKind::ALL.len()]>,
     auth: [AtomicU64; 5],
     cache: [AtomicU64; 4],
-    cloudbase: [[AtomicU64; 5]; 2],
+    cloudbase: [[AtomicU64; 6]; 2],
     cloudbase_durations: [Histogram; 2],
     sub_mismatches: AtomicU64,
     inflight: AtomicI64,
+    /// By position in [`IdentityField::ALL`].
+    omitted_headers: [AtomicU64; IdentityField::ALL.len()],
+    redis_lookups: [AtomicU64; 6],
+    redis_writes: [AtomicU64; 4],
+    redis_purges: [AtomicU64; 2],
+    redis_invalidations: [AtomicU64; 3],
+    redis_breaker_open: AtomicI64,
+    redis_subscribed: AtomicI64,
+    relay_requests: [[AtomicU64; 5]; 17],
+    relay_purges: [AtomicU64; 3],
+    relay_rate_limited: [AtomicU64; 3],
 }
 
 impl Metrics {
@@ -201,7 +471,8 @@ impl Metrics {
         let mut routes: Vec<String> = routes.into_iter().collect();
         routes.push(NO_ROUTE.to_owned());
         Metrics {
-            durations: routes.iter().map(|_| Histogram::default()).collect(),
+            durations: routes.iter().map(|_| Default::default()).collect(),
+            rendered: routes.iter().map(|_| only(RequestKind::Proxy)).collect(),
             routes,
             requests: RwLock::default(),
             auth: Default::default(),
@@ -210,7 +481,36 @@ impl Metrics {
             cloudbase_durations: Default::default(),
             sub_mismatches: AtomicU64::new(0),
             inflight: AtomicI64::new(0),
+            omitted_headers: Default::default(),
+            redis_lookups: Default::default(),
+            redis_writes: Default::default(),
+            redis_purges: Default::default(),
+            redis_invalidations: Default::default(),
+            redis_breaker_open: AtomicI64::new(0),
+            redis_subscribed: AtomicI64::new(0),
+            relay_requests: Default::default(),
+            relay_purges: Default::default(),
+            relay_rate_limited: Default::default(),
         }
+    }
+
+    /// Renders the `kind="forward_auth"` request histograms of every route added so far
+    /// (and of [`NO_ROUTE`]) too: forward-auth decides on the configured routes.
+    pub fn with_forward_auth(mut self) -> Metrics {
+        for kinds in &mut self.rendered {
+            kinds[RequestKind::ForwardAuth as usize] = true;
+        }
+        self
+    }
+
+    /// Adds a route label answered only under `kind` (forward-auth's default route, the
+    /// relay's prefix), before [`NO_ROUTE`]; returns its index for [`Metrics::request`].
+    pub fn add_route(&mut self, label: String, kind: RequestKind) -> usize {
+        let index = self.no_route();
+        self.routes.insert(index, label);
+        self.durations.insert(index, Default::default());
+        self.rendered.insert(index, only(kind));
+        index
     }
 
     /// Index used for requests that matched no route.
@@ -218,9 +518,16 @@ impl Metrics {
         self.routes.len() - 1
     }
 
-    pub fn request(&self, route: Option<usize>, method: &Method, status: u16, took: Duration) {
+    pub fn request(
+        &self,
+        route: Option<usize>,
+        kind: RequestKind,
+        method: &Method,
+        status: u16,
+        took: Duration,
+    ) {
         let route = route.unwrap_or(self.no_route()).min(self.no_route());
-        let key = (route, method_label(method), status);
+        let key = (route, method_label(method), status, kind);
         let hit = {
             let map = self.requests.read().unwrap_or_else(|e| e.into_inner());
             map.get(&key).map(|c| c.fetch_add(1, Relaxed)).is_some()
@@ -229,7 +536,7 @@ impl Metrics {
             let mut map = self.requests.write().unwrap_or_else(|e| e.into_inner());
             map.entry(key).or_default().fetch_add(1, Relaxed);
         }
-        self.durations[route].observe(took);
+        self.durations[route][kind as usize].observe(took);
     }
 
     pub fn auth_decision(&self, d: AuthDecision) {
@@ -250,8 +557,62 @@ impl Metrics {
         self.sub_mismatches.fetch_add(1, Relaxed);
     }
 
+    /// A validation that would have called CloudBase but was refused a slot: counted as
+    /// a `shed` call of each endpoint it would have made.
+    pub fn cloudbase_shed(&self) {
+        for e in CloudbaseEndpoint::ALL {
+            self.cloudbase[e as usize][CloudbaseOutcome::Shed as usize].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// An identity header value left out for being over `identity.max_header_bytes`.
+    pub fn identity_header_omitted(&self, field: IdentityField) {
+        if let Some(i) = IdentityField::ALL.iter().position(|(_, f)| *f == field) {
+            self.omitted_headers[i].fetch_add(1, Relaxed);
+        }
+    }
+
     pub fn inflight_add(&self, delta: i64) {
         self.inflight.fetch_add(delta, Relaxed);
+    }
+
+    pub fn redis_lookup(&self, r: RedisLookup) {
+        self.redis_lookups[r as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn redis_write(&self, r: RedisWrite) {
+        self.redis_writes[r as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn redis_purge(&self, r: RedisPurge) {
+        self.redis_purges[r as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn redis_invalidation(&self, k: RedisInvalidation) {
+        self.redis_invalidations[k as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn set_redis_breaker_open(&self, open: bool) {
+        self.redis_breaker_open.store(i64::from(open), Relaxed);
+    }
+
+    pub fn set_redis_subscribed(&self, subscribed: bool) {
+        self.redis_subscribed.store(i64::from(subscribed), Relaxed);
+    }
+
+    /// A relayed request answered with `status` (CloudBase's or the relay's own).
+    pub fn relay_request(&self, endpoint: RelayEndpoint, status: u16) {
+        self.relay_requests[endpoint as usize][status_class(status)].fetch_add(1, Relaxed);
+    }
+
+    /// A purge made because a relayed call ended a session or an identity.
+    pub fn relay_purge(&self, by: RelayPurge) {
+        self.relay_purges[by as usize].fetch_add(1, Relaxed);
+    }
+
+    /// A relayed request refused by a per-client-address limit.
+    pub fn relay_rate_limited(&self, limit: RelayLimitName) {
+        self.relay_rate_limited[limit as usize].fetch_add(1, Relaxed);
     }
 
     /// Prometheus text exposition format 0.0.4.
@@ -263,15 +624,18 @@ impl Metrics {
             o,
             "requests_total",
             "counter",
-            "Requests answered, by route prefix, method and status.",
+            "Requests answered, by route prefix, method, status and kind (proxy, forward_auth, relay).",
         );
         {
             let map = self.requests.read().unwrap_or_else(|e| e.into_inner());
             let mut rows: Vec<_> = map.iter().map(|(k, v)| (*k, v.load(Relaxed))).collect();
             rows.sort();
-            for ((route, method, status), n) in rows {
+            for ((route, method, status, kind), n) in rows {
                 let route = escape(&self.routes[route]);
-                let labels = format!("route=\"{route}\",method=\"{method}\",status=\"{status}\"");
+                let kind = kind.as_str();
+                let labels = format!(
+                    "route=\"{route}\",method=\"{method}\",status=\"{status}\",kind=\"{kind}\""
+                );
                 sample(o, "requests_total", &labels, n);
             }
         }
@@ -279,14 +643,18 @@ impl Metrics {
             o,
             "request_duration_seconds",
             "histogram",
-            "Time from request head to response head, by route prefix.",
+            "Time from request head to response head, by route prefix and kind.",
         );
-        for (route, h) in self.routes.iter().zip(&self.durations) {
-            h.render(
-                o,
-                "request_duration_seconds",
-                &format!("route=\"{}\"", escape(route)),
-            );
+        for ((route, by_kind), rendered) in
+            self.routes.iter().zip(&self.durations).zip(&self.rendered)
+        {
+            for kind in RequestKind::ALL {
+                if !rendered[kind as usize] {
+                    continue;
+                }
+                let labels = format!("route=\"{}\",kind=\"{}\"", escape(route), kind.as_str());
+                by_kind[kind as usize].render(o, "request_duration_seconds", &labels);
+            }
         }
         family(
             o,
@@ -366,12 +734,117 @@ impl Metrics {
         );
         family(
             o,
+            "relay_requests_total",
+            "counter",
+            "Requests through the CloudBase relay, by endpoint and status class (series appear once seen).",
+        );
+        for e in RelayEndpoint::ALL {
+            for (class, label) in STATUS_CLASSES.iter().enumerate() {
+                let n = self.relay_requests[e as usize][class].load(Relaxed);
+                if n > 0 {
+                    let labels = format!("endpoint=\"{}\",status=\"{label}\"", e.as_str());
+                    sample(o, "relay_requests_total", &labels, n);
+                }
+            }
+        }
+        family(
+            o,
+            "relay_purges_total",
+            "counter",
+            "Cache purges made because a call through the relay ended a session or identity.",
+        );
+        for by in RelayPurge::ALL {
+            let labels = format!("by=\"{}\"", by.as_str());
+            let n = self.relay_purges[by as usize].load(Relaxed);
+            sample(o, "relay_purges_total", &labels, n);
+        }
+        family(
+            o,
+            "relay_rate_limited_total",
+            "counter",
+            "Relayed requests refused by a per-client-address limit.",
+        );
+        for limit in RelayLimitName::ALL {
+            let labels = format!("limit=\"{}\"", limit.as_str());
+            let n = self.relay_rate_limited[limit as usize].load(Relaxed);
+            sample(o, "relay_rate_limited_total", &labels, n);
+        }
+        family(
+            o,
             "inflight_requests",
             "gauge",
             "Requests being handled now.",
         );
         sample(o, "inflight_requests", "", self.inflight.load(Relaxed));
+        family(
+            o,
+            "identity_headers_omitted_total",
+            "counter",
+            "Identity header values left out for being over identity.max_header_bytes, by profile field (once per cache entry).",
+        );
+        for (i, (name, _)) in IdentityField::ALL.iter().enumerate() {
+            let labels = format!("field=\"{name}\"");
+            let n = self.omitted_headers[i].load(Relaxed);
+            sample(o, "identity_headers_omitted_total", &labels, n);
+        }
+        self.render_redis(o);
         out
+    }
+
+    /// The shared tier's series; all zero while `[cache.redis]` is off.
+    fn render_redis(&self, o: &mut String) {
+        counters::<RedisLookup>(
+            o,
+            "redis_lookups_total",
+            "Reads of the shared (Redis) tier after a local miss.",
+            "result",
+            &self.redis_lookups,
+        );
+        counters::<RedisWrite>(
+            o,
+            "redis_writes_total",
+            "Writes of CloudBase's answers to the shared (Redis) tier.",
+            "result",
+            &self.redis_writes,
+        );
+        counters::<RedisPurge>(
+            o,
+            "redis_purges_total",
+            "Purges sent to the shared (Redis) tier and published to the other replicas.",
+            "result",
+            &self.redis_purges,
+        );
+        counters::<RedisInvalidation>(
+            o,
+            "redis_invalidations_total",
+            "Purge messages received from the replicas (this one included).",
+            "kind",
+            &self.redis_invalidations,
+        );
+        family(
+            o,
+            "redis_breaker_open",
+            "gauge",
+            "1 while the shared tier is skipped after repeated Redis failures.",
+        );
+        sample(
+            o,
+            "redis_breaker_open",
+            "",
+            self.redis_breaker_open.load(Relaxed),
+        );
+        family(
+            o,
+            "redis_subscribed",
+            "gauge",
+            "1 while this replica receives the other replicas' purges.",
+        );
+        sample(
+            o,
+            "redis_subscribed",
+            "",
+            self.redis_subscribed.load(Relaxed),
+        );
     }
 }
 
@@ -406,26 +879,143 @@ mod tests {
     #[test]
     fn counts_by_route_method_status() {
         let m = Metrics::new(["/api/".to_owned()]);
-        m.request(Some(0), &Method::GET, 200, Duration::from_millis(3));
-        m.request(Some(0), &Method::GET, 200, Duration::from_millis(3));
-        m.request(
-            None,
-            &Method::from_bytes(b"BREW").unwrap(),
-            404,
-            Duration::ZERO,
-        );
+        let proxy = RequestKind::Proxy;
+        m.request(Some(0), proxy, &Method::GET, 200, Duration::from_millis(3));
+        m.request(Some(0), proxy, &Method::GET, 200, Duration::from_millis(3));
+        let brew = Method::from_bytes(b"BREW").unwrap();
+        m.request(None, proxy, &brew, 404, Duration::ZERO);
         m.cache_lookup(CacheLookup::Stale);
         let text = m.render(7);
         assert!(text.contains(
-            "cloudbase_gateway_requests_total{route=\"/api/\",method=\"GET\",status=\"200\"} 2"
+            "cloudbase_gateway_requests_total{route=\"/api/\",method=\"GET\",status=\"200\",kind=\"proxy\"} 2"
         ));
         assert!(text.contains(
-            "cloudbase_gateway_requests_total{route=\"none\",method=\"OTHER\",status=\"404\"} 1"
+            "cloudbase_gateway_requests_total{route=\"none\",method=\"OTHER\",status=\"404\",kind=\"proxy\"} 1"
         ));
         assert!(text.contains("cloudbase_gateway_cache_lookups_total{result=\"stale\"} 1"));
         assert!(text.contains("cloudbase_gateway_cache_entries 7"));
         assert!(text.contains(
-            "cloudbase_gateway_request_duration_seconds_bucket{route=\"/api/\",le=\"0.005\"} 2"
+            "cloudbase_gateway_request_duration_seconds_bucket{route=\"/api/\",kind=\"proxy\",le=\"0.005\"} 2"
         ));
+        assert!(
+            !text.contains("kind=\"forward_auth\""),
+            "no forward-auth series while it is off"
+        );
+    }
+
+    #[test]
+    fn forward_auth_decisions_are_counted_apart_from_proxied_requests() {
+        let m = Metrics::new(["/api/".to_owned()]).with_forward_auth();
+        m.request(
+            Some(0),
+            RequestKind::Proxy,
+            &Method::GET,
+            200,
+            Duration::ZERO,
+        );
+        let fa = RequestKind::ForwardAuth;
+        m.request(Some(0), fa, &Method::GET, 401, Duration::from_millis(3));
+        let text = m.render(0);
+        assert!(text.contains(
+            "cloudbase_gateway_requests_total{route=\"/api/\",method=\"GET\",status=\"200\",kind=\"proxy\"} 1"
+        ));
+        assert!(text.contains(
+            "cloudbase_gateway_requests_total{route=\"/api/\",method=\"GET\",status=\"401\",kind=\"forward_auth\"} 1"
+        ));
+        assert!(text.contains(
+            "cloudbase_gateway_request_duration_seconds_count{route=\"/api/\",kind=\"forward_auth\"} 1"
+        ));
+        assert!(text.contains(
+            "cloudbase_gateway_request_duration_seconds_count{route=\"/api/\",kind=\"proxy\"} 1"
+        ));
+    }
+
+    #[test]
+    fn builtin_routes_are_labelled_before_none_and_render_only_their_own_kind() {
+        let mut m = Metrics::new(["/api/".to_owned()]).with_forward_auth();
+        let default = m.add_route("/".to_owned(), RequestKind::ForwardAuth);
+        let relay = m.add_route("/auth/v1/".to_owned(), RequestKind::Relay);
+        assert_eq!((default, relay, m.no_route()), (1, 2, 3));
+        m.request(
+            Some(relay),
+            RequestKind::Relay,
+            &Method::POST,
+            200,
+            Duration::ZERO,
+        );
+        let fa = RequestKind::ForwardAuth;
+        m.request(Some(default), fa, &Method::GET, 401, Duration::ZERO);
+        m.request(None, RequestKind::Proxy, &Method::GET, 404, Duration::ZERO);
+        let text = m.render(0);
+        for series in [
+            "requests_total{route=\"/auth/v1/\",method=\"POST\",status=\"200\",kind=\"relay\"} 1",
+            "requests_total{route=\"/\",method=\"GET\",status=\"401\",kind=\"forward_auth\"} 1",
+            "requests_total{route=\"none\",method=\"GET\",status=\"404\",kind=\"proxy\"} 1",
+            "request_duration_seconds_count{route=\"/auth/v1/\",kind=\"relay\"} 1",
+            "request_duration_seconds_count{route=\"/\",kind=\"forward_auth\"} 1",
+            "request_duration_seconds_count{route=\"/api/\",kind=\"forward_auth\"} 0",
+            "request_duration_seconds_count{route=\"none\",kind=\"forward_auth\"} 0",
+        ] {
+            assert!(
+                text.contains(&format!("cloudbase_gateway_{series}")),
+                "{series}\n{text}"
+            );
+        }
+        for absent in [
+            "route=\"/auth/v1/\",kind=\"proxy\"",
+            "route=\"/auth/v1/\",kind=\"forward_auth\"",
+            "route=\"/\",kind=\"proxy\"",
+            "route=\"/api/\",kind=\"relay\"",
+            "route=\"none\",kind=\"relay\"",
+        ] {
+            assert!(
+                !text.contains(absent),
+                "{absent} can never be observed\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn redis_series_are_rendered_for_every_label_and_count_what_they_are_told() {
+        let m = Metrics::new(Vec::<String>::new());
+        m.redis_lookup(RedisLookup::Invalid);
+        m.redis_lookup(RedisLookup::Invalid);
+        m.redis_write(RedisWrite::Superseded);
+        m.redis_purge(RedisPurge::Error);
+        m.redis_invalidation(RedisInvalidation::Sub);
+        m.set_redis_breaker_open(true);
+        let text = m.render(0);
+        assert!(text.contains("cloudbase_gateway_redis_lookups_total{result=\"invalid\"} 2"));
+        assert!(text.contains("cloudbase_gateway_redis_lookups_total{result=\"skipped\"} 0"));
+        assert!(text.contains("cloudbase_gateway_redis_writes_total{result=\"superseded\"} 1"));
+        assert!(text.contains("cloudbase_gateway_redis_purges_total{result=\"error\"} 1"));
+        assert!(text.contains("cloudbase_gateway_redis_invalidations_total{kind=\"sub\"} 1"));
+        assert!(text.contains("cloudbase_gateway_redis_breaker_open 1"));
+        assert!(text.contains("cloudbase_gateway_redis_subscribed 0"));
+        assert!(text.contains("# TYPE cloudbase_gateway_redis_lookups_total counter"));
+    }
+
+    #[test]
+    fn relay_counters_use_closed_labels() {
+        let m = Metrics::new(Vec::new());
+        m.relay_request(RelayEndpoint::Signout, 200);
+        m.relay_request(RelayEndpoint::Signout, 204);
+        m.relay_request(RelayEndpoint::Other, 999);
+        m.relay_purge(RelayPurge::Sub);
+        m.relay_rate_limited(RelayLimitName::Signin);
+        let text = m.render(0);
+        assert!(text.contains(
+            "cloudbase_gateway_relay_requests_total{endpoint=\"signout\",status=\"2xx\"} 2"
+        ));
+        assert!(text.contains(
+            "cloudbase_gateway_relay_requests_total{endpoint=\"other\",status=\"5xx\"} 1"
+        ));
+        assert!(
+            !text.contains("endpoint=\"signin\""),
+            "unseen series stay out"
+        );
+        assert!(text.contains("cloudbase_gateway_relay_purges_total{by=\"sub\"} 1"));
+        assert!(text.contains("cloudbase_gateway_relay_purges_total{by=\"token\"} 0"));
+        assert!(text.contains("cloudbase_gateway_relay_rate_limited_total{limit=\"signin\"} 1"));
     }
 }

@@ -81,24 +81,40 @@ fn trim_spaces(mut b: &[u8]) -> &[u8] {
     b
 }
 
-/// The `exp` claim (Unix seconds) of a JWT, if `token` is one and has it. No signature
-/// check: use only to refuse early or to bound cache lifetimes.
-pub fn jwt_exp(token: &str) -> Option<i64> {
+/// The decoded payload of a JWT (`header.payload.signature`), unverified.
+fn jwt_payload(token: &str) -> Option<Vec<u8>> {
     let mut parts = token.split('.');
     let (_header, payload, _sig) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {
         return None;
     }
-    let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))
-        .ok()?;
+        .ok()
+}
+
+/// The `exp` claim (Unix seconds) of a JWT, if `token` is one and has it. No signature
+/// check: use only to refuse early or to bound cache lifetimes.
+pub fn jwt_exp(token: &str) -> Option<i64> {
     #[derive(serde::Deserialize)]
     struct Exp {
         exp: Option<serde_json::Number>,
     }
-    let claims: Exp = serde_json::from_slice(&decoded).ok()?;
+    let claims: Exp = serde_json::from_slice(&jwt_payload(token)?).ok()?;
     let exp = claims.exp?;
     exp.as_i64().or_else(|| exp.as_f64().map(|f| f as i64))
+}
+
+/// The `sub` claim of a JWT, if `token` is one and has a non-empty one. No signature
+/// check: anyone can write a JWT naming any `sub`, so use it only where CloudBase has just
+/// accepted this very token (the relay, after a successful call made with it).
+pub fn jwt_sub(token: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Sub {
+        sub: Option<String>,
+    }
+    let claims: Sub = serde_json::from_slice(&jwt_payload(token)?).ok()?;
+    claims.sub.filter(|s| !s.is_empty())
 }
 
 #[cfg(test)]
@@ -168,5 +184,75 @@ mod tests {
         assert_eq!(jwt_exp(&format!("x.{payload}.y")), Some(1_700_000_000));
         assert_eq!(jwt_exp("opaque-token"), None);
         assert_eq!(jwt_exp("a.!!!.c"), None);
+    }
+
+    #[test]
+    fn jwt_sub_reads_the_payload_and_nothing_else() {
+        let enc = |s: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let payload = enc(br#"{"sub":"9876543210123456789","exp":1700000000}"#);
+        assert_eq!(
+            jwt_sub(&format!("x.{payload}.y")).as_deref(),
+            Some("9876543210123456789")
+        );
+        assert_eq!(jwt_sub(&format!("x.{}.y", enc(br#"{"sub":""}"#))), None);
+        assert_eq!(jwt_sub(&format!("x.{}.y", enc(br#"{"sub":42}"#))), None);
+        assert_eq!(jwt_sub(&format!("x.{payload}.y.z")), None);
+        assert_eq!(jwt_sub("opaque-refresh-token"), None);
+    }
+
+    mod properties {
+        //! Property tests: `Authorization` faces every client, so no value may panic it,
+        //! and every well-formed bearer token must come back exactly.
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn no_header_value_panics_and_a_bearer_token_is_only_token_characters(
+                bytes in proptest::collection::vec(any::<u8>(), 0..600)
+            ) {
+                let Ok(value) = HeaderValue::from_bytes(&bytes) else {
+                    return Ok(()); // not a value hyper would hand us
+                };
+                let mut h = HeaderMap::new();
+                h.insert(AUTHORIZATION, value);
+                if let Credentials::Bearer(token) = bearer(&h) {
+                    prop_assert!(!token.is_empty() && token.len() <= MAX_TOKEN_LEN);
+                    prop_assert!(all_token_chars(token.as_bytes()));
+                }
+                let _ = jwt_exp(&String::from_utf8_lossy(&bytes));
+            }
+
+            #[test]
+            fn a_bearer_token_round_trips_whatever_the_scheme_case_and_spacing(
+                token in "[A-Za-z0-9._~+/=-]{1,4096}",
+                upper in proptest::collection::vec(any::<bool>(), 6),
+                before in "[ \t]{0,3}",
+                after in "[ \t]{0,3}",
+            ) {
+                let scheme: String = "bearer"
+                    .chars()
+                    .zip(&upper)
+                    .map(|(c, up)| if *up { c.to_ascii_uppercase() } else { c })
+                    .collect();
+                let text = format!("{scheme} {before}{token}{after}");
+                let mut h = HeaderMap::new();
+                h.insert(AUTHORIZATION, HeaderValue::from_str(&text).unwrap());
+                prop_assert_eq!(bearer(&h), Credentials::Bearer(&token));
+            }
+
+            #[test]
+            fn a_token_holding_any_other_character_is_never_passed_on(
+                head in "[A-Za-z0-9]{0,20}",
+                odd in "[^A-Za-z0-9._~+/= \t-]",
+                tail in "[A-Za-z0-9]{0,20}",
+            ) {
+                let text = format!("Bearer {head}{odd}{tail}");
+                let Ok(value) = HeaderValue::from_str(&text) else { return Ok(()) };
+                let mut h = HeaderMap::new();
+                h.insert(AUTHORIZATION, value);
+                prop_assert!(!matches!(bearer(&h), Credentials::Bearer(_)));
+            }
+        }
     }
 }

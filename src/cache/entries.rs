@@ -380,8 +380,9 @@ impl Hasher for PrefixHasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::HeaderFields;
     use crate::cloudbase::types::{Introspection, UserProfile};
-    use crate::config::IdentityField;
+    use crate::config::{IdentityField, DEFAULT_MAX_HEADER_BYTES};
 
     fn key(i: u32) -> TokenKey {
         super::super::token_key(&format!("token-{i}"))
@@ -394,6 +395,7 @@ mod tests {
             ttl: Duration::from_secs(60),
             negative_ttl: Duration::from_secs(5),
             stale_if_error: Duration::ZERO,
+            redis: None,
         }
     }
 
@@ -416,6 +418,7 @@ mod tests {
             IdentityField::Name,
             IdentityField::Email,
         ];
+        let fields = HeaderFields::new(&fields, DEFAULT_MAX_HEADER_BYTES, None);
         Arc::new(Identity::new(&introspection, &profile, None, &fields, 0))
     }
 

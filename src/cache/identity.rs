@@ -3,6 +3,12 @@
 //!
 //! Header values live in one shared buffer and are sliced out per request, so a hit costs
 //! no allocation and a cached identity costs one small allocation for all its headers.
+//!
+//! Each value is bounded (`identity.max_header_bytes`, 8 KiB by default): CloudBase
+//! profiles are user-editable, and a 600 KB `name` would otherwise sit in the cache and be
+//! sent on every request to an upstream that refuses heads over 8-16 KiB. A value over the
+//! bound is left out — the upstream sees the header absent, as for an empty field — and
+//! the omission is logged and counted once, when the entry is built, not per request.
 
 use std::mem::size_of;
 use std::sync::Arc;
@@ -11,6 +17,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 
+use crate::admin::metrics::Metrics;
 use crate::cloudbase::types::{Introspection, UserProfile};
 use crate::config::IdentityField;
 
@@ -19,9 +26,23 @@ use crate::config::IdentityField;
 /// `手机用户` arrives as `%E6%89%8B%E6%9C%BA%E7%94%A8%E6%88%B7`.
 const HEADER_UNSAFE: &AsciiSet = &CONTROLS.add(b'%');
 
+/// [`HEADER_UNSAFE`] and `,`: for one element of a comma-separated list (the groups), so
+/// a group id `user,admin` arrives as `user%2Cadmin`, one element, not two.
+const LIST_ELEMENT_UNSAFE: &AsciiSet = &HEADER_UNSAFE.add(b',');
+
 /// Percent-encodes a profile value for use in a header (see [`HEADER_UNSAFE`]). Leading and
 /// trailing spaces are encoded too, since header parsing would strip them.
 pub fn encode_header_value(value: &str, out: &mut BytesMut) {
+    encode(value, HEADER_UNSAFE, out);
+}
+
+/// Percent-encodes one element of a comma-separated list value (see
+/// [`LIST_ELEMENT_UNSAFE`]); the caller puts the `,` between elements.
+pub fn encode_list_element(value: &str, out: &mut BytesMut) {
+    encode(value, LIST_ELEMENT_UNSAFE, out);
+}
+
+fn encode(value: &str, unsafe_bytes: &'static AsciiSet, out: &mut BytesMut) {
     let trimmed_start = value.trim_start_matches(' ');
     let lead = value.len() - trimmed_start.len();
     let core = trimmed_start.trim_end_matches(' ');
@@ -29,11 +50,35 @@ pub fn encode_header_value(value: &str, out: &mut BytesMut) {
     for _ in 0..lead {
         out.extend_from_slice(b"%20");
     }
-    for chunk in utf8_percent_encode(core, HEADER_UNSAFE) {
+    for chunk in utf8_percent_encode(core, unsafe_bytes) {
         out.extend_from_slice(chunk.as_bytes());
     }
     for _ in 0..trail {
         out.extend_from_slice(b"%20");
+    }
+}
+
+/// What [`Identity::new`] makes header values from: the configured fields in header
+/// order and the most bytes one encoded value may take. Omissions are counted in
+/// `metrics` when given.
+#[derive(Clone)]
+pub struct HeaderFields {
+    fields: Box<[IdentityField]>,
+    max_value_bytes: usize,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl HeaderFields {
+    pub fn new(
+        fields: &[IdentityField],
+        max_value_bytes: usize,
+        metrics: Option<Arc<Metrics>>,
+    ) -> HeaderFields {
+        HeaderFields {
+            fields: fields.into(),
+            max_value_bytes,
+            metrics,
+        }
     }
 }
 
@@ -60,12 +105,14 @@ pub struct Identity {
 
 impl Identity {
     /// Builds the identity from CloudBase's answers. Groups expired at `now` (Unix
-    /// seconds) are left out of the groups header.
+    /// seconds) are left out of the groups header, which lists the others' ids, each
+    /// percent-encoded with `,` escaped, separated by `,` (empty ids are skipped). A value
+    /// over `fields`' bound is left out, logged at warn and counted.
     pub fn new(
         introspection: &Introspection,
         profile: &UserProfile,
         exp: Option<i64>,
-        fields: &[IdentityField],
+        fields: &HeaderFields,
         now: i64,
     ) -> Identity {
         let sub = introspection.sub.clone().unwrap_or_default();
@@ -80,8 +127,9 @@ impl Identity {
             })
             .collect();
         let mut buf = BytesMut::with_capacity(128);
-        let mut ends = Vec::with_capacity(fields.len());
-        for field in fields {
+        let mut ends = Vec::with_capacity(fields.fields.len());
+        for field in fields.fields.iter() {
+            let start = buf.len();
             let text: Option<&str> = match field {
                 IdentityField::Sub => Some(&sub),
                 IdentityField::Name => profile.name.as_deref(),
@@ -98,15 +146,31 @@ impl Identity {
             };
             if *field == IdentityField::Groups {
                 let mut first = true;
-                for g in groups.iter().filter(|g| g.is_active_at(now)) {
+                let active = groups
+                    .iter()
+                    .filter(|g| g.is_active_at(now) && !g.id.is_empty());
+                for g in active {
                     if !first {
                         buf.extend_from_slice(b",");
                     }
                     first = false;
-                    encode_header_value(&g.id, &mut buf);
+                    encode_list_element(&g.id, &mut buf);
                 }
             } else if let Some(text) = text {
                 encode_header_value(text, &mut buf);
+            }
+            let len = buf.len() - start;
+            if len > fields.max_value_bytes {
+                buf.truncate(start);
+                tracing::warn!(
+                    field = field.as_str(),
+                    bytes = len,
+                    limit = fields.max_value_bytes,
+                    "identity header value over identity.max_header_bytes; the header is not sent for this user"
+                );
+                if let Some(metrics) = &fields.metrics {
+                    metrics.identity_header_omitted(*field);
+                }
             }
             ends.push(buf.len() as u32);
         }
@@ -188,15 +252,20 @@ pub type SharedIdentity = Arc<Identity>;
 mod tests {
     use super::*;
     use crate::cloudbase::types::Group;
+    use std::sync::Arc;
 
-    fn fields() -> Vec<IdentityField> {
-        vec![
-            IdentityField::Sub,
-            IdentityField::Name,
-            IdentityField::Email,
-            IdentityField::Groups,
-            IdentityField::Anonymous,
-        ]
+    fn fields() -> HeaderFields {
+        HeaderFields::new(
+            &[
+                IdentityField::Sub,
+                IdentityField::Name,
+                IdentityField::Email,
+                IdentityField::Groups,
+                IdentityField::Anonymous,
+            ],
+            crate::config::DEFAULT_MAX_HEADER_BYTES,
+            None,
+        )
     }
 
     fn names() -> Vec<HeaderName> {
@@ -271,5 +340,114 @@ mod tests {
         assert!(id.in_any_group(&["admin".into()], 1_700_000_000));
         assert!(!id.in_any_group(&["old".into()], 1_700_000_000));
         assert_eq!(id.next_group_expiry(1_700_000_000), Some(4_070_908_800));
+    }
+
+    #[test]
+    fn a_comma_inside_a_group_id_cannot_split_it_in_two() {
+        let id = build(
+            "n",
+            vec![Group::Id("user,admin".into()), Group::Id("50%".into())],
+        );
+        let mut h = HeaderMap::new();
+        id.apply(&names(), &mut h);
+        assert_eq!(h["x-user-groups"], "user%2Cadmin,50%25");
+        assert!(!id.in_any_group(&["admin".into()], 1_700_000_000));
+    }
+
+    #[test]
+    fn a_value_over_the_bound_is_left_out_and_counted_once_per_entry() {
+        let metrics = Arc::new(Metrics::new(Vec::<String>::new()));
+        let fields = HeaderFields::new(
+            &[IdentityField::Sub, IdentityField::Name],
+            8 << 10,
+            Some(metrics.clone()),
+        );
+        let i = Introspection {
+            sub: Some("42".into()),
+            ..Default::default()
+        };
+        let p = UserProfile {
+            name: Some("名".repeat(200_000)),
+            ..Default::default()
+        };
+        let id = Identity::new(&i, &p, None, &fields, 0);
+        let names = [
+            HeaderName::from_static("x-user-id"),
+            HeaderName::from_static("x-user-name"),
+        ];
+        for _ in 0..3 {
+            let mut h = HeaderMap::new();
+            id.apply(&names, &mut h);
+            assert_eq!(h["x-user-id"], "42");
+            assert!(h.get("x-user-name").is_none());
+        }
+        assert!(id.values.len() < 100, "the oversized value is not cached");
+        let text = metrics.render(0);
+        assert!(
+            text.contains("cloudbase_gateway_identity_headers_omitted_total{field=\"name\"} 1"),
+            "{text}"
+        );
+        // Exactly at the bound is still sent.
+        let p = UserProfile {
+            name: Some("a".repeat(8 << 10)),
+            ..Default::default()
+        };
+        let id = Identity::new(&i, &p, None, &fields, 0);
+        let mut h = HeaderMap::new();
+        id.apply(&names, &mut h);
+        assert_eq!(h["x-user-name"].len(), 8 << 10);
+    }
+
+    mod properties {
+        //! Property tests: whatever CloudBase puts in a profile, the header is a valid
+        //! value that percent-decodes back to it, and a group list splits back into its ids.
+        use super::*;
+        use percent_encoding::percent_decode_str;
+        use proptest::prelude::*;
+
+        fn decode(v: &str) -> String {
+            percent_decode_str(v).decode_utf8().unwrap().into_owned()
+        }
+
+        proptest! {
+            #[test]
+            fn every_string_becomes_a_valid_header_value_that_decodes_back(
+                value in any::<String>()
+            ) {
+                let mut buf = BytesMut::new();
+                encode_header_value(&value, &mut buf);
+                let header = HeaderValue::from_maybe_shared(buf.freeze());
+                prop_assert!(header.is_ok());
+                let header = header.unwrap();
+                let text = header.to_str().unwrap();
+                prop_assert!(text.bytes().all(|b| (0x20..0x7f).contains(&b)));
+                prop_assert_eq!(text.trim(), text, "no edge whitespace to be stripped");
+                prop_assert_eq!(decode(text), value);
+            }
+
+            #[test]
+            fn every_byte_sequence_read_as_text_round_trips(
+                bytes in proptest::collection::vec(any::<u8>(), 0..256)
+            ) {
+                let value = String::from_utf8_lossy(&bytes).into_owned();
+                let mut buf = BytesMut::new();
+                encode_header_value(&value, &mut buf);
+                let header = HeaderValue::from_maybe_shared(buf.freeze()).unwrap();
+                prop_assert_eq!(decode(header.to_str().unwrap()), value);
+            }
+
+            #[test]
+            fn a_group_list_splits_back_into_exactly_its_ids(
+                ids in proptest::collection::vec(".{1,12}", 1..8)
+            ) {
+                let groups = ids.iter().map(|id| Group::Id(id.clone())).collect();
+                let id = build("n", groups);
+                let mut h = HeaderMap::new();
+                id.apply(&names(), &mut h);
+                let value = h["x-user-groups"].to_str().unwrap();
+                let back: Vec<String> = value.split(',').map(decode).collect();
+                prop_assert_eq!(back, ids);
+            }
+        }
     }
 }

@@ -16,9 +16,20 @@
 //! stored; `stale_if_error` may then serve a recently expired positive entry. When the two
 //! calls disagree, a definitive "no" from either wins over an error from the other, and
 //! answers naming two different users are treated as a CloudBase fault.
+//!
+//! Flights are bounded (`cloudbase.max_in_flight` calls open at once): every made-up token
+//! misses, so without a bound a flood of them while CloudBase is slow opens a socket and a
+//! task per token (measured: 700 MB and 19 600 descriptors). A miss that finds no free slot
+//! is answered at once as if CloudBase had failed — a stale entry if `stale_if_error` has
+//! one, else "unavailable" — and counted as `shed`; joining a flight already in the air
+//! needs no slot. The trade-off: under such a flood some real users' first requests are
+//! refused with 503 for a moment, instead of everyone waiting on an exhausted process.
 
 mod entries;
 mod identity;
+/// The shared second tier on Redis (`[cache.redis]`); not yet consulted by
+/// [`IdentityCache`].
+pub mod shared;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -31,14 +42,18 @@ use http::StatusCode;
 use tokio::time::Instant;
 
 pub use entries::{estimated_entry_bytes, KeyHasher, NEGATIVE_ENTRY_BYTES};
-pub use identity::{encode_header_value, Grant, Identity, SharedIdentity};
+pub use identity::{
+    encode_header_value, encode_list_element, Grant, HeaderFields, Identity, SharedIdentity,
+};
 
 use crate::admin::metrics::{CacheLookup, CloudbaseEndpoint, CloudbaseOutcome, Metrics};
 use crate::auth::token::jwt_exp;
 use crate::clock::{remaining, unix_secs, UnixClock};
 use crate::cloudbase::types::{Introspection, UserProfile};
 use crate::cloudbase::{CallOptions, Client, Error as ApiError};
-use crate::config::{CacheSettings, IdentityField};
+use crate::config::{
+    CacheSettings, IdentityField, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_IN_FLIGHT,
+};
 use entries::{Entries, Entry, Negative, Positive};
 
 /// Cache key: SHA-256 of the token.
@@ -116,11 +131,34 @@ struct Inner {
     generation: AtomicU64,
     api: Arc<dyn AuthApi>,
     settings: CacheSettings,
-    fields: Box<[IdentityField]>,
+    fields: HeaderFields,
+    /// One permit per CloudBase call that may be open; a flight holds two.
+    calls: Arc<tokio::sync::Semaphore>,
     metrics: Arc<Metrics>,
     /// Unix time, for `exp` and group expiries.
     clock: UnixClock,
 }
+
+/// Bounds of the cache that come from outside `[cache]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `cloudbase.max_in_flight`: CloudBase calls open at once (at least 2).
+    pub max_in_flight: usize,
+    /// `identity.max_header_bytes`: the most bytes of one encoded identity header value.
+    pub max_header_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+        }
+    }
+}
+
+/// CloudBase calls one flight makes at once (introspect and `/user/me`, concurrently).
+const CALLS_PER_FLIGHT: u32 = 2;
 
 /// Unix seconds now (rounded down), from the system clock.
 pub fn unix_now() -> i64 {
@@ -128,14 +166,22 @@ pub fn unix_now() -> i64 {
 }
 
 impl IdentityCache {
-    /// `fields` are the configured identity header fields, in header order.
+    /// `fields` are the configured identity header fields, in header order. The
+    /// [`Limits`] are the defaults.
     pub fn new(
         settings: &CacheSettings,
         fields: &[IdentityField],
         api: Arc<dyn AuthApi>,
         metrics: Arc<Metrics>,
     ) -> IdentityCache {
-        Self::with_clock(settings, fields, api, metrics, UnixClock::System)
+        Self::with_options(
+            settings,
+            fields,
+            Limits::default(),
+            api,
+            metrics,
+            UnixClock::System,
+        )
     }
 
     /// Like [`IdentityCache::new`], reading Unix time from `clock` (tests control it).
@@ -146,7 +192,34 @@ impl IdentityCache {
         metrics: Arc<Metrics>,
         clock: UnixClock,
     ) -> IdentityCache {
+        Self::with_options(settings, fields, Limits::default(), api, metrics, clock)
+    }
+
+    /// Like [`IdentityCache::new`], with the given [`Limits`].
+    pub fn with_limits(
+        settings: &CacheSettings,
+        fields: &[IdentityField],
+        limits: Limits,
+        api: Arc<dyn AuthApi>,
+        metrics: Arc<Metrics>,
+    ) -> IdentityCache {
+        Self::with_options(settings, fields, limits, api, metrics, UnixClock::System)
+    }
+
+    /// The cache with every option: [`Limits`] and the Unix clock.
+    pub fn with_options(
+        settings: &CacheSettings,
+        fields: &[IdentityField],
+        limits: Limits,
+        api: Arc<dyn AuthApi>,
+        metrics: Arc<Metrics>,
+        clock: UnixClock,
+    ) -> IdentityCache {
         let entries = Entries::new(settings);
+        let permits = limits.max_in_flight.clamp(
+            CALLS_PER_FLIGHT as usize,
+            tokio::sync::Semaphore::MAX_PERMITS,
+        );
         IdentityCache {
             inner: Arc::new(Inner {
                 entries,
@@ -154,7 +227,8 @@ impl IdentityCache {
                 generation: AtomicU64::new(0),
                 api,
                 settings: settings.clone(),
-                fields: fields.into(),
+                fields: HeaderFields::new(fields, limits.max_header_bytes, Some(metrics.clone())),
+                calls: Arc::new(tokio::sync::Semaphore::new(permits)),
                 metrics,
                 clock,
             }),
@@ -226,7 +300,8 @@ impl IdentityCache {
         }
     }
 
-    /// Joins the flight for `key`, starting it if there is none.
+    /// Joins the flight for `key`, starting it if there is none and a CloudBase slot is
+    /// free; with none free the flight ends at once with nothing (counted as shed).
     fn flight(
         &self,
         key: TokenKey,
@@ -246,6 +321,16 @@ impl IdentityCache {
                 return done.shared();
             }
         }
+        let Ok(permit) = self
+            .inner
+            .calls
+            .clone()
+            .try_acquire_many_owned(CALLS_PER_FLIGHT)
+        else {
+            self.inner.metrics.cloudbase_shed();
+            let shed: BoxFuture<'static, Fetched> = Box::pin(std::future::ready(None));
+            return shed.shared();
+        };
         let inner = self.inner.clone();
         let token = token.to_owned();
         let opts = CallOptions {
@@ -255,6 +340,7 @@ impl IdentityCache {
         let task = tokio::spawn(async move {
             let generation = inner.generation.load(Ordering::Acquire);
             let entry = inner.fetch(&token, exp, &opts).await;
+            drop(permit);
             if let Some(entry) = &entry {
                 if inner.generation.load(Ordering::Acquire) == generation {
                     inner.entries.insert(key, entry.clone());
@@ -276,6 +362,16 @@ impl IdentityCache {
             (Box::pin(task.map(|r| r.ok().flatten())) as BoxFuture<'static, _>).shared();
         flights.insert(key, flight.clone());
         flight
+    }
+
+    /// The `sub` CloudBase named for `token` when it was last validated, if the cache still
+    /// holds that positive entry (fresh or not). Asks no one and counts no lookup: for
+    /// callers that need to know whose token it is, not whether it is valid now.
+    pub fn cached_sub(&self, token: &str) -> Option<Box<str>> {
+        match self.inner.entries.get(&token_key(token))? {
+            Entry::Positive(p) => Some(p.identity.sub.clone()),
+            Entry::Negative(_) => None,
+        }
     }
 
     /// Drops the entry of one token. Returns how many entries went (0 or 1).

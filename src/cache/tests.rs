@@ -120,6 +120,18 @@ impl AuthApi for FakeApi {
     }
 }
 
+/// The tests' cache settings: `negative_ttl` 5 s, no second tier.
+fn settings(ttl: u64, stale: u64) -> CacheSettings {
+    CacheSettings {
+        max_entries: 1000,
+        max_memory: 256 << 20,
+        ttl: Duration::from_secs(ttl),
+        negative_ttl: Duration::from_secs(5),
+        stale_if_error: Duration::from_secs(stale),
+        redis: None,
+    }
+}
+
 fn cache(api: Arc<FakeApi>, ttl: u64, stale: u64) -> IdentityCache {
     cache_with_clock(api, ttl, stale, UnixClock::System).0
 }
@@ -131,23 +143,7 @@ fn cache_with_clock(
     stale: u64,
     clock: UnixClock,
 ) -> (IdentityCache, Arc<Metrics>) {
-    let settings = CacheSettings {
-        ttl: Duration::from_secs(ttl),
-        stale_if_error: Duration::from_secs(stale),
-        ..settings()
-    };
-    cache_with_settings(api, &settings, clock)
-}
-
-/// The tests' cache settings: `ttl` 60 s, `negative_ttl` 5 s, no stale window.
-fn settings() -> CacheSettings {
-    CacheSettings {
-        max_entries: 1000,
-        max_memory: 256 << 20,
-        ttl: Duration::from_secs(60),
-        negative_ttl: Duration::from_secs(5),
-        stale_if_error: Duration::ZERO,
-    }
+    cache_with_settings(api, &settings(ttl, stale), clock)
 }
 
 fn cache_with_settings(
@@ -449,6 +445,55 @@ async fn a_group_expiry_bounds_the_entry_to_the_millisecond() {
     assert_eq!(api.calls(), (2, 2));
 }
 
+/// A cache allowing one flight (two calls) at a time, and its metrics.
+fn one_flight_cache(api: Arc<FakeApi>, ttl: u64, stale: u64) -> (IdentityCache, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new(Vec::<String>::new()));
+    let limits = Limits {
+        max_in_flight: 2,
+        ..Limits::default()
+    };
+    let c = IdentityCache::with_limits(
+        &settings(ttl, stale),
+        &[IdentityField::Sub],
+        limits,
+        api,
+        metrics.clone(),
+    );
+    (c, metrics)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_miss_beyond_max_in_flight_is_refused_at_once_and_joining_a_flight_is_free() {
+    let api = FakeApi::new(Script::Active);
+    let (c, metrics) = one_flight_cache(api.clone(), 60, 0);
+    let spawn = |token: &'static str| {
+        let c = c.clone();
+        tokio::spawn(async move { c.validate(token, None).await })
+    };
+    let first = spawn("a");
+    tokio::task::yield_now().await; // "a" takes the only slot
+    let joined = spawn("a");
+    let start = Instant::now();
+    assert!(matches!(
+        c.validate("b", None).await,
+        Validation::Unavailable
+    ));
+    assert_eq!(Instant::now(), start, "shed without waiting for the slot");
+    assert!(is_valid(&first.await.unwrap()));
+    assert!(is_valid(&joined.await.unwrap()), "joining needs no slot");
+    assert_eq!(api.calls(), (1, 1), "the shed miss called nothing");
+    let text = metrics.render(0);
+    for endpoint in ["introspect", "user_me"] {
+        let line = format!(
+            "cloudbase_gateway_cloudbase_requests_total{{endpoint=\"{endpoint}\",outcome=\"shed\"}} 1"
+        );
+        assert!(text.contains(&line), "{line} missing:\n{text}");
+    }
+    // The slot is free again once the flight has ended.
+    assert!(is_valid(&c.validate("b", None).await));
+    assert_eq!(api.calls(), (2, 2));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_401_from_user_me_beats_an_introspect_failure_and_is_stored() {
     let api = FakeApi::new(Script::IntrospectDownUserMeRefuses);
@@ -555,7 +600,7 @@ async fn a_flood_of_made_up_tokens_never_evicts_a_signed_in_user() {
     let api = FakeApi::new(Script::Active);
     let settings = CacheSettings {
         max_entries: 50,
-        ..settings()
+        ..settings(60, 0)
     };
     let (c, _) = cache_with_settings(api.clone(), &settings, UnixClock::System);
     let users: Vec<String> = (0..50).map(|i| format!("user-{i}")).collect();
@@ -664,7 +709,7 @@ async fn moka_keeps_an_entry_through_its_stale_window_then_drops_it() {
     let settings = CacheSettings {
         ttl: Duration::from_millis(100),
         stale_if_error: Duration::from_secs(2),
-        ..settings()
+        ..settings(60, 0)
     };
     let (c, _) = cache_with_settings(api.clone(), &settings, UnixClock::System);
     let stored = Instant::now();
@@ -680,4 +725,46 @@ async fn moka_keeps_an_entry_through_its_stale_window_then_drops_it() {
         stored.elapsed() >= Duration::from_secs(2),
         "held until the end of the stale window"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shed_miss_serves_a_stale_identity_when_stale_if_error_has_one() {
+    let api = FakeApi::new(Script::Active);
+    let (c, _) = one_flight_cache(api.clone(), 60, 30);
+    assert!(is_valid(&c.validate("b", None).await));
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let c2 = c.clone();
+    let busy = tokio::spawn(async move { c2.validate("a", None).await });
+    tokio::task::yield_now().await;
+    assert!(
+        is_valid(&c.validate("b", None).await),
+        "expired but within stale_if_error: served while no slot is free"
+    );
+    assert!(is_valid(&busy.await.unwrap()));
+    assert_eq!(api.calls(), (2, 2), "b was not asked about again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn cached_sub_names_the_user_of_a_known_token_without_asking_or_counting() {
+    let api = FakeApi::new(Script::Active);
+    let c = cache(api.clone(), 60, 0);
+    assert_eq!(c.cached_sub("tok"), None, "unknown token");
+    assert!(is_valid(&c.validate("tok", None).await));
+    let metrics_before = c.inner.metrics.render(0);
+    assert_eq!(c.cached_sub("tok").as_deref(), Some("42"));
+    assert_eq!(api.calls(), (1, 1), "no CloudBase call");
+    assert_eq!(
+        c.inner.metrics.render(0),
+        metrics_before,
+        "no lookup counted"
+    );
+
+    api.set(Script::Inactive);
+    assert!(matches!(
+        c.validate("dead", None).await,
+        Validation::Invalid
+    ));
+    assert_eq!(c.cached_sub("dead"), None, "a negative entry names no one");
+    c.purge_sub("42");
+    assert_eq!(c.cached_sub("tok"), None, "gone with its entry");
 }

@@ -751,4 +751,90 @@ mod tests {
         let id = request_id(&opts);
         assert_eq!(id.len(), 36);
     }
+
+    mod properties {
+        //! Property tests: whatever CloudBase (or anything pretending to be it) answers,
+        //! decoding it and building an identity from it never panics, and every identity
+        //! header built from it is a valid header value.
+        use super::*;
+        use crate::cache::{HeaderFields, Identity};
+        use crate::cloudbase::types::{Introspection, UserProfile};
+        use crate::config::IdentityField;
+        use proptest::prelude::*;
+        use serde_json::Value;
+
+        /// Arbitrary JSON, biased towards the shapes the decoders look for.
+        fn json() -> impl Strategy<Value = Value> {
+            let key = prop_oneof![
+                Just("sub".to_owned()),
+                Just("scope".to_owned()),
+                Just("groups".to_owned()),
+                Just("id".to_owned()),
+                Just("expires_at".to_owned()),
+                Just("name".to_owned()),
+                Just("error".to_owned()),
+                Just("error_code".to_owned()),
+                Just("code".to_owned()),
+                ".{0,8}",
+            ];
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_map(Value::from),
+                ".{0,24}".prop_map(Value::String),
+                Just(Value::String("2099-01-01T00:00:00Z".into())),
+                Just(Value::String("9999-99-99T99:99:99Z".into())),
+            ];
+            leaf.prop_recursive(4, 48, 6, move |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    proptest::collection::btree_map(key.clone(), inner, 0..6)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// Decodes `bytes` as every CloudBase answer the gateway reads, and builds an
+        /// identity from whatever decoded.
+        fn decode_all(bytes: &[u8]) -> Result<(), TestCaseError> {
+            let status = StatusCode::OK;
+            let introspection = parse_success::<Introspection>(status, bytes);
+            let profile = parse_success::<UserProfile>(status, bytes);
+            let _ = parse_success::<crate::cloudbase::types::TokenResponse>(status, bytes);
+            for code in [400u16, 401, 429, 500, 503] {
+                let _ = parse_error(StatusCode::from_u16(code).unwrap(), bytes);
+            }
+            let fields: Vec<IdentityField> = IdentityField::ALL.iter().map(|(_, f)| *f).collect();
+            let fields = HeaderFields::new(&fields, 8 << 10, None);
+            let names: Vec<http::HeaderName> = IdentityField::ALL
+                .iter()
+                .map(|(n, _)| http::HeaderName::from_bytes(n.replace('_', "-").as_bytes()).unwrap())
+                .collect();
+            let introspection = introspection.unwrap_or_default();
+            let profile = profile.unwrap_or_default();
+            let identity = Identity::new(&introspection, &profile, None, &fields, 1_700_000_000);
+            let _ = identity.in_any_group(&["admin".to_owned()], 1_700_000_000);
+            let mut headers = http::HeaderMap::new();
+            identity.apply(&names, &mut headers);
+            for value in headers.values() {
+                prop_assert!(value.as_bytes().iter().all(|b| (0x20..0x7f).contains(b)));
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_from_cloudbase_never_panic(
+                bytes in proptest::collection::vec(any::<u8>(), 0..512)
+            ) {
+                decode_all(&bytes)?;
+            }
+
+            #[test]
+            fn arbitrary_json_from_cloudbase_never_panics(value in json()) {
+                decode_all(value.to_string().as_bytes())?;
+            }
+        }
+    }
 }

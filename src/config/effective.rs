@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use toml::{Table, Value};
 
-use super::{AuthMode, Config, IntrospectAuth, Secret, Upstream};
+use super::{Config, IntrospectAuth, Secret, Upstream};
 
 const REDACTED: &str = "[redacted]";
 
@@ -51,6 +51,11 @@ impl Config {
             ("listen", text(s.listen.to_string())),
             ("request_timeout", duration(s.request_timeout)),
             ("header_read_timeout", duration(s.header_read_timeout)),
+            ("idle_timeout", duration(s.idle_timeout)),
+            (
+                "max_concurrent_streams",
+                Value::Integer(i64::from(s.max_concurrent_streams)),
+            ),
             ("max_body_size", size(s.max_body_size)),
             ("max_connections", Value::Integer(s.max_connections as i64)),
             ("shutdown_grace_period", duration(s.shutdown_grace_period)),
@@ -70,6 +75,11 @@ impl Config {
             server.insert("tls_key".into(), text(tls.key.display().to_string()));
         }
 
+        let mut admin = table([("listen", text(self.admin.listen.to_string()))]);
+        if let Some(token) = &self.admin.token {
+            admin.insert("token".into(), secret(token));
+        }
+
         let c = &self.cloudbase;
         let mut cloudbase = table([
             ("env_id", text(&c.env_id)),
@@ -86,6 +96,10 @@ impl Config {
                 }),
             ),
             ("timeout", duration(c.timeout)),
+            (
+                "max_in_flight",
+                Value::Integer(c.max_in_flight.min(i64::MAX as usize) as i64),
+            ),
         ]);
         if let Some(ca) = &c.ca_file {
             cloudbase.insert("ca_file".into(), text(ca.display().to_string()));
@@ -101,7 +115,7 @@ impl Config {
         ]);
 
         let k = &self.cache;
-        let cache = table([
+        let mut cache = table([
             (
                 "max_entries",
                 Value::Integer(k.max_entries.min(i64::MAX as u64) as i64),
@@ -111,6 +125,20 @@ impl Config {
             ("negative_ttl", duration(k.negative_ttl)),
             ("stale_if_error", duration(k.stale_if_error)),
         ]);
+        if let Some(r) = &k.redis {
+            let redis = table([
+                ("url", text(r.url.redacted())),
+                ("key_prefix", text(&r.key_prefix)),
+                ("timeout", duration(r.timeout)),
+                ("hmac_key", text(super::REDACTED_HMAC_KEY)),
+                (
+                    "breaker_failures",
+                    Value::Integer(i64::from(r.breaker_failures)),
+                ),
+                ("breaker_cooldown", duration(r.breaker_cooldown)),
+            ]);
+            cache.insert("redis".into(), Value::Table(redis));
+        }
 
         let mut headers = Table::new();
         for name in &self.identity.strip {
@@ -142,14 +170,7 @@ impl Config {
                             }
                         }),
                     ),
-                    (
-                        "auth",
-                        text(match r.auth {
-                            AuthMode::Required => "required",
-                            AuthMode::Optional => "optional",
-                            AuthMode::None => "none",
-                        }),
-                    ),
+                    ("auth", text(r.auth.as_str())),
                     ("strip_prefix", Value::Boolean(r.strip_prefix)),
                     ("methods", strings(r.methods.iter().map(|m| m.as_str()))),
                     ("allow_anonymous", Value::Boolean(r.allow_anonymous)),
@@ -162,6 +183,39 @@ impl Config {
                 ]))
             })
             .collect();
+
+        let f = &self.forward_auth;
+        let mut forward_auth = table([
+            ("enabled", Value::Boolean(f.enabled)),
+            ("path", text(&f.path)),
+        ]);
+        if let Some(mode) = f.default_auth {
+            forward_auth.insert("default_auth".into(), text(mode.as_str()));
+        }
+
+        let r = &self.relay;
+        let mut relay = table([
+            ("enabled", Value::Boolean(r.enabled)),
+            ("prefix", text(&r.prefix)),
+            (
+                "allowed_origins",
+                strings(r.allowed_origins.iter().map(String::as_str)),
+            ),
+            ("client_id", text(&r.client_id)),
+            ("max_body_size", size(r.max_body_size)),
+        ]);
+        for (name, limit) in [
+            ("signin", r.limits.signin),
+            ("signup", r.limits.signup),
+            ("verification", r.limits.verification),
+        ] {
+            let rate = limit.rate.map_or("off".to_owned(), |rate| rate.to_string());
+            relay.insert(format!("{name}_rate"), text(rate));
+            relay.insert(
+                format!("{name}_burst"),
+                Value::Integer(limit.burst.get().into()),
+            );
+        }
 
         let e = &self.emulator;
         let users = e
@@ -212,18 +266,23 @@ impl Config {
 
         let root = table([
             ("server", Value::Table(server)),
-            (
-                "admin",
-                Value::Table(table([("listen", text(self.admin.listen.to_string()))])),
-            ),
+            ("admin", Value::Table(admin)),
             ("cloudbase", Value::Table(cloudbase)),
             ("upstream", Value::Table(upstream)),
             ("cache", Value::Table(cache)),
             (
                 "identity",
-                Value::Table(table([("headers", Value::Table(headers))])),
+                Value::Table(table([
+                    ("headers", Value::Table(headers)),
+                    (
+                        "max_header_bytes",
+                        size(self.identity.max_header_bytes as u64),
+                    ),
+                ])),
             ),
             ("routes", Value::Array(routes)),
+            ("forward_auth", Value::Table(forward_auth)),
+            ("relay", Value::Table(relay)),
             ("emulator", Value::Table(emulator)),
         ]);
         toml::to_string(&root)
@@ -242,7 +301,12 @@ mod tests {
 trusted_proxies = ["10.0.0.0/8"]
 request_timeout = "1m 30s"
 escaped_slashes = "keep"
+idle_timeout = "90s"
+max_concurrent_streams = 50
+[admin]
+token = "${ADMIN_TOKEN}"
 [cloudbase]
+max_in_flight = 64
 env_id = "e"
 client_secret = "${SECRET}"
 introspect_auth = "client"
@@ -251,6 +315,8 @@ pool_idle_timeout = "1500ms"
 pool_max_idle_per_host = 8
 [cache]
 max_memory = "64MiB"
+[identity]
+max_header_bytes = "4KiB"
 [identity.headers]
 "X-User-Email" = ""
 "X-Tenant" = "client_id"
@@ -259,6 +325,18 @@ prefix = "/api/"
 upstream = "https://api.internal:8443/v2"
 methods = ["GET"]
 require_groups = ["admin"]
+[forward_auth]
+enabled = true
+path = "/auth/check"
+default_auth = "optional"
+[relay]
+enabled = true
+prefix = "/cb/auth/"
+allowed_origins = ["https://app.example.com", "http://localhost:5173"]
+max_body_size = "16KiB"
+signin_rate = "3/s"
+signin_burst = 7
+signup_rate = "off"
 [emulator]
 verification_code = "424242"
 test_hooks = true
@@ -270,10 +348,19 @@ password = "hunter2-password"
 name = "名字 \"quoted\""
 groups = ["a", { id = "b", expires_at = "2030-01-01T00:00:00Z" }]
 "#;
-        let env = |n: &str| (n == "SECRET").then(|| "s3cr3t-value".to_owned());
+        let env = |n: &str| match n {
+            "SECRET" => Some("s3cr3t-value".to_owned()),
+            "ADMIN_TOKEN" => Some("admin-t0ken-value".to_owned()),
+            _ => None,
+        };
         let config = Config::from_toml_str_with_env(text, env).unwrap();
         let out = config.effective_toml();
-        for secret in ["s3cr3t-value", "hunter2-password", "424242"] {
+        for secret in [
+            "s3cr3t-value",
+            "admin-t0ken-value",
+            "hunter2-password",
+            "424242",
+        ] {
             assert!(!out.contains(secret), "{secret} printed:\n{out}");
         }
         let again = Config::from_toml_str_with_env(&out, env)
@@ -283,6 +370,8 @@ groups = ["a", { id = "b", expires_at = "2030-01-01T00:00:00Z" }]
         assert!(out.contains("escaped_slashes = \"keep\""), "{out}");
         assert!(out.contains("max_memory = \"64MiB\""), "{out}");
         assert!(out.contains("max_body_size = \"10MiB\""), "{out}");
+        assert!(out.contains("max_body_size = \"16KiB\""), "{out}");
+        assert!(out.contains("max_header_bytes = \"4KiB\""), "{out}");
         assert_eq!(
             again.server.escaped_slashes,
             crate::path::EscapedSlashes::Keep
@@ -299,9 +388,37 @@ groups = ["a", { id = "b", expires_at = "2030-01-01T00:00:00Z" }]
         assert!(out.contains("pool_idle_timeout = \"1s 500ms\""), "{out}");
         assert_eq!(again.upstream.pool_max_idle_per_host, 8);
         assert_eq!(again.routes[0].require_groups, ["admin"]);
+        assert!(again.forward_auth.enabled);
+        assert_eq!(again.forward_auth.path, "/auth/check");
+        assert_eq!(
+            again.forward_auth.default_auth,
+            Some(crate::config::AuthMode::Optional)
+        );
         assert!(again.emulator.test_hooks);
         assert_eq!(again.emulator.limits, config.emulator.limits);
         assert!(out.contains("lockout = \"1m 30s\""), "{out}");
+        assert!(again.relay.enabled);
+        assert_eq!(again.relay.prefix, "/cb/auth/");
+        assert_eq!(again.relay.allowed_origins, config.relay.allowed_origins);
+        assert_eq!(again.relay.max_body_size, 16 << 10);
+        assert_eq!(again.relay.limits, config.relay.limits);
+        assert!(out.contains("signin_rate = \"3/s\""), "{out}");
+        assert!(out.contains("signup_rate = \"off\""), "{out}");
+        assert_eq!(
+            again.relay.client_id, "e",
+            "defaults to cloudbase.client_id"
+        );
+        assert_eq!(
+            again.server.idle_timeout,
+            std::time::Duration::from_secs(90)
+        );
+        assert_eq!(again.server.max_concurrent_streams, 50);
+        assert_eq!(again.cloudbase.max_in_flight, 64);
+        assert_eq!(again.identity.max_header_bytes, 4096);
+        assert!(
+            again.admin.token.is_some(),
+            "a set token stays set (redacted)"
+        );
         assert_eq!(
             again.emulator.users[0].name.as_deref(),
             Some("名字 \"quoted\"")

@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 
 pub use crate::path::EscapedSlashes;
 pub use raw::RawGroup;
-pub use secret::Secret;
+pub use secret::{Secret, SecretUrl};
 
 /// Every setting of the gateway, validated.
 #[derive(Debug, Clone)]
@@ -35,6 +35,8 @@ pub struct Config {
     pub cache: CacheSettings,
     pub identity: IdentitySettings,
     pub routes: Vec<RouteSettings>,
+    pub forward_auth: ForwardAuthSettings,
+    pub relay: RelaySettings,
     pub emulator: EmulatorSettings,
 }
 
@@ -47,15 +49,24 @@ pub struct ServerSettings {
     pub tls: Option<TlsFiles>,
     /// Whole request, upstream included. Default 30 s.
     pub request_timeout: Duration,
-    /// Time allowed for a client to send its request head. Default 10 s.
+    /// Time from accept (TLS handshake included) to a complete first request head, in
+    /// every protocol; on HTTP/1.1 also from the end of one exchange to the next head.
+    /// Default 10 s.
     pub header_read_timeout: Duration,
+    /// A connection with no request in flight is closed after this long (HTTP/2 with a
+    /// GOAWAY). Default 60 s.
+    pub idle_timeout: Duration,
+    /// HTTP/2 streams one connection may have open at once (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+    /// Default 100.
+    pub max_concurrent_streams: u32,
     /// Largest request body accepted. Default 10 MiB.
     pub max_body_size: u64,
     /// Open client connections at most. Default 10 000.
     pub max_connections: usize,
     /// Time in-flight requests get to finish on shutdown. Default 30 s.
     pub shutdown_grace_period: Duration,
-    /// Peers whose `X-Forwarded-For` is extended rather than replaced. Default none.
+    /// Peers whose `X-Forwarded-*`, `Forwarded` and `X-Real-IP` are believed. Default none.
+    /// IPv4-mapped IPv6 networks are stored as IPv4, the form peers are matched in.
     pub trusted_proxies: Vec<IpNet>,
     /// `%2F` / `%5C` in a path: refused (default) or kept encoded. See [`crate::path`].
     pub escaped_slashes: EscapedSlashes,
@@ -72,6 +83,8 @@ pub struct TlsFiles {
 pub struct AdminSettings {
     /// Default `127.0.0.1:9090`.
     pub listen: SocketAddr,
+    /// Bearer token every admin POST must carry when set. Default unset.
+    pub token: Option<Secret>,
 }
 
 /// How `/token/introspect` is called.
@@ -102,6 +115,9 @@ pub struct CloudbaseSettings {
     pub introspect_auth: IntrospectAuth,
     /// Per CloudBase call. Default 2 s.
     pub timeout: Duration,
+    /// CloudBase calls open at once, at most; a validation needing more is answered as
+    /// if CloudBase were unavailable. Default [`DEFAULT_MAX_IN_FLIGHT`].
+    pub max_in_flight: usize,
     /// Extra PEM roots trusted for CloudBase and `https://` upstreams.
     pub ca_file: Option<PathBuf>,
 }
@@ -134,7 +150,34 @@ pub struct CacheSettings {
     /// How long past its expiry a positive entry may be served while CloudBase fails.
     /// Default 0 (off).
     pub stale_if_error: Duration,
+    /// `[cache.redis]`: the shared second tier. `None` (default): each replica alone.
+    pub redis: Option<RedisSettings>,
 }
+
+/// `[cache.redis]`: what every replica shares through Redis (see `cache::shared`).
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `redis://` or `rediss://` (TLS), `user:password@` allowed; printed redacted.
+    pub url: SecretUrl,
+    /// Starts every key and the purge channel. Default `cloudbase-gateway:`.
+    pub key_prefix: String,
+    /// Bound on each Redis command; past it Redis is skipped for that request. Default 50 ms.
+    pub timeout: Duration,
+    /// Authenticates every stored value. Required; at least [`MIN_HMAC_KEY_BYTES`] bytes.
+    pub hmac_key: Secret,
+    /// Consecutive failures after which Redis is skipped for `breaker_cooldown`. Default 5.
+    pub breaker_failures: u32,
+    /// How long Redis is skipped once the breaker opens. Default 5 s.
+    pub breaker_cooldown: Duration,
+}
+
+/// Shortest `cache.redis.hmac_key` accepted: 32 bytes, HMAC-SHA256's own output size.
+pub const MIN_HMAC_KEY_BYTES: usize = 32;
+
+/// What `check` prints for `cache.redis.hmac_key`: long enough that its output stays a
+/// valid configuration, and refused when the shared tier starts, so a copied `check` output
+/// can never run with a key everyone can read.
+pub const REDACTED_HMAC_KEY: &str = "[redacted: the key in force is never printed]";
 
 /// A field of the user's identity that can become a header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,14 +237,56 @@ pub struct IdentitySettings {
     /// matching one of these (with `_` read as `-`) are removed on every route. Turned-off
     /// defaults stay here: an upstream that once trusted them must never see a forgery.
     pub strip: Vec<HeaderName>,
+    /// The most bytes one encoded identity header value may take; a longer one is not
+    /// sent. Default [`DEFAULT_MAX_HEADER_BYTES`].
+    pub max_header_bytes: usize,
 }
 
-/// `auth` of a route.
+/// `cloudbase.max_in_flight` when unset.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
+/// `identity.max_header_bytes` when unset: 8 KiB, below every common server's limit for
+/// one header line (nginx 8 KiB buffers, Node 16 KiB for the whole head).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 8 << 10;
+
+/// `auth` of a route (and `forward_auth.default_auth`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMode {
     Required,
     Optional,
     None,
+}
+
+impl AuthMode {
+    /// The configuration spellings.
+    pub const ALL: [(&'static str, AuthMode); 3] = [
+        ("required", AuthMode::Required),
+        ("optional", AuthMode::Optional),
+        ("none", AuthMode::None),
+    ];
+
+    /// `"required"`, `"optional"` or `"none"`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, m)| *m)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::Required => "required",
+            AuthMode::Optional => "optional",
+            AuthMode::None => "none",
+        }
+    }
+}
+
+/// An `auth` value, or the error naming `key` and the spellings.
+fn auth_mode(value: &str, key: String, errors: &mut Errors) -> AuthMode {
+    AuthMode::parse(value).unwrap_or_else(|| {
+        errors.push(
+            key,
+            format!("{value:?} is not one of \"required\", \"optional\", \"none\""),
+        );
+        AuthMode::Required
+    })
 }
 
 /// Where a route's requests go.
@@ -230,6 +315,123 @@ pub struct RouteSettings {
     pub require_groups: Vec<String>,
     pub pass_token: bool,
     pub allow_preflight: bool,
+}
+
+/// `[forward_auth]`: the endpoint an existing ingress asks whether a request may pass
+/// (nginx `auth_request`, Traefik `ForwardAuth`, Caddy `forward_auth`, Envoy `ext_authz`).
+/// See [`crate::forward_auth`].
+#[derive(Debug, Clone)]
+pub struct ForwardAuthSettings {
+    /// Default false.
+    pub enabled: bool,
+    /// On the main listener: this path exactly, and every path under `path/` (Envoy appends
+    /// the original path). Normal form, no trailing `/`. Default `/_gateway/auth`.
+    pub path: String,
+    /// The rules for original requests no route matches: a catch-all route with this
+    /// `auth` and no other rule. `None` (default): such requests are answered 404.
+    pub default_auth: Option<AuthMode>,
+}
+
+/// `forward_auth.path` when unset.
+pub const DEFAULT_FORWARD_AUTH_PATH: &str = "/_gateway/auth";
+
+/// `[relay]`: the CloudBase Auth v2 relay (see [`crate::relay`]).
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// Default false.
+    pub enabled: bool,
+    /// Paths under it go to `cloudbase.base_url`. Starts and ends with `/`, in normal form.
+    /// Default `/auth/v1/`, where the official web SDK calls by default.
+    pub prefix: String,
+    /// Origins (`https://app.example.com`) whose pages may call the relay; exact match.
+    /// Default none: no CORS headers.
+    pub allowed_origins: Vec<String>,
+    /// `?client_id=` added to calls that carry none. Default `cloudbase.client_id`.
+    pub client_id: String,
+    /// Largest request body relayed. Default 64 KiB.
+    pub max_body_size: u64,
+    /// Per-client-address token buckets of the endpoints that guess or create accounts.
+    pub limits: RelayLimits,
+}
+
+/// The relay's per-client-address limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// `/signin` and `/signin/*`. Default 10 per minute, burst 10.
+    pub signin: RelayLimit,
+    /// `/signup`. Default 5 per minute, burst 5.
+    pub signup: RelayLimit,
+    /// `/verification` and `/verification/verify`. Default 5 per minute, burst 5.
+    pub verification: RelayLimit,
+}
+
+/// One token bucket: refilled at `rate`, holding at most `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayLimit {
+    /// `None`: not limited (`"off"`).
+    pub rate: Option<Rate>,
+    pub burst: std::num::NonZeroU32,
+}
+
+/// `"10/m"`: `count` requests per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: std::num::NonZeroU32,
+    pub per: RateUnit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateUnit {
+    Second,
+    Minute,
+    Hour,
+}
+
+impl RateUnit {
+    pub fn duration(self) -> Duration {
+        Duration::from_secs(match self {
+            RateUnit::Second => 1,
+            RateUnit::Minute => 60,
+            RateUnit::Hour => 3600,
+        })
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            RateUnit::Second => "s",
+            RateUnit::Minute => "m",
+            RateUnit::Hour => "h",
+        }
+    }
+}
+
+impl Rate {
+    /// Time between two tokens.
+    pub fn interval(self) -> Duration {
+        self.per.duration() / self.count.get()
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.count, self.per.as_str())
+    }
+}
+
+/// `"10/s"`, `"10/m"`, `"10/h"` (also `sec`, `min`, `hour` and plurals), at least 1.
+pub fn parse_rate(s: &str) -> Result<Rate, String> {
+    let bad = || format!("{s:?} is not a rate like \"10/s\", \"10/m\" or \"100/h\"");
+    let (count, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+    let count: u32 = count.trim().parse().map_err(|_| bad())?;
+    let count = std::num::NonZeroU32::new(count)
+        .ok_or_else(|| format!("{s:?}: the rate must be at least 1 (\"off\" turns a limit off)"))?;
+    let per = match unit.trim() {
+        "s" | "sec" | "second" | "seconds" => RateUnit::Second,
+        "m" | "min" | "minute" | "minutes" => RateUnit::Minute,
+        "h" | "hour" | "hours" => RateUnit::Hour,
+        _ => return Err(bad()),
+    };
+    Ok(Rate { count, per })
 }
 
 /// `[emulator]`.
@@ -340,7 +542,36 @@ impl Errors {
     }
 }
 
+/// A setting that is valid but probably a mistake; `check` and start-up print each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
 impl Config {
+    /// Settings that are allowed but expose something an operator probably did not mean to.
+    pub fn warnings(&self) -> Vec<ConfigWarning> {
+        let mut out = Vec::new();
+        if !self.admin.listen.ip().to_canonical().is_loopback() && self.admin.token.is_none() {
+            out.push(ConfigWarning {
+                key: "admin.listen".into(),
+                message: format!(
+                    "{} is not a loopback address and admin.token is unset: anyone who can \
+                     reach it can purge the cache and read the metrics",
+                    self.admin.listen
+                ),
+            });
+        }
+        out
+    }
+
     /// Reads, interpolates and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
@@ -382,6 +613,9 @@ impl Config {
         let cache: raw::RawCache = section(take("cache"), "cache", &mut errors);
         let identity: raw::RawIdentity = section(take("identity"), "identity", &mut errors);
         let emulator: raw::RawEmulator = section(take("emulator"), "emulator", &mut errors);
+        let forward_auth: raw::RawForwardAuth =
+            section(take("forward_auth"), "forward_auth", &mut errors);
+        let relay: raw::RawRelay = section(take("relay"), "relay", &mut errors);
         // A route whose table did not deserialize is `None`: reported once, not again as
         // "prefix missing", and the others keep their indices.
         let routes: Vec<Option<raw::RawRoute>> = match take("routes") {
@@ -399,21 +633,26 @@ impl Config {
         for key in value.keys() {
             errors.push(
                 key.clone(),
-                "unknown key (expected server, admin, cloudbase, upstream, cache, identity, routes, emulator)",
+                "unknown key (expected server, admin, cloudbase, upstream, cache, identity, routes, forward_auth, relay, emulator)",
             );
         }
 
         let emulator = validate_emulator(emulator, &mut errors);
+        let cloudbase = validate_cloudbase(cloudbase, &emulator, &mut errors);
+        let routes = validate_routes(routes, &mut errors);
+        let relay = validate_relay(relay, &cloudbase, &routes, &mut errors);
+        let forward_auth = validate_forward_auth(forward_auth, &routes, &mut errors);
+        check_forward_auth_beside_relay(&forward_auth, &relay, &mut errors);
         let config = Config {
             server: validate_server(server, &mut errors),
-            admin: AdminSettings {
-                listen: socket_addr(admin.listen, "admin.listen", "127.0.0.1:9090", &mut errors),
-            },
-            cloudbase: validate_cloudbase(cloudbase, &emulator, &mut errors),
+            admin: validate_admin(admin, &mut errors),
+            cloudbase,
             upstream: validate_upstream(upstream, &mut errors),
             cache: validate_cache(cache, &mut errors),
             identity: validate_identity(identity, &mut errors),
-            routes: validate_routes(routes, &mut errors),
+            routes,
+            forward_auth,
+            relay,
             emulator,
         };
         if errors.0.is_empty() {
@@ -612,7 +851,7 @@ fn validate_server(raw: raw::RawServer, errors: &mut Errors) -> ServerSettings {
             .parse::<IpNet>()
             .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from));
         match parsed {
-            Ok(net) => trusted_proxies.push(net),
+            Ok(net) => trusted_proxies.push(canonical_net(net)),
             Err(_) => errors.push(
                 format!("server.trusted_proxies[{i}]"),
                 format!("{s:?} is not a CIDR like \"10.0.0.0/8\" or an IP address"),
@@ -639,6 +878,17 @@ fn validate_server(raw: raw::RawServer, errors: &mut Errors) -> ServerSettings {
             "10s",
             errors,
         ),
+        idle_timeout: duration(raw.idle_timeout, "server.idle_timeout", "60s", errors),
+        max_concurrent_streams: match raw.max_concurrent_streams.unwrap_or(100) {
+            n @ 1..=0x7fff_ffff => n as u32,
+            _ => {
+                errors.push(
+                    "server.max_concurrent_streams",
+                    "must be between 1 and 2147483647",
+                );
+                100
+            }
+        },
         max_body_size,
         max_connections,
         shutdown_grace_period: duration(
@@ -649,6 +899,43 @@ fn validate_server(raw: raw::RawServer, errors: &mut Errors) -> ServerSettings {
         ),
         trusted_proxies,
         escaped_slashes,
+    }
+}
+
+/// An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) as the IPv4 network it maps
+/// (`10.0.0.0/8`): peers are matched in their canonical form, so the mapped spelling of a
+/// trusted range must still match.
+fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map(IpNet::V4)
+                .unwrap_or(net),
+            None => net,
+        },
+        _ => net,
+    }
+}
+
+fn validate_admin(raw: raw::RawAdmin, errors: &mut Errors) -> AdminSettings {
+    let token = raw.token.map(Secret::new);
+    if let Some(token) = &token {
+        let t = token.expose();
+        if t.is_empty() {
+            errors.push(
+                "admin.token",
+                "must not be empty (remove the key to turn the token off)",
+            );
+        } else if !t.bytes().all(|b| b.is_ascii_graphic()) {
+            errors.push(
+                "admin.token",
+                "must be visible ASCII without spaces (it is sent as a bearer token)",
+            );
+        }
+    }
+    AdminSettings {
+        listen: socket_addr(raw.listen, "admin.listen", "127.0.0.1:9090", errors),
+        token,
     }
 }
 
@@ -737,6 +1024,17 @@ fn validate_cloudbase(
             .unwrap_or_else(|| "cloudbase-gateway".to_owned()),
         introspect_auth,
         timeout: duration(raw.timeout, "cloudbase.timeout", "2s", errors),
+        max_in_flight: match raw.max_in_flight {
+            None => DEFAULT_MAX_IN_FLIGHT,
+            Some(n @ 2..) => usize::try_from(n).unwrap_or(usize::MAX),
+            Some(_) => {
+                errors.push(
+                    "cloudbase.max_in_flight",
+                    "must be at least 2 (one validation makes two calls at once)",
+                );
+                DEFAULT_MAX_IN_FLIGHT
+            }
+        },
         ca_file,
     }
 }
@@ -784,6 +1082,74 @@ fn validate_cache(raw: raw::RawCache, errors: &mut Errors) -> CacheSettings {
         ttl: duration(raw.ttl, "cache.ttl", "60s", errors),
         negative_ttl: duration(raw.negative_ttl, "cache.negative_ttl", "5s", errors),
         stale_if_error: duration(raw.stale_if_error, "cache.stale_if_error", "0s", errors),
+        redis: raw.redis.map(|r| validate_redis(r, errors)),
+    }
+}
+
+fn validate_redis(raw: raw::RawRedis, errors: &mut Errors) -> RedisSettings {
+    let url = SecretUrl::new(raw.url.unwrap_or_default());
+    if url.expose().is_empty() {
+        errors.push(
+            "cache.redis.url",
+            "missing: [cache.redis] turns the shared tier on and needs redis:// or rediss://",
+        );
+    } else if !(url.expose().starts_with("redis://") || url.expose().starts_with("rediss://")) {
+        errors.push(
+            "cache.redis.url",
+            format!("{url:?} is not a redis:// or rediss:// URL"),
+        );
+    } else if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url.expose()) {
+        // The client's own parser: what it refuses here it would refuse at start.
+        errors.push("cache.redis.url", format!("{url:?}: {e}"));
+    }
+    let key_prefix = raw
+        .key_prefix
+        .unwrap_or_else(|| "cloudbase-gateway:".to_owned());
+    if key_prefix.is_empty() || key_prefix.len() > 128 || key_prefix.chars().any(char::is_control) {
+        errors.push(
+            "cache.redis.key_prefix",
+            "must be 1 to 128 bytes without control characters",
+        );
+    }
+    let timeout = duration(raw.timeout, "cache.redis.timeout", "50ms", errors);
+    if timeout.is_zero() {
+        errors.push("cache.redis.timeout", "must be more than 0");
+    }
+    let hmac_key = Secret::new(raw.hmac_key.unwrap_or_default());
+    if hmac_key.is_empty() {
+        errors.push(
+            "cache.redis.hmac_key",
+            "missing: required with [cache.redis], e.g. \"${CACHE_HMAC_KEY}\" set to `openssl rand -hex 32`",
+        );
+    } else if hmac_key.expose().len() < MIN_HMAC_KEY_BYTES {
+        errors.push(
+            "cache.redis.hmac_key",
+            format!("must be at least {MIN_HMAC_KEY_BYTES} bytes (e.g. `openssl rand -hex 32`)"),
+        );
+    }
+    let breaker_failures = match raw.breaker_failures.unwrap_or(5) {
+        n @ 1..=1000 => n as u32,
+        _ => {
+            errors.push("cache.redis.breaker_failures", "must be 1 to 1000");
+            5
+        }
+    };
+    let breaker_cooldown = duration(
+        raw.breaker_cooldown,
+        "cache.redis.breaker_cooldown",
+        "5s",
+        errors,
+    );
+    if breaker_cooldown.is_zero() {
+        errors.push("cache.redis.breaker_cooldown", "must be more than 0");
+    }
+    RedisSettings {
+        url,
+        key_prefix,
+        timeout,
+        hmac_key,
+        breaker_failures,
+        breaker_cooldown,
     }
 }
 
@@ -833,8 +1199,19 @@ fn validate_identity(raw: raw::RawIdentity, errors: &mut Errors) -> IdentitySett
     for norm in order {
         let (name, field) = &merged[&norm];
         let key = format!("identity.headers.{}", quote_key(name));
-        let Ok(header) = HeaderName::from_bytes(norm.as_bytes()) else {
-            errors.push(key, format!("{name:?} is not a valid header name"));
+        let plain =
+            !norm.is_empty() && norm.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        let header = plain
+            .then(|| HeaderName::from_bytes(norm.as_bytes()).ok())
+            .flatten();
+        let Some(header) = header else {
+            errors.push(
+                key,
+                format!(
+                    "{name:?} is not a header name of letters, digits, - and _ (servers read \
+                     other characters in different ways)"
+                ),
+            );
             continue;
         };
         if !strip.contains(&header) {
@@ -858,7 +1235,23 @@ fn validate_identity(raw: raw::RawIdentity, errors: &mut Errors) -> IdentitySett
             ),
         }
     }
-    IdentitySettings { headers, strip }
+    let max_header_bytes = match raw.max_header_bytes.as_deref().map(parse_size) {
+        None => DEFAULT_MAX_HEADER_BYTES,
+        Some(Ok(n)) if n >= 64 => usize::try_from(n).unwrap_or(usize::MAX),
+        Some(Ok(_)) => {
+            errors.push("identity.max_header_bytes", "must be at least 64 bytes");
+            DEFAULT_MAX_HEADER_BYTES
+        }
+        Some(Err(e)) => {
+            errors.push("identity.max_header_bytes", e);
+            DEFAULT_MAX_HEADER_BYTES
+        }
+    };
+    IdentitySettings {
+        headers,
+        strip,
+        max_header_bytes,
+    }
 }
 
 fn validate_routes(raws: Vec<Option<raw::RawRoute>>, errors: &mut Errors) -> Vec<RouteSettings> {
@@ -901,18 +1294,11 @@ fn validate_routes(raws: Vec<Option<raw::RawRoute>>, errors: &mut Errors) -> Vec
                 }
             },
         };
-        let auth = match raw.auth.as_deref().unwrap_or("required") {
-            "required" => AuthMode::Required,
-            "optional" => AuthMode::Optional,
-            "none" => AuthMode::None,
-            other => {
-                errors.push(
-                    key("auth"),
-                    format!("{other:?} is not one of \"required\", \"optional\", \"none\""),
-                );
-                AuthMode::Required
-            }
-        };
+        let auth = auth_mode(
+            raw.auth.as_deref().unwrap_or("required"),
+            key("auth"),
+            errors,
+        );
         let mut methods = Vec::new();
         for (j, m) in raw.methods.unwrap_or_default().into_iter().enumerate() {
             match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
@@ -969,6 +1355,102 @@ fn check_prefix(prefix: &str) -> Result<(), String> {
     }
 }
 
+fn validate_forward_auth(
+    raw: raw::RawForwardAuth,
+    routes: &[RouteSettings],
+    errors: &mut Errors,
+) -> ForwardAuthSettings {
+    let enabled = raw.enabled.unwrap_or(false);
+    let path = raw
+        .path
+        .unwrap_or_else(|| DEFAULT_FORWARD_AUTH_PATH.to_owned());
+    let default_auth = raw
+        .default_auth
+        .map(|s| auth_mode(&s, "forward_auth.default_auth".into(), errors));
+    let key = "forward_auth.path";
+    if !path.starts_with('/') {
+        errors.push(key, format!("{path:?} must start with /"));
+    } else if path.ends_with('/') {
+        errors.push(
+            key,
+            format!(
+                "{path:?} must not end with / (Envoy joins it to the original path, which \
+                 starts with one)"
+            ),
+        );
+    } else if let Err(e) = check_prefix(&path) {
+        errors.push(key, e);
+    }
+    if enabled {
+        let under = format!("{path}/");
+        for (i, route) in routes.iter().enumerate() {
+            let prefix = &route.prefix;
+            if *prefix == path || prefix.starts_with(&under) {
+                errors.push(
+                    key,
+                    format!(
+                        "{path:?} answers every request at or under it, so routes[{i}].prefix \
+                         {prefix:?} would never be reached"
+                    ),
+                );
+            } else if prefix != "/" && path.starts_with(prefix.as_str()) {
+                errors.push(
+                    key,
+                    format!(
+                        "{path:?} lies under routes[{i}].prefix {prefix:?}: requests for it \
+                         would never reach that route's upstream; choose a path outside every \
+                         route prefix but \"/\""
+                    ),
+                );
+            }
+        }
+        if default_auth.is_some() {
+            if let Some(i) = routes.iter().position(|r| r.prefix == "/") {
+                errors.push(
+                    "forward_auth.default_auth",
+                    format!("never used: routes[{i}].prefix \"/\" matches every path"),
+                );
+            }
+        }
+    }
+    ForwardAuthSettings {
+        enabled,
+        path,
+        default_auth,
+    }
+}
+
+/// Forward-auth and the relay both take their paths before routing: a path both claim
+/// would be answered by whichever layer comes first, so their paths must not overlap.
+/// Reported under the key whose path lies under the other's.
+fn check_forward_auth_beside_relay(
+    forward_auth: &ForwardAuthSettings,
+    relay: &RelaySettings,
+    errors: &mut Errors,
+) {
+    if !(forward_auth.enabled && relay.enabled) {
+        return;
+    }
+    let (path, prefix) = (&forward_auth.path, &relay.prefix);
+    // `path` has no trailing `/` and `prefix` has one, so these two cases are every
+    // overlap of {path, path/…} with {prefix…}.
+    if path.starts_with(prefix.as_str()) {
+        errors.push(
+            "forward_auth.path",
+            format!(
+                "{path:?} lies under relay.prefix {prefix:?}: the relay takes every path under                  its prefix; choose a path outside it"
+            ),
+        );
+    } else if prefix.starts_with(&format!("{path}/")) {
+        errors.push(
+            "relay.prefix",
+            format!(
+                "{prefix:?} lies under forward_auth.path {path:?}: forward-auth answers every                  path at or under its own; choose a prefix outside it"
+            ),
+        );
+    }
+}
+
 /// `"whoami"`, or an `http://` / `https://` URL with an optional base path.
 pub fn parse_upstream(s: &str) -> Result<Upstream, String> {
     if s == "whoami" {
@@ -990,6 +1472,147 @@ pub fn parse_upstream(s: &str) -> Result<Upstream, String> {
         authority,
         base_path,
     })
+}
+
+/// The relay's defaults, one place for the validator and the docs' numbers.
+const RELAY_PREFIX: &str = "/auth/v1/";
+const RELAY_MAX_BODY: &str = "64KiB";
+const RELAY_LIMITS: [(&str, &str, u32); 3] = [
+    ("signin", "10/m", 10),
+    ("signup", "5/m", 5),
+    ("verification", "5/m", 5),
+];
+
+fn validate_relay(
+    raw: raw::RawRelay,
+    cloudbase: &CloudbaseSettings,
+    routes: &[RouteSettings],
+    errors: &mut Errors,
+) -> RelaySettings {
+    let prefix = raw.prefix.unwrap_or_else(|| RELAY_PREFIX.to_owned());
+    if !prefix.starts_with('/') || !prefix.ends_with('/') {
+        errors.push(
+            "relay.prefix",
+            format!("{prefix:?} must start and end with / (like \"{RELAY_PREFIX}\")"),
+        );
+    } else if let Err(e) = check_prefix(&prefix) {
+        errors.push("relay.prefix", e);
+    }
+    // The relay is consulted before the routes, so a route under its prefix could never
+    // be reached. A shorter route (`/`, `/auth/`) keeps every path outside the prefix, as
+    // with the longest-prefix rule between routes. While the relay is off it takes no
+    // path, and `/auth/v1/…` is free for routes.
+    let enabled = raw.enabled.unwrap_or(false);
+    for (i, route) in routes.iter().enumerate() {
+        if enabled && route.prefix.starts_with(&prefix) {
+            errors.push(
+                "relay.prefix",
+                format!(
+                    "{prefix:?} would hide routes[{i}] ({:?}): the relay takes every path under its prefix",
+                    route.prefix
+                ),
+            );
+        }
+    }
+    let mut allowed_origins = Vec::new();
+    for (i, origin) in raw
+        .allowed_origins
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        match check_origin(&origin) {
+            Ok(()) => allowed_origins.push(origin),
+            Err(e) => errors.push(format!("relay.allowed_origins[{i}]"), e),
+        }
+    }
+    let max_body_size = match parse_size(raw.max_body_size.as_deref().unwrap_or(RELAY_MAX_BODY)) {
+        Ok(0) => {
+            errors.push("relay.max_body_size", "must be at least 1 byte");
+            0
+        }
+        Ok(n) => n,
+        Err(e) => {
+            errors.push("relay.max_body_size", e);
+            64 << 10
+        }
+    };
+    let mut limit = |name: &str, rate: &Option<String>, burst: Option<u32>| {
+        relay_limit(name, rate.as_deref(), burst, errors)
+    };
+    let limits = RelayLimits {
+        signin: limit("signin", &raw.signin_rate, raw.signin_burst),
+        signup: limit("signup", &raw.signup_rate, raw.signup_burst),
+        verification: limit(
+            "verification",
+            &raw.verification_rate,
+            raw.verification_burst,
+        ),
+    };
+    RelaySettings {
+        enabled,
+        prefix,
+        allowed_origins,
+        client_id: raw.client_id.unwrap_or_else(|| cloudbase.client_id.clone()),
+        max_body_size,
+        limits,
+    }
+}
+
+/// `relay.{name}_rate` and `relay.{name}_burst`, defaults from [`RELAY_LIMITS`].
+fn relay_limit(
+    name: &str,
+    rate: Option<&str>,
+    burst: Option<u32>,
+    errors: &mut Errors,
+) -> RelayLimit {
+    let (_, default_rate, default_burst) = RELAY_LIMITS
+        .into_iter()
+        .find(|(n, _, _)| *n == name)
+        .expect("a relay limit with defaults");
+    let rate = match rate.unwrap_or(default_rate) {
+        "off" => None,
+        text => Some(parse_rate(text).unwrap_or_else(|e| {
+            errors.push(format!("relay.{name}_rate"), e);
+            parse_rate(default_rate).expect("default rate parses")
+        })),
+    };
+    let burst = std::num::NonZeroU32::new(burst.unwrap_or(default_burst)).unwrap_or_else(|| {
+        errors.push(format!("relay.{name}_burst"), "must be at least 1");
+        std::num::NonZeroU32::MIN
+    });
+    RelayLimit { rate, burst }
+}
+
+/// An origin as browsers send it: `http` or `https`, a lower-case host, the port only when
+/// it is not the scheme's default, nothing else. Anything else could never match.
+fn check_origin(origin: &str) -> Result<(), String> {
+    if origin == "*" || origin == "null" {
+        return Err(format!(
+            "{origin:?} is not accepted: list each origin, like \"https://app.example.com\""
+        ));
+    }
+    let bad =
+        |why: &str| format!("{origin:?} is not an origin like \"https://app.example.com\" ({why})");
+    let (scheme, authority) = origin.split_once("://").ok_or_else(|| bad("no scheme"))?;
+    let default_port = match scheme {
+        "https" => ":443",
+        "http" => ":80",
+        _ => return Err(bad("the scheme must be http or https")),
+    };
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+        return Err(bad("an origin has no path, query or user"));
+    }
+    if authority.parse::<http::uri::Authority>().is_err() {
+        return Err(bad("not a valid host"));
+    }
+    if authority.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err(bad("browsers send the host in lower case"));
+    }
+    if authority.ends_with(default_port) {
+        return Err(bad("browsers leave out the scheme's default port"));
+    }
+    Ok(())
 }
 
 fn validate_emulator(raw: raw::RawEmulator, errors: &mut Errors) -> EmulatorSettings {

@@ -13,6 +13,8 @@ pub struct RawServer {
     pub tls_key: Option<String>,
     pub request_timeout: Option<String>,
     pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_concurrent_streams: Option<u64>,
     pub max_body_size: Option<String>,
     pub max_connections: Option<u64>,
     pub shutdown_grace_period: Option<String>,
@@ -20,10 +22,11 @@ pub struct RawServer {
     pub escaped_slashes: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: Option<String>,
+    pub token: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -37,17 +40,18 @@ pub struct RawCloudbase {
     pub device_id: Option<String>,
     pub introspect_auth: Option<String>,
     pub timeout: Option<String>,
+    pub max_in_flight: Option<u64>,
     pub ca_file: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     pub pool_idle_timeout: Option<String>,
     pub pool_max_idle_per_host: Option<u64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCache {
     pub max_entries: Option<u64>,
@@ -55,12 +59,27 @@ pub struct RawCache {
     pub ttl: Option<String>,
     pub negative_ttl: Option<String>,
     pub stale_if_error: Option<String>,
+    /// `[cache.redis]`; absent = no shared tier.
+    pub redis: Option<RawRedis>,
+}
+
+/// No `Debug`: `url` and `hmac_key` hold secrets.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    pub url: Option<String>,
+    pub key_prefix: Option<String>,
+    pub timeout: Option<String>,
+    pub hmac_key: Option<String>,
+    pub breaker_failures: Option<u64>,
+    pub breaker_cooldown: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawIdentity {
     pub headers: Option<BTreeMap<String, String>>,
+    pub max_header_bytes: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -75,6 +94,30 @@ pub struct RawRoute {
     pub require_groups: Option<Vec<String>>,
     pub pass_token: Option<bool>,
     pub allow_preflight: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForwardAuth {
+    pub enabled: Option<bool>,
+    pub path: Option<String>,
+    pub default_auth: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRelay {
+    pub enabled: Option<bool>,
+    pub prefix: Option<String>,
+    pub allowed_origins: Option<Vec<String>>,
+    pub client_id: Option<String>,
+    pub max_body_size: Option<String>,
+    pub signin_rate: Option<String>,
+    pub signin_burst: Option<u32>,
+    pub signup_rate: Option<String>,
+    pub signup_burst: Option<u32>,
+    pub verification_rate: Option<String>,
+    pub verification_burst: Option<u32>,
 }
 
 #[derive(Default, Deserialize)]

@@ -245,6 +245,149 @@ fn route_prefixes_must_be_normal_and_hold_no_character_with_two_spellings() {
 }
 
 #[test]
+fn forward_auth_is_off_at_the_default_path_with_no_default_route() {
+    let c = load("[emulator]\nenabled = true\n").unwrap();
+    assert!(!c.forward_auth.enabled);
+    assert_eq!(c.forward_auth.path, "/_gateway/auth");
+    assert_eq!(c.forward_auth.default_auth, None);
+    let c = load(
+        "[emulator]\nenabled = true\n[forward_auth]\nenabled = true\npath = \"/auth/check\"\n\
+         default_auth = \"optional\"\n",
+    )
+    .unwrap();
+    assert!(c.forward_auth.enabled);
+    assert_eq!(c.forward_auth.path, "/auth/check");
+    assert_eq!(c.forward_auth.default_auth, Some(AuthMode::Optional));
+}
+
+#[test]
+fn forward_auth_mistakes_are_reported_with_their_keys() {
+    let with = |forward_auth: &str| {
+        errors(&format!(
+            "[emulator]\nenabled = true\n[forward_auth]\nenabled = true\n{forward_auth}\n"
+        ))
+    };
+    let one = |forward_auth: &str, key: &str, says: &str| {
+        let got = with(forward_auth);
+        assert!(
+            got.len() == 1 && got[0].starts_with(key) && got[0].contains(says),
+            "{forward_auth:?}: expected one error under {key} saying {says:?}, got {got:?}"
+        );
+    };
+    one(
+        "path = \"_gateway/auth\"",
+        "forward_auth.path:",
+        "must start with /",
+    );
+    one(
+        "path = \"/_gateway/auth/\"",
+        "forward_auth.path:",
+        "must not end with /",
+    );
+    one("path = \"/\"", "forward_auth.path:", "must not end with /");
+    one(
+        "path = \"/_gateway/%61uth\"",
+        "forward_auth.path:",
+        "write \"/_gateway/auth\"",
+    );
+    one("path = \"/auth;check\"", "forward_auth.path:", "';'");
+    one(
+        "default_auth = \"sometimes\"",
+        "forward_auth.default_auth:",
+        "\"required\"",
+    );
+    one("method = \"GET\"", "forward_auth.method", "unknown field");
+}
+
+#[test]
+fn a_forward_auth_path_colliding_with_a_route_prefix_is_an_error_when_enabled() {
+    let routes = |prefixes: &[&str]| {
+        prefixes
+            .iter()
+            .map(|p| format!("[[routes]]\nprefix = {p:?}\nupstream = \"whoami\"\n"))
+            .collect::<String>()
+    };
+    let text = |enabled: bool, prefixes: &[&str]| {
+        format!(
+            "[emulator]\nenabled = true\n[forward_auth]\nenabled = {enabled}\n{}",
+            routes(prefixes)
+        )
+    };
+    // At or under the endpoint: the route would never be reached. Over it (but `/`): the
+    // endpoint would take part of the route's paths.
+    let colliding = [
+        "/_gateway/auth",
+        "/_gateway/auth/",
+        "/_gateway/auth/api/",
+        "/_gateway/",
+        "/_gate",
+    ];
+    let got = errors(&text(true, &colliding));
+    assert_eq!(got.len(), colliding.len(), "{got:?}");
+    for (i, p) in colliding.iter().enumerate() {
+        let names = format!("routes[{i}].prefix {p:?}");
+        assert!(
+            got.iter()
+                .any(|e| e.starts_with("forward_auth.path:") && e.contains(&names)),
+            "no error naming {names} in {got:?}"
+        );
+    }
+    // Neighbours and the catch-all are fine; so is anything while forward-auth is off.
+    load(&text(true, &["/", "/_gateway/authz/", "/api/"])).unwrap();
+    load(&text(false, &colliding)).unwrap();
+}
+
+#[test]
+fn default_auth_next_to_a_catch_all_route_is_an_error_it_would_never_be_used() {
+    let got = errors(
+        "[emulator]\nenabled = true\n[forward_auth]\nenabled = true\ndefault_auth = \"required\"\n\
+         [[routes]]\nprefix = \"/api/\"\nupstream = \"whoami\"\n\
+         [[routes]]\nprefix = \"/\"\nupstream = \"whoami\"\n",
+    );
+    assert_eq!(
+        got,
+        ["forward_auth.default_auth: never used: routes[1].prefix \"/\" matches every path"]
+    );
+}
+
+#[test]
+fn security_limits_have_their_defaults() {
+    let c = load("[emulator]\nenabled = true\n").unwrap();
+    assert_eq!(c.server.idle_timeout, Duration::from_secs(60));
+    assert_eq!(c.server.max_concurrent_streams, 100);
+    assert_eq!(c.cloudbase.max_in_flight, DEFAULT_MAX_IN_FLIGHT);
+    assert_eq!(c.identity.max_header_bytes, 8 << 10);
+    assert!(c.admin.token.is_none());
+    assert!(c.warnings().is_empty(), "loopback admin needs no token");
+}
+
+#[test]
+fn security_limit_mistakes_are_reported_with_their_keys() {
+    let errs = errors(
+        "[server]\nmax_concurrent_streams = 0\nidle_timeout = \"soon\"\n\
+         [admin]\ntoken = \"two words\"\n\
+         [cloudbase]\nenv_id = \"e\"\nmax_in_flight = 1\n\
+         [identity]\nmax_header_bytes = \"10\"\n\
+         [identity.headers]\n\"X.Tenant\" = \"client_id\"\n",
+    );
+    for key in [
+        "server.max_concurrent_streams:",
+        "server.idle_timeout:",
+        "admin.token:",
+        "cloudbase.max_in_flight:",
+        "identity.max_header_bytes:",
+        "identity.headers.\"X.Tenant\":",
+    ] {
+        assert!(errs.iter().any(|e| e.starts_with(key)), "{key} in {errs:?}");
+    }
+    let errs = errors("[admin]\ntoken = \"\"\n[cloudbase]\nenv_id = \"e\"\n");
+    assert!(
+        errs.iter().any(|e| e.starts_with("admin.token:")),
+        "{errs:?}"
+    );
+}
+
+#[test]
 fn the_upstream_pool_has_defaults_below_common_keep_alives_and_keyed_errors() {
     let c = load("[emulator]\nenabled = true\n").unwrap();
     assert_eq!(c.upstream.pool_idle_timeout, Duration::from_secs(1));
@@ -332,5 +475,315 @@ fn emulator_test_hooks_are_off_and_attempts_limited_by_default() {
     ] {
         let got = errors(&format!("[emulator]\n{text}\n"));
         assert!(got.iter().any(|e| e.starts_with(key)), "{key} in {got:?}");
+    }
+}
+
+#[test]
+fn ipv4_mapped_trusted_proxies_are_matched_as_ipv4() {
+    let c = load(
+        "[server]\ntrusted_proxies = [\"::ffff:10.0.0.0/104\", \"::ffff:127.0.0.2\", \"2001:db8::/32\"]\n\
+         [cloudbase]\nenv_id = \"e\"\n",
+    )
+    .unwrap();
+    let nets: Vec<String> = c
+        .server
+        .trusted_proxies
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(nets, ["10.0.0.0/8", "127.0.0.2/32", "2001:db8::/32"]);
+}
+
+#[test]
+fn a_non_loopback_admin_listener_without_a_token_is_warned_about() {
+    let open = load("[admin]\nlisten = \"0.0.0.0:9090\"\n[cloudbase]\nenv_id = \"e\"\n").unwrap();
+    let warnings = open.warnings();
+    assert_eq!(warnings.len(), 1);
+    assert_eq!(warnings[0].key, "admin.listen");
+    let guarded = load(
+        "[admin]\nlisten = \"[::]:9090\"\ntoken = \"${SECRET}\"\n[cloudbase]\nenv_id = \"e\"\n",
+    )
+    .unwrap();
+    assert!(guarded.warnings().is_empty());
+    assert_eq!(guarded.admin.token.as_ref().unwrap().expose(), "s3cr3t");
+    assert!(!format!("{guarded:?}").contains("s3cr3t"));
+    let mapped =
+        load("[admin]\nlisten = \"[::ffff:127.0.0.1]:9090\"\n[cloudbase]\nenv_id = \"e\"\n")
+            .unwrap();
+    assert!(
+        mapped.warnings().is_empty(),
+        "a mapped loopback is loopback"
+    );
+}
+
+const REDIS_KEY: &str = "0123456789abcdef0123456789abcdef";
+
+#[test]
+fn redis_is_off_without_its_table_and_on_with_defaults_when_present() {
+    let c = load("[emulator]\nenabled = true\n").unwrap();
+    assert!(c.cache.redis.is_none());
+    let c = load(&format!(
+        "[emulator]\nenabled = true\n[cache.redis]\nurl = \"redis://127.0.0.1:6379/0\"\nhmac_key = \"{REDIS_KEY}\"\n"
+    ))
+    .unwrap();
+    let r = c.cache.redis.expect("on");
+    assert_eq!(r.url.expose(), "redis://127.0.0.1:6379/0");
+    assert_eq!(r.key_prefix, "cloudbase-gateway:");
+    assert_eq!(r.timeout, Duration::from_millis(50));
+    assert_eq!(r.breaker_failures, 5);
+    assert_eq!(r.breaker_cooldown, Duration::from_secs(5));
+}
+
+#[test]
+fn redis_mistakes_are_reported_with_their_keys() {
+    let cases = [
+        ("hmac_key = \"k\"\n", "cache.redis.url: missing"),
+        (
+            "url = \"http://127.0.0.1:6379\"\n",
+            "cache.redis.url: \"http://127.0.0.1:6379\" is not a redis://",
+        ),
+        (
+            "url = \"redis://127.0.0.1:6379/zero\"\n",
+            "cache.redis.url:",
+        ),
+        ("url = \"redis://r\"\n", "cache.redis.hmac_key: missing"),
+        (
+            "url = \"redis://r\"\nhmac_key = \"31-bytes-is-one-byte-too-short!\"\n",
+            "cache.redis.hmac_key: must be at least 32 bytes",
+        ),
+        (
+            "url = \"redis://r\"\ntimeout = \"0s\"\n",
+            "cache.redis.timeout:",
+        ),
+        (
+            "url = \"redis://r\"\ntimeout = \"soon\"\n",
+            "cache.redis.timeout:",
+        ),
+        (
+            "url = \"redis://r\"\nkey_prefix = \"\"\n",
+            "cache.redis.key_prefix:",
+        ),
+        (
+            "url = \"redis://r\"\nbreaker_failures = 0\n",
+            "cache.redis.breaker_failures:",
+        ),
+        (
+            "url = \"redis://r\"\nbreaker_cooldown = \"0s\"\n",
+            "cache.redis.breaker_cooldown:",
+        ),
+        (
+            "url = \"redis://r\"\ncluster = true\n",
+            "cache.redis.cluster",
+        ),
+    ];
+    for (table, says) in cases {
+        let got = errors(&format!(
+            "[emulator]\nenabled = true\n[cache.redis]\n{table}"
+        ));
+        assert!(
+            got.iter().any(|e| e.starts_with(says)),
+            "{table:?}: no error starting {says:?} in {got:?}"
+        );
+    }
+}
+
+#[test]
+fn the_redis_password_and_hmac_key_never_print_and_check_output_still_loads() {
+    let text = "[emulator]\nenabled = true\n[cache.redis]\n\
+                url = \"rediss://gateway:${SECRET}@redis.internal:6380/2\"\n\
+                hmac_key = \"${SECRET}-and-more-to-reach-32-bytes\"\n\
+                key_prefix = \"prod:\"\ntimeout = \"20ms\"\n";
+    let c = load(text).unwrap();
+    assert_eq!(
+        c.cache.redis.as_ref().unwrap().url.expose(),
+        "rediss://gateway:s3cr3t@redis.internal:6380/2"
+    );
+    let debug = format!("{c:?}");
+    let out = c.effective_toml();
+    for shown in [&debug, &out] {
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+    }
+    assert!(
+        out.contains("url = \"rediss://gateway:[redacted]@redis.internal:6380/2\""),
+        "{out}"
+    );
+    let again = load(&out).unwrap_or_else(|e| panic!("check output does not load:\n{e}\n{out}"));
+    let r = again.cache.redis.as_ref().unwrap();
+    assert_eq!(r.key_prefix, "prod:");
+    assert_eq!(r.timeout, Duration::from_millis(20));
+    assert_eq!(r.hmac_key.expose(), REDACTED_HMAC_KEY);
+    assert_eq!(again.effective_toml(), out, "rendering is stable");
+}
+
+#[test]
+fn the_shipped_configs_commented_redis_table_is_valid_once_uncommented() {
+    let shipped = include_str!("../../config.toml");
+    let mut in_table = false;
+    let text: String = shipped
+        .lines()
+        .map(|line| {
+            in_table = line.starts_with("# [cache.redis]")
+                || (in_table && line.starts_with("# ") && line.contains(" = "));
+            let line = if in_table { &line[2..] } else { line };
+            format!("{line}\n")
+        })
+        .collect();
+    let env = |name: &str| match name {
+        "REDIS_PASSWORD" => Some("pw".to_owned()),
+        "CACHE_HMAC_KEY" => Some("k".repeat(64)),
+        _ => None,
+    };
+    let c = Config::from_toml_str_with_env(&text, env).unwrap();
+    let r = c.cache.redis.expect("the uncommented table turns Redis on");
+    assert_eq!(r.url.expose(), "redis://gateway:pw@127.0.0.1:6379/0");
+    assert_eq!(r.timeout, Duration::from_millis(50));
+    assert_eq!(r.breaker_failures, 5);
+}
+
+#[test]
+fn the_relay_is_off_with_sign_in_limits_by_default() {
+    let c = load("[emulator]\nenabled = true\n").unwrap();
+    let r = &c.relay;
+    assert!(!r.enabled);
+    assert_eq!(r.prefix, "/auth/v1/");
+    assert!(r.allowed_origins.is_empty());
+    assert_eq!(r.client_id, c.cloudbase.client_id);
+    assert_eq!(r.max_body_size, 64 << 10);
+    let signin = r.limits.signin;
+    assert_eq!(signin.rate.unwrap().to_string(), "10/m");
+    assert_eq!(signin.rate.unwrap().interval(), Duration::from_secs(6));
+    assert_eq!(signin.burst.get(), 10);
+    assert_eq!(r.limits.signup.rate.unwrap().to_string(), "5/m");
+    assert_eq!(r.limits.verification.burst.get(), 5);
+}
+
+#[test]
+fn rates_are_counts_per_second_minute_or_hour() {
+    for (text, count, per) in [
+        ("10/s", 10, RateUnit::Second),
+        ("1 / min", 1, RateUnit::Minute),
+        ("100/hour", 100, RateUnit::Hour),
+    ] {
+        let rate = parse_rate(text).unwrap();
+        assert_eq!((rate.count.get(), rate.per), (count, per), "{text}");
+    }
+    for text in ["0/s", "10", "10/d", "-1/s", "ten/m", "/m", ""] {
+        assert!(parse_rate(text).is_err(), "{text}");
+    }
+}
+
+#[test]
+fn relay_mistakes_are_errors_naming_their_keys() {
+    let got = errors(
+        "[emulator]\nenabled = true\n\
+         [[routes]]\nprefix = \"/auth/v1/admin/\"\nupstream = \"whoami\"\n\
+         [relay]\nenabled = true\nprefix = \"/auth/v1/\"\n\
+         allowed_origins = [\"*\", \"https://app.example.com/\", \"https://App.example.com\", \
+         \"https://app.example.com:443\", \"ftp://x\", \"https://ok.example.com\"]\n\
+         max_body_size = \"lots\"\nsignin_rate = \"fast\"\nsignup_burst = 0\n\
+         verification_rate = \"0/m\"\n",
+    );
+    let has = |key: &str, part: &str| got.iter().any(|e| e.starts_with(key) && e.contains(part));
+    assert!(has("relay.prefix:", "routes[0]"), "{got:?}");
+    for i in 0..5 {
+        assert!(
+            has(&format!("relay.allowed_origins[{i}]:"), ""),
+            "origin {i}: {got:?}"
+        );
+    }
+    assert!(!has("relay.allowed_origins[5]", ""), "{got:?}");
+    assert!(has("relay.max_body_size:", "lots"), "{got:?}");
+    assert!(has("relay.signin_rate:", "fast"), "{got:?}");
+    assert!(has("relay.signup_burst:", "at least 1"), "{got:?}");
+    assert!(has("relay.verification_rate:", "at least 1"), "{got:?}");
+
+    for prefix in ["auth/v1/", "/auth/v1", "/auth/./v1/", "/auth;x/"] {
+        let got = errors(&format!(
+            "[emulator]\nenabled = true\n[relay]\nprefix = \"{prefix}\"\n"
+        ));
+        assert!(
+            got.iter().any(|e| e.starts_with("relay.prefix:")),
+            "{prefix}: {got:?}"
+        );
+    }
+    let got = errors("[emulator]\nenabled = true\n[relay]\nsecret = \"x\"\n");
+    assert!(got.iter().any(|e| e.starts_with("relay.secret")), "{got:?}");
+}
+
+#[test]
+fn a_shorter_route_beside_the_relay_is_no_collision() {
+    let c = load(
+        "[emulator]\nenabled = true\n[[routes]]\nprefix = \"/\"\nupstream = \"whoami\"\n\
+         [[routes]]\nprefix = \"/auth/\"\nupstream = \"whoami\"\n\
+         [relay]\nenabled = true\nsignin_rate = \"off\"\nclient_id = \"web-app\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.relay.limits.signin.rate, None);
+    assert_eq!(c.relay.client_id, "web-app");
+}
+
+#[test]
+fn a_route_under_the_relay_prefix_is_no_collision_while_the_relay_is_off() {
+    let text = |enabled: bool| {
+        format!(
+            "[emulator]\nenabled = true\n[[routes]]\nprefix = \"/auth/v1/admin/\"\n\
+             upstream = \"whoami\"\n[relay]\nenabled = {enabled}\n"
+        )
+    };
+    load(&text(false)).unwrap();
+    let got = errors(&text(true));
+    assert!(
+        got.len() == 1 && got[0].starts_with("relay.prefix:") && got[0].contains("routes[0]"),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn forward_auth_and_relay_paths_that_overlap_either_way_are_errors_when_both_are_on() {
+    let text = |path: &str, prefix: &str, relay: bool| {
+        format!(
+            "[emulator]\nenabled = true\n[forward_auth]\nenabled = true\npath = {path:?}\n\
+             [relay]\nenabled = {relay}\nprefix = {prefix:?}\n"
+        )
+    };
+    // The endpoint under the relay's prefix (the relay would take it), reported under
+    // forward_auth.path; the relay's prefix at or under the endpoint (forward-auth would
+    // answer its paths), reported under relay.prefix.
+    for (path, prefix, key, names) in [
+        (
+            "/auth/v1/check",
+            "/auth/v1/",
+            "forward_auth.path:",
+            "relay.prefix",
+        ),
+        (
+            "/auth/v1/x/y",
+            "/auth/",
+            "forward_auth.path:",
+            "relay.prefix",
+        ),
+        (
+            "/auth/v1",
+            "/auth/v1/",
+            "relay.prefix:",
+            "forward_auth.path",
+        ),
+        ("/auth", "/auth/v1/", "relay.prefix:", "forward_auth.path"),
+    ] {
+        let got = errors(&text(path, prefix, true));
+        assert!(
+            got.len() == 1 && got[0].starts_with(key) && got[0].contains(names),
+            "{path} and {prefix}: {got:?}"
+        );
+        load(&text(path, prefix, false)).unwrap();
+    }
+    // Neighbours share no path.
+    for (path, prefix) in [
+        ("/_gateway/auth", "/auth/v1/"),
+        ("/auth/v10", "/auth/v1/"),
+        ("/auth/v1x", "/auth/v1/"),
+        ("/auth/check", "/auth/v1/"),
+    ] {
+        load(&text(path, prefix, true)).unwrap();
     }
 }

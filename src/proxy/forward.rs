@@ -32,7 +32,7 @@ use super::headers::{is_websocket_upgrade, remove_hop_by_hop, set_forwarded, X_R
 use super::retry::{may_retry, never_sent, Replay};
 use super::whoami;
 use crate::config::{Upstream, UpstreamSettings};
-use crate::response::{Body, BoxError, Reject};
+use crate::response::{client_body_fault, Body, BoxError, Reject};
 use crate::routing::MatchedRoute;
 
 /// Facts about the client connection, put in every request's extensions by the server.
@@ -51,6 +51,24 @@ pub struct UpstreamClient {
     pooled: HttpClient,
     /// Never pools: a retry must not meet another connection the upstream has closed.
     fresh: HttpClient,
+}
+
+impl UpstreamClient {
+    /// Sends `req` on a pooled connection, and once more on a new one when the retry rule
+    /// allows it (see [`super::retry`]).
+    pub async fn send(
+        &self,
+        req: Request<Body>,
+    ) -> Result<Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
+        let replay = Replay::capture(&req);
+        match (self.pooled.request(req).await, replay) {
+            (Err(e), Some(replay)) if may_retry(replay.method(), never_sent(&e)) => {
+                tracing::debug!(error = %e, "upstream exchange failed; retrying on a new connection");
+                self.fresh.request(replay.into_request()).await
+            }
+            (result, _) => result,
+        }
+    }
 }
 
 /// Builds the upstream clients. TLS trusts the platform roots plus `extra_roots` (PEM).
@@ -149,7 +167,8 @@ impl Forward {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        remove_hop_by_hop(req.headers_mut(), websocket);
+        // The request's hop-by-hop headers went at the edge (`inbound::HopByHop`), before
+        // the gateway set its own; removing them here would let `Connection` name those.
         if let Some(conn) = req.extensions().get::<ConnInfo>().copied() {
             set_forwarded(
                 req.headers_mut(),
@@ -207,15 +226,7 @@ impl Forward {
         }
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let method = req.method().clone();
-        let replay = Replay::capture(&req);
-        let result = match (self.client.pooled.request(req).await, replay) {
-            (Err(e), Some(replay)) if may_retry(replay.method(), never_sent(&e)) => {
-                tracing::debug!(error = %e, "upstream exchange failed; retrying on a new connection");
-                self.client.fresh.request(replay.into_request()).await
-            }
-            (result, _) => result,
-        };
-        let mut response = match result {
+        let mut response = match self.client.send(req).await {
             Ok(r) => r,
             Err(e) => return upstream_error(&e).into_response(request_id.as_ref()),
         };
@@ -254,22 +265,11 @@ fn with_query(path: &str, query: Option<&str>) -> String {
     }
 }
 
-/// Whether `e` (or an error it wraps) is the body limit tripping.
-pub fn is_body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
-}
-
-/// Maps an upstream client error to the gateway's answer.
-fn upstream_error(e: &hyper_util::client::legacy::Error) -> Reject {
-    if is_body_too_large(e) {
-        return Reject::PayloadTooLarge;
+/// Maps an upstream client error to the gateway's answer. A failure to read the client's
+/// own body is the client's (413 or 400), never the upstream's.
+pub fn upstream_error(e: &hyper_util::client::legacy::Error) -> Reject {
+    if let Some(reject) = client_body_fault(e) {
+        return reject;
     }
     tracing::warn!(error = %e, connect = e.is_connect(), "upstream request failed");
     Reject::UpstreamUnavailable

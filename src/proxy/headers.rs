@@ -4,32 +4,46 @@
 use std::net::IpAddr;
 
 use http::header::{
-    HeaderName, HeaderValue, CONNECTION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
-    TRANSFER_ENCODING, UPGRADE,
+    HeaderName, HeaderValue, ACCESS_CONTROL_REQUEST_METHOD, CONNECTION, CONTENT_LENGTH, FORWARDED,
+    HOST, ORIGIN, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
-use http::HeaderMap;
+use http::{HeaderMap, Method, Uri, Version};
 use ipnet::IpNet;
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Removes every client-supplied identity header: names equal to one in `strip` once
-/// lower-cased (the `http` crate already does that) with `_` read as `-`. `strip` holds
-/// normalized names. Runs on every route, so a client can never hand the upstream an
-/// identity, whatever the route's `auth`.
+/// lower-cased (the `http` crate already does that) with every character other than a
+/// letter or digit read as `-`. `strip` holds normalized names (letters, digits and `-`
+/// only; configuration refuses anything else). Runs on every route, so a client can never
+/// hand the upstream an identity, whatever the route's `auth`.
+///
+/// Why every character and not only `_`: servers disagree about names that are not plain
+/// `[a-z0-9-]`. CGI, PHP-FPM, WSGI and Rack read `-` as `_` (so `X_User_Id` and `X-User-Id`
+/// collide), nginx with `underscores_in_headers` and Apache's `mod_cgi` pass `_` through,
+/// and some gateways fold `.` or `~` too (`X.User.Id`). Removing every spelling that any of
+/// them could read as an identity header costs nothing a real client sends.
 pub fn strip_identity(headers: &mut HeaderMap, strip: &[HeaderName]) {
     let mut doomed: Vec<HeaderName> = Vec::new();
     for name in headers.keys() {
         let s = name.as_str();
-        let hit = if s.contains('_') {
-            let folded = s.replace('_', "-");
-            strip.iter().any(|n| n.as_str() == folded)
-        } else {
+        let plain = s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        let hit = if plain {
             strip.contains(name)
+        } else {
+            let folded: String = s
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                .collect();
+            strip.iter().any(|n| n.as_str() == folded)
         };
         if hit {
             doomed.push(name.clone());
@@ -96,10 +110,64 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, websocket: bool) {
     }
 }
 
-/// Sets `X-Forwarded-For`, `-Proto` and `-Host` (the de-facto standard; RFC 7239 gives
-/// their meaning). A client's own `X-Forwarded-*` are believed only when `peer` is a
-/// trusted proxy: then the chain is extended; otherwise it is replaced.
-/// `host` is the client's `Host` (or HTTP/2 `:authority`).
+/// Every line of `name` as one comma-separated list: RFC 9110 §5.3 lets a recipient combine
+/// repeated field lines, in order, separated by commas, and a list field means the same
+/// either way. A load balancer that appends its own `X-Forwarded-For` line instead of
+/// extending the client's must not lose its entry. `None` when absent, empty, or a line is
+/// not text (then nothing of it is believed).
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut out = String::new();
+    for value in headers.get_all(name) {
+        let value = value.to_str().ok()?.trim();
+        if value.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push_str(value);
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+fn insert_text(headers: &mut HeaderMap, name: &HeaderName, text: &str) {
+    match HeaderValue::from_str(text) {
+        Ok(v) => {
+            headers.insert(name.clone(), v);
+        }
+        Err(_) => {
+            headers.remove(name);
+        }
+    }
+}
+
+/// This hop's `Forwarded` element (RFC 7239 §4, §6): `for` the peer, the `host` asked for,
+/// the `proto` it came over. IPv6 nodes are bracketed and quoted, hosts always quoted
+/// (they may hold `:`); a host reaching here has passed [`is_authority`], so it holds no
+/// `"` or `\`.
+fn forwarded_element(peer: IpAddr, tls: bool, host: Option<&HeaderValue>) -> String {
+    let mut element = match peer {
+        IpAddr::V4(v4) => format!("for={v4}"),
+        IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
+    };
+    if let Some(host) = host.and_then(|h| h.to_str().ok()) {
+        element.push_str(&format!(";host=\"{host}\""));
+    }
+    element.push_str(if tls { ";proto=https" } else { ";proto=http" });
+    element
+}
+
+/// Sets what the upstream is told about the client's connection: `X-Forwarded-For`,
+/// `-Proto` and `-Host` (the de-facto standard; RFC 7239 gives their meaning), `Forwarded`
+/// (RFC 7239) and `X-Real-IP`.
+///
+/// A client's own values are believed only when `peer` is a trusted proxy. From a trusted
+/// peer, repeated lines are read as one list (see [`joined`]), `X-Forwarded-For` and
+/// `Forwarded` are extended with this hop, `-Proto`, `-Host` and a single `X-Real-IP` are
+/// kept. From anyone else the `X-Forwarded-*` are replaced by what the gateway saw, and
+/// `Forwarded` and `X-Real-IP` are removed. `peer` is compared and written in its
+/// canonical form (an IPv4-mapped `::ffff:a.b.c.d` is `a.b.c.d`), as configuration stores
+/// `trusted`. `host` is the request's validated authority (see [`request_authority`]).
 pub fn set_forwarded(
     headers: &mut HeaderMap,
     peer: IpAddr,
@@ -107,49 +175,253 @@ pub fn set_forwarded(
     host: Option<HeaderValue>,
     trusted: &[IpNet],
 ) {
+    let peer = peer.to_canonical();
     let trusted_peer = trusted.iter().any(|net| net.contains(&peer));
-    let peer_text = peer.to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if trusted_peer && !prior.trim().is_empty() => {
-            format!("{}, {peer_text}", prior.trim())
-        }
-        _ => peer_text,
+    let prior = |headers: &HeaderMap, name: &HeaderName| {
+        trusted_peer.then(|| joined(headers, name)).flatten()
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
-    let keep_proto = trusted_peer && headers.contains_key(&X_FORWARDED_PROTO);
-    if !keep_proto {
-        let proto = if tls { "https" } else { "http" };
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    }
-    let keep_host = trusted_peer && headers.contains_key(&X_FORWARDED_HOST);
-    if !keep_host {
-        match host {
+
+    let xff = match prior(headers, &X_FORWARDED_FOR) {
+        Some(chain) => format!("{chain}, {peer}"),
+        None => peer.to_string(),
+    };
+    insert_text(headers, &X_FORWARDED_FOR, &xff);
+
+    let proto = if tls { "https" } else { "http" };
+    let proto = prior(headers, &X_FORWARDED_PROTO).unwrap_or_else(|| proto.to_owned());
+    insert_text(headers, &X_FORWARDED_PROTO, &proto);
+
+    let element = forwarded_element(peer, tls, host.as_ref());
+    match prior(headers, &X_FORWARDED_HOST) {
+        Some(kept) => insert_text(headers, &X_FORWARDED_HOST, &kept),
+        None => match host {
             Some(host) => {
                 headers.insert(X_FORWARDED_HOST.clone(), host);
             }
             None => {
                 headers.remove(&X_FORWARDED_HOST);
             }
+        },
+    }
+
+    match prior(headers, &FORWARDED) {
+        Some(chain) => insert_text(headers, &FORWARDED, &format!("{chain}, {element}")),
+        None => {
+            headers.remove(FORWARDED);
         }
     }
+
+    let one_real_ip = headers.get_all(&X_REAL_IP).iter().count() == 1;
+    if !(trusted_peer && one_real_ip) {
+        headers.remove(&X_REAL_IP);
+    }
+}
+
+/// Why a request's authority was refused (each is a 400, RFC 9112 §3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadHost {
+    /// More than one `Host` line.
+    Repeated,
+    /// A `Host` or target authority that is not `host[:port]`.
+    Invalid,
+    /// An HTTP/1.1 request without `Host`.
+    Missing,
+}
+
+/// Whether `b` is `host [":" port]` (RFC 9110 §7.2) in the strict form the gateway passes
+/// on: a bracketed IPv6 literal, or a name / IPv4 address of letters, digits, `-`, `.`,
+/// `_` and `~`; no user info, path, query, spaces, commas or quotes. Stricter than RFC
+/// 3986's reg-name (which allows sub-delims and percent-encoding): `X-Forwarded-Host` and
+/// `Forwarded` are read by parsers that split on those.
+pub fn is_authority(b: &[u8]) -> bool {
+    let (host, port) = if b.first() == Some(&b'[') {
+        let Some(close) = b.iter().position(|&c| c == b']') else {
+            return false;
+        };
+        let inner = &b[1..close];
+        let literal = inner
+            .iter()
+            .all(|c| c.is_ascii_hexdigit() || matches!(c, b':' | b'.'));
+        if inner.is_empty() || !literal {
+            return false;
+        }
+        (&b[..=close], &b[close + 1..])
+    } else {
+        let split = b.iter().position(|&c| c == b':').unwrap_or(b.len());
+        (&b[..split], &b[split..])
+    };
+    let name_ok = host.first() == Some(&b'[')
+        || (!host.is_empty()
+            && host
+                .iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~')));
+    let port_ok = match port {
+        [] => true,
+        [b':', digits @ ..] => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    name_ok && port_ok
+}
+
+/// The authority a request is for, validated (RFC 9112 §3.2, §3.2.2; RFC 9113 §8.3.1):
+/// the target's own authority when it has one (HTTP/2 `:authority`, HTTP/1.1
+/// absolute-form), which wins over any `Host`; else the single `Host` line. An empty
+/// `Host` (allowed by RFC 9112 §3.2 for targets without authority) gives `None`.
+///
+/// Refused: two `Host` lines, a `Host` or target authority that is not [`is_authority`],
+/// and an HTTP/1.1 request without `Host`.
+pub fn request_authority(
+    version: Version,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Option<HeaderValue>, BadHost> {
+    let mut lines = headers.get_all(HOST).iter();
+    let (host, second) = (lines.next(), lines.next());
+    if second.is_some() {
+        return Err(BadHost::Repeated);
+    }
+    if let Some(authority) = uri.authority() {
+        if !is_authority(authority.as_str().as_bytes()) {
+            return Err(BadHost::Invalid);
+        }
+        return HeaderValue::from_str(authority.as_str())
+            .map(Some)
+            .map_err(|_| BadHost::Invalid);
+    }
+    match host {
+        Some(h) if h.is_empty() => Ok(None),
+        Some(h) if is_authority(h.as_bytes()) => Ok(Some(h.clone())),
+        Some(_) => Err(BadHost::Invalid),
+        None if version == Version::HTTP_11 => Err(BadHost::Missing),
+        None => Ok(None),
+    }
+}
+
+/// RFC 9110 §5.6.2 `token`: what a method name is made of.
+pub fn is_token(b: &[u8]) -> bool {
+    !b.is_empty()
+        && b.iter().all(|c| {
+            c.is_ascii_alphanumeric()
+                || matches!(
+                    c,
+                    b'!' | b'#'
+                        | b'$'
+                        | b'%'
+                        | b'&'
+                        | b'\''
+                        | b'*'
+                        | b'+'
+                        | b'-'
+                        | b'.'
+                        | b'^'
+                        | b'_'
+                        | b'`'
+                        | b'|'
+                        | b'~'
+                )
+        })
+}
+
+fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
+    let mut lines = headers.get_all(name).iter();
+    match (lines.next(), lines.next()) {
+        (Some(v), None) => Some(v),
+        _ => None,
+    }
+}
+
+/// Whether a request is a CORS preflight (Fetch standard, "CORS-preflight request"):
+/// `OPTIONS` with one non-empty `Origin` and one `Access-Control-Request-Method` holding a
+/// method token. Anything else — an empty or repeated header, no `Origin` — is an ordinary
+/// request.
+pub fn is_cors_preflight(method: &Method, headers: &HeaderMap) -> bool {
+    *method == Method::OPTIONS
+        && single(headers, &ORIGIN).is_some_and(|o| !o.is_empty())
+        && single(headers, &ACCESS_CONTROL_REQUEST_METHOD).is_some_and(|m| is_token(m.as_bytes()))
+}
+
+static X_HTTP_METHOD_OVERRIDE: HeaderName = HeaderName::from_static("x-http-method-override");
+static X_HTTP_METHOD: HeaderName = HeaderName::from_static("x-http-method");
+static X_METHOD_OVERRIDE: HeaderName = HeaderName::from_static("x-method-override");
+
+/// The method-override headers frameworks honour (Express `method-override`, Rails, ASP.NET,
+/// Spring's filter via a parameter): each would turn an `OPTIONS` into a `DELETE`.
+const METHOD_OVERRIDES: [&HeaderName; 3] =
+    [&X_HTTP_METHOD_OVERRIDE, &X_HTTP_METHOD, &X_METHOD_OVERRIDE];
+
+/// What a preflight passed without a token may not carry: a body's framing (its body is
+/// dropped) and the method-override headers, which would turn an unauthenticated
+/// `OPTIONS` into a `DELETE`.
+pub fn strip_preflight(headers: &mut HeaderMap) {
+    for name in [&CONTENT_LENGTH, &TRANSFER_ENCODING]
+        .into_iter()
+        .chain(METHOD_OVERRIDES)
+    {
+        headers.remove(name);
+    }
+}
+
+/// Whether a request carries a method-override header. Forward-auth asks this of a
+/// preflight it would pass without a token: the ingress forwards the request as sent, so
+/// the header cannot be dropped as [`strip_preflight`] drops it, and a browser's preflight
+/// never carries one.
+pub fn overrides_method(headers: &HeaderMap) -> bool {
+    METHOD_OVERRIDES
+        .into_iter()
+        .any(|name| headers.contains_key(name))
+}
+
+/// The client's address as far as the gateway can trust it: the peer's, unless the peer
+/// is a trusted proxy; then the rightmost `X-Forwarded-For` entry that is not itself a
+/// trusted proxy (entries left of it were written by whoever the client is and prove
+/// nothing). A chain of trusted proxies only, or an unreadable entry, stops the walk at
+/// the last address known to be real. For per-client limits: a client behind a trusted
+/// load balancer is not the load balancer.
+pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let entries = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .map(|v| v.to_str().ok())
+        .collect::<Vec<_>>();
+    for value in entries.iter().rev() {
+        let Some(value) = value else { return client };
+        for entry in value.rsplit(',') {
+            let Ok(ip) = entry.trim().parse::<IpAddr>() else {
+                return client;
+            };
+            client = ip;
+            if !is_trusted(&ip) {
+                return ip;
+            }
+        }
+    }
+    client
+}
+
+/// A header map of `pairs` (names and values valid), appended in order; for tests of
+/// header rules here and in other modules.
+#[cfg(test)]
+pub(crate) fn test_header_map(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(
+            HeaderName::from_bytes(k.as_bytes()).expect("a header name"),
+            HeaderValue::from_str(v).expect("a header value"),
+        );
+    }
+    h
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
+    use super::test_header_map as map;
 
     #[test]
     fn identity_headers_go_in_every_spelling() {
@@ -195,6 +467,38 @@ mod tests {
     }
 
     #[test]
+    fn the_client_behind_trusted_proxies_is_the_rightmost_untrusted_address() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let h = map(&[("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.0.0.2")]);
+        assert_eq!(
+            client_ip(&h, ip("10.0.0.1"), &trusted),
+            ip("1.2.3.4"),
+            "the forged 6.6.6.6 left of the real client is ignored"
+        );
+        assert_eq!(
+            client_ip(&h, ip("9.9.9.9"), &trusted),
+            ip("9.9.9.9"),
+            "an untrusted peer's X-Forwarded-For is not read"
+        );
+        let h = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-for", "10.0.0.3"),
+        ]);
+        assert_eq!(client_ip(&h, ip("10.0.0.1"), &trusted), ip("1.2.3.4"));
+        let h = map(&[("x-forwarded-for", "1.2.3.4, junk, 10.0.0.3")]);
+        assert_eq!(
+            client_ip(&h, ip("10.0.0.1"), &trusted),
+            ip("10.0.0.3"),
+            "an unreadable entry stops the walk at the last real address"
+        );
+        assert_eq!(
+            client_ip(&HeaderMap::new(), ip("10.0.0.1"), &trusted),
+            ip("10.0.0.1")
+        );
+    }
+
+    #[test]
     fn forwarded_for_is_replaced_unless_peer_is_trusted() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let mut h = map(&[
@@ -215,5 +519,210 @@ mod tests {
         set_forwarded(&mut h, "10.1.2.3".parse().unwrap(), false, None, &trusted);
         assert_eq!(h["x-forwarded-for"], "6.6.6.6, 10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn identity_headers_go_when_dots_or_other_punctuation_stand_for_dashes() {
+        let strip = vec![HeaderName::from_static("x-user-id")];
+        let mut h = map(&[
+            ("X.User.Id", "admin"),
+            ("x~user~id", "admin"),
+            ("x-user.id", "admin"),
+            ("x-user-idx", "keep"),
+        ]);
+        strip_identity(&mut h, &strip);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-user-idx"], "keep");
+    }
+
+    #[test]
+    fn repeated_forwarded_lines_from_a_trusted_proxy_are_one_list() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-for", "203.0.113.7"),
+            ("forwarded", "for=6.6.6.6"),
+            ("forwarded", "for=203.0.113.7"),
+        ]);
+        set_forwarded(&mut h, "10.0.0.1".parse().unwrap(), true, None, &trusted);
+        assert_eq!(h["x-forwarded-for"], "6.6.6.6, 203.0.113.7, 10.0.0.1");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(
+            h["forwarded"],
+            "for=6.6.6.6, for=203.0.113.7, for=10.0.0.1;proto=https"
+        );
+    }
+
+    #[test]
+    fn forwarded_and_x_real_ip_from_an_untrusted_peer_are_removed() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = map(&[
+            ("forwarded", "for=1.1.1.1;host=evil"),
+            ("x-real-ip", "1.1.1.1"),
+        ]);
+        set_forwarded(&mut h, "192.0.2.1".parse().unwrap(), false, None, &trusted);
+        assert!(h.get("forwarded").is_none());
+        assert!(h.get("x-real-ip").is_none());
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1");
+
+        let mut h = map(&[("x-real-ip", "198.51.100.4")]);
+        let host = Some(HeaderValue::from_static("api.example:8443"));
+        set_forwarded(&mut h, "10.0.0.1".parse().unwrap(), false, host, &trusted);
+        assert_eq!(
+            h["x-real-ip"], "198.51.100.4",
+            "one X-Real-IP from a trusted proxy"
+        );
+    }
+
+    #[test]
+    fn an_ipv4_mapped_peer_matches_ipv4_trusted_proxies_and_is_written_as_ipv4() {
+        let trusted: Vec<IpNet> = vec!["127.0.0.2/32".parse().unwrap()];
+        let mut h = map(&[("x-forwarded-for", "203.0.113.7")]);
+        let mapped: IpAddr = "::ffff:127.0.0.2".parse().unwrap();
+        set_forwarded(&mut h, mapped, false, None, &trusted);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.2");
+        let mut h = map(&[("forwarded", "for=x")]);
+        set_forwarded(&mut h, "2001:db8::1".parse().unwrap(), false, None, &[]);
+        assert_eq!(h["x-forwarded-for"], "2001:db8::1");
+        let trusted: Vec<IpNet> = vec!["2001:db8::/32".parse().unwrap()];
+        let mut h = map(&[("forwarded", "for=x")]);
+        let host = Some(HeaderValue::from_static("a.example"));
+        set_forwarded(
+            &mut h,
+            "2001:db8::1".parse().unwrap(),
+            false,
+            host,
+            &trusted,
+        );
+        assert_eq!(
+            h["forwarded"],
+            "for=x, for=\"[2001:db8::1]\";host=\"a.example\";proto=http"
+        );
+    }
+
+    #[test]
+    fn authorities_are_host_and_port_only() {
+        for ok in [
+            "example.com",
+            "example.com:8080",
+            "127.0.0.1",
+            "[::1]:443",
+            "a_b.internal",
+            "host:",
+        ] {
+            assert!(is_authority(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "",
+            "example.com/path",
+            "user@example.com",
+            "a b",
+            "a,b",
+            "example.com:80:80",
+            "example.com:123456",
+            "[::1",
+            "[]",
+            "[::1]x",
+            "\"q\"",
+            ":80",
+        ] {
+            assert!(!is_authority(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_targets_authority_wins_and_ambiguous_hosts_are_refused() {
+        let uri: Uri = "/x".parse().unwrap();
+        let h = map(&[("host", "a.example")]);
+        assert_eq!(
+            request_authority(Version::HTTP_11, &uri, &h)
+                .unwrap()
+                .unwrap(),
+            "a.example"
+        );
+        let h = map(&[("host", "a.example"), ("host", "a.example")]);
+        assert_eq!(
+            request_authority(Version::HTTP_11, &uri, &h),
+            Err(BadHost::Repeated)
+        );
+        assert_eq!(
+            request_authority(Version::HTTP_11, &uri, &HeaderMap::new()),
+            Err(BadHost::Missing)
+        );
+        assert_eq!(
+            request_authority(Version::HTTP_10, &uri, &HeaderMap::new()),
+            Ok(None)
+        );
+        let h = map(&[("host", "")]);
+        assert_eq!(request_authority(Version::HTTP_11, &uri, &h), Ok(None));
+        // HTTP/2 :authority (and HTTP/1.1 absolute-form) beat a disagreeing Host.
+        let absolute: Uri = "https://real.example/x".parse().unwrap();
+        let h = map(&[("host", "evil.example")]);
+        assert_eq!(
+            request_authority(Version::HTTP_2, &absolute, &h)
+                .unwrap()
+                .unwrap(),
+            "real.example"
+        );
+        let userinfo: Uri = "http://user@real.example/x".parse().unwrap();
+        assert_eq!(
+            request_authority(Version::HTTP_11, &userinfo, &HeaderMap::new()),
+            Err(BadHost::Invalid)
+        );
+    }
+
+    #[test]
+    fn a_preflight_needs_origin_and_one_method_token() {
+        let opt = Method::OPTIONS;
+        let h = map(&[
+            ("origin", "https://app.example"),
+            ("access-control-request-method", "POST"),
+        ]);
+        assert!(is_cors_preflight(&opt, &h));
+        assert!(!is_cors_preflight(&Method::POST, &h));
+        for bad in [
+            map(&[("access-control-request-method", "POST")]),
+            map(&[
+                ("origin", "https://a"),
+                ("access-control-request-method", ""),
+            ]),
+            map(&[
+                ("origin", "https://a"),
+                ("access-control-request-method", "PO ST"),
+            ]),
+            map(&[
+                ("origin", "https://a"),
+                ("access-control-request-method", "GET"),
+                ("access-control-request-method", "POST"),
+            ]),
+            map(&[("origin", ""), ("access-control-request-method", "GET")]),
+        ] {
+            assert!(!is_cors_preflight(&opt, &bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_method_override_is_dropped_from_a_proxied_preflight_and_seen_by_forward_auth() {
+        for name in [
+            "x-http-method-override",
+            "X-HTTP-Method",
+            "x-method-override",
+        ] {
+            let mut h = map(&[
+                ("origin", "https://app.example"),
+                ("access-control-request-method", "GET"),
+                (name, "DELETE"),
+                ("content-length", "5"),
+            ]);
+            assert!(overrides_method(&h), "{name}");
+            strip_preflight(&mut h);
+            assert!(!overrides_method(&h), "{name} dropped");
+            assert!(!h.contains_key(CONTENT_LENGTH));
+            assert!(is_cors_preflight(&Method::OPTIONS, &h), "still a preflight");
+        }
+        assert!(!overrides_method(&map(&[(
+            "x-http-method-overrides",
+            "DELETE"
+        )])));
     }
 }

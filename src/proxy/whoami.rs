@@ -1,13 +1,15 @@
 //! The built-in `whoami` upstream: answers with the method, path, query and every header
 //! it received, as JSON, so a newcomer sees exactly what an upstream behind the gateway
-//! would see. It reads (and counts) the request body without keeping it.
+//! would see. It reads (and counts) the request body without keeping it; a body that
+//! outgrows `max_body_size` gets 413 and a broken one 400, as on a proxied route.
 
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Request, Response};
 use http_body_util::BodyExt;
 use serde_json::{Map, Value};
 
-use crate::response::{full, Body};
+use super::headers::X_REQUEST_ID;
+use crate::response::{client_body_fault, full, Body, Reject};
 
 /// Echoes `req` as JSON.
 pub async fn respond(req: Request<Body>) -> Response<Body> {
@@ -23,13 +25,12 @@ pub async fn respond(req: Request<Body>) -> Response<Body> {
         headers.insert(name.as_str().to_owned(), Value::String(values.join(", ")));
     }
     let mut body_bytes: u64 = 0;
-    let mut body_error = None;
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(f) => body_bytes += f.data_ref().map_or(0, |d| d.len() as u64),
             Err(e) => {
-                body_error = Some(e.to_string());
-                break;
+                let reject = client_body_fault(&*e).unwrap_or(Reject::BadRequest);
+                return reject.into_response(parts.headers.get(&X_REQUEST_ID));
             }
         }
     }
@@ -39,7 +40,6 @@ pub async fn respond(req: Request<Body>) -> Response<Body> {
         "query": parts.uri.query(),
         "headers": headers,
         "body_bytes": body_bytes,
-        "body_error": body_error,
     });
     let mut response = Response::new(full(echo.to_string()));
     response

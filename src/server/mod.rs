@@ -2,9 +2,13 @@
 //! serves connections (HTTP/1.1 and HTTP/2, TLS when configured), caps connections, and
 //! drains gracefully on shutdown.
 //!
-//! The accept loop follows hyper-util's `server/graceful.rs`: every connection is watched,
-//! shutdown stops accepting at once, then in-flight requests get the grace period.
+//! The accept loop follows hyper-util's `server/graceful.rs` — shutdown stops accepting at
+//! once, every connection is told to finish gracefully, then in-flight requests get the
+//! grace period — but drives each connection itself instead of through its `Watcher`:
+//! `GracefulConnection` is sealed, and a connection must also be closed for its own
+//! deadlines (see `conn`). The drain waits for a channel every connection task holds.
 
+mod conn;
 mod stack;
 mod timeout;
 mod tls;
@@ -16,15 +20,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
-use tower::{Service, ServiceExt};
+use tokio::time::Instant;
+use tower::Service;
 
 pub use stack::{build, build_with_api, Built, GatewayService};
 pub use timeout::{RequestTimeout, RequestTimeoutLayer};
@@ -34,6 +37,7 @@ use crate::config::Config;
 use crate::emulator::Emulator;
 use crate::proxy::forward::ConnInfo;
 use crate::response::{Body, BoxError, Reject};
+use conn::{Activity, ConnService, Expired};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -132,16 +136,30 @@ pub async fn start(
             source,
         })?;
     let tls = match &config.server.tls {
-        Some(files) => Some(tls::acceptor(files).map_err(StartError::Tls)?),
+        Some(files) => {
+            let serve = tls::acceptor(files).map_err(StartError::Tls)?;
+            let refuse = tls::http1_only(&serve);
+            Some(Tls { serve, refuse })
+        }
         None => None,
     };
 
     let built = stack::build(&config)?;
+    if config.cache.redis.is_some() {
+        // The tier (crate::cache::shared) exists and is tested; the request path and the
+        // admin purge do not call it yet (issue 11's integration step).
+        tracing::warn!(
+            "[cache.redis] is validated but not used yet: each replica still caches alone"
+        );
+    }
     let ready = Arc::new(AtomicBool::new(true));
+    let permits = Arc::new(Semaphore::new(config.server.max_connections));
     let admin_state = admin::AdminState {
         metrics: built.metrics.clone(),
         cache: built.cache.clone(),
         ready: ready.clone(),
+        connections: permits.clone(),
+        token: config.admin.token.clone(),
     };
     let cache = built.cache.clone();
 
@@ -160,23 +178,27 @@ pub async fn start(
     });
     let mut rx = shutdown_rx.clone();
     let task = tokio::spawn(async move {
-        let graceful = GracefulShutdown::new();
+        let (drained, mut all_drained) = mpsc::channel::<()>(1);
         let server = Listener {
             listener,
             tls,
             service: built.service,
-            permits: Arc::new(Semaphore::new(settings.max_connections)),
+            permits: permits.clone(),
+            refusals: Arc::new(Semaphore::new(REFUSALS_AT_ONCE)),
             header_read_timeout: settings.header_read_timeout,
+            idle_timeout: settings.idle_timeout,
+            max_concurrent_streams: settings.max_concurrent_streams,
         };
-        server.accept_until(&mut rx, &graceful).await;
+        server.accept_until(&mut rx, drained).await;
         ready.store(false, Ordering::SeqCst);
         tracing::info!(
-            connections = graceful.count(),
+            connections = settings.max_connections - permits.available_permits(),
             grace = ?settings.shutdown_grace_period,
             "shutting down: no longer accepting; draining in-flight requests"
         );
-        match tokio::time::timeout(settings.shutdown_grace_period, graceful.shutdown()).await {
-            Ok(()) => tracing::info!("drained"),
+        // `recv` sees `None` once every connection task has dropped its sender.
+        match tokio::time::timeout(settings.shutdown_grace_period, all_drained.recv()).await {
+            Ok(_) => tracing::info!("drained"),
             Err(_) => tracing::warn!("grace period over; closing remaining connections"),
         }
         let _ = drained_tx.send(true);
@@ -196,13 +218,32 @@ pub async fn start(
     })
 }
 
+/// Over-limit connections being answered at once, at most; beyond it they are closed
+/// without an answer, so a flood past `max_connections` costs a bounded amount.
+const REFUSALS_AT_ONCE: usize = 64;
+/// The most one refusal may take, TLS handshake included.
+const REFUSAL_BUDGET: Duration = Duration::from_secs(2);
+
+/// The TLS acceptors of the public listener: the configured one, and the same
+/// certificate offering only `http/1.1` for refusals (see [`refuse_overloaded`]).
+#[derive(Clone)]
+struct Tls {
+    serve: tokio_rustls::TlsAcceptor,
+    refuse: tokio_rustls::TlsAcceptor,
+}
+
 /// The public listener.
 struct Listener<S> {
     listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Tls>,
     service: S,
+    /// One per open connection (`max_connections`).
     permits: Arc<Semaphore>,
+    /// One per refusal being answered ([`REFUSALS_AT_ONCE`]).
+    refusals: Arc<Semaphore>,
     header_read_timeout: Duration,
+    idle_timeout: Duration,
+    max_concurrent_streams: u32,
 }
 
 impl<S> Listener<S>
@@ -213,8 +254,13 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    async fn accept_until(self, shutdown: &mut watch::Receiver<bool>, graceful: &GracefulShutdown) {
+    /// Accepts until `shutdown`; each connection task holds a clone of `drained`, so its
+    /// receiver sees the channel close once every connection has ended.
+    async fn accept_until(self, shutdown: &mut watch::Receiver<bool>, drained: mpsc::Sender<()>) {
         let mut builder = auto::Builder::new(TokioExecutor::new());
+        // hyper's own head timer covers HTTP/1.1 heads after the first (counted from the
+        // end of the previous exchange); `conn::Activity` covers the first, in both
+        // protocols, from accept.
         builder
             .http1()
             .timer(TokioTimer::new())
@@ -223,7 +269,8 @@ where
         builder
             .http2()
             .timer(TokioTimer::new())
-            .max_header_list_size(64 * 1024);
+            .max_header_list_size(64 * 1024)
+            .max_concurrent_streams(self.max_concurrent_streams);
         let builder = Arc::new(builder);
         loop {
             let (stream, peer) = tokio::select! {
@@ -240,81 +287,153 @@ where
             };
             let _ = stream.set_nodelay(true);
             let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-                tokio::spawn(refuse_overloaded(stream));
+                match self.refusals.clone().try_acquire_owned() {
+                    Ok(refusal) => {
+                        let tls = self.tls.as_ref().map(|t| t.refuse.clone());
+                        tokio::spawn(async move {
+                            let _refusal = refusal;
+                            let _ = tokio::time::timeout(
+                                REFUSAL_BUDGET,
+                                refuse_overloaded(stream, tls),
+                            )
+                            .await;
+                        });
+                    }
+                    Err(_) => drop(stream),
+                }
                 continue;
             };
-            let service = self.service.clone();
+            let info = ConnInfo {
+                // An IPv4 client of a dual-stack listener arrives as `::ffff:a.b.c.d`;
+                // everything downstream (trusted_proxies, X-Forwarded-For) wants `a.b.c.d`.
+                peer: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+                tls: self.tls.is_some(),
+            };
+            let connection = Connection {
+                service: self.service.clone(),
+                info,
+                first_by: Instant::now() + self.header_read_timeout,
+                idle_timeout: self.idle_timeout,
+            };
             let builder = builder.clone();
-            let watcher = graceful.watcher();
-            let tls = self.tls.clone();
-            let handshake_timeout = self.header_read_timeout;
+            let tls = self.tls.as_ref().map(|t| t.serve.clone());
+            let shutdown = shutdown.clone();
+            let drained = drained.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                let info = ConnInfo {
-                    peer,
-                    tls: tls.is_some(),
-                };
-                let hyper_service = ConnService { service, info };
-                let result = match tls {
-                    None => {
-                        let conn = builder
-                            .serve_connection_with_upgrades(TokioIo::new(stream), hyper_service);
-                        watcher.watch(conn.into_owned()).await
-                    }
-                    Some(acceptor) => {
-                        let stream =
-                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
-                                .await
-                            {
-                                Ok(Ok(s)) => s,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(error = %e, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!("TLS handshake timed out");
-                                    return;
-                                }
-                            };
-                        let conn = builder
-                            .serve_connection_with_upgrades(TokioIo::new(stream), hyper_service);
-                        watcher.watch(conn.into_owned()).await
-                    }
-                };
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
+                let _drained = drained;
+                connection.serve(stream, tls, &builder, shutdown).await;
             });
         }
     }
 }
 
-/// Adapts the tower stack to one hyper connection: converts the body and tags each
-/// request with the connection's [`ConnInfo`].
-#[derive(Clone)]
-struct ConnService<S> {
+/// One accepted connection and its deadlines.
+struct Connection<S> {
     service: S,
     info: ConnInfo,
+    /// Accept plus `header_read_timeout`: the TLS handshake and the first request head
+    /// must both be done by then.
+    first_by: Instant,
+    idle_timeout: Duration,
 }
 
-impl<S> hyper::service::Service<Request<Incoming>> for ConnService<S>
+impl<S> Connection<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone,
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
 {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = tower::util::Oneshot<S, Request<Body>>;
-
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let mut req = req.map(|b| b.map_err(BoxError::from).boxed_unsync());
-        req.extensions_mut().insert(self.info);
-        self.service.clone().oneshot(req)
+    /// Serves the connection until the client leaves, a deadline passes (see
+    /// [`conn::Activity`]), or shutdown has drained it.
+    async fn serve(
+        self,
+        stream: tokio::net::TcpStream,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        builder: &auto::Builder<TokioExecutor>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let io: Box<dyn conn::Io> = match tls {
+            None => Box::new(stream),
+            Some(acceptor) => {
+                match tokio::time::timeout_at(self.first_by, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => Box::new(s),
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!("TLS handshake not done within header_read_timeout");
+                        return;
+                    }
+                }
+            }
+        };
+        let activity = Activity::new();
+        let service = ConnService {
+            service: self.service,
+            info: self.info,
+            activity: activity.clone(),
+        };
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let mut draining = false;
+        let mut drop_at: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = shutdown.wait_for(|v| *v), if !draining => {
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                why = activity.expired(self.first_by, self.idle_timeout),
+                    if !draining && drop_at.is_none() =>
+                {
+                    match why {
+                        Expired::FirstRequest => {
+                            tracing::debug!("no complete request head within header_read_timeout; closing");
+                            return;
+                        }
+                        Expired::Idle => {
+                            tracing::debug!("idle for idle_timeout; closing");
+                            conn.as_mut().graceful_shutdown();
+                            drop_at = Some(Instant::now() + conn::CLOSE_GRACE);
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(drop_at.unwrap_or_else(Instant::now)),
+                    if drop_at.is_some() =>
+                {
+                    return;
+                }
+            }
+        }
     }
 }
 
 /// Over `max_connections`: answer one 503 `OVERLOADED` and close, costing no more than a
-/// small HTTP/1.1 exchange.
-async fn refuse_overloaded(stream: tokio::net::TcpStream) {
+/// small HTTP/1.1 exchange. On the TLS listener the handshake is finished first (with
+/// ALPN offering only `http/1.1`, so an HTTP/2 client falls back to it or fails the
+/// handshake cleanly) — a plaintext answer written into a handshake reads to the client
+/// as "wrong version number". The caller bounds the whole refusal by [`REFUSAL_BUDGET`].
+async fn refuse_overloaded(stream: tokio::net::TcpStream, tls: Option<tokio_rustls::TlsAcceptor>) {
+    let io: Box<dyn conn::Io> = match tls {
+        None => Box::new(stream),
+        Some(acceptor) => match acceptor.accept(stream).await {
+            Ok(s) => Box::new(s),
+            Err(e) => {
+                tracing::debug!(error = %e, "TLS handshake of a refused connection failed");
+                return;
+            }
+        },
+    };
     let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
         let mut response = Reject::Overloaded
             .into_response(req.headers().get(&crate::proxy::headers::X_REQUEST_ID));
@@ -324,10 +443,10 @@ async fn refuse_overloaded(stream: tokio::net::TcpStream) {
         );
         Ok::<_, Infallible>(response)
     });
-    let conn = hyper::server::conn::http1::Builder::new()
+    let _ = hyper::server::conn::http1::Builder::new()
         .keep_alive(false)
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(2))
-        .serve_connection(TokioIo::new(stream), service);
-    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        .header_read_timeout(REFUSAL_BUDGET)
+        .serve_connection(TokioIo::new(io), service)
+        .await;
 }

@@ -13,16 +13,19 @@ use tower_http::sensitive_headers::{
 
 use super::timeout::RequestTimeoutLayer;
 use super::StartError;
-use crate::admin::metrics::Metrics;
-use crate::auth::AuthLayer;
-use crate::cache::IdentityCache;
+use crate::admin::metrics::{Metrics, RequestKind};
+use crate::auth::{AuthLayer, Authenticator};
+use crate::cache::{IdentityCache, Limits};
 use crate::cloudbase::Client;
 use crate::config::Config;
+use crate::forward_auth::{self, ForwardAuth, ForwardAuthLayer};
 use crate::proxy::forward::{upstream_client, Forward};
 use crate::proxy::headers::X_REQUEST_ID;
-use crate::proxy::StripIdentityLayer;
+use crate::proxy::{ClientHeadersLayer, HopByHopLayer};
+use crate::relay::{RelayLayer, RelayParts};
 use crate::response::Body;
 use crate::routing::{RouteLayer, Routes};
+use crate::telemetry::BuiltinRoute;
 
 /// The whole gateway service.
 pub type GatewayService =
@@ -49,7 +52,22 @@ pub fn build_with_api(
     config: &Config,
     api: Arc<dyn crate::cache::AuthApi>,
 ) -> Result<Built, StartError> {
-    let metrics = Arc::new(Metrics::new(config.routes.iter().map(|r| r.prefix.clone())));
+    // Labels in `requests_total`: the configured routes, forward-auth's default route (if
+    // any; answered only as forward-auth), the relay's prefix (answered only as relayed).
+    let fa_routes = forward_auth::routes(&config.forward_auth, &config.routes);
+    let mut metrics = Metrics::new(config.routes.iter().map(|r| r.prefix.clone()));
+    if config.forward_auth.enabled {
+        metrics = metrics.with_forward_auth();
+    }
+    for route in &fa_routes[config.routes.len()..] {
+        metrics.add_route(route.prefix.clone(), RequestKind::ForwardAuth);
+    }
+    let relay_enabled = config.relay.enabled;
+    let relay_route = relay_enabled.then(|| BuiltinRoute {
+        index: metrics.add_route(config.relay.prefix.clone(), RequestKind::Relay),
+        prefix: config.relay.prefix.as_str().into(),
+    });
+    let metrics = Arc::new(metrics);
     let fields: Vec<_> = config.identity.headers.iter().map(|(_, f)| *f).collect();
     let names: Vec<HeaderName> = config
         .identity
@@ -57,18 +75,65 @@ pub fn build_with_api(
         .iter()
         .map(|(n, _)| n.clone())
         .collect();
-    let cache = IdentityCache::new(&config.cache, &fields, api, metrics.clone());
+    let limits = Limits {
+        max_in_flight: config.cloudbase.max_in_flight,
+        max_header_bytes: config.identity.max_header_bytes,
+    };
+    let cache = IdentityCache::with_limits(&config.cache, &fields, limits, api, metrics.clone());
     let upstream = upstream_client(&config.upstream, config.cloudbase.ca_file.as_deref()).map_err(
         |source| StartError::Setup {
             what: "upstream client",
             source,
         },
     )?;
+    let authenticator = Authenticator::new(cache.clone(), metrics.clone());
+    // ── forward-auth integration point (issue 12) ──────────────────────────────────────
+    // The endpoint an existing ingress asks, when enabled: decides through the same
+    // routes and `Authenticator` as the proxy path, forwards nothing.
+    let forward_auth = config.forward_auth.enabled.then(|| {
+        ForwardAuthLayer::new(ForwardAuth::new(
+            &config.forward_auth,
+            &config.routes,
+            config.server.escaped_slashes,
+            authenticator.clone(),
+            &names,
+        ))
+    });
+    // ── relay integration point (issue 13) ─────────────────────────────────────────────
+    // The CloudBase relay, when enabled: a self-contained layer (`crate::relay`) that
+    // diverts its prefix before routing. It shares the upstream client, the cache (its
+    // purges go through `IdentityCache::purge_*`) and the metrics.
+    let relay = match relay_route {
+        Some(route) => {
+            let parts = RelayParts {
+                base_url: config.cloudbase.base_url.clone(),
+                escaped_slashes: config.server.escaped_slashes,
+                trusted_proxies: config.server.trusted_proxies.clone(),
+                request_timeout: config.server.request_timeout,
+                client: upstream.clone(),
+                cache: cache.clone(),
+                metrics: metrics.clone(),
+                route,
+            };
+            let layer = RelayLayer::new(&config.relay, parts).map_err(|e| StartError::Setup {
+                what: "CloudBase relay",
+                source: e.into(),
+            })?;
+            Some(layer)
+        }
+        None => None,
+    };
+    // ───────────────────────────────────────────────────────────────────────────────────
+
     let sensitive: Arc<[HeaderName]> =
         Arc::new([AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE, SET_COOKIE]);
 
     let service = ServiceBuilder::new()
-        // Request id first, so every later layer, log line and rejection carries it.
+        // Hop-by-hop headers go before anything else: a name the client lists in
+        // `Connection` may remove only what the client sent, never a header a later layer
+        // sets (the request id, the identity, `X-Forwarded-*`).
+        .layer(HopByHopLayer)
+        // Request id next, so every later layer, log line and rejection carries it.
         .layer(SetRequestIdLayer::new(
             X_REQUEST_ID.clone(),
             MakeRequestUuid,
@@ -81,8 +146,22 @@ pub fn build_with_api(
         .layer(SetSensitiveResponseHeadersLayer::from_shared(sensitive))
         // Access log and metrics outside the timeout, so 504s are logged and counted.
         .layer(crate::telemetry::AccessLogLayer::new(metrics.clone()))
-        // Forged identity headers go before any route, auth mode or upstream sees them.
-        .layer(StripIdentityLayer::new(&config.identity.strip))
+        // Forged identity headers go, and an ambiguous Host is refused, before any route,
+        // auth mode or upstream sees them; inside the access log, so a 400 is logged.
+        .layer(ClientHeadersLayer::new(&config.identity.strip))
+        // Forward-auth: requests for `forward_auth.path` are answered here and never
+        // routed; after the access log (counted with kind="forward_auth") and identity
+        // stripping, before routing. Not under `request_timeout`: it only waits for the
+        // cache, whose CloudBase calls `cloudbase.timeout` bounds. Before the relay: the
+        // configuration keeps their paths apart in normal form, but the endpoint also owns
+        // every raw spelling under it (Envoy appends the client's path as sent), and
+        // `/_gateway/auth/../../auth/v1/user/me` must be decided (400), not relayed to
+        // CloudBase, whose 200 an ingress would take for "allowed".
+        .option_layer(forward_auth)
+        // The relay before routing: its prefix is CloudBase's, needs no gateway token and
+        // is never cached; after stripping, so no forged identity header reaches CloudBase
+        // either; inside the access log, so relayed calls are logged and counted.
+        .option_layer(relay)
         // Routing before auth: the route decides whether and how to authenticate, on the
         // normalized path it also hands to every later layer. Outside the timeout, so a 504
         // is still tagged with its route for metrics and the log.
@@ -93,7 +172,7 @@ pub fn build_with_api(
         ))
         // The timeout covers CloudBase validation and the upstream alike.
         .layer(RequestTimeoutLayer::new(config.server.request_timeout))
-        .layer(AuthLayer::new(cache.clone(), &names, metrics.clone()))
+        .layer(AuthLayer::new(authenticator, &names))
         .service(Forward::new(upstream, &config.server.trusted_proxies));
     Ok(Built {
         service: BoxCloneSyncService::new(service),

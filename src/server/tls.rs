@@ -1,5 +1,5 @@
 //! The HTTPS listener's rustls configuration: the configured PEM chain and key, ALPN `h2`
-//! then `http/1.1`.
+//! then `http/1.1` (and an `http/1.1`-only twin for refusing connections over the limit).
 
 use std::sync::Arc;
 
@@ -28,4 +28,12 @@ pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, BoxError> {
     .with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The same certificate and key offering only `http/1.1`: over-limit connections are
+/// answered with one HTTP/1.1 503, which an HTTP/2 client can read only if it falls back.
+pub fn http1_only(acceptor: &TlsAcceptor) -> TlsAcceptor {
+    let mut config = (**acceptor.config()).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    TlsAcceptor::from(Arc::new(config))
 }

@@ -2,6 +2,10 @@
 //! and real upstreams, all on 127.0.0.1 with ports picked by the OS.
 #![allow(dead_code)]
 
+pub mod ingress;
+pub mod raw;
+pub mod redis_server;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -126,16 +130,12 @@ impl Harness {
             .expect("gateway starts");
         let emulator = running.emulator.clone().expect("emulator embedded");
         let emulator_addr = running.emulator_addr.expect("emulator address");
-        let cloudbase_config = Config::from_toml_str(&format!(
-            "[cloudbase]\nbase_url = \"http://{emulator_addr}/auth/v1\"\nclient_id = \"test-client\"\n"
-        ))
-        .expect("client config");
         Harness {
             base: format!("http://{}", running.addr),
             admin: format!("http://{}", running.admin_addr),
             running: Some(running),
             emulator,
-            cloudbase: Client::new(&cloudbase_config.cloudbase).expect("client"),
+            cloudbase: emulator_client(emulator_addr),
             http: reqwest::Client::builder()
                 .no_proxy()
                 .build()
@@ -169,14 +169,7 @@ impl Harness {
     }
 
     pub async fn metrics(&self) -> String {
-        self.http
-            .get(format!("{}/metrics", self.admin))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics body")
+        metrics_at(&self.http, &self.admin).await
     }
 
     pub async fn shutdown(mut self) {
@@ -184,6 +177,26 @@ impl Harness {
             r.shutdown().await;
         }
     }
+}
+
+/// A CloudBase client of the emulator at `addr`, as the test gateways' `client_id`.
+pub fn emulator_client(addr: SocketAddr) -> Client {
+    let config = Config::from_toml_str(&format!(
+        "[cloudbase]\nbase_url = \"http://{addr}/auth/v1\"\nclient_id = \"test-client\"\n"
+    ))
+    .expect("client config");
+    Client::new(&config.cloudbase).expect("client")
+}
+
+/// `GET {admin}/metrics` (`admin` is `http://HOST:PORT` of an admin listener).
+pub async fn metrics_at(http: &reqwest::Client, admin: &str) -> String {
+    http.get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body")
 }
 
 /// The value of one metric line (`name{labels}`) in Prometheus text, 0 if absent.
@@ -245,6 +258,12 @@ pub fn bytes_body(n: usize) -> Body {
     cloudbase_gateway::response::full(Bytes::from(vec![b'x'; n]))
 }
 
+/// Whether a process's log says a port it was given was taken in the meantime (between
+/// [`free_port`] and its bind, another socket can get the port): then retry on new ports.
+pub fn address_in_use(log: &str) -> bool {
+    log.to_ascii_lowercase().contains("address already in use")
+}
+
 /// A free port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -269,6 +288,18 @@ impl Process {
         env: &[(&str, &str)],
         wait_for: SocketAddr,
     ) -> Process {
+        Self::try_spawn(config, args, env, wait_for)
+            .unwrap_or_else(|log| panic!("the binary exited early:\n{log}"))
+    }
+
+    /// Like [`Process::spawn`], but a binary that exits before `wait_for` accepts is an
+    /// `Err` with its log (see [`address_in_use`] for retrying a port taken meanwhile).
+    pub fn try_spawn(
+        config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        wait_for: SocketAddr,
+    ) -> Result<Process, String> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.toml");
         std::fs::write(&path, config).unwrap();
@@ -286,7 +317,7 @@ impl Process {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while std::net::TcpStream::connect(wait_for).is_err() {
             if let Ok(Some(status)) = process.child.try_wait() {
-                panic!("the binary exited early with {status}:\n{}", process.log());
+                return Err(format!("exit {status}:\n{}", process.log()));
             }
             assert!(
                 std::time::Instant::now() < deadline,
@@ -295,7 +326,7 @@ impl Process {
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        process
+        Ok(process)
     }
 
     /// Runs `cloudbase-gateway emulator --listen ADDR` with `config` on a free port.
@@ -382,4 +413,22 @@ pub async fn rejection(
     );
     assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
     (status, body["code"].as_str().unwrap().to_owned(), headers)
+}
+
+/// Whether `buf` holds a whole HTTP/1.1 response with a `Content-Length` body (none
+/// counts as 0): for raw-socket tests that keep the connection open after one answer.
+pub fn http1_response_complete(buf: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(buf);
+    let Some(head_end) = text.find("\r\n\r\n") else {
+        return false;
+    };
+    let len = text[..head_end]
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>().expect("a Content-Length"))
+        })
+        .unwrap_or(0);
+    buf.len() >= head_end + 4 + len
 }
