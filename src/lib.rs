@@ -6,7 +6,8 @@
 //! HTTP API), `proxy` (header hygiene and forwarding), `response` (the gateway's own
 //! answers). Beside it: `config` (the TOML file and validated settings), `admin` (health,
 //! metrics, cache purge), `relay` (the app's CloudBase calls through the gateway, purging
-//! what a sign-out ends), `telemetry` (logs), `emulator` (a faithful in-memory CloudBase
+//! what a sign-out ends), `limit` (token buckets: the relay's and the routes' rate
+//! limits), `telemetry` (logs, traces), `emulator` (a faithful in-memory CloudBase
 //! Auth v2). At the bottom, leaves any layer can use: `path` (the path policy) and
 //! `clock` (Unix time that tests can control).
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@ pub mod clock;
 pub mod cloudbase;
 pub mod config;
 pub mod emulator;
+pub mod limit;
 pub mod path;
 pub mod proxy;
 pub mod relay;

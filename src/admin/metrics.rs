@@ -420,6 +420,9 @@ pub struct Metrics {
     relay_requests: [[AtomicU64; 5]; 17],
     relay_purges: [AtomicU64; 3],
     relay_rate_limited: [AtomicU64; 3],
+    /// By route index, like `durations`.
+    rate_limited: Vec<AtomicU64>,
+    rate_limit_overflows: Vec<AtomicU64>,
 }
 
 impl Metrics {
@@ -429,7 +432,6 @@ impl Metrics {
         routes.push(NO_ROUTE.to_owned());
         Metrics {
             durations: routes.iter().map(|_| Histogram::default()).collect(),
-            routes,
             requests: RwLock::default(),
             auth: Default::default(),
             cache: Default::default(),
@@ -447,6 +449,9 @@ impl Metrics {
             relay_requests: Default::default(),
             relay_purges: Default::default(),
             relay_rate_limited: Default::default(),
+            rate_limited: routes.iter().map(|_| AtomicU64::new(0)).collect(),
+            rate_limit_overflows: routes.iter().map(|_| AtomicU64::new(0)).collect(),
+            routes,
         }
     }
 
@@ -543,6 +548,21 @@ impl Metrics {
     /// A relayed request refused by a per-client-address limit.
     pub fn relay_rate_limited(&self, limit: RelayLimitName) {
         self.relay_rate_limited[limit as usize].fetch_add(1, Relaxed);
+    }
+
+    /// A request refused by its route's `rate_limit`.
+    pub fn rate_limited(&self, route: usize) {
+        if let Some(c) = self.rate_limited.get(route) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A request of a key the full rate-limit table could not track, checked against the
+    /// route's shared overflow bucket.
+    pub fn rate_limit_overflow(&self, route: usize) {
+        if let Some(c) = self.rate_limit_overflows.get(route) {
+            c.fetch_add(1, Relaxed);
+        }
     }
 
     /// Prometheus text exposition format 0.0.4.
@@ -692,6 +712,7 @@ impl Metrics {
             let n = self.relay_rate_limited[limit as usize].load(Relaxed);
             sample(o, "relay_rate_limited_total", &labels, n);
         }
+        self.render_rate_limits(o);
         family(
             o,
             "inflight_requests",
@@ -712,6 +733,31 @@ impl Metrics {
         }
         self.render_redis(o);
         out
+    }
+
+    /// `routes[].rate_limit`'s series, one per route (zero where a route has no limit).
+    fn render_rate_limits(&self, o: &mut String) {
+        let routes = &self.routes[..self.no_route()];
+        family(
+            o,
+            "rate_limited_total",
+            "counter",
+            "Requests refused with 429 by their route's rate_limit, by route prefix.",
+        );
+        for (route, n) in routes.iter().zip(&self.rate_limited) {
+            let labels = format!("route=\"{}\"", escape(route));
+            sample(o, "rate_limited_total", &labels, n.load(Relaxed));
+        }
+        family(
+            o,
+            "rate_limit_overflow_total",
+            "counter",
+            "Requests checked against a route's shared overflow bucket because its rate-limit table held rate_limit_max_keys keys.",
+        );
+        for (route, n) in routes.iter().zip(&self.rate_limit_overflows) {
+            let labels = format!("route=\"{}\"", escape(route));
+            sample(o, "rate_limit_overflow_total", &labels, n.load(Relaxed));
+        }
     }
 
     /// The shared tier's series; all zero while `[cache.redis]` is off.
@@ -867,5 +913,19 @@ mod tests {
         assert!(text.contains("cloudbase_gateway_relay_purges_total{by=\"sub\"} 1"));
         assert!(text.contains("cloudbase_gateway_relay_purges_total{by=\"token\"} 0"));
         assert!(text.contains("cloudbase_gateway_relay_rate_limited_total{limit=\"signin\"} 1"));
+    }
+
+    #[test]
+    fn rate_limit_counters_are_kept_per_route() {
+        let m = Metrics::new(["/api/".to_owned(), "/open/".to_owned()]);
+        m.rate_limited(1);
+        m.rate_limited(1);
+        m.rate_limit_overflow(0);
+        m.rate_limited(99); // out of range: ignored, never a panic
+        let text = m.render(0);
+        assert!(text.contains("cloudbase_gateway_rate_limited_total{route=\"/open/\"} 2"));
+        assert!(text.contains("cloudbase_gateway_rate_limited_total{route=\"/api/\"} 0"));
+        assert!(text.contains("cloudbase_gateway_rate_limit_overflow_total{route=\"/api/\"} 1"));
+        assert!(!text.contains("rate_limited_total{route=\"none\"}"));
     }
 }

@@ -25,7 +25,8 @@ use crate::response::{empty, Body, Reject};
 use crate::routing::MatchedRoute;
 use token::Credentials;
 
-/// Who a request was authenticated as; put in response extensions for the access log.
+/// Who a request was authenticated as; put in the request's extensions for the layers
+/// after authentication, and in the response's for the access log.
 #[derive(Debug, Clone)]
 pub struct Authenticated(pub SharedIdentity);
 
@@ -116,6 +117,8 @@ where
             };
             if let Some(identity) = &identity {
                 identity.apply(&shared.header_names, req.headers_mut());
+                // For the layers after this one (the per-user rate limit).
+                req.extensions_mut().insert(Authenticated(identity.clone()));
             }
             // Boxed at once: proving `S::Future: Send` inside this async block trips
             // rustc's higher-ranked lifetime check (rust-lang/rust#110338).

@@ -105,6 +105,19 @@ pub fn build_with_api(
     };
     // ───────────────────────────────────────────────────────────────────────────────────
 
+    // ── rate-limit integration point (issue 14) ────────────────────────────────────────
+    // `routes[].rate_limit`: a self-contained layer (`crate::limit`), left out of the stack
+    // when no route has a limit.
+    let route_limits = crate::limit::RouteLimits::new(&config.routes);
+    let route_limits = route_limits.any().then(|| {
+        crate::limit::RouteLimitLayer::new(
+            route_limits,
+            &config.server.trusted_proxies,
+            metrics.clone(),
+        )
+    });
+    // ───────────────────────────────────────────────────────────────────────────────────
+
     let sensitive: Arc<[HeaderName]> =
         Arc::new([AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE, SET_COOKIE]);
 
@@ -144,6 +157,9 @@ pub fn build_with_api(
         // The timeout covers CloudBase validation and the upstream alike.
         .layer(RequestTimeoutLayer::new(config.server.request_timeout))
         .layer(AuthLayer::new(cache.clone(), &names, metrics.clone()))
+        // Per-user rate limits after authentication: they key on the `sub`, and a request
+        // authentication refuses must spend nothing.
+        .option_layer(route_limits)
         .service(Forward::new(upstream, &config.server.trusted_proxies));
     Ok(Built {
         service: BoxCloneSyncService::new(service),
