@@ -212,7 +212,7 @@ pub enum CloudbaseEndpoint {
 
 impl CloudbaseEndpoint {
     const ALL: [CloudbaseEndpoint; 2] = [CloudbaseEndpoint::Introspect, CloudbaseEndpoint::UserMe];
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             CloudbaseEndpoint::Introspect => "introspect",
             CloudbaseEndpoint::UserMe => "user_me",
@@ -245,7 +245,7 @@ impl CloudbaseOutcome {
         CloudbaseOutcome::Transport,
         CloudbaseOutcome::Shed,
     ];
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             CloudbaseOutcome::Ok => "ok",
             CloudbaseOutcome::Rejected => "rejected",

@@ -23,6 +23,7 @@ use crate::config::AuthMode;
 use crate::proxy::headers::{is_cors_preflight, strip_preflight, X_REQUEST_ID};
 use crate::response::{empty, Body, Reject};
 use crate::routing::MatchedRoute;
+use crate::telemetry::trace::RequestTrace;
 use token::Credentials;
 
 /// Who a request was authenticated as; put in the request's extensions for the layers
@@ -169,7 +170,8 @@ impl AuthLayer {
             Credentials::Invalid => return refuse(AuthDecision::Invalid, Reject::InvalidToken),
             Credentials::Bearer(token) => {
                 let request_id = headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok());
-                self.cache.validate(token, request_id).await
+                let trace = extensions.get::<RequestTrace>();
+                self.cache.validate_traced(token, request_id, trace).await
             }
         };
         match validation {

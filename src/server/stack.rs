@@ -24,6 +24,7 @@ use crate::proxy::{ClientHeadersLayer, HopByHopLayer};
 use crate::relay::{RelayLayer, RelayParts};
 use crate::response::Body;
 use crate::routing::{RouteLayer, Routes};
+use crate::telemetry::trace::{TraceLayer, Tracing};
 use crate::telemetry::BuiltinRoute;
 
 /// The whole gateway service.
@@ -35,6 +36,8 @@ pub struct Built {
     pub service: GatewayService,
     pub metrics: Arc<Metrics>,
     pub cache: IdentityCache,
+    /// The span exporter while `[telemetry]` is on; flushed on shutdown.
+    pub tracing: Option<Tracing>,
 }
 
 /// Builds the stack from validated configuration.
@@ -118,6 +121,16 @@ pub fn build_with_api(
     });
     // ───────────────────────────────────────────────────────────────────────────────────
 
+    // ── tracing integration point (issue 14) ───────────────────────────────────────────
+    // `[telemetry]`: the request's span (`crate::telemetry::trace`); with it off, the layer
+    // is not in the stack and no later layer finds a `RequestTrace` to make spans under.
+    let tracing = Tracing::start(&config.telemetry).map_err(|e| StartError::Setup {
+        what: "span exporter",
+        source: e.into(),
+    })?;
+    let trace_layer = tracing.clone().map(TraceLayer::new);
+    // ───────────────────────────────────────────────────────────────────────────────────
+
     let sensitive: Arc<[HeaderName]> =
         Arc::new([AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE, SET_COOKIE]);
 
@@ -139,6 +152,9 @@ pub fn build_with_api(
         .layer(SetSensitiveResponseHeadersLayer::from_shared(sensitive))
         // Access log and metrics outside the timeout, so 504s are logged and counted.
         .layer(crate::telemetry::AccessLogLayer::new(metrics.clone()))
+        // The request's span next: after the request id (which it records) and the
+        // credential marking, around everything that may answer, the relay included.
+        .option_layer(trace_layer)
         // Forged identity headers go, and an ambiguous Host is refused, before any route,
         // auth mode or upstream sees them; inside the access log, so a 400 is logged.
         .layer(ClientHeadersLayer::new(&config.identity.strip))
@@ -165,5 +181,6 @@ pub fn build_with_api(
         service: BoxCloneSyncService::new(service),
         metrics,
         cache,
+        tracing,
     })
 }
