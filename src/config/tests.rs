@@ -704,3 +704,31 @@ fn telemetry_mistakes_are_errors_naming_their_keys() {
     assert!(has("telemetry.service_name:"), "{got:?}");
     assert!(has("telemetry.sample_ratio:"), "{got:?}");
 }
+
+#[test]
+fn the_shipped_configs_commented_telemetry_and_rate_limit_keys_are_valid_once_uncommented() {
+    let shipped = include_str!("../../config.toml");
+    let mut in_table = false;
+    let text: String = shipped
+        .lines()
+        .map(|line| {
+            in_table = line.starts_with("# [telemetry]")
+                || (in_table && line.starts_with("# ") && line.contains(" = "));
+            let line = if in_table || line.starts_with("# rate_limit") {
+                &line[2..]
+            } else {
+                line
+            };
+            format!("{line}\n")
+        })
+        .collect();
+    let c = Config::from_toml_str(&text).unwrap();
+    assert_eq!(
+        c.telemetry.traces_url().as_deref(),
+        Some("http://127.0.0.1:4318/v1/traces")
+    );
+    assert_eq!(c.telemetry.sample_ratio, 1.0);
+    let limit = c.routes[0].rate_limit.expect("the /api/ route is limited");
+    assert_eq!((limit.burst.get(), limit.max_keys), (50, 100_000));
+    assert!(c.routes[1].rate_limit.is_none());
+}

@@ -108,15 +108,11 @@ impl Tracing {
             .with_timeout(EXPORT_TIMEOUT)
             .build()
             .map_err(TraceSetupError::Exporter)?;
-        let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            settings.sample_ratio,
-        )));
+        let sampler =
+            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(settings.sample_ratio)));
         let resource = Resource::builder()
             .with_service_name(settings.service_name.clone())
-            .with_attribute(KeyValue::new(
-                "service.version",
-                env!("CARGO_PKG_VERSION"),
-            ))
+            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
             .build();
         let provider = SdkTracerProvider::builder()
             .with_span_processor(BatchSpanProcessor::builder(exporter).build())
@@ -280,7 +276,10 @@ impl Span {
 /// behalf (`req` is that call, its URI already the target's), and names the span as the
 /// parent in the call's headers. `None` when the request is not traced.
 pub fn outbound<B>(req: &mut Request<B>, name: &'static str) -> Option<Span> {
-    let span = req.extensions().get::<RequestTrace>()?.child(name, Kind::Client);
+    let span = req
+        .extensions()
+        .get::<RequestTrace>()?
+        .child(name, Kind::Client);
     span.set("http.request.method", method_attribute(req.method()));
     if let Some(host) = req.uri().host() {
         span.set("server.address", host.to_owned());
@@ -445,7 +444,11 @@ fn end_server_span<RB>(cx: &Context, method: &'static str, response: &Response<R
     let route = extensions
         .get::<MatchedRoute>()
         .map(|m| m.0.settings.prefix.clone())
-        .or_else(|| extensions.get::<BuiltinRoute>().map(|b| b.prefix.to_string()));
+        .or_else(|| {
+            extensions
+                .get::<BuiltinRoute>()
+                .map(|b| b.prefix.to_string())
+        });
     let status = response.status();
     span.set_attribute(KeyValue::new(
         "http.response.status_code",

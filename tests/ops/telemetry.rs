@@ -148,7 +148,9 @@ impl Hop {
 
     fn tracestate(&self, path: &str) -> Option<String> {
         let seen = self.seen.lock().unwrap();
-        seen.iter().find(|(p, _, _)| p == path).and_then(|(_, _, s)| s.clone())
+        seen.iter()
+            .find(|(p, _, _)| p == path)
+            .and_then(|(_, _, s)| s.clone())
     }
 }
 
@@ -261,11 +263,21 @@ async fn a_request_continues_the_clients_trace_through_cloudbase_and_the_upstrea
 
     let server = one(&spans, "GET /api/");
     assert_eq!(server.kind, SpanKind::Server as i32);
-    assert_eq!(hex(&server.trace_id), TRACE_ID, "the client's trace continues");
+    assert_eq!(
+        hex(&server.trace_id),
+        TRACE_ID,
+        "the client's trace continues"
+    );
     assert_eq!(hex(&server.parent_span_id), CLIENT_SPAN);
     assert_eq!(attribute(server, "http.route").as_deref(), Some("/api/"));
-    assert_eq!(attribute(server, "http.request.method").as_deref(), Some("GET"));
-    assert_eq!(attribute(server, "http.response.status_code").as_deref(), Some("200"));
+    assert_eq!(
+        attribute(server, "http.request.method").as_deref(),
+        Some("GET")
+    );
+    assert_eq!(
+        attribute(server, "http.response.status_code").as_deref(),
+        Some("200")
+    );
     assert_eq!(attribute(server, "enduser.id").as_deref(), Some(SUB));
     assert_eq!(
         attribute(server, "cloudbase_gateway.request_id").as_deref(),
@@ -282,7 +294,10 @@ async fn a_request_continues_the_clients_trace_through_cloudbase_and_the_upstrea
         let call = one(&spans, name);
         assert_eq!(call.kind, SpanKind::Client as i32);
         assert_eq!(call.parent_span_id, validate.span_id, "{name}");
-        assert_eq!(attribute(call, "cloudbase_gateway.outcome").as_deref(), Some("ok"));
+        assert_eq!(
+            attribute(call, "cloudbase_gateway.outcome").as_deref(),
+            Some("ok")
+        );
         assert_eq!(
             cloudbase_hop.traceparent(path),
             Some(format!("00-{TRACE_ID}-{}-01", hex(&call.span_id))),
@@ -341,22 +356,35 @@ async fn a_request_that_joins_another_ones_cloudbase_flight_links_to_its_span() 
         &telemetry(collector_addr, "1"),
     ))
     .await;
-    let get = || h.http.get(format!("{}/api/x", h.base)).bearer_auth(TOKEN).send();
+    let get = || {
+        h.http
+            .get(format!("{}/api/x", h.base))
+            .bearer_auth(TOKEN)
+            .send()
+    };
     let (a, b) = tokio::join!(get(), get());
-    assert_eq!((a.unwrap().status().as_u16(), b.unwrap().status().as_u16()), (200, 200));
+    assert_eq!(
+        (a.unwrap().status().as_u16(), b.unwrap().status().as_u16()),
+        (200, 200)
+    );
     assert_eq!(
         cloudbase_hop.seen.lock().unwrap().len(),
         2,
         "one flight: one introspect and one /user/me"
     );
-    let spans = spans_after_shutdown(h, &collector, 8).await;
+    let spans = spans_after_shutdown(h, &collector, 7).await;
     let servers = named(&spans, "GET /api/");
     assert_eq!(servers.len(), 2);
+    assert_eq!(named(&spans, "upstream").len(), 2);
     let validate = one(&spans, "cloudbase validate");
     let (leader, joiner): (Vec<&&Span>, Vec<&&Span>) = servers
         .iter()
         .partition(|s| s.span_id == validate.parent_span_id);
-    assert_eq!((leader.len(), joiner.len()), (1, 1), "one started the flight");
+    assert_eq!(
+        (leader.len(), joiner.len()),
+        (1, 1),
+        "one started the flight"
+    );
     let joiner = joiner[0];
     assert_eq!(joiner.links.len(), 1, "the other links to the flight");
     assert_eq!(joiner.links[0].span_id, validate.span_id);
@@ -380,7 +408,10 @@ async fn unsampled_requests_export_nothing_yet_still_propagate_a_context() {
     tokio::time::timeout(PATIENCE, h.shutdown())
         .await
         .expect("shutdown");
-    assert!(collector.spans().is_empty(), "sample_ratio = 0 exports nothing");
+    assert!(
+        collector.spans().is_empty(),
+        "sample_ratio = 0 exports nothing"
+    );
     let parent = upstream_hop.traceparent("/api/u").expect("a traceparent");
     assert!(
         parent.starts_with("00-") && parent.ends_with("-00"),
@@ -466,7 +497,10 @@ otlp_endpoint = "http://{collector_addr}"
     assert!(status.success(), "{status}\n{}", process.log());
     let spans = collector.spans();
     let server = one(&spans, "GET /");
-    assert_eq!(attribute(server, "http.response.status_code").as_deref(), Some("200"));
+    assert_eq!(
+        attribute(server, "http.response.status_code").as_deref(),
+        Some("200")
+    );
     let names = collector.service_names();
     assert!(
         !names.is_empty() && names.iter().all(|n| n == "cloudbase-gateway"),
