@@ -378,9 +378,10 @@ fn status_class(status: u16) -> usize {
     usize::from(status / 100).saturating_sub(1).min(4)
 }
 
-/// Methods get their own label value; anything else is `OTHER`.
-fn method_label(m: &Method) -> &'static str {
-    match *m {
+/// The name of a method RFC 9110 defines; `None` for any other, whose name a client
+/// chose and which must not become a label or attribute value.
+pub fn known_method(m: &Method) -> Option<&'static str> {
+    Some(match *m {
         Method::GET => "GET",
         Method::POST => "POST",
         Method::PUT => "PUT",
@@ -390,8 +391,13 @@ fn method_label(m: &Method) -> &'static str {
         Method::OPTIONS => "OPTIONS",
         Method::CONNECT => "CONNECT",
         Method::TRACE => "TRACE",
-        _ => "OTHER",
-    }
+        _ => return None,
+    })
+}
+
+/// Methods get their own label value; anything else is `OTHER`.
+fn method_label(m: &Method) -> &'static str {
+    known_method(m).unwrap_or("OTHER")
 }
 
 /// Route label for requests that matched no route.

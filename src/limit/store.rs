@@ -64,7 +64,7 @@ impl<K: Hash + Eq + Clone> BoundedStore<K> {
 /// update closure is asked to refuse, handing the value out as its error.
 fn arrival(state: &InMemoryState) -> Option<Nanos> {
     state
-        .measure_and_replace(&NotKeyed::NonKey, |tat| Err::<((), Nanos), _>(tat))
+        .measure_and_replace(&NotKeyed::NonKey, Err::<((), Nanos), _>)
         .err()
         .flatten()
 }

@@ -308,18 +308,7 @@ static TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate"
 /// Semantic-convention method value: the known methods, else `_OTHER` (a client cannot
 /// mint attribute values).
 fn method_attribute(m: &Method) -> &'static str {
-    match *m {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        Method::CONNECT => "CONNECT",
-        Method::TRACE => "TRACE",
-        _ => "_OTHER",
-    }
+    crate::admin::metrics::known_method(m).unwrap_or("_OTHER")
 }
 
 /// Starts the request's span and puts a [`RequestTrace`] in the request.

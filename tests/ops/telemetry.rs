@@ -117,10 +117,18 @@ fn one<'a>(spans: &'a [Span], name: &str) -> &'a Span {
     found[0]
 }
 
-/// What a next hop received: the `traceparent` and `tracestate` of every request, by path.
+/// One request a next hop received: its path and trace context headers.
+#[derive(Debug, Clone)]
+struct Seen {
+    path: String,
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+}
+
+/// What a next hop received, in order.
 #[derive(Clone, Default)]
 struct Hop {
-    seen: Arc<Mutex<Vec<(String, Option<String>, Option<String>)>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 impl Hop {
@@ -130,27 +138,27 @@ impl Hop {
                 .get(name)
                 .map(|v| v.to_str().unwrap().to_owned())
         };
-        self.seen.lock().unwrap().push((
-            req.uri().path().to_owned(),
-            header("traceparent"),
-            header("tracestate"),
-        ));
+        self.seen.lock().unwrap().push(Seen {
+            path: req.uri().path().to_owned(),
+            traceparent: header("traceparent"),
+            tracestate: header("tracestate"),
+        });
+    }
+
+    fn request(&self, path: &str) -> Seen {
+        let seen = self.seen.lock().unwrap();
+        seen.iter()
+            .find(|s| s.path == path)
+            .cloned()
+            .unwrap_or_else(|| panic!("no request for {path} in {seen:?}"))
     }
 
     fn traceparent(&self, path: &str) -> Option<String> {
-        let seen = self.seen.lock().unwrap();
-        let (_, parent, _) = seen
-            .iter()
-            .find(|(p, _, _)| p == path)
-            .unwrap_or_else(|| panic!("no request for {path} in {seen:?}"));
-        parent.clone()
+        self.request(path).traceparent
     }
 
     fn tracestate(&self, path: &str) -> Option<String> {
-        let seen = self.seen.lock().unwrap();
-        seen.iter()
-            .find(|(p, _, _)| p == path)
-            .and_then(|(_, _, s)| s.clone())
+        self.request(path).tracestate
     }
 }
 
@@ -194,26 +202,50 @@ async fn upstream() -> (Hop, SocketAddr) {
     (hop, addr)
 }
 
-fn config(cloudbase: SocketAddr, upstream: SocketAddr, telemetry: &str) -> String {
-    config_text_with(
-        "",
-        &format!("base_url = \"http://{cloudbase}/auth/v1\""),
-        "",
-        &format!(
-            r#"
-[[routes]]
-prefix = "/api/"
-upstream = "http://{upstream}"
-{telemetry}
-"#
-        ),
-    )
+/// A gateway with one route (`/api/` to [`upstream`]) in front of [`cloudbase`], and a
+/// collector when `sample_ratio` is given (else `[telemetry]` is off).
+struct Setup {
+    h: Harness,
+    collector: Collector,
+    cloudbase: Hop,
+    upstream: Hop,
 }
 
-fn telemetry(collector: SocketAddr, ratio: &str) -> String {
-    format!(
-        "[telemetry]\notlp_endpoint = \"http://{collector}\"\nservice_name = \"test-gateway\"\nsample_ratio = {ratio}\n"
-    )
+impl Setup {
+    async fn start(cloudbase_delay: Duration, sample_ratio: Option<&str>) -> Setup {
+        Self::start_with(cloudbase_delay, sample_ratio, "").await
+    }
+
+    /// With `extra` TOML (a `[relay]` table) appended.
+    async fn start_with(
+        cloudbase_delay: Duration,
+        sample_ratio: Option<&str>,
+        extra: &str,
+    ) -> Setup {
+        let (collector, collector_addr) = Collector::start().await;
+        let (cloudbase_hop, cloudbase_addr) = cloudbase(cloudbase_delay).await;
+        let (upstream_hop, upstream_addr) = upstream().await;
+        let telemetry = sample_ratio.map_or(String::new(), |ratio| {
+            format!(
+                "[telemetry]\notlp_endpoint = \"http://{collector_addr}\"\n\
+                 service_name = \"test-gateway\"\nsample_ratio = {ratio}\n"
+            )
+        });
+        let config = config_text_with(
+            "",
+            &format!("base_url = \"http://{cloudbase_addr}/auth/v1\""),
+            "",
+            &format!(
+                "[[routes]]\nprefix = \"/api/\"\nupstream = \"http://{upstream_addr}\"\n{telemetry}{extra}"
+            ),
+        );
+        Setup {
+            h: Harness::start_text(&config).await,
+            collector,
+            cloudbase: cloudbase_hop,
+            upstream: upstream_hop,
+        }
+    }
 }
 
 /// Shuts the gateway down (which flushes the exporter) and waits for the spans.
@@ -233,15 +265,12 @@ async fn spans_after_shutdown(h: Harness, collector: &Collector, at_least: usize
 
 #[tokio::test]
 async fn a_request_continues_the_clients_trace_through_cloudbase_and_the_upstream() {
-    let (collector, collector_addr) = Collector::start().await;
-    let (cloudbase_hop, cloudbase_addr) = cloudbase(Duration::ZERO).await;
-    let (upstream_hop, upstream_addr) = upstream().await;
-    let h = Harness::start_text(&config(
-        cloudbase_addr,
-        upstream_addr,
-        &telemetry(collector_addr, "1.0"),
-    ))
-    .await;
+    let Setup {
+        h,
+        collector,
+        cloudbase: cloudbase_hop,
+        upstream: upstream_hop,
+    } = Setup::start(Duration::ZERO, Some("1.0")).await;
 
     let r = h
         .http
@@ -345,17 +374,14 @@ async fn a_request_continues_the_clients_trace_through_cloudbase_and_the_upstrea
 
 #[tokio::test]
 async fn a_request_that_joins_another_ones_cloudbase_flight_links_to_its_span() {
-    let (collector, collector_addr) = Collector::start().await;
     // CloudBase takes 400 ms (under the harness's 1 s timeout): both requests are in
     // flight together.
-    let (cloudbase_hop, cloudbase_addr) = cloudbase(Duration::from_millis(400)).await;
-    let (_, upstream_addr) = upstream().await;
-    let h = Harness::start_text(&config(
-        cloudbase_addr,
-        upstream_addr,
-        &telemetry(collector_addr, "1"),
-    ))
-    .await;
+    let Setup {
+        h,
+        collector,
+        cloudbase: cloudbase_hop,
+        ..
+    } = Setup::start(Duration::from_millis(400), Some("1")).await;
     let get = || {
         h.http
             .get(format!("{}/api/x", h.base))
@@ -393,16 +419,45 @@ async fn a_request_that_joins_another_ones_cloudbase_flight_links_to_its_span() 
 }
 
 #[tokio::test]
+async fn a_relayed_call_is_a_span_of_its_own_named_as_cloudbases_parent() {
+    let Setup {
+        h,
+        collector,
+        cloudbase: cloudbase_hop,
+        ..
+    } = Setup::start_with(Duration::ZERO, Some("1"), "[relay]\nenabled = true\n").await;
+    let r = h
+        .http
+        .get(format!("{}/auth/v1/user/me", h.base))
+        .bearer_auth(TOKEN)
+        .header("traceparent", format!("00-{TRACE_ID}-{CLIENT_SPAN}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let spans = spans_after_shutdown(h, &collector, 2).await;
+    let server = one(&spans, "GET /auth/v1/");
+    assert_eq!(hex(&server.parent_span_id), CLIENT_SPAN);
+    let relay = one(&spans, "cloudbase relay");
+    assert_eq!(relay.parent_span_id, server.span_id);
+    assert_eq!(
+        cloudbase_hop.traceparent("/auth/v1/user/me"),
+        Some(format!("00-{TRACE_ID}-{}-01", hex(&relay.span_id)))
+    );
+    assert!(
+        named(&spans, "cloudbase validate").is_empty(),
+        "the relay validates nothing"
+    );
+}
+
+#[tokio::test]
 async fn unsampled_requests_export_nothing_yet_still_propagate_a_context() {
-    let (collector, collector_addr) = Collector::start().await;
-    let (_, cloudbase_addr) = cloudbase(Duration::ZERO).await;
-    let (upstream_hop, upstream_addr) = upstream().await;
-    let h = Harness::start_text(&config(
-        cloudbase_addr,
-        upstream_addr,
-        &telemetry(collector_addr, "0.0"),
-    ))
-    .await;
+    let Setup {
+        h,
+        collector,
+        upstream: upstream_hop,
+        ..
+    } = Setup::start(Duration::ZERO, Some("0.0")).await;
     let r = h.get("/api/u", Some(TOKEN)).await;
     assert_eq!(r.status(), 200);
     tokio::time::timeout(PATIENCE, h.shutdown())
@@ -421,9 +476,12 @@ async fn unsampled_requests_export_nothing_yet_still_propagate_a_context() {
 
 #[tokio::test]
 async fn with_telemetry_off_the_gateway_adds_no_trace_context_and_passes_the_clients_on() {
-    let (cloudbase_hop, cloudbase_addr) = cloudbase(Duration::ZERO).await;
-    let (upstream_hop, upstream_addr) = upstream().await;
-    let h = Harness::start_text(&config(cloudbase_addr, upstream_addr, "")).await;
+    let Setup {
+        h,
+        cloudbase: cloudbase_hop,
+        upstream: upstream_hop,
+        ..
+    } = Setup::start(Duration::ZERO, None).await;
     assert_eq!(h.get("/api/plain", Some(TOKEN)).await.status(), 200);
     let client = format!("00-{TRACE_ID}-{CLIENT_SPAN}-01");
     let r = h
