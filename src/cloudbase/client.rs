@@ -593,15 +593,24 @@ fn basic_auth(client_id: &str, secret: &str) -> Result<HeaderValue, Error> {
     Ok(value)
 }
 
-/// Platform roots plus `ca_file`, ring as the crypto provider (the one the crate builds).
 fn tls_config(settings: &CloudbaseSettings) -> Result<rustls::ClientConfig, SetupError> {
+    tls_client_config(settings.ca_file.as_deref())
+}
+
+/// Platform roots plus `ca_file` (`cloudbase.ca_file`), ring as the crypto provider (the
+/// one the crate builds): the TLS of every HTTPS client the gateway makes except the
+/// upstream pool's.
+pub fn tls_client_config(
+    ca_file: Option<&std::path::Path>,
+) -> Result<rustls::ClientConfig, SetupError> {
     let mut roots = rustls::RootCertStore::empty();
     // Unreadable platform certificates are skipped: an http:// base URL (the emulator)
     // needs none, and an https:// one fails its handshake with a clear error.
     let native = rustls_native_certs::load_native_certs();
     roots.add_parsable_certificates(native.certs);
-    if let Some(path) = &settings.ca_file {
-        let pem = std::fs::read(path).map_err(|source| SetupError::CaFile {
+    if let Some(path) = ca_file {
+        let path = path.to_path_buf();
+        let pem = std::fs::read(&path).map_err(|source| SetupError::CaFile {
             path: path.clone(),
             source,
         })?;
@@ -620,7 +629,7 @@ fn tls_config(settings: &CloudbaseSettings) -> Result<rustls::ClientConfig, Setu
             added += 1;
         }
         if added == 0 {
-            return Err(SetupError::NoCertificates { path: path.clone() });
+            return Err(SetupError::NoCertificates { path });
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -124,7 +124,8 @@ pub fn build_with_api(
     // ── tracing integration point (issue 14) ───────────────────────────────────────────
     // `[telemetry]`: the request's span (`crate::telemetry::trace`); with it off, the layer
     // is not in the stack and no later layer finds a `RequestTrace` to make spans under.
-    let tracing = Tracing::start(&config.telemetry).map_err(|e| StartError::Setup {
+    let ca_file = config.cloudbase.ca_file.as_deref();
+    let tracing = Tracing::start(&config.telemetry, ca_file).map_err(|e| StartError::Setup {
         what: "span exporter",
         source: e.into(),
     })?;

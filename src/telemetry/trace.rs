@@ -70,6 +70,8 @@ pub enum TraceSetupError {
     Exporter(#[source] opentelemetry_otlp::ExporterBuildError),
     #[error("the exporter's HTTP client: {0}")]
     Http(#[source] reqwest::Error),
+    #[error("the exporter's TLS roots: {0}")]
+    Tls(#[source] crate::cloudbase::error::SetupError),
 }
 
 /// The tracer and what exports its spans. Cheap to clone.
@@ -86,12 +88,20 @@ struct Inner {
 
 impl Tracing {
     /// Starts the exporter when `settings` name a collector; `None` when tracing is off.
-    /// Must be called on the runtime that will carry the exports.
-    pub fn start(settings: &TelemetrySettings) -> Result<Option<Tracing>, TraceSetupError> {
+    /// An `https://` collector is verified against the platform's roots and `ca_file`
+    /// (`cloudbase.ca_file`, the extra roots of every client the gateway makes). Must be
+    /// called on the runtime that will carry the exports.
+    pub fn start(
+        settings: &TelemetrySettings,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Option<Tracing>, TraceSetupError> {
         let Some(url) = settings.traces_url() else {
             return Ok(None);
         };
+        let tls =
+            crate::cloudbase::client::tls_client_config(ca_file).map_err(TraceSetupError::Tls)?;
         let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
             .timeout(EXPORT_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("cloudbase-gateway/", env!("CARGO_PKG_VERSION")))
