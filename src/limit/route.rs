@@ -65,10 +65,7 @@ pub struct RouteLimits {
 
 impl RouteLimits {
     pub fn new(routes: &[RouteSettings]) -> RouteLimits {
-        Self::with_clock(routes, TokioClock::default())
-    }
-
-    fn with_clock(routes: &[RouteSettings], clock: TokioClock) -> RouteLimits {
+        let clock = TokioClock::default();
         let by_route = routes
             .iter()
             .map(|r| {
