@@ -7,7 +7,8 @@
 //! answers). `forward_auth` answers an ingress's auth subrequests with the same routing
 //! and auth decision instead of forwarding. Beside it: `config` (the TOML file and
 //! validated settings), `admin` (health, metrics, cache purge), `relay` (the app's
-//! CloudBase calls through the gateway, purging what a sign-out ends), `telemetry` (logs),
+//! CloudBase calls through the gateway, purging what a sign-out ends), `limit` (token
+//! buckets: the relay's and the routes' rate limits), `telemetry` (logs, traces),
 //! `emulator` (a faithful in-memory CloudBase Auth v2). At the bottom, leaves any layer can
 //! use: `path` (the path policy) and `clock` (Unix time that tests can control).
 #![forbid(unsafe_code)]
@@ -20,6 +21,7 @@ pub mod cloudbase;
 pub mod config;
 pub mod emulator;
 pub mod forward_auth;
+pub mod limit;
 pub mod path;
 pub mod proxy;
 pub mod relay;

@@ -126,7 +126,7 @@ impl Reject {
             Reject::UpstreamTimeout => "the request took longer than the gateway allows",
             Reject::Overloaded => "the gateway is overloaded; try again shortly",
             Reject::BadRequest => "the request could not be understood",
-            Reject::RateLimited { .. } => "too many requests from this address; try again later",
+            Reject::RateLimited { .. } => "too many requests; try again later",
         }
     }
 

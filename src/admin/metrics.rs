@@ -240,7 +240,7 @@ pub enum CloudbaseEndpoint {
 
 impl CloudbaseEndpoint {
     const ALL: [CloudbaseEndpoint; 2] = [CloudbaseEndpoint::Introspect, CloudbaseEndpoint::UserMe];
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             CloudbaseEndpoint::Introspect => "introspect",
             CloudbaseEndpoint::UserMe => "user_me",
@@ -273,7 +273,7 @@ impl CloudbaseOutcome {
         CloudbaseOutcome::Transport,
         CloudbaseOutcome::Shed,
     ];
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             CloudbaseOutcome::Ok => "ok",
             CloudbaseOutcome::Rejected => "rejected",
@@ -406,9 +406,10 @@ fn status_class(status: u16) -> usize {
     usize::from(status / 100).saturating_sub(1).min(4)
 }
 
-/// Methods get their own label value; anything else is `OTHER`.
-fn method_label(m: &Method) -> &'static str {
-    match *m {
+/// The name of a method RFC 9110 defines; `None` for any other, whose name a client
+/// chose and which must not become a label or attribute value.
+pub fn known_method(m: &Method) -> Option<&'static str> {
+    Some(match *m {
         Method::GET => "GET",
         Method::POST => "POST",
         Method::PUT => "PUT",
@@ -418,8 +419,13 @@ fn method_label(m: &Method) -> &'static str {
         Method::OPTIONS => "OPTIONS",
         Method::CONNECT => "CONNECT",
         Method::TRACE => "TRACE",
-        _ => "OTHER",
-    }
+        _ => return None,
+    })
+}
+
+/// Methods get their own label value; anything else is `OTHER`.
+fn method_label(m: &Method) -> &'static str {
+    known_method(m).unwrap_or("OTHER")
 }
 
 /// A `requests_total` series: route index, method label, status, kind.
@@ -463,6 +469,9 @@ pub struct Metrics {
     relay_requests: [[AtomicU64; 5]; 17],
     relay_purges: [AtomicU64; 3],
     relay_rate_limited: [AtomicU64; 3],
+    /// By route index, like `durations`.
+    rate_limited: Vec<AtomicU64>,
+    rate_limit_overflows: Vec<AtomicU64>,
 }
 
 impl Metrics {
@@ -473,7 +482,6 @@ impl Metrics {
         Metrics {
             durations: routes.iter().map(|_| Default::default()).collect(),
             rendered: routes.iter().map(|_| only(RequestKind::Proxy)).collect(),
-            routes,
             requests: RwLock::default(),
             auth: Default::default(),
             cache: Default::default(),
@@ -491,6 +499,9 @@ impl Metrics {
             relay_requests: Default::default(),
             relay_purges: Default::default(),
             relay_rate_limited: Default::default(),
+            rate_limited: routes.iter().map(|_| AtomicU64::new(0)).collect(),
+            rate_limit_overflows: routes.iter().map(|_| AtomicU64::new(0)).collect(),
+            routes,
         }
     }
 
@@ -510,6 +521,8 @@ impl Metrics {
         self.routes.insert(index, label);
         self.durations.insert(index, Default::default());
         self.rendered.insert(index, only(kind));
+        self.rate_limited.insert(index, AtomicU64::new(0));
+        self.rate_limit_overflows.insert(index, AtomicU64::new(0));
         index
     }
 
@@ -613,6 +626,21 @@ impl Metrics {
     /// A relayed request refused by a per-client-address limit.
     pub fn relay_rate_limited(&self, limit: RelayLimitName) {
         self.relay_rate_limited[limit as usize].fetch_add(1, Relaxed);
+    }
+
+    /// A request refused by its route's `rate_limit`.
+    pub fn rate_limited(&self, route: usize) {
+        if let Some(c) = self.rate_limited.get(route) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A request of a key the full rate-limit table could not track, checked against the
+    /// route's shared overflow bucket.
+    pub fn rate_limit_overflow(&self, route: usize) {
+        if let Some(c) = self.rate_limit_overflows.get(route) {
+            c.fetch_add(1, Relaxed);
+        }
     }
 
     /// Prometheus text exposition format 0.0.4.
@@ -769,6 +797,7 @@ impl Metrics {
             let n = self.relay_rate_limited[limit as usize].load(Relaxed);
             sample(o, "relay_rate_limited_total", &labels, n);
         }
+        self.render_rate_limits(o);
         family(
             o,
             "inflight_requests",
@@ -789,6 +818,31 @@ impl Metrics {
         }
         self.render_redis(o);
         out
+    }
+
+    /// `routes[].rate_limit`'s series, one per route (zero where a route has no limit).
+    fn render_rate_limits(&self, o: &mut String) {
+        let routes = &self.routes[..self.no_route()];
+        family(
+            o,
+            "rate_limited_total",
+            "counter",
+            "Requests refused with 429 by their route's rate_limit, by route prefix.",
+        );
+        for (route, n) in routes.iter().zip(&self.rate_limited) {
+            let labels = format!("route=\"{}\"", escape(route));
+            sample(o, "rate_limited_total", &labels, n.load(Relaxed));
+        }
+        family(
+            o,
+            "rate_limit_overflow_total",
+            "counter",
+            "Requests checked against a route's shared overflow bucket because its rate-limit table held rate_limit_max_keys keys.",
+        );
+        for (route, n) in routes.iter().zip(&self.rate_limit_overflows) {
+            let labels = format!("route=\"{}\"", escape(route));
+            sample(o, "rate_limit_overflow_total", &labels, n.load(Relaxed));
+        }
     }
 
     /// The shared tier's series; all zero while `[cache.redis]` is off.
@@ -1017,5 +1071,19 @@ mod tests {
         assert!(text.contains("cloudbase_gateway_relay_purges_total{by=\"sub\"} 1"));
         assert!(text.contains("cloudbase_gateway_relay_purges_total{by=\"token\"} 0"));
         assert!(text.contains("cloudbase_gateway_relay_rate_limited_total{limit=\"signin\"} 1"));
+    }
+
+    #[test]
+    fn rate_limit_counters_are_kept_per_route() {
+        let m = Metrics::new(["/api/".to_owned(), "/open/".to_owned()]);
+        m.rate_limited(1);
+        m.rate_limited(1);
+        m.rate_limit_overflow(0);
+        m.rate_limited(99); // out of range: ignored, never a panic
+        let text = m.render(0);
+        assert!(text.contains("cloudbase_gateway_rate_limited_total{route=\"/open/\"} 2"));
+        assert!(text.contains("cloudbase_gateway_rate_limited_total{route=\"/api/\"} 0"));
+        assert!(text.contains("cloudbase_gateway_rate_limit_overflow_total{route=\"/api/\"} 1"));
+        assert!(!text.contains("rate_limited_total{route=\"none\"}"));
     }
 }

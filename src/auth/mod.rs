@@ -25,9 +25,11 @@ use crate::config::{AuthMode, RouteSettings};
 use crate::proxy::headers::{is_cors_preflight, strip_preflight, X_REQUEST_ID};
 use crate::response::{empty, Body, Reject};
 use crate::routing::MatchedRoute;
+use crate::telemetry::trace::RequestTrace;
 use token::Credentials;
 
-/// Who a request was authenticated as; put in response extensions for the access log.
+/// Who a request was authenticated as; put in the request's extensions for the layers
+/// after authentication, and in the response's for the access log.
 #[derive(Debug, Clone)]
 pub struct Authenticated(pub SharedIdentity);
 
@@ -60,14 +62,16 @@ impl Authenticator {
     }
 
     /// Decides a request with `method` and `headers` (its `Authorization`, `x-request-id`,
-    /// `Origin` and `Access-Control-Request-Method`) under `rules`. Takes the request's
-    /// parts, not the request: the body is not `Sync`, so a borrow of the whole request
-    /// could not be held across the validation await.
+    /// `Origin` and `Access-Control-Request-Method`) under `rules`; `trace` is the
+    /// request's span when tracing is on (CloudBase calls become its children). Takes the
+    /// request's parts, not the request: the body is not `Sync`, so a borrow of the whole
+    /// request could not be held across the validation await.
     pub async fn decide(
         &self,
         rules: &RouteSettings,
         method: &Method,
         headers: &HeaderMap,
+        trace: Option<&RequestTrace>,
     ) -> Decision {
         if rules.auth == AuthMode::None {
             return Decision::Allow(None);
@@ -92,7 +96,7 @@ impl Authenticator {
             Credentials::Invalid => return refuse(AuthDecision::Invalid, Reject::InvalidToken),
             Credentials::Bearer(token) => {
                 let request_id = headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok());
-                self.cache.validate(token, request_id).await
+                self.cache.validate_traced(token, request_id, trace).await
             }
         };
         match validation {
@@ -177,7 +181,12 @@ where
                 Some(MatchedRoute(route)) => {
                     shared
                         .authenticator
-                        .decide(&route.settings, req.method(), req.headers())
+                        .decide(
+                            &route.settings,
+                            req.method(),
+                            req.headers(),
+                            req.extensions().get::<RequestTrace>(),
+                        )
                         .await
                 }
                 None => Decision::Refuse(Reject::NotFound),
@@ -195,6 +204,8 @@ where
             };
             if let Some(identity) = &identity {
                 identity.apply(&shared.header_names, req.headers_mut());
+                // For the layers after this one (the per-user rate limit).
+                req.extensions_mut().insert(Authenticated(identity.clone()));
             }
             // Boxed at once: proving `S::Future: Send` inside this async block trips
             // rustc's higher-ranked lifetime check (rust-lang/rust#110338).

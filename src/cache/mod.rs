@@ -17,6 +17,11 @@
 //! calls disagree, a definitive "no" from either wins over an error from the other, and
 //! answers naming two different users are treated as a CloudBase fault.
 //!
+//! Traced (`[telemetry]`), a flight is a span (`cloudbase validate`, with a client span
+//! per CloudBase call under it) whose parent is the request that started it; the calls
+//! carry that span as `traceparent`. A request that joins a flight already in the air did
+//! not cause those calls: its span gets a link to the flight's span instead of children.
+//!
 //! Flights are bounded (`cloudbase.max_in_flight` calls open at once): every made-up token
 //! misses, so without a bound a flood of them while CloudBase is slow opens a socket and a
 //! task per token (measured: 700 MB and 19 600 descriptors). A miss that finds no free slot
@@ -54,6 +59,7 @@ use crate::cloudbase::{CallOptions, Client, Error as ApiError};
 use crate::config::{
     CacheSettings, IdentityField, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_IN_FLIGHT,
 };
+use crate::telemetry::trace::{Kind, RequestTrace, Span, SpanLink};
 use entries::{Entries, Entry, Negative, Positive};
 
 /// Cache key: SHA-256 of the token.
@@ -126,7 +132,8 @@ pub struct IdentityCache {
 
 struct Inner {
     entries: Entries,
-    flights: Mutex<HashMap<TokenKey, Flight>>,
+    /// With the flight's span, for the requests that join it to link to.
+    flights: Mutex<HashMap<TokenKey, (Flight, Option<SpanLink>)>>,
     /// Bumped by every purge; a flight that started before a purge does not store.
     generation: AtomicU64,
     api: Arc<dyn AuthApi>,
@@ -238,6 +245,17 @@ impl IdentityCache {
     /// Validates `token`, from the cache when fresh, else by asking CloudBase (one flight
     /// per token however many requests wait). `request_id` is passed on to CloudBase.
     pub async fn validate(&self, token: &str, request_id: Option<&str>) -> Validation {
+        self.validate_traced(token, request_id, None).await
+    }
+
+    /// [`IdentityCache::validate`] for a traced request: a flight it starts is a span
+    /// under `trace`; a flight it joins is linked from it.
+    pub async fn validate_traced(
+        &self,
+        token: &str,
+        request_id: Option<&str>,
+        trace: Option<&RequestTrace>,
+    ) -> Validation {
         let key = token_key(token);
         let cached = self.inner.entries.get(&key);
         let clock = &self.inner.clock;
@@ -264,7 +282,7 @@ impl IdentityCache {
             self.inner.metrics.cache_lookup(CacheLookup::Miss);
             return Validation::Invalid;
         }
-        match self.flight(key, token, exp, request_id).await {
+        match self.flight(key, token, exp, request_id, trace).await {
             Some(entry) => {
                 self.inner.metrics.cache_lookup(CacheLookup::Miss);
                 match &entry {
@@ -308,9 +326,13 @@ impl IdentityCache {
         token: &str,
         exp: Option<i64>,
         request_id: Option<&str>,
+        trace: Option<&RequestTrace>,
     ) -> Flight {
         let mut flights = self.inner.flights.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(f) = flights.get(&key) {
+        if let Some((f, span)) = flights.get(&key) {
+            if let (Some(trace), Some(span)) = (trace, span) {
+                trace.link(span);
+            }
             return f.clone();
         }
         // A flight may have ended between the caller's lookup and this lock. It stores its
@@ -335,12 +357,23 @@ impl IdentityCache {
         let token = token.to_owned();
         let opts = CallOptions {
             request_id: request_id.map(str::to_owned),
-            device_id: None,
+            ..CallOptions::default()
         };
+        let span = trace.map(|t| t.child("cloudbase validate", Kind::Internal));
+        let link = span.as_ref().map(Span::link_target);
         let task = tokio::spawn(async move {
             let generation = inner.generation.load(Ordering::Acquire);
-            let entry = inner.fetch(&token, exp, &opts).await;
+            let entry = inner.fetch(&token, exp, &opts, span.as_ref()).await;
             drop(permit);
+            if let Some(span) = &span {
+                let result = match &entry {
+                    Some(Entry::Positive(_)) => "valid",
+                    Some(Entry::Negative(_)) => "invalid",
+                    None => "failed",
+                };
+                span.set("cloudbase_gateway.validation", result);
+                span.end();
+            }
             if let Some(entry) = &entry {
                 if inner.generation.load(Ordering::Acquire) == generation {
                     inner.entries.insert(key, entry.clone());
@@ -360,7 +393,7 @@ impl IdentityCache {
         });
         let flight: Flight =
             (Box::pin(task.map(|r| r.ok().flatten())) as BoxFuture<'static, _>).shared();
-        flights.insert(key, flight.clone());
+        flights.insert(key, (flight.clone(), link));
         flight
     }
 
@@ -403,17 +436,38 @@ impl IdentityCache {
 
 impl Inner {
     /// Asks CloudBase about `token`. `None`: CloudBase failed (nothing to cache).
-    async fn fetch(&self, token: &str, exp: Option<i64>, opts: &CallOptions) -> Option<Entry> {
+    /// `flight`: the flight's span, under which each call gets its own.
+    async fn fetch(
+        &self,
+        token: &str,
+        exp: Option<i64>,
+        opts: &CallOptions,
+        flight: Option<&Span>,
+    ) -> Option<Entry> {
+        let traced = |name: &'static str| {
+            let span = flight.map(|f| f.child(name, Kind::Client));
+            let mut opts = opts.clone();
+            if let Some(span) = &span {
+                let headers = span.headers();
+                opts.traceparent = headers.traceparent;
+                opts.tracestate = headers.tracestate;
+            }
+            (opts, span)
+        };
+        let (introspect_opts, introspect_span) = traced("cloudbase introspect");
+        let (user_me_opts, user_me_span) = traced("cloudbase user_me");
         let (introspection, profile) = tokio::join!(
             self.timed(
                 CloudbaseEndpoint::Introspect,
-                self.api.introspect(token, opts),
-                Introspection::is_active
+                self.api.introspect(token, &introspect_opts),
+                Introspection::is_active,
+                introspect_span,
             ),
             self.timed(
                 CloudbaseEndpoint::UserMe,
-                self.api.user_me(token, opts),
-                |_| true
+                self.api.user_me(token, &user_me_opts),
+                |_| true,
+                user_me_span,
             ),
         );
         // Read before the Unix time below, so the entry ends a hair early, never late.
@@ -477,6 +531,7 @@ impl Inner {
         endpoint: CloudbaseEndpoint,
         call: BoxFuture<'_, Result<T, ApiError>>,
         accepted: fn(&T) -> bool,
+        span: Option<Span>,
     ) -> Result<T, ApiError> {
         let start = Instant::now();
         let result = call.await;
@@ -490,6 +545,19 @@ impl Inner {
         };
         self.metrics
             .cloudbase_call(endpoint, outcome, start.elapsed());
+        if let Some(span) = span {
+            span.set("cloudbase_gateway.outcome", outcome.as_str());
+            if let Err(ApiError::Api { status, .. }) = &result {
+                span.set("http.response.status_code", i64::from(status.as_u16()));
+            }
+            if matches!(
+                outcome,
+                CloudbaseOutcome::Error | CloudbaseOutcome::Timeout | CloudbaseOutcome::Transport
+            ) {
+                span.fail(outcome.as_str());
+            }
+            span.end();
+        }
         result
     }
 }

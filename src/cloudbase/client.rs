@@ -31,6 +31,8 @@ use crate::config::{CloudbaseSettings, IntrospectAuth, Secret};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_DEVICE_ID: HeaderName = HeaderName::from_static("x-device-id");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// Largest response body read. CloudBase's biggest answers (a profile, a token response
@@ -51,6 +53,11 @@ pub struct CallOptions {
     /// Sent as `x-device-id`; default `cloudbase.device_id`. An invalid header value falls
     /// back to the default.
     pub device_id: Option<String>,
+    /// Sent as `traceparent` (W3C Trace Context) when set and a valid header value: the
+    /// caller's span, so CloudBase's spans join the caller's trace.
+    pub traceparent: Option<String>,
+    /// Sent as `tracestate` with `traceparent`, when set and valid.
+    pub tracestate: Option<String>,
 }
 
 /// Client of CloudBase Auth v2. Cheap to clone: clones share the connection pool.
@@ -425,6 +432,14 @@ impl Client {
             .and_then(|d| HeaderValue::from_str(d).ok())
             .unwrap_or_else(|| inner.device_id.clone());
         headers.insert(X_DEVICE_ID, device_id);
+        for (name, value) in [
+            (TRACEPARENT, &opts.traceparent),
+            (TRACESTATE, &opts.tracestate),
+        ] {
+            if let Some(value) = value.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+                headers.insert(name, value);
+            }
+        }
         match auth {
             Auth::Bearer(token) => {
                 headers.insert(AUTHORIZATION, bearer(token)?);
@@ -578,15 +593,24 @@ fn basic_auth(client_id: &str, secret: &str) -> Result<HeaderValue, Error> {
     Ok(value)
 }
 
-/// Platform roots plus `ca_file`, ring as the crypto provider (the one the crate builds).
 fn tls_config(settings: &CloudbaseSettings) -> Result<rustls::ClientConfig, SetupError> {
+    tls_client_config(settings.ca_file.as_deref())
+}
+
+/// Platform roots plus `ca_file` (`cloudbase.ca_file`), ring as the crypto provider (the
+/// one the crate builds): the TLS of every HTTPS client the gateway makes except the
+/// upstream pool's.
+pub fn tls_client_config(
+    ca_file: Option<&std::path::Path>,
+) -> Result<rustls::ClientConfig, SetupError> {
     let mut roots = rustls::RootCertStore::empty();
     // Unreadable platform certificates are skipped: an http:// base URL (the emulator)
     // needs none, and an https:// one fails its handshake with a clear error.
     let native = rustls_native_certs::load_native_certs();
     roots.add_parsable_certificates(native.certs);
-    if let Some(path) = &settings.ca_file {
-        let pem = std::fs::read(path).map_err(|source| SetupError::CaFile {
+    if let Some(path) = ca_file {
+        let path = path.to_path_buf();
+        let pem = std::fs::read(&path).map_err(|source| SetupError::CaFile {
             path: path.clone(),
             source,
         })?;
@@ -605,7 +629,7 @@ fn tls_config(settings: &CloudbaseSettings) -> Result<rustls::ClientConfig, Setu
             added += 1;
         }
         if added == 0 {
-            return Err(SetupError::NoCertificates { path: path.clone() });
+            return Err(SetupError::NoCertificates { path });
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -746,7 +770,7 @@ mod tests {
     fn invalid_request_id_is_replaced() {
         let opts = CallOptions {
             request_id: Some("bad\nid".into()),
-            device_id: None,
+            ..Default::default()
         };
         let id = request_id(&opts);
         assert_eq!(id.len(), 36);

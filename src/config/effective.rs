@@ -155,7 +155,7 @@ impl Config {
             .routes
             .iter()
             .map(|r| {
-                Value::Table(table([
+                let mut route = table([
                     ("prefix", text(&r.prefix)),
                     (
                         "upstream",
@@ -180,7 +180,19 @@ impl Config {
                     ),
                     ("pass_token", Value::Boolean(r.pass_token)),
                     ("allow_preflight", Value::Boolean(r.allow_preflight)),
-                ]))
+                ]);
+                if let Some(limit) = &r.rate_limit {
+                    route.insert("rate_limit".into(), text(limit.rate.to_string()));
+                    route.insert(
+                        "rate_limit_burst".into(),
+                        Value::Integer(limit.burst.get().into()),
+                    );
+                    route.insert(
+                        "rate_limit_max_keys".into(),
+                        Value::Integer(limit.max_keys.min(i64::MAX as usize) as i64),
+                    );
+                }
+                Value::Table(route)
             })
             .collect();
 
@@ -215,6 +227,15 @@ impl Config {
                 format!("{name}_burst"),
                 Value::Integer(limit.burst.get().into()),
             );
+        }
+
+        let t = &self.telemetry;
+        let mut telemetry = table([
+            ("service_name", text(&t.service_name)),
+            ("sample_ratio", Value::Float(t.sample_ratio)),
+        ]);
+        if let Some(endpoint) = &t.otlp_endpoint {
+            telemetry.insert("otlp_endpoint".into(), text(endpoint));
         }
 
         let e = &self.emulator;
@@ -283,6 +304,7 @@ impl Config {
             ("routes", Value::Array(routes)),
             ("forward_auth", Value::Table(forward_auth)),
             ("relay", Value::Table(relay)),
+            ("telemetry", Value::Table(telemetry)),
             ("emulator", Value::Table(emulator)),
         ]);
         toml::to_string(&root)
@@ -325,6 +347,18 @@ prefix = "/api/"
 upstream = "https://api.internal:8443/v2"
 methods = ["GET"]
 require_groups = ["admin"]
+rate_limit = "100/s"
+rate_limit_burst = 50
+rate_limit_max_keys = 5000
+[[routes]]
+prefix = "/open/"
+upstream = "whoami"
+auth = "none"
+rate_limit = "10/m"
+[telemetry]
+otlp_endpoint = "https://collector.internal:4318"
+service_name = "edge-gw"
+sample_ratio = 0.25
 [forward_auth]
 enabled = true
 path = "/auth/check"
@@ -394,6 +428,17 @@ groups = ["a", { id = "b", expires_at = "2030-01-01T00:00:00Z" }]
             again.forward_auth.default_auth,
             Some(crate::config::AuthMode::Optional)
         );
+        assert_eq!(again.routes[0].rate_limit, config.routes[0].rate_limit);
+        assert!(out.contains("rate_limit = \"100/s\""), "{out}");
+        let open = again.routes[1].rate_limit.expect("limited");
+        assert_eq!(
+            open.burst.get(),
+            10,
+            "the burst defaults to the rate's count"
+        );
+        assert_eq!(open.max_keys, crate::config::DEFAULT_RATE_LIMIT_MAX_KEYS);
+        assert_eq!(again.telemetry, config.telemetry);
+        assert!(out.contains("sample_ratio = 0.25"), "{out}");
         assert!(again.emulator.test_hooks);
         assert_eq!(again.emulator.limits, config.emulator.limits);
         assert!(out.contains("lockout = \"1m 30s\""), "{out}");

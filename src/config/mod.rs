@@ -37,6 +37,7 @@ pub struct Config {
     pub routes: Vec<RouteSettings>,
     pub forward_auth: ForwardAuthSettings,
     pub relay: RelaySettings,
+    pub telemetry: TelemetrySettings,
     pub emulator: EmulatorSettings,
 }
 
@@ -315,6 +316,8 @@ pub struct RouteSettings {
     pub require_groups: Vec<String>,
     pub pass_token: bool,
     pub allow_preflight: bool,
+    /// `rate_limit` and its companions; `None` (default): not limited.
+    pub rate_limit: Option<RouteRateLimit>,
 }
 
 /// `[forward_auth]`: the endpoint an existing ingress asks whether a request may pass
@@ -334,6 +337,61 @@ pub struct ForwardAuthSettings {
 
 /// `forward_auth.path` when unset.
 pub const DEFAULT_FORWARD_AUTH_PATH: &str = "/_gateway/auth";
+
+/// A route's per-user token bucket (see [`crate::limit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteRateLimit {
+    /// `rate_limit`: `"100/s"`, `"10/m"`, `"500/h"`.
+    pub rate: Rate,
+    /// `rate_limit_burst`: the most requests that pass at once. Default: the rate's count.
+    pub burst: std::num::NonZeroU32,
+    /// `rate_limit_max_keys`: users and addresses tracked at once, at most. Default
+    /// [`DEFAULT_RATE_LIMIT_MAX_KEYS`].
+    pub max_keys: usize,
+}
+
+/// `routes[].rate_limit_max_keys` when unset: about 12 MB of buckets at most per route
+/// (a `sub` key with its map slot is ~120 bytes).
+pub const DEFAULT_RATE_LIMIT_MAX_KEYS: usize = 100_000;
+
+/// `[telemetry]`: OpenTelemetry traces (see [`crate::telemetry::trace`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetrySettings {
+    /// The collector's OTLP/HTTP base URL (`http://collector:4318`); spans are posted to
+    /// `{otlp_endpoint}/v1/traces`. `None` (default): tracing is off.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of every span. Default `cloudbase-gateway`.
+    pub service_name: String,
+    /// Share of new traces recorded, 0.0 to 1.0; a client's own sampling decision is
+    /// followed. Default 1.0.
+    pub sample_ratio: f64,
+}
+
+impl TelemetrySettings {
+    /// Where spans are posted: the endpoint with `/v1/traces` appended, unless it already
+    /// ends so (the OTLP exporter convention for base and signal URLs).
+    pub fn traces_url(&self) -> Option<String> {
+        let base = self.otlp_endpoint.as_deref()?.trim_end_matches('/');
+        Some(if base.ends_with("/v1/traces") {
+            base.to_owned()
+        } else {
+            format!("{base}/v1/traces")
+        })
+    }
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        TelemetrySettings {
+            otlp_endpoint: None,
+            service_name: DEFAULT_SERVICE_NAME.to_owned(),
+            sample_ratio: 1.0,
+        }
+    }
+}
+
+/// `telemetry.service_name` when unset.
+pub const DEFAULT_SERVICE_NAME: &str = "cloudbase-gateway";
 
 /// `[relay]`: the CloudBase Auth v2 relay (see [`crate::relay`]).
 #[derive(Debug, Clone)]
@@ -616,6 +674,7 @@ impl Config {
         let forward_auth: raw::RawForwardAuth =
             section(take("forward_auth"), "forward_auth", &mut errors);
         let relay: raw::RawRelay = section(take("relay"), "relay", &mut errors);
+        let telemetry: raw::RawTelemetry = section(take("telemetry"), "telemetry", &mut errors);
         // A route whose table did not deserialize is `None`: reported once, not again as
         // "prefix missing", and the others keep their indices.
         let routes: Vec<Option<raw::RawRoute>> = match take("routes") {
@@ -633,7 +692,7 @@ impl Config {
         for key in value.keys() {
             errors.push(
                 key.clone(),
-                "unknown key (expected server, admin, cloudbase, upstream, cache, identity, routes, forward_auth, relay, emulator)",
+                "unknown key (expected server, admin, cloudbase, upstream, cache, identity, routes, forward_auth, relay, telemetry, emulator)",
             );
         }
 
@@ -653,6 +712,7 @@ impl Config {
             routes,
             forward_auth,
             relay,
+            telemetry: validate_telemetry(telemetry, &mut errors),
             emulator,
         };
         if errors.0.is_empty() {
@@ -1259,6 +1319,7 @@ fn validate_routes(raws: Vec<Option<raw::RawRoute>>, errors: &mut Errors) -> Vec
     for (i, raw) in raws.into_iter().enumerate() {
         let Some(raw) = raw else { continue };
         let key = |k: &str| format!("routes[{i}].{k}");
+        let rate_limit = route_rate_limit(&raw, &key, errors);
         let prefix = match raw.prefix {
             Some(p) if p.starts_with('/') => {
                 if let Err(e) = check_prefix(&p) {
@@ -1319,9 +1380,116 @@ fn validate_routes(raws: Vec<Option<raw::RawRoute>>, errors: &mut Errors) -> Vec
             require_groups: raw.require_groups.unwrap_or_default(),
             pass_token: raw.pass_token.unwrap_or(true),
             allow_preflight: raw.allow_preflight.unwrap_or(false),
+            rate_limit,
         });
     }
     routes
+}
+
+/// `rate_limit`, `rate_limit_burst` and `rate_limit_max_keys` of one route.
+fn route_rate_limit(
+    raw: &raw::RawRoute,
+    key: &dyn Fn(&str) -> String,
+    errors: &mut Errors,
+) -> Option<RouteRateLimit> {
+    let rate = match raw.rate_limit.as_deref() {
+        None | Some("off") => None,
+        Some(text) => match parse_rate(text) {
+            Ok(rate) => Some(rate),
+            Err(e) => {
+                errors.push(key("rate_limit"), e);
+                None
+            }
+        },
+    };
+    let limited = raw.rate_limit.as_deref().is_some_and(|t| t != "off");
+    for (name, set) in [
+        ("rate_limit_burst", raw.rate_limit_burst.is_some()),
+        ("rate_limit_max_keys", raw.rate_limit_max_keys.is_some()),
+    ] {
+        if set && !limited {
+            errors.push(key(name), "is set but rate_limit is not");
+        }
+    }
+    let burst = match raw.rate_limit_burst {
+        None => rate.map(|r| r.count),
+        Some(n) => std::num::NonZeroU32::new(n).or_else(|| {
+            errors.push(key("rate_limit_burst"), "must be at least 1");
+            None
+        }),
+    };
+    let max_keys = match raw.rate_limit_max_keys {
+        None => DEFAULT_RATE_LIMIT_MAX_KEYS,
+        Some(0) => {
+            errors.push(key("rate_limit_max_keys"), "must be at least 1");
+            DEFAULT_RATE_LIMIT_MAX_KEYS
+        }
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+    };
+    Some(RouteRateLimit {
+        rate: rate?,
+        burst: burst?,
+        max_keys,
+    })
+}
+
+fn validate_telemetry(raw: raw::RawTelemetry, errors: &mut Errors) -> TelemetrySettings {
+    let defaults = TelemetrySettings::default();
+    let otlp_endpoint = raw
+        .otlp_endpoint
+        .and_then(|url| match check_otlp_endpoint(&url) {
+            Ok(()) => Some(url),
+            Err(e) => {
+                errors.push("telemetry.otlp_endpoint", e);
+                None
+            }
+        });
+    let service_name = raw.service_name.unwrap_or(defaults.service_name);
+    if service_name.trim().is_empty() {
+        errors.push("telemetry.service_name", "must not be empty");
+    }
+    let sample_ratio = match raw.sample_ratio {
+        None => defaults.sample_ratio,
+        Some(r) if (0.0..=1.0).contains(&r) => r,
+        Some(r) => {
+            errors.push(
+                "telemetry.sample_ratio",
+                format!("{r} is not a share between 0.0 and 1.0"),
+            );
+            defaults.sample_ratio
+        }
+    };
+    TelemetrySettings {
+        otlp_endpoint,
+        service_name,
+        sample_ratio,
+    }
+}
+
+/// An `http://` or `https://` URL with a host, and no credentials (they would be printed
+/// by `check`; a collector's token goes in `OTEL_EXPORTER_OTLP_HEADERS`), query or
+/// fragment.
+fn check_otlp_endpoint(url: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        format!("{url:?} is not a collector URL like \"http://collector:4318\" ({why})")
+    };
+    let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(bad("the scheme must be http or https"));
+    }
+    let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+    if authority.as_str().contains('@') {
+        // Not echoed: the value holds a credential.
+        return Err(
+            "credentials do not belong in the URL (it would be printed): send them with \
+             OTEL_EXPORTER_OTLP_HEADERS"
+                .to_owned(),
+        );
+    }
+    if uri.query().is_some() || url.contains('#') {
+        return Err(bad("no query or fragment"));
+    }
+    Ok(())
 }
 
 /// Characters a client may send raw or percent-encoded with different meanings to

@@ -94,6 +94,9 @@ pub struct RawRoute {
     pub require_groups: Option<Vec<String>>,
     pub pass_token: Option<bool>,
     pub allow_preflight: Option<bool>,
+    pub rate_limit: Option<String>,
+    pub rate_limit_burst: Option<u32>,
+    pub rate_limit_max_keys: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -118,6 +121,14 @@ pub struct RawRelay {
     pub signup_burst: Option<u32>,
     pub verification_rate: Option<String>,
     pub verification_burst: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    pub otlp_endpoint: Option<String>,
+    pub service_name: Option<String>,
+    pub sample_ratio: Option<f64>,
 }
 
 #[derive(Default, Deserialize)]

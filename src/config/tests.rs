@@ -787,3 +787,146 @@ fn forward_auth_and_relay_paths_that_overlap_either_way_are_errors_when_both_are
         load(&text(path, prefix, true)).unwrap();
     }
 }
+
+#[test]
+fn routes_are_unlimited_by_default_and_a_rate_brings_a_burst_of_its_count() {
+    let c = load(
+        "[emulator]\nenabled = true\n\
+         [[routes]]\nprefix = \"/a/\"\nupstream = \"whoami\"\n\
+         [[routes]]\nprefix = \"/b/\"\nupstream = \"whoami\"\nrate_limit = \"100/s\"\n\
+         [[routes]]\nprefix = \"/c/\"\nupstream = \"whoami\"\nrate_limit = \"10/m\"\n\
+         rate_limit_burst = 3\nrate_limit_max_keys = 7\n\
+         [[routes]]\nprefix = \"/d/\"\nupstream = \"whoami\"\nrate_limit = \"off\"\n",
+    )
+    .unwrap();
+    assert!(c.routes[0].rate_limit.is_none());
+    assert!(c.routes[3].rate_limit.is_none(), "\"off\" is no limit");
+    let b = c.routes[1].rate_limit.unwrap();
+    assert_eq!((b.rate.to_string(), b.burst.get()), ("100/s".into(), 100));
+    assert_eq!(b.max_keys, DEFAULT_RATE_LIMIT_MAX_KEYS);
+    let limit = c.routes[2].rate_limit.unwrap();
+    assert_eq!((limit.burst.get(), limit.max_keys), (3, 7));
+}
+
+#[test]
+fn rate_limit_mistakes_are_errors_naming_their_keys() {
+    let got = errors(
+        "[emulator]\nenabled = true\n\
+         [[routes]]\nprefix = \"/a/\"\nupstream = \"whoami\"\nrate_limit = \"lots\"\n\
+         [[routes]]\nprefix = \"/b/\"\nupstream = \"whoami\"\nrate_limit = \"5/s\"\n\
+         rate_limit_burst = 0\nrate_limit_max_keys = 0\n\
+         [[routes]]\nprefix = \"/c/\"\nupstream = \"whoami\"\nrate_limit_burst = 5\n\
+         [[routes]]\nprefix = \"/d/\"\nupstream = \"whoami\"\nrate_limit = \"0/m\"\n\
+         [[routes]]\nprefix = \"/e/\"\nupstream = \"whoami\"\nrate_limit = \"5/s\"\n\
+         rate_limit_burst = -1\n",
+    );
+    let has = |key: &str, part: &str| got.iter().any(|e| e.starts_with(key) && e.contains(part));
+    assert!(has("routes[0].rate_limit:", "lots"), "{got:?}");
+    assert!(has("routes[1].rate_limit_burst:", "at least 1"), "{got:?}");
+    assert!(
+        has("routes[1].rate_limit_max_keys:", "at least 1"),
+        "{got:?}"
+    );
+    assert!(
+        has("routes[2].rate_limit_burst:", "rate_limit is not"),
+        "{got:?}"
+    );
+    assert!(has("routes[3].rate_limit:", "at least 1"), "{got:?}");
+    assert!(has("routes[4].rate_limit_burst", ""), "{got:?}");
+}
+
+#[test]
+fn telemetry_is_off_by_default_and_posts_to_the_traces_path() {
+    let c = load("[emulator]\nenabled = true\n").unwrap();
+    assert_eq!(c.telemetry, TelemetrySettings::default());
+    assert_eq!(c.telemetry.traces_url(), None);
+    assert_eq!(c.telemetry.service_name, "cloudbase-gateway");
+    assert_eq!(c.telemetry.sample_ratio, 1.0);
+    let c = load(
+        "[emulator]\nenabled = true\n[telemetry]\notlp_endpoint = \"http://collector:4318/\"\n\
+         sample_ratio = 0\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.telemetry.traces_url().as_deref(),
+        Some("http://collector:4318/v1/traces")
+    );
+    assert_eq!(c.telemetry.sample_ratio, 0.0, "an integer reads as a ratio");
+    let c = load(
+        "[emulator]\nenabled = true\n[telemetry]\n\
+         otlp_endpoint = \"https://otel.example.com/custom/v1/traces\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.telemetry.traces_url().as_deref(),
+        Some("https://otel.example.com/custom/v1/traces"),
+        "a full traces URL is used as written"
+    );
+}
+
+#[test]
+fn telemetry_mistakes_are_errors_naming_their_keys() {
+    for (endpoint, why) in [
+        ("collector:4318", "scheme"),
+        ("grpc://collector:4317", "scheme"),
+        (
+            "http://user:token@collector:4318",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+        ),
+        ("http://collector:4318/?x=1", "query"),
+        ("http:///v1/traces", ""),
+    ] {
+        let got = errors(&format!(
+            "[emulator]\nenabled = true\n[telemetry]\notlp_endpoint = \"{endpoint}\"\n"
+        ));
+        assert!(
+            got.iter()
+                .any(|e| e.starts_with("telemetry.otlp_endpoint:") && e.contains(why)),
+            "{endpoint}: {got:?}"
+        );
+        assert!(
+            got.iter().all(|e| !e.contains("token@")),
+            "a credential in the URL is never echoed: {got:?}"
+        );
+    }
+    let got = errors(
+        "[emulator]\nenabled = true\n[telemetry]\nservice_name = \" \"\nsample_ratio = 1.5\n\
+         exporter = \"jaeger\"\n",
+    );
+    let has = |key: &str| got.iter().any(|e| e.starts_with(key));
+    assert!(has("telemetry.exporter"), "{got:?}");
+    let got = errors(
+        "[emulator]\nenabled = true\n[telemetry]\nservice_name = \" \"\nsample_ratio = 1.5\n",
+    );
+    let has = |key: &str| got.iter().any(|e| e.starts_with(key));
+    assert!(has("telemetry.service_name:"), "{got:?}");
+    assert!(has("telemetry.sample_ratio:"), "{got:?}");
+}
+
+#[test]
+fn the_shipped_configs_commented_telemetry_and_rate_limit_keys_are_valid_once_uncommented() {
+    let shipped = include_str!("../../config.toml");
+    let mut in_table = false;
+    let text: String = shipped
+        .lines()
+        .map(|line| {
+            in_table = line.starts_with("# [telemetry]")
+                || (in_table && line.starts_with("# ") && line.contains(" = "));
+            let line = if in_table || line.starts_with("# rate_limit") {
+                &line[2..]
+            } else {
+                line
+            };
+            format!("{line}\n")
+        })
+        .collect();
+    let c = Config::from_toml_str(&text).unwrap();
+    assert_eq!(
+        c.telemetry.traces_url().as_deref(),
+        Some("http://127.0.0.1:4318/v1/traces")
+    );
+    assert_eq!(c.telemetry.sample_ratio, 1.0);
+    let limit = c.routes[0].rate_limit.expect("the /api/ route is limited");
+    assert_eq!((limit.burst.get(), limit.max_keys), (50, 100_000));
+    assert!(c.routes[1].rate_limit.is_none());
+}

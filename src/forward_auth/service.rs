@@ -32,6 +32,7 @@ use crate::path::EscapedSlashes;
 use crate::proxy::headers::{overrides_method, X_REQUEST_ID};
 use crate::response::{empty, Body, Reject};
 use crate::routing::{MatchedRoute, Route, Routes};
+use crate::telemetry::trace::RequestTrace;
 use crate::telemetry::OriginalMethod;
 
 /// On every refusal: the JSON envelope of the body, repeated. nginx `auth_request` drops
@@ -56,6 +57,7 @@ pub fn routes(settings: &ForwardAuthSettings, configured: &[RouteSettings]) -> V
             require_groups: Vec::new(),
             pass_token: false,
             allow_preflight: false,
+            rate_limit: None,
         });
     }
     all
@@ -187,7 +189,12 @@ impl ForwardAuth {
         // request (README "Behind an existing ingress" lists what each passes).
         let decision = match s
             .authenticator
-            .decide(&route.settings, &method, &parts.headers)
+            .decide(
+                &route.settings,
+                &method,
+                &parts.headers,
+                parts.extensions.get::<RequestTrace>(),
+            )
             .await
         {
             // The proxy path would drop these before forwarding; the ingress cannot.

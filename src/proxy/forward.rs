@@ -34,6 +34,7 @@ use super::whoami;
 use crate::config::{Upstream, UpstreamSettings};
 use crate::response::{client_body_fault, Body, BoxError, Reject};
 use crate::routing::MatchedRoute;
+use crate::telemetry::trace;
 
 /// Facts about the client connection, put in every request's extensions by the server.
 #[derive(Debug, Clone, Copy)]
@@ -226,10 +227,21 @@ impl Forward {
         }
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let method = req.method().clone();
+        // Traced requests: a client span for the exchange, named in `traceparent`.
+        let span = trace::outbound(&mut req, "upstream");
         let mut response = match self.client.send(req).await {
             Ok(r) => r,
-            Err(e) => return upstream_error(&e).into_response(request_id.as_ref()),
+            Err(e) => {
+                if let Some(span) = span {
+                    span.fail("upstream_unavailable");
+                    span.end();
+                }
+                return upstream_error(&e).into_response(request_id.as_ref());
+            }
         };
+        if let Some(span) = span {
+            span.end_with_status(response.status());
+        }
         let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         if switched && client_upgrade.is_none() {
             // Only a WebSocket upgrade is ever forwarded; a 101 to anything else would

@@ -1,67 +1,47 @@
 //! Per-client-address token buckets for the relay's sign-in, sign-up and verification
-//! calls.
-//!
-//! One keyed GCRA limiter per limit (`governor`): a bucket per client address, refilled at
-//! the configured rate and holding at most the burst, checked with one atomic
-//! compare-and-swap on a sharded map — no lock shared by all clients, and no timer task.
-//! Why `governor` rather than a hand-rolled map of buckets: it is the maintained keyed
-//! limiter of the Rust ecosystem, its GCRA state is one `u64` per key, it answers *when*
-//! the next request would pass (our `Retry-After`), and the per-route limits to come
-//! (`routes[].rate_limit`) can share the same machinery.
-//!
-//! Keys: IPv4 addresses as they are; IPv6 addresses by their /64 prefix, since one
-//! subscriber usually holds a whole /64 and could otherwise take a fresh bucket per
-//! address. An address whose bucket is full is indistinguishable from an unseen one, so
-//! such keys are swept every [`SWEEP_EVERY`] checks; the map holds only the clients seen
-//! within one burst's refill time.
+//! calls: one [`KeyedLimiter`] per limit, keyed by client address ([`key`]: IPv4 as is,
+//! IPv6 by /64). The limiter, its sweep and its bound on keys are shared with the routes'
+//! `rate_limit` (see [`crate::limit`]).
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
-use governor::middleware::NoOpMiddleware;
-use governor::state::keyed::DashMapStateStore;
-use governor::{Quota, RateLimiter};
+use governor::clock::Clock;
 
 use crate::admin::metrics::RelayLimitName;
-use crate::config::{RelayLimit, RelayLimits};
+use crate::config::{RelayLimit, RelayLimits, DEFAULT_RATE_LIMIT_MAX_KEYS};
+#[cfg(test)]
+use crate::limit::SWEEP_EVERY;
+pub use crate::limit::{client_key as key, retry_after_secs};
+use crate::limit::{Bucket, KeyedLimiter, Outcome, TokioClock};
 
-/// Checks between sweeps of keys whose buckets are full again.
-const SWEEP_EVERY: u64 = 4096;
-
-type Bucket<C> =
-    RateLimiter<IpAddr, DashMapStateStore<IpAddr>, C, NoOpMiddleware<<C as Clock>::Instant>>;
-
-/// The relay's limits. `C` is the clock: governor's monotonic default, or a fake in tests.
-pub struct Limits<C: Clock + Clone = DefaultClock> {
-    signin: Option<Bucket<C>>,
-    signup: Option<Bucket<C>>,
-    verification: Option<Bucket<C>>,
-    clock: C,
-    checks: AtomicU64,
+/// The relay's limits. `C` is the clock: tokio's, or governor's fake in tests.
+pub struct Limits<C: Clock + Clone = TokioClock> {
+    signin: Option<KeyedLimiter<IpAddr, C>>,
+    signup: Option<KeyedLimiter<IpAddr, C>>,
+    verification: Option<KeyedLimiter<IpAddr, C>>,
 }
 
 impl Limits {
     pub fn new(settings: &RelayLimits) -> Limits {
-        Limits::with_clock(settings, DefaultClock::default())
+        Limits::with_clock(settings, TokioClock::default())
     }
 }
 
 impl<C: Clock + Clone> Limits<C> {
     pub fn with_clock(settings: &RelayLimits, clock: C) -> Limits<C> {
         let bucket = |limit: &RelayLimit| {
-            let rate = limit.rate?;
-            // `interval` is at least 1/u32::MAX of a second, never zero, so a quota exists.
-            let quota = Quota::with_period(rate.interval())?.allow_burst(limit.burst);
-            Some(RateLimiter::dashmap_with_clock(quota, clock.clone()))
+            let bucket = Bucket::new(limit.rate?, limit.burst);
+            Some(KeyedLimiter::new(
+                bucket,
+                DEFAULT_RATE_LIMIT_MAX_KEYS,
+                clock.clone(),
+            ))
         };
         Limits {
             signin: bucket(&settings.signin),
             signup: bucket(&settings.signup),
             verification: bucket(&settings.verification),
-            clock: clock.clone(),
-            checks: AtomicU64::new(0),
         }
     }
 
@@ -76,18 +56,10 @@ impl<C: Clock + Clone> Limits<C> {
         let Some(bucket) = bucket else {
             return Ok(());
         };
-        if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
-            for b in [&self.signin, &self.signup, &self.verification]
-                .into_iter()
-                .flatten()
-            {
-                b.retain_recent();
-                b.shrink_to_fit();
-            }
+        match bucket.check(key(client)).outcome {
+            Outcome::Allowed { .. } => Ok(()),
+            Outcome::Limited { wait } => Err(wait),
         }
-        bucket
-            .check_key(&key(client))
-            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 
     /// Client addresses tracked now, over all limits.
@@ -95,30 +67,9 @@ impl<C: Clock + Clone> Limits<C> {
         [&self.signin, &self.signup, &self.verification]
             .into_iter()
             .flatten()
-            .map(|b| b.len())
+            .map(|b| b.tracked())
             .sum()
     }
-}
-
-/// The bucket key of a client address: IPv4 (also when mapped into IPv6) as is, IPv6 by
-/// its /64.
-pub fn key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-                IpAddr::V6(prefix.into())
-            }
-        },
-    }
-}
-
-/// Whole seconds to announce in `Retry-After` for a wait: rounded up, at least 1.
-pub fn retry_after_secs(wait: Duration) -> u64 {
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    secs.max(1)
 }
 
 #[cfg(test)]

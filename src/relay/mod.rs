@@ -317,10 +317,21 @@ impl Shared {
         parts.version = Version::HTTP_11;
         let method = parts.method.clone();
 
-        let mut response = match self.client.send(Request::from_parts(parts, body)).await {
+        let mut request = Request::from_parts(parts, body);
+        let span = crate::telemetry::trace::outbound(&mut request, "cloudbase relay");
+        let mut response = match self.client.send(request).await {
             Ok(response) => response,
-            Err(e) => return reject(upstream_error(&e)),
+            Err(e) => {
+                if let Some(span) = span {
+                    span.fail("upstream_unavailable");
+                    span.end();
+                }
+                return reject(upstream_error(&e));
+            }
         };
+        if let Some(span) = span {
+            span.end_with_status(response.status());
+        }
         let status = response.status();
         if status == StatusCode::SWITCHING_PROTOCOLS {
             tracing::warn!("CloudBase answered 101 to a relayed request that did not upgrade");

@@ -162,6 +162,7 @@ pub async fn start(
         token: config.admin.token.clone(),
     };
     let cache = built.cache.clone();
+    let tracing = built.tracing.clone();
 
     // The admin listener stays up until the drain is over, so probes opening a fresh
     // connection read `/readyz` 503 (not "connection refused") while requests finish.
@@ -202,6 +203,10 @@ pub async fn start(
             Err(_) => tracing::warn!("grace period over; closing remaining connections"),
         }
         let _ = drained_tx.send(true);
+        // Spans of the drained requests go out before the process ends (SIGTERM included).
+        if let Some(tracing) = tracing {
+            tracing.shutdown().await;
+        }
         let _ = admin_task.await;
         if let Some(t) = emulator_task {
             let _ = tokio::time::timeout(Duration::from_secs(1), t).await;

@@ -25,6 +25,7 @@ use crate::proxy::{ClientHeadersLayer, HopByHopLayer};
 use crate::relay::{RelayLayer, RelayParts};
 use crate::response::Body;
 use crate::routing::{RouteLayer, Routes};
+use crate::telemetry::trace::{TraceLayer, Tracing};
 use crate::telemetry::BuiltinRoute;
 
 /// The whole gateway service.
@@ -36,6 +37,8 @@ pub struct Built {
     pub service: GatewayService,
     pub metrics: Arc<Metrics>,
     pub cache: IdentityCache,
+    /// The span exporter while `[telemetry]` is on; flushed on shutdown.
+    pub tracing: Option<Tracing>,
 }
 
 /// Builds the stack from validated configuration.
@@ -125,6 +128,30 @@ pub fn build_with_api(
     };
     // ───────────────────────────────────────────────────────────────────────────────────
 
+    // ── rate-limit integration point (issue 14) ────────────────────────────────────────
+    // `routes[].rate_limit`: a self-contained layer (`crate::limit`), left out of the stack
+    // when no route has a limit.
+    let route_limits = crate::limit::RouteLimits::new(&config.routes);
+    let route_limits = route_limits.any().then(|| {
+        crate::limit::RouteLimitLayer::new(
+            route_limits,
+            &config.server.trusted_proxies,
+            metrics.clone(),
+        )
+    });
+    // ───────────────────────────────────────────────────────────────────────────────────
+
+    // ── tracing integration point (issue 14) ───────────────────────────────────────────
+    // `[telemetry]`: the request's span (`crate::telemetry::trace`); with it off, the layer
+    // is not in the stack and no later layer finds a `RequestTrace` to make spans under.
+    let ca_file = config.cloudbase.ca_file.as_deref();
+    let tracing = Tracing::start(&config.telemetry, ca_file).map_err(|e| StartError::Setup {
+        what: "span exporter",
+        source: e.into(),
+    })?;
+    let trace_layer = tracing.clone().map(TraceLayer::new);
+    // ───────────────────────────────────────────────────────────────────────────────────
+
     let sensitive: Arc<[HeaderName]> =
         Arc::new([AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE, SET_COOKIE]);
 
@@ -146,6 +173,9 @@ pub fn build_with_api(
         .layer(SetSensitiveResponseHeadersLayer::from_shared(sensitive))
         // Access log and metrics outside the timeout, so 504s are logged and counted.
         .layer(crate::telemetry::AccessLogLayer::new(metrics.clone()))
+        // The request's span next: after the request id (which it records) and the
+        // credential marking, around everything that may answer, the relay included.
+        .option_layer(trace_layer)
         // Forged identity headers go, and an ambiguous Host is refused, before any route,
         // auth mode or upstream sees them; inside the access log, so a 400 is logged.
         .layer(ClientHeadersLayer::new(&config.identity.strip))
@@ -173,10 +203,14 @@ pub fn build_with_api(
         // The timeout covers CloudBase validation and the upstream alike.
         .layer(RequestTimeoutLayer::new(config.server.request_timeout))
         .layer(AuthLayer::new(authenticator, &names))
+        // Per-user rate limits after authentication: they key on the `sub`, and a request
+        // authentication refuses must spend nothing.
+        .option_layer(route_limits)
         .service(Forward::new(upstream, &config.server.trusted_proxies));
     Ok(Built {
         service: BoxCloneSyncService::new(service),
         metrics,
         cache,
+        tracing,
     })
 }

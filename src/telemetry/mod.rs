@@ -1,9 +1,11 @@
-//! Logging setup and the access log.
+//! Logging setup, the access log, and OpenTelemetry traces ([`trace`]).
 //!
 //! One access-log line per request: method, route prefix, kind (`proxy`, `forward_auth` or
 //! `relay`), status, duration, request id and the user's `sub` when known. Never the path
 //! or query (a `?token=` would leak), never a header value. The same layer keeps the
 //! per-request metrics, since it already holds the start time and sees the final status.
+
+pub mod trace;
 
 use std::future::Future;
 use std::pin::Pin;
