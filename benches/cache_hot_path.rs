@@ -13,24 +13,27 @@
 //! Groups:
 //! - `hit/{1k,100k,1M}/{1_thread,all_cores}`: the per-request work on a hit — bearer token
 //!   from `Authorization`, SHA-256 digest, lookup, freshness check, identity headers built
-//!   (`Identity::apply`) — through the real `IdentityCache`, filled with that many entries
-//!   by `validate` against an in-process CloudBase stand-in. Requests rotate over up to
-//!   100 000 tokens spread evenly over the cache, so with 1M entries most lookups miss the
+//!   (`Identity::apply`) — through the real `IdentityCache` (moka), filled with that many
+//!   entries by `validate` against an in-process CloudBase stand-in. Requests rotate over up
+//!   to 100 000 tokens spread evenly over the cache, so with 1M entries most lookups miss the
 //!   CPU caches (a large population, uniformly active: the worst case). Each request is
 //!   timed alone, after its token bytes were read as the server would just have received
 //!   them (so ~20 ns of clock reads are included). `all_cores` runs one task per runtime
 //!   worker at once and reports time per request with every core busy (ideal:
 //!   `1_thread / cores`). `hit/1M/1_thread_hot_1k`: the same 1 000 tokens over and over.
-//! - `hit_parts/1M/*`: the same request split into its steps.
-//! - `digest/*`: SHA-256 (the gateway's) vs BLAKE3 of an 800-byte token, and SipHash — not
-//!   cryptographic — which a map keyed by the raw token would compute instead, for scale.
+//! - `hit_old_store/{1k,1M}/1_thread`: the same requests, the same identities, the same
+//!   steps, on the hand-written store the cache used before moka (`support/old_store.rs`).
+//! - `hit_parts/1M/*`: the moka hit split into its steps.
+//! - `purge/1M/purge_sub`: `purge_sub` of a user with one token among 1M entries (the
+//!   token validated again, untimed, before each purge).
+//! - `digest/*`: SHA-256 (the gateway's) vs BLAKE3 (with `--features bench-compare`) of an
+//!   800-byte token, and SipHash — not cryptographic — which a map keyed by the raw token
+//!   would compute instead, for scale.
 //! - `key/100k/*`: the same moka cache keyed by the digest vs by the raw token `String`.
-//! - `map/1M/*`: the lookup alone in the gateway's store (`cache::store`) vs moka (what the
-//!   gateway used before; also with a hasher trusting the digest) vs `dashmap`.
-//!
-//! The alternatives (BLAKE3, moka, dashmap, and so all of `key/`) are compiled only with
-//! `--features bench-compare`, so that plain builds and `cargo test` do not build them:
-//! `cargo bench --features bench-compare --bench cache_hot_path -- map/1M`.
+//! - `map/1M/*`: the lookup alone: the old store vs moka with its default hasher (SipHash of
+//!   the whole key) vs moka with the gateway's `KeyHasher` (SipHash of 8 bytes, as
+//!   configured in `src/cache/entries.rs`); with `--features bench-compare`, also moka's
+//!   async cache (`moka::future`) with the gateway's hasher.
 //! - `validate/*`: the miss path (a fresh token each time, the stand-in answering at once),
 //!   one new token validated by 100 concurrent tasks (single flight), and 100 concurrent
 //!   hits as the baseline for the latter. It asserts (untimed) that 100 concurrent
@@ -39,6 +42,8 @@
 //!
 //! The stand-in, the tokens and the cache construction are in `benches/support/mod.rs`.
 
+#[path = "support/old_store.rs"]
+mod old_store;
 #[path = "support/mod.rs"]
 mod support;
 
@@ -50,15 +55,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cloudbase_auth::types::{Introspection, UserProfile};
-use cloudbase_gateway::cache::store::{Kind, Store};
 use cloudbase_gateway::cache::{
-    token_key, HeaderFields, Identity, IdentityCache, TokenKey, Validation,
+    token_key, HeaderFields, Identity, IdentityCache, KeyHasher, SharedIdentity, TokenKey,
+    Validation,
 };
+use cloudbase_gateway::clock::UnixClock;
 use cloudbase_gateway::config::IdentityMapping;
 use cloudbase_gateway::http::bearer::{bearer, Credentials};
+use cloudbase_gateway::metrics::{CacheLookup, Metrics};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderValue};
+use old_store::{Kind, Store};
 use sha2::Digest;
 use support::{jwt_like_token, StandIn};
 use tokio::runtime::Runtime;
@@ -219,8 +227,11 @@ where
 fn bench_hit(c: &mut Criterion) {
     let rt = support::production_runtime();
     for (label, n) in [("1k", 1_000u64), ("100k", 100_000), ("1M", 1_000_000)] {
+        let hit = selected(&format!("hit/{label}/"));
+        let old = n != 100_000 && selected(&format!("hit_old_store/{label}/"));
         let parts = n == 1_000_000 && selected("hit_parts/1M/");
-        if !(selected(&format!("hit/{label}/")) || parts) {
+        let purge = n == 1_000_000 && selected("purge/1M/");
+        if !(hit || old || parts || purge) {
             continue;
         }
         let config = support::config(n.max(1000));
@@ -233,41 +244,153 @@ fn bench_hit(c: &mut Criterion) {
         eprintln!("filled {n} entries in {:.1?}", started.elapsed());
         let pool = pool(n);
 
-        let mut group = c.benchmark_group(format!("hit/{label}"));
-        group.throughput(Throughput::Elements(1));
-        group.bench_function("1_thread", |b| {
-            let (cache, names, pool) = (&cache, &names, &pool);
-            b.to_async(&rt)
-                .iter_custom(|iters| async move { timed_hits(cache, names, pool, 0, iters).await })
-        });
-        group.bench_function("all_cores", |b| {
-            b.to_async(&rt).iter_custom(|iters| {
-                let (cache, names, pool) = (cache.clone(), names.clone(), pool.clone());
-                on_all_workers(iters, move |w, ops| {
-                    let (cache, names, pool) = (cache.clone(), names.clone(), pool.clone());
-                    async move { timed_hits(&cache, &names, &pool, w * pool.len() / 2, ops).await }
-                })
-            })
-        });
-        if n == 1_000_000 {
-            // A skewed load: the same 1 000 users (and their entries) over and over.
-            let hot: Arc<[HeaderMap]> = (0..1000)
-                .map(|k| request_headers(&jwt_like_token(k * 1000)))
-                .collect();
-            group.bench_function("1_thread_hot_1k", |b| {
-                let (cache, names, hot) = (&cache, &names, &hot);
+        if hit {
+            let mut group = c.benchmark_group(format!("hit/{label}"));
+            group.throughput(Throughput::Elements(1));
+            group.bench_function("1_thread", |b| {
+                let (cache, names, pool) = (&cache, &names, &pool);
                 b.to_async(&rt).iter_custom(|iters| async move {
-                    timed_hits(cache, names, hot, 0, iters).await
+                    timed_hits(cache, names, pool, 0, iters).await
                 })
             });
+            group.bench_function("all_cores", |b| {
+                b.to_async(&rt).iter_custom(|iters| {
+                    let (cache, names, pool) = (cache.clone(), names.clone(), pool.clone());
+                    on_all_workers(iters, move |w, ops| {
+                        let (cache, names, pool) = (cache.clone(), names.clone(), pool.clone());
+                        async move {
+                            timed_hits(&cache, &names, &pool, w * pool.len() / 2, ops).await
+                        }
+                    })
+                })
+            });
+            if n == 1_000_000 {
+                // A skewed load: the same 1 000 users (and their entries) over and over.
+                let hot: Arc<[HeaderMap]> = (0..1000)
+                    .map(|k| request_headers(&jwt_like_token(k * 1000)))
+                    .collect();
+                group.bench_function("1_thread_hot_1k", |b| {
+                    let (cache, names, hot) = (&cache, &names, &hot);
+                    b.to_async(&rt).iter_custom(|iters| async move {
+                        timed_hits(cache, names, hot, 0, iters).await
+                    })
+                });
+            }
+            group.finish();
         }
-        group.finish();
-        assert_eq!(api.calls(), (n, n), "hits never call CloudBase");
-
-        if n == 1_000_000 && selected("hit_parts/1M/") {
+        if old {
+            bench_hit_old_store(c, label, &rt, &cache, n, &names, &pool);
+        }
+        if parts {
             bench_hit_parts(c, &rt, &cache, &names, &pool);
         }
+        assert_eq!(api.calls(), (n, n), "hits never call CloudBase");
+        if purge {
+            bench_purge_sub(c, &rt, &cache);
+        }
     }
+}
+
+/// A purge by user among 1M entries: one user's one token, validated again (untimed)
+/// before each purge.
+fn bench_purge_sub(c: &mut Criterion, rt: &Runtime, cache: &IdentityCache) {
+    let mut group = c.benchmark_group("purge/1M");
+    let next = Cell::new(0u64);
+    group.bench_function("purge_sub", |b| {
+        b.iter_batched(
+            || {
+                let token = jwt_like_token(next.get() % POOL);
+                next.set(next.get() + 1);
+                match rt.block_on(cache.validate(&token, None)) {
+                    Validation::Valid(identity) => identity.sub.clone(),
+                    other => panic!("expected a valid token, got {other:?}"),
+                }
+            },
+            |sub| assert_eq!(cache.purge_sub(&sub), 1),
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+/// What the old store held per token for a signed-in user (its stale deadline and
+/// lifetime left out: a hit never read them).
+#[derive(Clone)]
+struct OldEntry {
+    identity: SharedIdentity,
+    fresh_until: tokio::time::Instant,
+}
+
+/// The hit path on the old store, over the same identities as `cache` (read from it,
+/// untimed) and the same requests.
+fn bench_hit_old_store(
+    c: &mut Criterion,
+    label: &str,
+    rt: &Runtime,
+    cache: &IdentityCache,
+    n: u64,
+    names: &IdentityMapping,
+    pool: &[HeaderMap],
+) {
+    let store = Store::new(n);
+    let until = tokio::time::Instant::now() + Duration::from_secs(600);
+    for i in 0..n {
+        let token = jwt_like_token(i);
+        let Validation::Valid(identity) = rt.block_on(cache.validate(&token, None)) else {
+            unreachable!("every token is cached")
+        };
+        let entry = OldEntry {
+            identity,
+            fresh_until: until,
+        };
+        store.insert(token_key(&token), entry, until, Kind::Positive);
+    }
+    assert_eq!(store.len(), n, "every token is in the old store");
+    let metrics = Metrics::new(Vec::<String>::new());
+    let clock = UnixClock::System;
+    let mut group = c.benchmark_group(format!("hit_old_store/{label}"));
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("1_thread", |b| {
+        let mut out = HeaderMap::with_capacity(16);
+        b.iter_custom(|iters| {
+            let mut busy = Duration::ZERO;
+            let mut i = 0;
+            for _ in 0..iters {
+                i = next_slot(i, pool.len());
+                let req = &pool[i];
+                receive(req);
+                let start = Instant::now();
+                old_store_hit(&store, &metrics, &clock, names, req, &mut out);
+                busy += start.elapsed();
+            }
+            busy
+        })
+    });
+    group.finish();
+}
+
+/// `IdentityCache::validate`'s steps for a fresh positive entry, as they ran on the old
+/// store; identity headers go to `out`.
+fn old_store_hit(
+    store: &Store<OldEntry>,
+    metrics: &Metrics,
+    clock: &UnixClock,
+    names: &IdentityMapping,
+    req: &HeaderMap,
+    out: &mut HeaderMap,
+) {
+    let Credentials::Bearer(token) = bearer(req) else {
+        panic!("pool tokens are well-formed")
+    };
+    let entry = store.get(&token_key(token)).expect("cached");
+    assert!(tokio::time::Instant::now() < entry.fresh_until, "fresh");
+    assert!(
+        !entry.identity.exp.is_some_and(|exp| clock.has_reached(exp)),
+        "before exp"
+    );
+    metrics.cache_lookup(CacheLookup::Hit);
+    out.clear();
+    entry.identity.apply(names, out);
 }
 
 /// The 1M hit, step by step, timed the same way.
@@ -405,16 +528,13 @@ fn identity(n: u64) -> Arc<Identity> {
 }
 
 /// Per-entry expiry as the production cache configures it.
-#[cfg(feature = "bench-compare")]
 struct TenMinutes;
-#[cfg(feature = "bench-compare")]
 impl<K, V> moka::Expiry<K, V> for TenMinutes {
     fn expire_after_create(&self, _: &K, _: &V, _: std::time::Instant) -> Option<Duration> {
         Some(Duration::from_secs(600))
     }
 }
 
-#[cfg(feature = "bench-compare")]
 fn moka_builder<K, V>(n: u64) -> moka::sync::CacheBuilder<K, V, moka::sync::Cache<K, V>>
 where
     K: std::hash::Hash + Eq + Send + Sync + 'static,
@@ -425,7 +545,6 @@ where
         .expire_after(TenMinutes)
 }
 
-#[cfg(feature = "bench-compare")]
 fn bench_key(c: &mut Criterion) {
     const N: u64 = 100_000;
     if !selected("key/100k/") {
@@ -458,34 +577,6 @@ fn bench_key(c: &mut Criterion) {
     group.finish();
 }
 
-/// Hashes a [`TokenKey`] by its first eight bytes: the key is already a uniform digest,
-/// so running SipHash over it again buys nothing.
-#[cfg(feature = "bench-compare")]
-#[derive(Clone, Default)]
-struct DigestPrefix;
-#[cfg(feature = "bench-compare")]
-#[derive(Default)]
-struct DigestPrefixHasher(u64);
-#[cfg(feature = "bench-compare")]
-impl BuildHasher for DigestPrefix {
-    type Hasher = DigestPrefixHasher;
-    fn build_hasher(&self) -> DigestPrefixHasher {
-        DigestPrefixHasher(0)
-    }
-}
-#[cfg(feature = "bench-compare")]
-impl Hasher for DigestPrefixHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        if let Some(head) = bytes.first_chunk::<8>() {
-            self.0 ^= u64::from_le_bytes(*head);
-        }
-    }
-    fn write_usize(&mut self, _len: usize) {}
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
 fn bench_map(c: &mut Criterion) {
     const N: u64 = 1_000_000;
     if !selected("map/1M/") {
@@ -494,54 +585,76 @@ fn bench_map(c: &mut Criterion) {
     let keys: Vec<TokenKey> = (0..N)
         .map(|i| sha2::Sha256::digest(i.to_le_bytes()).into())
         .collect();
+    let moka_sip = moka_builder::<TokenKey, Arc<Identity>>(N).build();
+    let moka_key_hasher =
+        moka_builder::<TokenKey, Arc<Identity>>(N).build_with_hasher(KeyHasher::default());
     let store = Store::<Arc<Identity>>::new(N);
     let until = tokio::time::Instant::now() + Duration::from_secs(3600);
     for (i, k) in keys.iter().enumerate() {
-        store.insert(*k, identity(i as u64), until, Kind::Positive);
+        let id = identity(i as u64);
+        store.insert(*k, id.clone(), until, Kind::Positive);
+        moka_sip.insert(*k, id.clone());
+        moka_key_hasher.insert(*k, id);
     }
-    #[cfg(feature = "bench-compare")]
-    let (moka_sip, moka_prefix, dash) = {
-        let moka_sip = moka_builder::<TokenKey, Arc<Identity>>(N).build();
-        let moka_prefix =
-            moka_builder::<TokenKey, Arc<Identity>>(N).build_with_hasher(DigestPrefix);
-        let dash = dashmap::DashMap::<TokenKey, Arc<Identity>>::new();
-        for (i, k) in keys.iter().enumerate() {
-            let id = identity(i as u64);
-            moka_sip.insert(*k, id.clone());
-            moka_prefix.insert(*k, id.clone());
-            dash.insert(*k, id);
-        }
-        moka_sip.run_pending_tasks();
-        moka_prefix.run_pending_tasks();
-        (moka_sip, moka_prefix, dash)
-    };
+    moka_sip.run_pending_tasks();
+    moka_key_hasher.run_pending_tasks();
     let step = (N / POOL) as usize;
     let lookups: Vec<TokenKey> = keys.iter().step_by(step).copied().collect();
-    drop(keys);
 
     let mut group = c.benchmark_group("map/1M");
     group.throughput(Throughput::Elements(1));
+    let moka_get = |m: &moka::sync::Cache<TokenKey, Arc<Identity>>, k: &TokenKey| m.get(k);
+    let moka_key_hasher_get =
+        |m: &moka::sync::Cache<TokenKey, Arc<Identity>, KeyHasher>, k: &TokenKey| m.get(k);
     let store_get = |m: &Store<Arc<Identity>>, k: &TokenKey| m.get(k);
-    map_pair(&mut group, "gateway_store", &store, &lookups, store_get);
+    map_pair(&mut group, "old_store", &store, &lookups, store_get);
+    map_pair(&mut group, "moka_siphash", &moka_sip, &lookups, moka_get);
+    map_pair(
+        &mut group,
+        "moka_key_hasher",
+        &moka_key_hasher,
+        &lookups,
+        moka_key_hasher_get,
+    );
+    drop((store, moka_sip, moka_key_hasher));
     #[cfg(feature = "bench-compare")]
-    {
-        let moka_get = |m: &moka::sync::Cache<TokenKey, Arc<Identity>>, k: &TokenKey| m.get(k);
-        let moka_prefix_get =
-            |m: &moka::sync::Cache<TokenKey, Arc<Identity>, DigestPrefix>, k: &TokenKey| m.get(k);
-        let dash_get = |m: &dashmap::DashMap<TokenKey, Arc<Identity>>, k: &TokenKey| {
-            m.get(k).map(|r| r.value().clone())
-        };
-        map_pair(&mut group, "moka_siphash", &moka_sip, &lookups, moka_get);
-        map_pair(
-            &mut group,
-            "moka_digest_prefix_hash",
-            &moka_prefix,
-            &lookups,
-            moka_prefix_get,
-        );
-        map_pair(&mut group, "dashmap_siphash", &dash, &lookups, dash_get);
-    }
+    moka_future(&mut group, &keys, &lookups);
     group.finish();
+}
+
+/// moka's async cache, as the gateway would configure it, looked up on the runtime.
+#[cfg(feature = "bench-compare")]
+fn moka_future(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    keys: &[TokenKey],
+    lookups: &[TokenKey],
+) {
+    let rt = support::production_runtime();
+    let cache = moka::future::Cache::<TokenKey, Arc<Identity>>::builder()
+        .max_capacity(keys.len() as u64 * 2)
+        .expire_after(TenMinutes)
+        .build_with_hasher(KeyHasher::default());
+    rt.block_on(async {
+        for (i, k) in keys.iter().enumerate() {
+            cache.insert(*k, identity(i as u64)).await;
+        }
+        cache.run_pending_tasks().await;
+    });
+    group.bench_function(
+        BenchmarkId::new("moka_future_key_hasher", "1_thread"),
+        |b| {
+            let cache = &cache;
+            b.to_async(&rt).iter_custom(|iters| async move {
+                let mut i = 0;
+                let start = Instant::now();
+                for _ in 0..iters {
+                    i = next_slot(i, lookups.len());
+                    black_box(cache.get(&lookups[i]).await.expect("present"));
+                }
+                start.elapsed()
+            })
+        },
+    );
 }
 
 /// One thread, then every core at once (wall time per lookup).
@@ -674,16 +787,9 @@ async fn concurrently(cache: &IdentityCache, token: &Arc<str>, n: usize) {
     }
 }
 
-#[cfg(feature = "bench-compare")]
 criterion_group! {
     name = benches;
     config = config();
     targets = bench_hit, bench_digest, bench_key, bench_map, bench_validate
-}
-#[cfg(not(feature = "bench-compare"))]
-criterion_group! {
-    name = benches;
-    config = config();
-    targets = bench_hit, bench_digest, bench_map, bench_validate
 }
 criterion_main!(benches);

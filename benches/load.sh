@@ -52,89 +52,18 @@ LUA_PORT=$((BASE_PORT + 6))
 NGINX_H2_PORT=$((BASE_PORT + 7))
 export RUST_LOG=${RUST_LOG:-warn}
 
-CORES=$(nproc)
-if [ "$CORES" -ge 2 ]; then
-    SERVER_CPUS=${SERVER_CPUS:-1}
-    LOAD_CPUS=${LOAD_CPUS:-0}
-else
-    SERVER_CPUS=${SERVER_CPUS:-0}
-    LOAD_CPUS=${LOAD_CPUS:-0}
-    echo "note: one core; the load generator and the servers share it" >&2
-fi
-
-WORK=$(mktemp -d /tmp/cloudbase-gateway-load.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    if [ "${KEEP:-0}" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-
-say() { printf '\n== %s\n' "$*" >&2; }
-
-need=()
-command -v nginx >/dev/null || need+=(nginx-light)
-[ -e /usr/lib/nginx/modules/ngx_http_lua_module.so ] || need+=(libnginx-mod-http-lua)
-[ -e /usr/lib/x86_64-linux-gnu/lua/5.1/cjson.so ] || ls /usr/lib/*/lua/5.1/cjson.so >/dev/null 2>&1 || need+=(lua-cjson)
-command -v wrk >/dev/null || need+=(wrk)
-command -v h2load >/dev/null || need+=(nghttp2-client)
-command -v curl >/dev/null || need+=(curl)
-if [ ${#need[@]} -gt 0 ]; then
-    say "installing ${need[*]}"
-    apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-NGINX_MODULES=/usr/lib/nginx/modules
-
-say "building (release)"
-cargo build --release --quiet --bin cloudbase-gateway
-GATEWAY_BIN=$PWD/target/release/cloudbase-gateway
+WORK_NAME=cloudbase-gateway-load
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
+install_missing "nginx nginx-light" "$NGINX_MODULES/ngx_http_lua_module.so libnginx-mod-http-lua" \
+    "/usr/lib/*/lua/5.1/cjson.so lua-cjson" "wrk wrk" "h2load nghttp2-client" "curl curl"
+build_gateway
 
 # ---------------------------------------------------------------------------------------
 # Configurations
 # ---------------------------------------------------------------------------------------
 
-mkdir -p "$WORK/nginx"
-# The common head of every nginx: one worker, no access log, a pid file of its own.
-nginx_head() { # name [module.so...]
-    local name=$1 module
-    shift
-    for module in "$@"; do echo "load_module $NGINX_MODULES/$module;"; done
-    cat <<EOF
-worker_processes 1;
-daemon off;
-pid $WORK/nginx/$name.pid;
-error_log $WORK/nginx/$name.error.log warn;
-events { worker_connections 4096; }
-EOF
-}
-temp_paths() { # name
-    local d="$WORK/nginx/$1"
-    mkdir -p "$d"
-    cat <<EOF
-    client_body_temp_path $d/body;
-    proxy_temp_path $d/proxy;
-    fastcgi_temp_path $d/fastcgi;
-    uwsgi_temp_path $d/uwsgi;
-    scgi_temp_path $d/scgi;
-EOF
-}
-
-{
-    nginx_head upstream
-    cat <<EOF
-http {
-    access_log off;
-$(temp_paths upstream)
-    keepalive_requests 1000000;
-    server {
-        listen 127.0.0.1:$UPSTREAM_PORT backlog=4096;
-        location / { default_type text/plain; return 200 "ok\n"; }
-    }
-}
-EOF
-} >"$WORK/nginx/upstream.conf"
+write_upstream_conf "$UPSTREAM_PORT"
 
 # nginx as a plain reverse proxy: what an operator would write (HTTP/1.1 keep-alive to the
 # upstream), on HTTP/1.1 and on an h2c (prior knowledge) port.
@@ -318,21 +247,6 @@ EOF
 # Processes
 # ---------------------------------------------------------------------------------------
 
-wait_http() { # url
-    for _ in $(seq 1 100); do
-        curl -sS -o /dev/null "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "no answer from $1" >&2
-    exit 1
-}
-
-start_nginx() { # name port
-    taskset -c "$SERVER_CPUS" nginx -e "$WORK/nginx/$1.error.log" -c "$WORK/nginx/$1.conf" -p "$WORK/nginx" &
-    PIDS+=("$!")
-    wait_http "http://127.0.0.1:$2/"
-}
-
 start_gateway() {
     taskset -c "$SERVER_CPUS" "$GATEWAY_BIN" --config "$WORK/gateway.toml" 2>>"$WORK/gateway.log" &
     GATEWAY_PID=$!
@@ -343,22 +257,6 @@ start_gateway() {
 stop_gateway() {
     kill -TERM "$GATEWAY_PID"
     wait "$GATEWAY_PID" || true
-}
-
-# Signs in user "bench" $1 times (one session, so one token, each) into file $2.
-sign_in() {
-    local n=$1 out=$2 cfg="$WORK/signin.curl"
-    : >"$cfg"
-    for k in $(seq 1 "$n"); do
-        [ "$k" -eq 1 ] || echo next >>"$cfg"
-        printf 'url = "http://127.0.0.1:%s/auth/v1/signin"\nheader = "Content-Type: application/json"\ndata = "{\\"username\\":\\"bench\\",\\"password\\":\\"bench-password\\"}"\nwrite-out = "\\n"\n' \
-            "$EMULATOR_PORT" >>"$cfg"
-    done
-    curl -sS -K "$cfg" | grep -o '"access_token":"[^"]*"' | cut -d'"' -f4 >"$out"
-    local got
-    got=$(wc -l <"$out")
-    [ "$got" -eq "$n" ] || { echo "signed in $got of $n" >&2; exit 1; }
-    [ "$(sort -u "$out" | wc -l)" -eq "$n" ] || { echo "tokens are not distinct" >&2; exit 1; }
 }
 
 # One request per token of file $1 to URL $2; every answer must be 200.
@@ -373,20 +271,6 @@ warm() {
     local not_ok
     not_ok=$(curl -sS -K "$cfg" | grep -cv '^200$' || true)
     [ "$not_ok" -eq 0 ] || { echo "$not_ok warm-up requests to $2 were not 200" >&2; exit 1; }
-}
-
-# The emulator's call counter $1 (introspect, user_me, signin…).
-calls() {
-    curl -fsS "http://127.0.0.1:$EMULATOR_PORT/__emulator/stats" |
-        grep -o "\"$1\":[0-9]*" | cut -d: -f2
-}
-
-# Latency ("412.00us", "1.02ms", "1.5s") -> microseconds.
-to_us() {
-    awk -v v="$1" 'BEGIN {
-        n = v + 0
-        if (v ~ /us$/) u = n; else if (v ~ /ms$/) u = n * 1000; else if (v ~ /s$/) u = n * 1000000; else u = n
-        printf "%.0f", u }'
 }
 
 ORDER=()
@@ -443,15 +327,13 @@ measure_h2() {
 
 say "starting upstream, CloudBase stand-in (emulator), nginx x2 and the gateway on cpu $SERVER_CPUS; load on cpu $LOAD_CPUS"
 start_nginx upstream "$UPSTREAM_PORT"
-taskset -c "$SERVER_CPUS" "$GATEWAY_BIN" emulator --config "$WORK/emulator.toml" 2>"$WORK/emulator.log" &
-PIDS+=("$!")
-wait_http "http://127.0.0.1:$EMULATOR_PORT/healthz"
+start_emulator "$WORK/emulator.toml"
 start_nginx proxy "$NGINX_PORT"
 start_nginx lua "$LUA_PORT"
 start_gateway
 
 say "signing in $TOKENS sessions; warming the gateway's and nginx + Lua's caches"
-sign_in "$TOKENS" "$WORK/tokens.txt"
+sign_in bench bench-password "$TOKENS" "$WORK/tokens.txt"
 warm "$WORK/tokens.txt" "http://127.0.0.1:$GATEWAY_PORT/auth/warm"
 warm "$WORK/tokens.txt" "http://127.0.0.1:$LUA_PORT/warm"
 WARM_I=$(calls introspect)
@@ -492,7 +374,7 @@ done
 say "cold: restarted gateway, $COLD_TOKENS new tokens, $CONNECTIONS at a time"
 stop_gateway
 start_gateway
-sign_in "$COLD_TOKENS" "$WORK/cold-tokens.txt"
+sign_in bench bench-password "$COLD_TOKENS" "$WORK/cold-tokens.txt"
 BEFORE_I=$(calls introspect)
 BEFORE_U=$(calls user_me)
 # Each token twice at once (two requests in flight for it): single flight must hold.

@@ -36,59 +36,13 @@ EMULATOR_PORT=$((BASE_PORT + 2))
 GATEWAY_PORT=$((BASE_PORT + 3))
 ADMIN_PORT=$((BASE_PORT + 4))
 export RUST_LOG=${RUST_LOG:-warn}
-if [ "$(nproc)" -ge 2 ]; then
-    SERVER_CPUS=${SERVER_CPUS:-1}
-    LOAD_CPUS=${LOAD_CPUS:-0}
-else
-    SERVER_CPUS=${SERVER_CPUS:-0}
-    LOAD_CPUS=${LOAD_CPUS:-0}
-fi
 
-WORK=$(mktemp -d /tmp/cloudbase-gateway-soak.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    if [ "${KEEP:-0}" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-say() { printf '\n== %s\n' "$*" >&2; }
-
-need=()
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v wrk >/dev/null || need+=(wrk)
-command -v curl >/dev/null || need+=(curl)
-if [ ${#need[@]} -gt 0 ]; then
-    say "installing ${need[*]}"
-    apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-
-say "building (release)"
-cargo build --release --quiet --bin cloudbase-gateway
-GATEWAY_BIN=$PWD/target/release/cloudbase-gateway
-
-mkdir -p "$WORK/nginx"
-cat >"$WORK/nginx/upstream.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $WORK/nginx/upstream.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $WORK/nginx/body;
-    proxy_temp_path $WORK/nginx/proxy;
-    fastcgi_temp_path $WORK/nginx/fastcgi;
-    uwsgi_temp_path $WORK/nginx/uwsgi;
-    scgi_temp_path $WORK/nginx/scgi;
-    keepalive_requests 1000000;
-    server {
-        listen 127.0.0.1:$UPSTREAM_PORT backlog=4096;
-        location / { default_type text/plain; return 200 "ok\n"; }
-    }
-}
-EOF
+WORK_NAME=cloudbase-gateway-soak
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
+install_missing "nginx nginx-light" "wrk wrk" "curl curl"
+build_gateway
+write_upstream_conf "$UPSTREAM_PORT"
 
 cat >"$WORK/emulator.toml" <<EOF
 [cloudbase]
@@ -168,22 +122,6 @@ end
 $COUNT_LUA
 EOF
 
-wait_http() {
-    for _ in $(seq 1 100); do
-        curl -sS -o /dev/null "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "no answer from $1" >&2
-    exit 1
-}
-calls() {
-    curl -fsS "http://127.0.0.1:$EMULATOR_PORT/__emulator/stats" |
-        grep -o "\"$1\":[0-9]*" | cut -d: -f2
-}
-fault() {
-    curl -fsS -o /dev/null -X POST -H 'Content-Type: application/json' \
-        -d "{\"mode\":\"$1\"}" "http://127.0.0.1:$EMULATOR_PORT/__emulator/fault"
-}
 status_count() { # file status
     awk -v s="$2" '$1 == "STATUS" && $2 == s { n += $3 } END { print n + 0 }' "$1"
 }
@@ -194,27 +132,15 @@ other_count() { # file allowed-statuses...
 }
 
 say "starting upstream, emulator and gateway on cpu $SERVER_CPUS; wrk on cpu $LOAD_CPUS"
-taskset -c "$SERVER_CPUS" nginx -e "$WORK/nginx/error.log" -c "$WORK/nginx/upstream.conf" -p "$WORK/nginx" &
-PIDS+=("$!")
-taskset -c "$SERVER_CPUS" "$GATEWAY_BIN" emulator --config "$WORK/emulator.toml" 2>"$WORK/emulator.log" &
-PIDS+=("$!")
+start_nginx upstream "$UPSTREAM_PORT"
+start_emulator "$WORK/emulator.toml"
 taskset -c "$SERVER_CPUS" "$GATEWAY_BIN" --config "$WORK/gateway.toml" 2>"$WORK/gateway.log" &
 GATEWAY_PID=$!
 PIDS+=("$GATEWAY_PID")
-wait_http "http://127.0.0.1:$UPSTREAM_PORT/"
-wait_http "http://127.0.0.1:$EMULATOR_PORT/healthz"
 wait_http "http://127.0.0.1:$ADMIN_PORT/readyz"
 
 say "signing in $USERS sessions"
-cfg="$WORK/signin.curl"
-: >"$cfg"
-for k in $(seq 1 "$USERS"); do
-    [ "$k" -eq 1 ] || echo next >>"$cfg"
-    printf 'url = "http://127.0.0.1:%s/auth/v1/signin"\nheader = "Content-Type: application/json"\ndata = "{\\"username\\":\\"soak\\",\\"password\\":\\"soak-password\\"}"\nwrite-out = "\\n"\n' \
-        "$EMULATOR_PORT" >>"$cfg"
-done
-curl -sS -K "$cfg" | grep -o '"access_token":"[^"]*"' | cut -d'"' -f4 >"$WORK/tokens.txt"
-[ "$(wc -l <"$WORK/tokens.txt")" -eq "$USERS" ] || { echo "sign-in failed" >&2; exit 1; }
+sign_in soak soak-password "$USERS" "$WORK/tokens.txt"
 export TOKENS_FILE="$WORK/tokens.txt"
 
 say "soaking: $SLICES slices of 10 s; CloudBase answers 500 in slices $OUTAGE_AT..$((OUTAGE_AT + OUTAGE_SLICES - 1))"

@@ -1,20 +1,25 @@
-//! Resident memory per cached identity: fills an `IdentityCache` with N identities (default
+//! Resident memory per cached token: fills an `IdentityCache` with N entries (default
 //! 1 000 000) through `validate` against the in-process CloudBase stand-in of the benches,
-//! and reports VmRSS growth per entry. Target: at most 1 KiB per entry.
+//! and reports VmRSS growth per entry next to the estimate the cache's weigher charges
+//! against `cache.max_memory`. Target: at most 1 KiB per signed-in user.
 //!
 //! ```text
-//! cargo run --release --example cache_memory            # 1 000 000 entries
-//! cargo run --release --example cache_memory -- 100000  # another count
+//! cargo run --release --example cache_memory                      # 1 000 000 users
+//! cargo run --release --example cache_memory -- 100000             # another count
+//! cargo run --release --example cache_memory -- 1000000 --refused  # refused tokens instead
 //! ```
 //!
 //! Linux only (reads `/proc/self/status`). Tokens are made one at a time and dropped, so
-//! what grows is the cache: key, entry, identity and the cache's own bookkeeping.
+//! what grows is the cache: key, entry, identity and the cache's own bookkeeping. Signed-in
+//! users carry the eight default identity headers; `--refused` fills the negative cache.
 
 #[path = "../benches/support/mod.rs"]
 mod support;
 
 use std::sync::Arc;
 use std::time::Instant;
+
+use cloudbase_gateway::cache::{estimated_entry_bytes, Validation, NEGATIVE_ENTRY_BYTES};
 
 /// Resident set size of this process, in bytes.
 fn rss() -> u64 {
@@ -31,44 +36,60 @@ fn rss() -> u64 {
 const WARM: u64 = 1 << 40;
 
 fn main() {
-    let n: u64 = match std::env::args().nth(1) {
-        Some(arg) => arg
-            .replace('_', "")
-            .parse()
-            .expect("usage: cache_memory [ENTRIES]"),
-        None => 1_000_000,
-    };
+    let usage = "usage: cache_memory [ENTRIES] [--refused]";
+    let mut n: u64 = 1_000_000;
+    let mut refused = false;
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--refused" => refused = true,
+            count => n = count.replace('_', "").parse().expect(usage),
+        }
+    }
     let runtime = support::production_runtime();
     let config = support::config(n);
     assert!(
         config.cache.max_entries >= n,
         "cache.max_entries must hold every entry"
     );
-    let api = Arc::new(support::StandIn::default());
+    let api = Arc::new(support::StandIn {
+        refuse: refused,
+        ..Default::default()
+    });
     let (cache, _names) = support::cache(&config, api.clone());
 
     // Warm the allocator and runtime with a few entries first, so their one-off costs are
     // not charged to the entries measured.
-    runtime.block_on(support::fill(&cache, WARM..WARM + 1000));
+    runtime.block_on(support::fill_expecting(&cache, WARM..WARM + 1000, !refused));
     cache.purge_all();
     let before = rss();
     let started = Instant::now();
-    runtime.block_on(support::fill(&cache, 0..n));
+    runtime.block_on(support::fill_expecting(&cache, 0..n, !refused));
     let entries = cache.entry_count();
     let after = rss();
-    assert_eq!(entries, n, "every identity is cached");
-    assert_eq!(
-        api.calls(),
-        (n + 1000, n + 1000),
-        "one introspect and one user/me each"
-    );
+    assert_eq!(entries, n, "every token is cached");
+    assert_eq!(api.calls().0, n + 1000, "one introspect each");
 
+    let estimate = if refused {
+        NEGATIVE_ENTRY_BYTES
+    } else {
+        let token = support::jwt_like_token(0);
+        match runtime.block_on(cache.validate(&token, None)) {
+            Validation::Valid(identity) => estimated_entry_bytes(&identity),
+            other => panic!("token 0 is cached: {other:?}"),
+        }
+    };
     let per_entry = (after.saturating_sub(before)) as f64 / n as f64;
-    println!("entries          {n}");
+    let kind = if refused {
+        "refused tokens"
+    } else {
+        "signed-in users"
+    };
+    println!("entries          {n} {kind}");
     println!("fill time        {:.1?}", started.elapsed());
     println!("VmRSS before     {:.1} MiB", before as f64 / 1048576.0);
     println!("VmRSS after      {:.1} MiB", after as f64 / 1048576.0);
     println!("bytes per entry  {per_entry:.0} (target <= 1024)");
+    println!("weigher estimate {estimate} (what max_memory counts per entry)");
     if per_entry > 1024.0 {
         std::process::exit(1);
     }

@@ -88,6 +88,34 @@ impl AuthDecision {
     }
 }
 
+/// `kind` of `requests_total` and `request_duration_seconds`: what the gateway did with
+/// the request. Put in response extensions by whoever answers other than by proxying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum RequestKind {
+    /// Routed and (unless refused) forwarded upstream.
+    #[default]
+    Proxy,
+    /// A forward-auth decision for an ingress (`[forward_auth]`); never forwarded.
+    ForwardAuth,
+    /// Relayed to CloudBase (`[relay]`), under the relay's prefix as its route.
+    Relay,
+}
+
+impl RequestKind {
+    const ALL: [RequestKind; 3] = [
+        RequestKind::Proxy,
+        RequestKind::ForwardAuth,
+        RequestKind::Relay,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestKind::Proxy => "proxy",
+            RequestKind::ForwardAuth => "forward_auth",
+            RequestKind::Relay => "relay",
+        }
+    }
+}
+
 /// `cache_lookups_total{result}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheLookup {
@@ -212,7 +240,7 @@ pub enum CloudbaseEndpoint {
 
 impl CloudbaseEndpoint {
     const ALL: [CloudbaseEndpoint; 2] = [CloudbaseEndpoint::Introspect, CloudbaseEndpoint::UserMe];
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             CloudbaseEndpoint::Introspect => "introspect",
             CloudbaseEndpoint::UserMe => "user_me",
@@ -245,7 +273,7 @@ impl CloudbaseOutcome {
         CloudbaseOutcome::Transport,
         CloudbaseOutcome::Shed,
     ];
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             CloudbaseOutcome::Ok => "ok",
             CloudbaseOutcome::Rejected => "rejected",
@@ -257,9 +285,131 @@ impl CloudbaseOutcome {
     }
 }
 
-/// Methods get their own label value; anything else is `OTHER`.
-fn method_label(m: &Method) -> &'static str {
-    match *m {
+/// The CloudBase calls the relay tells apart: `relay_requests_total{endpoint}`. Every
+/// other path under the relay's prefix is `Other`, so a client cannot mint label values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayEndpoint {
+    Signin,
+    SigninAnonymously,
+    Signup,
+    Verification,
+    Verify,
+    Token,
+    Introspect,
+    Revoke,
+    Signout,
+    RevokeAll,
+    RevokeDevice,
+    UserMe,
+    DeleteUser,
+    Sudo,
+    Password,
+    /// A CORS preflight the relay answered itself.
+    Preflight,
+    Other,
+}
+
+impl RelayEndpoint {
+    pub const ALL: [RelayEndpoint; 17] = [
+        RelayEndpoint::Signin,
+        RelayEndpoint::SigninAnonymously,
+        RelayEndpoint::Signup,
+        RelayEndpoint::Verification,
+        RelayEndpoint::Verify,
+        RelayEndpoint::Token,
+        RelayEndpoint::Introspect,
+        RelayEndpoint::Revoke,
+        RelayEndpoint::Signout,
+        RelayEndpoint::RevokeAll,
+        RelayEndpoint::RevokeDevice,
+        RelayEndpoint::UserMe,
+        RelayEndpoint::DeleteUser,
+        RelayEndpoint::Sudo,
+        RelayEndpoint::Password,
+        RelayEndpoint::Preflight,
+        RelayEndpoint::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayEndpoint::Signin => "signin",
+            RelayEndpoint::SigninAnonymously => "signin_anonymously",
+            RelayEndpoint::Signup => "signup",
+            RelayEndpoint::Verification => "verification",
+            RelayEndpoint::Verify => "verify",
+            RelayEndpoint::Token => "token",
+            RelayEndpoint::Introspect => "introspect",
+            RelayEndpoint::Revoke => "revoke",
+            RelayEndpoint::Signout => "signout",
+            RelayEndpoint::RevokeAll => "revoke_all",
+            RelayEndpoint::RevokeDevice => "revoke_device",
+            RelayEndpoint::UserMe => "user_me",
+            RelayEndpoint::DeleteUser => "delete_user",
+            RelayEndpoint::Sudo => "sudo",
+            RelayEndpoint::Password => "password",
+            RelayEndpoint::Preflight => "preflight",
+            RelayEndpoint::Other => "other",
+        }
+    }
+}
+
+/// How a relay purge found what to drop: `relay_purges_total{by}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayPurge {
+    /// The one token the call revoked.
+    Token,
+    /// Every cached token of the caller's `sub`.
+    Sub,
+    /// The call ended the caller's sessions but no `sub` could be found for its token:
+    /// only that token was dropped.
+    Unresolved,
+}
+
+impl RelayPurge {
+    const ALL: [RelayPurge; 3] = [RelayPurge::Token, RelayPurge::Sub, RelayPurge::Unresolved];
+    fn as_str(self) -> &'static str {
+        match self {
+            RelayPurge::Token => "token",
+            RelayPurge::Sub => "sub",
+            RelayPurge::Unresolved => "unresolved",
+        }
+    }
+}
+
+/// The relay's per-client-address limits: `relay_rate_limited_total{limit}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayLimitName {
+    Signin,
+    Signup,
+    Verification,
+}
+
+impl RelayLimitName {
+    pub const ALL: [RelayLimitName; 3] = [
+        RelayLimitName::Signin,
+        RelayLimitName::Signup,
+        RelayLimitName::Verification,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayLimitName::Signin => "signin",
+            RelayLimitName::Signup => "signup",
+            RelayLimitName::Verification => "verification",
+        }
+    }
+}
+
+/// `1xx` … `5xx`; anything outside 100–599 (hyper never lets one through) counts as `5xx`.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn status_class(status: u16) -> usize {
+    usize::from(status / 100).saturating_sub(1).min(4)
+}
+
+/// The name of a method RFC 9110 defines; `None` for any other, whose name a client
+/// chose and which must not become a label or attribute value.
+pub fn known_method(m: &Method) -> Option<&'static str> {
+    Some(match *m {
         Method::GET => "GET",
         Method::POST => "POST",
         Method::PUT => "PUT",
@@ -269,19 +419,39 @@ fn method_label(m: &Method) -> &'static str {
         Method::OPTIONS => "OPTIONS",
         Method::CONNECT => "CONNECT",
         Method::TRACE => "TRACE",
-        _ => "OTHER",
-    }
+        _ => return None,
+    })
 }
+
+/// Methods get their own label value; anything else is `OTHER`.
+fn method_label(m: &Method) -> &'static str {
+    known_method(m).unwrap_or("OTHER")
+}
+
+/// A `requests_total` series: route index, method label, status, kind.
+type RequestKey = (usize, &'static str, u16, RequestKind);
 
 /// Route label for requests that matched no route.
 pub const NO_ROUTE: &str = "none";
+
+/// The histograms rendered for a route answered only under `kind`.
+fn only(kind: RequestKind) -> [bool; RequestKind::ALL.len()] {
+    let mut kinds = [false; RequestKind::ALL.len()];
+    kinds[kind as usize] = true;
+    kinds
+}
 
 /// All the gateway's metrics.
 pub struct Metrics {
     /// Label per route index; the last one is [`NO_ROUTE`].
     routes: Vec<String>,
-    requests: RwLock<HashMap<(usize, &'static str, u16), AtomicU64>>,
-    durations: Vec<Histogram>,
+    requests: RwLock<HashMap<RequestKey, AtomicU64>>,
+    /// Per route, per [`RequestKind`].
+    durations: Vec<[Histogram; RequestKind::ALL.len()]>,
+    /// Per route, per [`RequestKind`]: whether that histogram is rendered. Only the kinds a
+    /// route can be answered under are, so a relay or forward-auth that is off (and the
+    /// relay's label under `proxy`) adds no series that stay zero forever.
+    rendered: Vec<[bool; RequestKind::ALL.len()]>,
     auth: [AtomicU64; 5],
     cache: [AtomicU64; 4],
     cloudbase: [[AtomicU64; 6]; 2],
@@ -296,6 +466,12 @@ pub struct Metrics {
     redis_invalidations: [AtomicU64; 3],
     redis_breaker_open: AtomicI64,
     redis_subscribed: AtomicI64,
+    relay_requests: [[AtomicU64; 5]; 17],
+    relay_purges: [AtomicU64; 3],
+    relay_rate_limited: [AtomicU64; 3],
+    /// By route index, like `durations`.
+    rate_limited: Vec<AtomicU64>,
+    rate_limit_overflows: Vec<AtomicU64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -312,8 +488,8 @@ impl Metrics {
         let mut routes: Vec<String> = routes.into_iter().collect();
         routes.push(NO_ROUTE.to_owned());
         Metrics {
-            durations: routes.iter().map(|_| Histogram::default()).collect(),
-            routes,
+            durations: routes.iter().map(|_| Default::default()).collect(),
+            rendered: routes.iter().map(|_| only(RequestKind::Proxy)).collect(),
             requests: RwLock::default(),
             auth: Default::default(),
             cache: Default::default(),
@@ -328,7 +504,34 @@ impl Metrics {
             redis_invalidations: Default::default(),
             redis_breaker_open: AtomicI64::new(0),
             redis_subscribed: AtomicI64::new(0),
+            relay_requests: Default::default(),
+            relay_purges: Default::default(),
+            relay_rate_limited: Default::default(),
+            rate_limited: routes.iter().map(|_| AtomicU64::new(0)).collect(),
+            rate_limit_overflows: routes.iter().map(|_| AtomicU64::new(0)).collect(),
+            routes,
         }
+    }
+
+    /// Renders the `kind="forward_auth"` request histograms of every route added so far
+    /// (and of [`NO_ROUTE`]) too: forward-auth decides on the configured routes.
+    pub fn with_forward_auth(mut self) -> Metrics {
+        for kinds in &mut self.rendered {
+            kinds[RequestKind::ForwardAuth as usize] = true;
+        }
+        self
+    }
+
+    /// Adds a route label answered only under `kind` (forward-auth's default route, the
+    /// relay's prefix), before [`NO_ROUTE`]; returns its index for [`Metrics::request`].
+    pub fn add_route(&mut self, label: String, kind: RequestKind) -> usize {
+        let index = self.no_route();
+        self.routes.insert(index, label);
+        self.durations.insert(index, Default::default());
+        self.rendered.insert(index, only(kind));
+        self.rate_limited.insert(index, AtomicU64::new(0));
+        self.rate_limit_overflows.insert(index, AtomicU64::new(0));
+        index
     }
 
     /// Index used for requests that matched no route.
@@ -336,9 +539,16 @@ impl Metrics {
         self.routes.len() - 1
     }
 
-    pub fn request(&self, route: Option<usize>, method: &Method, status: u16, took: Duration) {
+    pub fn request(
+        &self,
+        route: Option<usize>,
+        kind: RequestKind,
+        method: &Method,
+        status: u16,
+        took: Duration,
+    ) {
         let route = route.unwrap_or(self.no_route()).min(self.no_route());
-        let key = (route, method_label(method), status);
+        let key = (route, method_label(method), status, kind);
         let hit = {
             let map = self.requests.read().unwrap_or_else(|e| e.into_inner());
             map.get(&key).map(|c| c.fetch_add(1, Relaxed)).is_some()
@@ -347,7 +557,7 @@ impl Metrics {
             let mut map = self.requests.write().unwrap_or_else(|e| e.into_inner());
             map.entry(key).or_default().fetch_add(1, Relaxed);
         }
-        self.durations[route].observe(took);
+        self.durations[route][kind as usize].observe(took);
     }
 
     pub fn auth_decision(&self, d: AuthDecision) {
@@ -409,6 +619,36 @@ impl Metrics {
         self.redis_subscribed.store(i64::from(subscribed), Relaxed);
     }
 
+    /// A relayed request answered with `status` (CloudBase's or the relay's own).
+    pub fn relay_request(&self, endpoint: RelayEndpoint, status: u16) {
+        self.relay_requests[endpoint as usize][status_class(status)].fetch_add(1, Relaxed);
+    }
+
+    /// A purge made because a relayed call ended a session or an identity.
+    pub fn relay_purge(&self, by: RelayPurge) {
+        self.relay_purges[by as usize].fetch_add(1, Relaxed);
+    }
+
+    /// A relayed request refused by a per-client-address limit.
+    pub fn relay_rate_limited(&self, limit: RelayLimitName) {
+        self.relay_rate_limited[limit as usize].fetch_add(1, Relaxed);
+    }
+
+    /// A request refused by its route's `rate_limit`.
+    pub fn rate_limited(&self, route: usize) {
+        if let Some(c) = self.rate_limited.get(route) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A request of a key the full rate-limit table could not track, checked against the
+    /// route's shared overflow bucket.
+    pub fn rate_limit_overflow(&self, route: usize) {
+        if let Some(c) = self.rate_limit_overflows.get(route) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
     /// Prometheus text exposition format 0.0.4.
     pub fn render(&self, cache_entries: u64) -> String {
         let mut out = String::with_capacity(8192);
@@ -418,15 +658,18 @@ impl Metrics {
             o,
             "requests_total",
             "counter",
-            "Requests answered, by route prefix, method and status.",
+            "Requests answered, by route prefix, method, status and kind (proxy, forward_auth, relay).",
         );
         {
             let map = self.requests.read().unwrap_or_else(|e| e.into_inner());
             let mut rows: Vec<_> = map.iter().map(|(k, v)| (*k, v.load(Relaxed))).collect();
             rows.sort();
-            for ((route, method, status), n) in rows {
+            for ((route, method, status, kind), n) in rows {
                 let route = escape(&self.routes[route]);
-                let labels = format!("route=\"{route}\",method=\"{method}\",status=\"{status}\"");
+                let kind = kind.as_str();
+                let labels = format!(
+                    "route=\"{route}\",method=\"{method}\",status=\"{status}\",kind=\"{kind}\""
+                );
                 sample(o, "requests_total", &labels, n);
             }
         }
@@ -434,14 +677,18 @@ impl Metrics {
             o,
             "request_duration_seconds",
             "histogram",
-            "Time from request head to response head, by route prefix.",
+            "Time from request head to response head, by route prefix and kind.",
         );
-        for (route, h) in self.routes.iter().zip(&self.durations) {
-            h.render(
-                o,
-                "request_duration_seconds",
-                &format!("route=\"{}\"", escape(route)),
-            );
+        for ((route, by_kind), rendered) in
+            self.routes.iter().zip(&self.durations).zip(&self.rendered)
+        {
+            for kind in RequestKind::ALL {
+                if !rendered[kind as usize] {
+                    continue;
+                }
+                let labels = format!("route=\"{}\",kind=\"{}\"", escape(route), kind.as_str());
+                by_kind[kind as usize].render(o, "request_duration_seconds", &labels);
+            }
         }
         family(
             o,
@@ -521,6 +768,44 @@ impl Metrics {
         );
         family(
             o,
+            "relay_requests_total",
+            "counter",
+            "Requests through the CloudBase relay, by endpoint and status class (series appear once seen).",
+        );
+        for e in RelayEndpoint::ALL {
+            for (class, label) in STATUS_CLASSES.iter().enumerate() {
+                let n = self.relay_requests[e as usize][class].load(Relaxed);
+                if n > 0 {
+                    let labels = format!("endpoint=\"{}\",status=\"{label}\"", e.as_str());
+                    sample(o, "relay_requests_total", &labels, n);
+                }
+            }
+        }
+        family(
+            o,
+            "relay_purges_total",
+            "counter",
+            "Cache purges made because a call through the relay ended a session or identity.",
+        );
+        for by in RelayPurge::ALL {
+            let labels = format!("by=\"{}\"", by.as_str());
+            let n = self.relay_purges[by as usize].load(Relaxed);
+            sample(o, "relay_purges_total", &labels, n);
+        }
+        family(
+            o,
+            "relay_rate_limited_total",
+            "counter",
+            "Relayed requests refused by a per-client-address limit.",
+        );
+        for limit in RelayLimitName::ALL {
+            let labels = format!("limit=\"{}\"", limit.as_str());
+            let n = self.relay_rate_limited[limit as usize].load(Relaxed);
+            sample(o, "relay_rate_limited_total", &labels, n);
+        }
+        self.render_rate_limits(o);
+        family(
+            o,
             "inflight_requests",
             "gauge",
             "Requests being handled now.",
@@ -539,6 +824,31 @@ impl Metrics {
         }
         self.render_redis(o);
         out
+    }
+
+    /// `routes[].rate_limit`'s series, one per route (zero where a route has no limit).
+    fn render_rate_limits(&self, o: &mut String) {
+        let routes = &self.routes[..self.no_route()];
+        family(
+            o,
+            "rate_limited_total",
+            "counter",
+            "Requests refused with 429 by their route's rate_limit, by route prefix.",
+        );
+        for (route, n) in routes.iter().zip(&self.rate_limited) {
+            let labels = format!("route=\"{}\"", escape(route));
+            sample(o, "rate_limited_total", &labels, n.load(Relaxed));
+        }
+        family(
+            o,
+            "rate_limit_overflow_total",
+            "counter",
+            "Requests checked against a route's shared overflow bucket because its rate-limit table held rate_limit_max_keys keys.",
+        );
+        for (route, n) in routes.iter().zip(&self.rate_limit_overflows) {
+            let labels = format!("route=\"{}\"", escape(route));
+            sample(o, "rate_limit_overflow_total", &labels, n.load(Relaxed));
+        }
     }
 
     /// The shared tier's series; all zero while `[cache.redis]` is off.
@@ -629,27 +939,100 @@ mod tests {
     #[test]
     fn counts_by_route_method_status() {
         let m = Metrics::new(["/api/".to_owned()]);
-        m.request(Some(0), &Method::GET, 200, Duration::from_millis(3));
-        m.request(Some(0), &Method::GET, 200, Duration::from_millis(3));
-        m.request(
-            None,
-            &Method::from_bytes(b"BREW").unwrap(),
-            404,
-            Duration::ZERO,
-        );
+        let proxy = RequestKind::Proxy;
+        m.request(Some(0), proxy, &Method::GET, 200, Duration::from_millis(3));
+        m.request(Some(0), proxy, &Method::GET, 200, Duration::from_millis(3));
+        let brew = Method::from_bytes(b"BREW").unwrap();
+        m.request(None, proxy, &brew, 404, Duration::ZERO);
         m.cache_lookup(CacheLookup::Stale);
         let text = m.render(7);
         assert!(text.contains(
-            "cloudbase_gateway_requests_total{route=\"/api/\",method=\"GET\",status=\"200\"} 2"
+            "cloudbase_gateway_requests_total{route=\"/api/\",method=\"GET\",status=\"200\",kind=\"proxy\"} 2"
         ));
         assert!(text.contains(
-            "cloudbase_gateway_requests_total{route=\"none\",method=\"OTHER\",status=\"404\"} 1"
+            "cloudbase_gateway_requests_total{route=\"none\",method=\"OTHER\",status=\"404\",kind=\"proxy\"} 1"
         ));
         assert!(text.contains("cloudbase_gateway_cache_lookups_total{result=\"stale\"} 1"));
         assert!(text.contains("cloudbase_gateway_cache_entries 7"));
         assert!(text.contains(
-            "cloudbase_gateway_request_duration_seconds_bucket{route=\"/api/\",le=\"0.005\"} 2"
+            "cloudbase_gateway_request_duration_seconds_bucket{route=\"/api/\",kind=\"proxy\",le=\"0.005\"} 2"
         ));
+        assert!(
+            !text.contains("kind=\"forward_auth\""),
+            "no forward-auth series while it is off"
+        );
+    }
+
+    #[test]
+    fn forward_auth_decisions_are_counted_apart_from_proxied_requests() {
+        let m = Metrics::new(["/api/".to_owned()]).with_forward_auth();
+        m.request(
+            Some(0),
+            RequestKind::Proxy,
+            &Method::GET,
+            200,
+            Duration::ZERO,
+        );
+        let fa = RequestKind::ForwardAuth;
+        m.request(Some(0), fa, &Method::GET, 401, Duration::from_millis(3));
+        let text = m.render(0);
+        assert!(text.contains(
+            "cloudbase_gateway_requests_total{route=\"/api/\",method=\"GET\",status=\"200\",kind=\"proxy\"} 1"
+        ));
+        assert!(text.contains(
+            "cloudbase_gateway_requests_total{route=\"/api/\",method=\"GET\",status=\"401\",kind=\"forward_auth\"} 1"
+        ));
+        assert!(text.contains(
+            "cloudbase_gateway_request_duration_seconds_count{route=\"/api/\",kind=\"forward_auth\"} 1"
+        ));
+        assert!(text.contains(
+            "cloudbase_gateway_request_duration_seconds_count{route=\"/api/\",kind=\"proxy\"} 1"
+        ));
+    }
+
+    #[test]
+    fn builtin_routes_are_labelled_before_none_and_render_only_their_own_kind() {
+        let mut m = Metrics::new(["/api/".to_owned()]).with_forward_auth();
+        let default = m.add_route("/".to_owned(), RequestKind::ForwardAuth);
+        let relay = m.add_route("/auth/v1/".to_owned(), RequestKind::Relay);
+        assert_eq!((default, relay, m.no_route()), (1, 2, 3));
+        m.request(
+            Some(relay),
+            RequestKind::Relay,
+            &Method::POST,
+            200,
+            Duration::ZERO,
+        );
+        let fa = RequestKind::ForwardAuth;
+        m.request(Some(default), fa, &Method::GET, 401, Duration::ZERO);
+        m.request(None, RequestKind::Proxy, &Method::GET, 404, Duration::ZERO);
+        let text = m.render(0);
+        for series in [
+            "requests_total{route=\"/auth/v1/\",method=\"POST\",status=\"200\",kind=\"relay\"} 1",
+            "requests_total{route=\"/\",method=\"GET\",status=\"401\",kind=\"forward_auth\"} 1",
+            "requests_total{route=\"none\",method=\"GET\",status=\"404\",kind=\"proxy\"} 1",
+            "request_duration_seconds_count{route=\"/auth/v1/\",kind=\"relay\"} 1",
+            "request_duration_seconds_count{route=\"/\",kind=\"forward_auth\"} 1",
+            "request_duration_seconds_count{route=\"/api/\",kind=\"forward_auth\"} 0",
+            "request_duration_seconds_count{route=\"none\",kind=\"forward_auth\"} 0",
+        ] {
+            assert!(
+                text.contains(&format!("cloudbase_gateway_{series}")),
+                "{series}\n{text}"
+            );
+        }
+        for absent in [
+            "route=\"/auth/v1/\",kind=\"proxy\"",
+            "route=\"/auth/v1/\",kind=\"forward_auth\"",
+            "route=\"/\",kind=\"proxy\"",
+            "route=\"/api/\",kind=\"relay\"",
+            "route=\"none\",kind=\"relay\"",
+        ] {
+            assert!(
+                !text.contains(absent),
+                "{absent} can never be observed\n{text}"
+            );
+        }
     }
 
     #[test]
@@ -670,5 +1053,43 @@ mod tests {
         assert!(text.contains("cloudbase_gateway_redis_breaker_open 1"));
         assert!(text.contains("cloudbase_gateway_redis_subscribed 0"));
         assert!(text.contains("# TYPE cloudbase_gateway_redis_lookups_total counter"));
+    }
+
+    #[test]
+    fn relay_counters_use_closed_labels() {
+        let m = Metrics::new(Vec::new());
+        m.relay_request(RelayEndpoint::Signout, 200);
+        m.relay_request(RelayEndpoint::Signout, 204);
+        m.relay_request(RelayEndpoint::Other, 999);
+        m.relay_purge(RelayPurge::Sub);
+        m.relay_rate_limited(RelayLimitName::Signin);
+        let text = m.render(0);
+        assert!(text.contains(
+            "cloudbase_gateway_relay_requests_total{endpoint=\"signout\",status=\"2xx\"} 2"
+        ));
+        assert!(text.contains(
+            "cloudbase_gateway_relay_requests_total{endpoint=\"other\",status=\"5xx\"} 1"
+        ));
+        assert!(
+            !text.contains("endpoint=\"signin\""),
+            "unseen series stay out"
+        );
+        assert!(text.contains("cloudbase_gateway_relay_purges_total{by=\"sub\"} 1"));
+        assert!(text.contains("cloudbase_gateway_relay_purges_total{by=\"token\"} 0"));
+        assert!(text.contains("cloudbase_gateway_relay_rate_limited_total{limit=\"signin\"} 1"));
+    }
+
+    #[test]
+    fn rate_limit_counters_are_kept_per_route() {
+        let m = Metrics::new(["/api/".to_owned(), "/open/".to_owned()]);
+        m.rate_limited(1);
+        m.rate_limited(1);
+        m.rate_limit_overflow(0);
+        m.rate_limited(99); // out of range: ignored, never a panic
+        let text = m.render(0);
+        assert!(text.contains("cloudbase_gateway_rate_limited_total{route=\"/open/\"} 2"));
+        assert!(text.contains("cloudbase_gateway_rate_limited_total{route=\"/api/\"} 0"));
+        assert!(text.contains("cloudbase_gateway_rate_limit_overflow_total{route=\"/api/\"} 1"));
+        assert!(!text.contains("rate_limited_total{route=\"none\"}"));
     }
 }

@@ -86,6 +86,11 @@ pub enum Reject {
     UpstreamUnavailable,
     UpstreamTimeout,
     Overloaded,
+    /// A per-client limit is spent; `retry_after` whole seconds until the next request
+    /// would pass.
+    RateLimited {
+        retry_after: u64,
+    },
     /// A bad request head the gateway cannot forward (e.g. an unroutable URI).
     BadRequest,
 }
@@ -104,6 +109,7 @@ impl Reject {
             Reject::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Reject::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Reject::BadRequest => StatusCode::BAD_REQUEST,
+            Reject::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -120,6 +126,7 @@ impl Reject {
             Reject::UpstreamTimeout => "UPSTREAM_TIMEOUT",
             Reject::Overloaded => "OVERLOADED",
             Reject::BadRequest => "BAD_REQUEST",
+            Reject::RateLimited { .. } => "RATE_LIMITED",
         }
     }
 
@@ -138,19 +145,27 @@ impl Reject {
             Reject::UpstreamTimeout => "the request took longer than the gateway allows",
             Reject::Overloaded => "the gateway is overloaded; try again shortly",
             Reject::BadRequest => "the request could not be understood",
+            Reject::RateLimited { .. } => "too many requests; try again later",
         }
+    }
+
+    /// The JSON envelope `{"code", "message", "requestId"}`: one line of ASCII (serde_json
+    /// escapes control characters, and a request id is a header value), so it can travel
+    /// in a header too.
+    pub fn envelope(&self, request_id: Option<&HeaderValue>) -> String {
+        let request_id = request_id.and_then(|v| v.to_str().ok()).unwrap_or("");
+        serde_json::json!({
+            "code": self.code(),
+            "message": self.message(),
+            "requestId": request_id,
+        })
+        .to_string()
     }
 
     /// The response, with `request_id` in the body (the header is set by the request-id
     /// layer on the way out).
     pub(crate) fn into_response(self, request_id: Option<&HeaderValue>) -> Response<Body> {
-        let request_id = request_id.and_then(|v| v.to_str().ok()).unwrap_or("");
-        let body = serde_json::json!({
-            "code": self.code(),
-            "message": self.message(),
-            "requestId": request_id,
-        });
-        let mut response = Response::new(full(body.to_string()));
+        let mut response = Response::new(full(self.envelope(request_id)));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -180,6 +195,9 @@ impl Reject {
             Reject::MethodNotAllowed { allow } => {
                 headers.insert(ALLOW, allow);
             }
+            Reject::RateLimited { retry_after } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
+            }
             _ => {}
         }
         response
@@ -200,5 +218,18 @@ mod tests {
             "Bearer realm=\"cloudbase-gateway\", error=\"invalid_token\""
         );
         assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
+    }
+
+    #[test]
+    fn rate_limited_says_when_to_come_back_never_zero() {
+        let r = Reject::RateLimited { retry_after: 7 }.into_response(None);
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()[RETRY_AFTER], "7");
+        let r = Reject::RateLimited { retry_after: 0 }.into_response(None);
+        assert_eq!(
+            r.headers()[RETRY_AFTER],
+            "1",
+            "0 would invite an immediate retry"
+        );
     }
 }

@@ -14,16 +14,18 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use cloudbase_auth::types::{Group, Introspection, UserProfile};
 use cloudbase_auth::{CallOptions, Error as ApiError};
-use cloudbase_gateway::cache::{AuthApi, BoxFuture, IdentityCache, Limits};
+use cloudbase_gateway::cache::{AuthApi, BoxFuture, IdentityCache, Limits, Validation};
 use cloudbase_gateway::config::Config;
 use cloudbase_gateway::config::IdentityMapping;
 use cloudbase_gateway::metrics::Metrics;
 
-/// A CloudBase that vouches for every token at once, counting its calls.
+/// A CloudBase that vouches for every token at once (or, with `refuse`, calls every token
+/// inactive), counting its calls.
 #[derive(Default)]
 pub struct StandIn {
     pub introspects: AtomicU64,
     pub user_mes: AtomicU64,
+    pub refuse: bool,
 }
 
 impl StandIn {
@@ -44,6 +46,9 @@ impl AuthApi for StandIn {
     ) -> BoxFuture<'a, Result<Introspection, ApiError>> {
         self.introspects.fetch_add(1, Ordering::SeqCst);
         Box::pin(async move {
+            if self.refuse {
+                return Ok(Introspection::default());
+            }
             Ok(Introspection {
                 token_type: Some("Bearer".into()),
                 client_id: Some("bench-client".into()),
@@ -118,12 +123,13 @@ pub fn jwt_like_token(i: u64) -> String {
 }
 
 /// The gateway's defaults (the eight default identity headers) with a cache that holds
-/// `max_entries` for ten minutes.
+/// `max_entries` of each kind for ten minutes, with `max_memory` to spare (2 KiB each).
 pub fn config(max_entries: u64) -> Config {
     // The stand-in replaces the client, so the URL is never called.
+    let max_memory = max_entries.max(1024) * 2048;
     let text = format!(
         "[cloudbase]\nbase_url = \"http://127.0.0.1:9/auth/v1\"\n\
-         [cache]\nmax_entries = {max_entries}\nttl = \"10m\"\n"
+         [cache]\nmax_entries = {max_entries}\nmax_memory = \"{max_memory}\"\nttl = \"10m\"\nnegative_ttl = \"10m\"\n"
     );
     Config::from_toml_str(&text).expect("bench configuration is valid")
 }
@@ -158,6 +164,12 @@ pub fn production_runtime() -> tokio::runtime::Runtime {
 /// Validates `jwt_like_token(i)` for every `i` in `range`, many at once, so the cache holds
 /// one positive entry per token. Goes through the public `validate`, as requests do.
 pub async fn fill(cache: &IdentityCache, range: std::ops::Range<u64>) {
+    fill_expecting(cache, range, true).await
+}
+
+/// Like [`fill`]; `valid`: whether the stand-in vouches for the tokens (positive entries)
+/// or refuses them (negative entries).
+pub async fn fill_expecting(cache: &IdentityCache, range: std::ops::Range<u64>, valid: bool) {
     const AT_ONCE: u64 = 512;
     let mut start = range.start;
     while start < range.end {
@@ -167,9 +179,10 @@ pub async fn fill(cache: &IdentityCache, range: std::ops::Range<u64>) {
             tokio::spawn(async move {
                 let token = jwt_like_token(i);
                 let v = cache.validate(&token, None).await;
-                assert!(
-                    matches!(v, cloudbase_gateway::cache::Validation::Valid(_)),
-                    "the stand-in vouches for every token"
+                assert_eq!(
+                    matches!(v, Validation::Valid(_)),
+                    valid,
+                    "the stand-in's answer: {v:?}"
                 );
             })
         });

@@ -10,6 +10,7 @@
 //! bound is left out — the upstream sees the header absent, as for an empty field — and
 //! the omission is logged and counted once, when the entry is built, not per request.
 
+use std::mem::size_of;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -178,9 +179,31 @@ impl Identity {
             anonymous,
             groups,
             exp,
-            values: buf.freeze(),
+            // Copied out at its exact length: the cache holds it for a whole `ttl`, and the
+            // cache's weigher counts its length.
+            values: Bytes::copy_from_slice(&buf),
             ends: ends.into(),
         }
+    }
+
+    /// Estimated bytes this identity occupies: the struct behind its `Arc`, what it points
+    /// to, and about 16 bytes of allocator overhead per allocation.
+    pub fn approx_size(&self) -> usize {
+        const PER_ALLOCATION: usize = 16;
+        let groups: usize = self.groups.iter().map(|g| g.id.len()).sum();
+        // The `Arc` (two counts and the struct), `sub`, the groups slice and each group id,
+        // the header values with the small record `Bytes` makes once they are shared by a
+        // hit, and `ends`.
+        let allocations = 6 + self.groups.len();
+        2 * size_of::<usize>()
+            + size_of::<Identity>()
+            + self.sub.len()
+            + self.groups.len() * size_of::<Grant>()
+            + groups
+            + self.values.len()
+            + 3 * size_of::<usize>()
+            + self.ends.len() * size_of::<u32>()
+            + allocations * PER_ALLOCATION
     }
 
     /// Whether the user is in any of `required` (unexpired at `now`).

@@ -2,8 +2,9 @@
 //!
 //! Keys are SHA-256 digests of the token, so a raw token never sits in the cache (nor in a
 //! heap dump of it). Entries are positive (an [`Identity`]) or negative (CloudBase called the
-//! token invalid). Freshness is tracked with `tokio::time` (so tests can pause time); the
-//! [`store`] bounds memory and drops entries once even their stale window has passed.
+//! token invalid). Freshness is tracked with `tokio::time` (so tests can pause time) and
+//! checked on every hit; the [`entries`] (two moka caches) bound memory and drop entries
+//! once even their stale window has passed.
 //! A positive entry is fresh until the earliest of `ttl`, the token's `exp` and the next
 //! group expiry, computed to the nanosecond against a [`UnixClock`]; on every hit a token
 //! whose `exp` has come is refused whatever the entry says, so no clock skew between
@@ -16,6 +17,11 @@
 //! calls disagree, a definitive "no" from either wins over an error from the other, and
 //! answers naming two different users are treated as a CloudBase fault.
 //!
+//! Traced (`[telemetry]`), a flight is a span (`cloudbase validate`, with a client span
+//! per CloudBase call under it) whose parent is the request that started it; the calls
+//! carry that span as `traceparent`. A request that joins a flight already in the air did
+//! not cause those calls: its span gets a link to the flight's span instead of children.
+//!
 //! Flights are bounded (`cloudbase.max_in_flight` calls open at once): every made-up token
 //! misses, so without a bound a flood of them while CloudBase is slow opens a socket and a
 //! task per token (measured: 700 MB and 19 600 descriptors). A miss that finds no free slot
@@ -24,23 +30,22 @@
 //! needs no slot. The trade-off: under such a flood some real users' first requests are
 //! refused with 503 for a moment, instead of everyone waiting on an exhausted process.
 
+mod entries;
 mod identity;
 // The shared second tier on Redis (`[cache.redis]`); not yet consulted by `IdentityCache`.
 pub mod shared;
-// Public for `benches/cache_hot_path.rs`, which compares it with moka and dashmap.
-pub mod store;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures_util::future::{FutureExt, Shared};
 use http::StatusCode;
 use tokio::time::Instant;
 
+pub use entries::{estimated_entry_bytes, KeyHasher, NEGATIVE_ENTRY_BYTES};
 pub use identity::{
     encode_header_value, encode_list_element, Grant, HeaderFields, Identity, SharedIdentity,
 };
@@ -52,6 +57,8 @@ use crate::jwt::jwt_exp;
 use crate::metrics::{CacheLookup, CloudbaseEndpoint, CloudbaseOutcome, Metrics};
 use cloudbase_auth::types::{Introspection, UserProfile};
 use cloudbase_auth::{CallOptions, Client, Error as ApiError};
+use crate::telemetry::trace::{Kind, RequestTrace, Span, SpanLink};
+use entries::{Entries, Entry, Negative, Positive};
 
 /// Cache key: SHA-256 of the token.
 pub type TokenKey = [u8; 32];
@@ -112,25 +119,6 @@ pub enum Validation {
     Unavailable,
 }
 
-#[derive(Debug, Clone)]
-enum Verdict {
-    Positive {
-        identity: SharedIdentity,
-        stale_until: Instant,
-    },
-    Negative,
-}
-
-/// Stored by value (a clone is an `Arc` increment): one cache miss fewer per hit than an
-/// `Arc<Entry>` would cost.
-#[derive(Debug, Clone)]
-struct Entry {
-    verdict: Verdict,
-    fresh_until: Instant,
-    /// How long the store keeps the entry: fresh life plus the stale window.
-    keep_for: Duration,
-}
-
 /// A fetch's result, shared by every request waiting on the flight.
 type Fetched = Option<Entry>;
 type Flight = Shared<BoxFuture<'static, Fetched>>;
@@ -142,8 +130,9 @@ pub struct IdentityCache {
 }
 
 struct Inner {
-    entries: store::Store<Entry>,
-    flights: Mutex<HashMap<TokenKey, Flight>>,
+    entries: Entries,
+    /// With the flight's span, for the requests that join it to link to.
+    flights: Mutex<HashMap<TokenKey, (Flight, Option<SpanLink>)>>,
     /// Bumped by every purge; a flight that started before a purge does not store.
     generation: AtomicU64,
     api: Arc<dyn AuthApi>,
@@ -235,7 +224,7 @@ impl IdentityCache {
         metrics: Arc<Metrics>,
         clock: UnixClock,
     ) -> IdentityCache {
-        let entries = store::Store::new(settings.max_entries);
+        let entries = Entries::new(settings);
         let permits = limits.max_in_flight.clamp(
             CALLS_PER_FLIGHT as usize,
             tokio::sync::Semaphore::MAX_PERMITS,
@@ -258,30 +247,36 @@ impl IdentityCache {
     /// Validates `token`, from the cache when fresh, else by asking CloudBase (one flight
     /// per token however many requests wait). `request_id` is passed on to CloudBase.
     pub async fn validate(&self, token: &str, request_id: Option<&str>) -> Validation {
+        self.validate_traced(token, request_id, None).await
+    }
+
+    /// [`IdentityCache::validate`] for a traced request: a flight it starts is a span
+    /// under `trace`; a flight it joins is linked from it.
+    pub async fn validate_traced(
+        &self,
+        token: &str,
+        request_id: Option<&str>,
+        trace: Option<&RequestTrace>,
+    ) -> Validation {
         let key = token_key(token);
         let cached = self.inner.entries.get(&key);
         let clock = &self.inner.clock;
-        if let Some(entry) = &cached {
-            if Instant::now() < entry.fresh_until {
-                return match &entry.verdict {
-                    // Fresh entries end at or before `exp`; this holds even if the system
-                    // clock and tokio's clock drift apart.
-                    Verdict::Positive { identity, .. }
-                        if identity.exp.is_some_and(|exp| clock.has_reached(exp)) =>
-                    {
-                        self.inner.metrics.cache_lookup(CacheLookup::Miss);
-                        Validation::Invalid
-                    }
-                    Verdict::Positive { identity, .. } => {
-                        self.inner.metrics.cache_lookup(CacheLookup::Hit);
-                        Validation::Valid(identity.clone())
-                    }
-                    Verdict::Negative => {
-                        self.inner.metrics.cache_lookup(CacheLookup::NegativeHit);
-                        Validation::Invalid
-                    }
-                };
+        match &cached {
+            Some(Entry::Positive(p)) if Instant::now() < p.fresh_until => {
+                // Fresh entries end at or before `exp`; this holds even if the system clock
+                // and tokio's clock drift apart.
+                if p.identity.exp.is_some_and(|exp| clock.has_reached(exp)) {
+                    self.inner.metrics.cache_lookup(CacheLookup::Miss);
+                    return Validation::Invalid;
+                }
+                self.inner.metrics.cache_lookup(CacheLookup::Hit);
+                return Validation::Valid(p.identity.clone());
             }
+            Some(Entry::Negative(n)) if Instant::now() < n.fresh_until => {
+                self.inner.metrics.cache_lookup(CacheLookup::NegativeHit);
+                return Validation::Invalid;
+            }
+            _ => {}
         }
         let exp = jwt_exp(token);
         if exp.is_some_and(|exp| clock.has_reached(exp)) {
@@ -289,32 +284,28 @@ impl IdentityCache {
             self.inner.metrics.cache_lookup(CacheLookup::Miss);
             return Validation::Invalid;
         }
-        match self.flight(key, token, exp, request_id).await {
+        match self.flight(key, token, exp, request_id, trace).await {
             Some(entry) => {
                 self.inner.metrics.cache_lookup(CacheLookup::Miss);
-                match &entry.verdict {
+                match &entry {
                     // `exp` may have come while CloudBase was answering.
-                    Verdict::Positive { identity, .. }
-                        if identity.exp.is_some_and(|exp| clock.has_reached(exp)) =>
-                    {
+                    Entry::Positive(p) if p.identity.exp.is_some_and(|e| clock.has_reached(e)) => {
                         Validation::Invalid
                     }
-                    Verdict::Positive { identity, .. } => Validation::Valid(identity.clone()),
-                    Verdict::Negative => Validation::Invalid,
+                    Entry::Positive(p) => Validation::Valid(p.identity.clone()),
+                    Entry::Negative(_) => Validation::Invalid,
                 }
             }
             None => {
-                let stale = cached.as_ref().and_then(|entry| match &entry.verdict {
-                    Verdict::Positive {
-                        identity,
-                        stale_until,
-                    } if Instant::now() < *stale_until
-                        && identity.exp.is_none_or(|exp| !clock.has_reached(exp)) =>
+                let stale = match cached {
+                    Some(Entry::Positive(p))
+                        if Instant::now() < p.stale_until
+                            && p.identity.exp.is_none_or(|exp| !clock.has_reached(exp)) =>
                     {
-                        Some(identity.clone())
+                        Some(p.identity)
                     }
                     _ => None,
-                });
+                };
                 match stale {
                     Some(identity) => {
                         self.inner.metrics.cache_lookup(CacheLookup::Stale);
@@ -337,15 +328,19 @@ impl IdentityCache {
         token: &str,
         exp: Option<i64>,
         request_id: Option<&str>,
+        trace: Option<&RequestTrace>,
     ) -> Flight {
         let mut flights = self.inner.flights.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(f) = flights.get(&key) {
+        if let Some((f, span)) = flights.get(&key) {
+            if let (Some(trace), Some(span)) = (trace, span) {
+                trace.link(span);
+            }
             return f.clone();
         }
         // A flight may have ended between the caller's lookup and this lock. It stores its
         // entry before it leaves `flights`, so look again rather than call CloudBase twice.
         if let Some(entry) = self.inner.entries.get(&key) {
-            if Instant::now() < entry.fresh_until {
+            if Instant::now() < entry.fresh_until() {
                 let done: BoxFuture<'static, Fetched> = Box::pin(std::future::ready(Some(entry)));
                 return done.shared();
             }
@@ -364,22 +359,31 @@ impl IdentityCache {
         let token = token.to_owned();
         let opts = CallOptions {
             request_id: request_id.map(str::to_owned),
-            device_id: None,
+            ..CallOptions::default()
         };
+        let span = trace.map(|t| t.child("cloudbase validate", Kind::Internal));
+        let link = span.as_ref().map(Span::link_target);
         let task = tokio::spawn(async move {
             let generation = inner.generation.load(Ordering::Acquire);
-            let entry = inner.fetch(&token, exp, &opts).await;
+            let entry = inner.fetch(&token, exp, &opts, span.as_ref()).await;
             drop(permit);
+            if let Some(span) = &span {
+                let result = match &entry {
+                    Some(Entry::Positive(_)) => "valid",
+                    Some(Entry::Negative(_)) => "invalid",
+                    None => "failed",
+                };
+                span.set("cloudbase_gateway.validation", result);
+                span.end();
+            }
             if let Some(entry) = &entry {
-                if !entry.keep_for.is_zero()
-                    && inner.generation.load(Ordering::Acquire) == generation
-                {
-                    let kind = match entry.verdict {
-                        Verdict::Positive { .. } => store::Kind::Positive,
-                        Verdict::Negative => store::Kind::Negative,
-                    };
-                    let keep_until = Instant::now() + entry.keep_for;
-                    inner.entries.insert(key, entry.clone(), keep_until, kind);
+                if inner.generation.load(Ordering::Acquire) == generation {
+                    inner.entries.insert(key, entry.clone());
+                    // A purge between that look and this store found nothing to remove;
+                    // it still wins.
+                    if inner.generation.load(Ordering::Acquire) != generation {
+                        inner.entries.remove(&key);
+                    }
                 }
             }
             inner
@@ -391,22 +395,30 @@ impl IdentityCache {
         });
         let flight: Flight =
             (Box::pin(task.map(|r| r.ok().flatten())) as BoxFuture<'static, _>).shared();
-        flights.insert(key, flight.clone());
+        flights.insert(key, (flight.clone(), link));
         flight
+    }
+
+    /// The `sub` CloudBase named for `token` when it was last validated, if the cache still
+    /// holds that positive entry (fresh or not). Asks no one and counts no lookup: for
+    /// callers that need to know whose token it is, not whether it is valid now.
+    pub fn cached_sub(&self, token: &str) -> Option<Box<str>> {
+        match self.inner.entries.get(&token_key(token))? {
+            Entry::Positive(p) => Some(p.identity.sub.clone()),
+            Entry::Negative(_) => None,
+        }
     }
 
     /// Drops the entry of one token. Returns how many entries went (0 or 1).
     pub fn purge_token(&self, token: &str) -> u64 {
         self.inner.generation.fetch_add(1, Ordering::AcqRel);
-        u64::from(self.inner.entries.remove(&token_key(token)))
+        self.inner.entries.remove(&token_key(token))
     }
 
     /// Drops every positive entry of user `sub`.
     pub fn purge_sub(&self, sub: &str) -> u64 {
         self.inner.generation.fetch_add(1, Ordering::AcqRel);
-        self.inner.entries.remove_matching(
-            |e| matches!(&e.verdict, Verdict::Positive { identity, .. } if &*identity.sub == sub),
-        )
+        self.inner.entries.remove_sub(sub)
     }
 
     /// Drops everything.
@@ -415,7 +427,10 @@ impl IdentityCache {
         self.inner.entries.clear()
     }
 
-    /// Entries held now, expired ones not counted.
+    /// Entries held now, positive and negative. Brought up to date first (moka counts in
+    /// the background), so an insert, purge or eviction so far is counted; an entry counts
+    /// until moka's clock passes the end of its life (in production the cache's own clock;
+    /// in a paused-time test, later).
     pub fn entry_count(&self) -> u64 {
         self.inner.entries.len()
     }
@@ -423,25 +438,46 @@ impl IdentityCache {
 
 impl Inner {
     /// Asks CloudBase about `token`. `None`: CloudBase failed (nothing to cache).
-    async fn fetch(&self, token: &str, exp: Option<i64>, opts: &CallOptions) -> Option<Entry> {
+    /// `flight`: the flight's span, under which each call gets its own.
+    async fn fetch(
+        &self,
+        token: &str,
+        exp: Option<i64>,
+        opts: &CallOptions,
+        flight: Option<&Span>,
+    ) -> Option<Entry> {
+        let traced = |name: &'static str| {
+            let span = flight.map(|f| f.child(name, Kind::Client));
+            let mut opts = opts.clone();
+            if let Some(span) = &span {
+                let headers = span.headers();
+                opts.traceparent = headers.traceparent;
+                opts.tracestate = headers.tracestate;
+            }
+            (opts, span)
+        };
+        let (introspect_opts, introspect_span) = traced("cloudbase introspect");
+        let (user_me_opts, user_me_span) = traced("cloudbase user_me");
         let (introspection, profile) = tokio::join!(
             self.timed(
                 CloudbaseEndpoint::Introspect,
-                self.api.introspect(token, opts),
-                Introspection::is_active
+                self.api.introspect(token, &introspect_opts),
+                Introspection::is_active,
+                introspect_span,
             ),
             self.timed(
                 CloudbaseEndpoint::UserMe,
-                self.api.user_me(token, opts),
-                |_| true
+                self.api.user_me(token, &user_me_opts),
+                |_| true,
+                user_me_span,
             ),
         );
         // Read before the Unix time below, so the entry ends a hair early, never late.
         let now = Instant::now();
-        let negative = || Entry {
-            verdict: Verdict::Negative,
-            fresh_until: now + self.settings.negative_ttl,
-            keep_for: self.settings.negative_ttl,
+        let negative = || {
+            Entry::Negative(Negative {
+                fresh_until: now + self.settings.negative_ttl,
+            })
         };
         // A definitive "no" from either call decides, whatever the other one did: CloudBase
         // has said the token is not valid, and a failure of the other call cannot undo it.
@@ -477,19 +513,19 @@ impl Inner {
         {
             fresh = fresh.min(remaining(limit, unix_now));
         }
-        let keep_for = if fresh.is_zero() {
-            Duration::ZERO
+        // Kept through the stale window only if fresh at all: a token past its `exp` (or
+        // a `ttl` of zero) is not stored.
+        let stale_until = if fresh.is_zero() {
+            now
         } else {
-            fresh + self.settings.stale_if_error
+            now + fresh + self.settings.stale_if_error
         };
-        Some(Entry {
-            verdict: Verdict::Positive {
-                identity: Arc::new(identity),
-                stale_until: now + fresh + self.settings.stale_if_error,
-            },
+        Some(Entry::Positive(Positive {
+            identity: Arc::new(identity),
             fresh_until: now + fresh,
-            keep_for,
-        })
+            stale_until,
+            stamp: 0,
+        }))
     }
 
     async fn timed<T>(
@@ -497,6 +533,7 @@ impl Inner {
         endpoint: CloudbaseEndpoint,
         call: BoxFuture<'_, Result<T, ApiError>>,
         accepted: fn(&T) -> bool,
+        span: Option<Span>,
     ) -> Result<T, ApiError> {
         let start = Instant::now();
         let result = call.await;
@@ -510,6 +547,19 @@ impl Inner {
         };
         self.metrics
             .cloudbase_call(endpoint, outcome, start.elapsed());
+        if let Some(span) = span {
+            span.set("cloudbase_gateway.outcome", outcome.as_str());
+            if let Err(ApiError::Api { status, .. }) = &result {
+                span.set("http.response.status_code", i64::from(status.as_u16()));
+            }
+            if matches!(
+                outcome,
+                CloudbaseOutcome::Error | CloudbaseOutcome::Timeout | CloudbaseOutcome::Transport
+            ) {
+                span.fail(outcome.as_str());
+            }
+            span.end();
+        }
         result
     }
 }

@@ -2,6 +2,7 @@
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::Mutex as StdMutex;
+use std::time::Duration;
 
 use super::*;
 use crate::identity_headers::IdentityField;
@@ -120,9 +121,11 @@ impl AuthApi for FakeApi {
     }
 }
 
+/// The tests' cache settings: `negative_ttl` 5 s, no second tier.
 fn settings(ttl: u64, stale: u64) -> CacheSettings {
     CacheSettings {
         max_entries: 1000,
+        max_memory: 256 << 20,
         ttl: Duration::from_secs(ttl),
         negative_ttl: Duration::from_secs(5),
         stale_if_error: Duration::from_secs(stale),
@@ -149,9 +152,16 @@ fn cache_with_clock(
     stale: u64,
     clock: UnixClock,
 ) -> (IdentityCache, Arc<Metrics>) {
-    let settings = settings(ttl, stale);
+    cache_with_settings(api, &settings(ttl, stale), clock)
+}
+
+fn cache_with_settings(
+    api: Arc<FakeApi>,
+    settings: &CacheSettings,
+    clock: UnixClock,
+) -> (IdentityCache, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new(Vec::<String>::new()));
-    let cache = IdentityCache::with_clock(&settings, &headers(), api, metrics.clone(), clock);
+    let cache = IdentityCache::with_clock(settings, &headers(), api, metrics.clone(), clock);
     (cache, metrics)
 }
 
@@ -182,6 +192,11 @@ async fn a_hit_does_not_extend_the_entry() {
     }
     assert_eq!(api.calls(), (1, 1), "55 s of hits: one fetch");
     tokio::time::advance(Duration::from_secs(6)).await;
+    assert_eq!(
+        c.entry_count(),
+        1,
+        "moka, on its own clock, still holds the entry: the cache's clock decides"
+    );
     assert!(is_valid(&c.validate("tok", None).await));
     assert_eq!(
         api.calls(),
@@ -580,6 +595,138 @@ async fn a_token_whose_exp_comes_while_cloudbase_answers_is_refused() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_flood_of_made_up_tokens_never_evicts_a_signed_in_user() {
+    let api = FakeApi::new(Script::Active);
+    let settings = CacheSettings {
+        max_entries: 50,
+        ..settings(60, 0)
+    };
+    let (c, _) = cache_with_settings(api.clone(), &settings, UnixClock::System);
+    let users: Vec<String> = (0..50).map(|i| format!("user-{i}")).collect();
+    for user in &users {
+        assert!(is_valid(&c.validate(user, None).await));
+    }
+    // Each made-up token three times: more often than any user was seen, so in one shared
+    // cache frequency-based eviction would pick the users.
+    api.set(Script::Inactive);
+    for i in 0..2_000 {
+        let fake = format!("made-up-{i}");
+        for _ in 0..3 {
+            assert!(matches!(c.validate(&fake, None).await, Validation::Invalid));
+        }
+    }
+    assert!(
+        c.entry_count() <= 100,
+        "each kind holds at most max_entries: {}",
+        c.entry_count()
+    );
+    let calls = api.calls();
+    api.set(Script::Down);
+    for user in &users {
+        assert!(
+            is_valid(&c.validate(user, None).await),
+            "{user} served from the cache"
+        );
+    }
+    assert_eq!(api.calls(), calls, "no user was asked about again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_entry_count_is_up_to_date_after_every_insert_and_purge() {
+    let api = FakeApi::new(Script::Active);
+    let c = cache(api.clone(), 60, 0);
+    c.validate("a", None).await;
+    c.validate("b", None).await;
+    api.set(Script::Inactive);
+    c.validate("bad", None).await;
+    assert_eq!(c.entry_count(), 3, "two positive, one negative");
+    assert_eq!(c.purge_token("bad"), 1);
+    assert_eq!(c.entry_count(), 2);
+    assert_eq!(c.purge_sub("42"), 2);
+    assert_eq!(c.entry_count(), 0);
+    api.set(Script::Active);
+    c.validate("a", None).await;
+    c.validate("b", None).await;
+    assert_eq!(c.purge_all(), 2);
+    assert_eq!(c.entry_count(), 0, "counted as gone at once");
+    assert!(is_valid(&c.validate("a", None).await));
+    assert_eq!(api.calls().0, 6, "and really gone");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_is_held_once_whichever_answer_came_last() {
+    let api = FakeApi::new(Script::Inactive);
+    let c = cache(api.clone(), 60, 0);
+    assert!(matches!(c.validate("t", None).await, Validation::Invalid));
+    tokio::time::advance(Duration::from_secs(6)).await;
+    api.set(Script::Active);
+    assert!(is_valid(&c.validate("t", None).await));
+    assert_eq!(
+        c.entry_count(),
+        1,
+        "the positive entry replaced the negative one"
+    );
+    tokio::time::advance(Duration::from_secs(61)).await;
+    api.set(Script::Inactive);
+    assert!(matches!(c.validate("t", None).await, Validation::Invalid));
+    assert_eq!(c.entry_count(), 1, "and the other way round");
+}
+
+/// Polls until the cache holds nothing, for at most 10 s; how long it took.
+async fn until_empty(c: &IdentityCache) -> Duration {
+    let start = Instant::now();
+    while c.entry_count() > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "entry still held after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    start.elapsed()
+}
+
+/// Real time: moka drops entries on its own clock.
+#[tokio::test]
+async fn moka_drops_an_entry_at_its_tokens_exp_not_at_ttl() {
+    let api = FakeApi::new(Script::Active);
+    let c = cache(api.clone(), 60, 0);
+    let token = jwt_with_exp(UnixClock::System.now_secs() + 1);
+    assert!(is_valid(&c.validate(&token, None).await));
+    assert_eq!(c.entry_count(), 1);
+    let gone = until_empty(&c).await;
+    assert!(gone < Duration::from_secs(5), "gone after {gone:?}, by exp");
+    assert!(matches!(
+        c.validate(&token, None).await,
+        Validation::Invalid
+    ));
+}
+
+/// Real time: moka keeps an entry through its `stale_if_error` window, then drops it.
+#[tokio::test]
+async fn moka_keeps_an_entry_through_its_stale_window_then_drops_it() {
+    let api = FakeApi::new(Script::Active);
+    let settings = CacheSettings {
+        ttl: Duration::from_millis(100),
+        stale_if_error: Duration::from_secs(2),
+        ..settings(60, 0)
+    };
+    let (c, _) = cache_with_settings(api.clone(), &settings, UnixClock::System);
+    let stored = Instant::now();
+    assert!(is_valid(&c.validate("t", None).await));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    api.set(Script::Down);
+    assert!(
+        is_valid(&c.validate("t", None).await),
+        "past its fresh life, CloudBase down: served stale, so still held"
+    );
+    until_empty(&c).await;
+    assert!(
+        stored.elapsed() >= Duration::from_secs(2),
+        "held until the end of the stale window"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_shed_miss_serves_a_stale_identity_when_stale_if_error_has_one() {
     let api = FakeApi::new(Script::Active);
     let (c, _) = one_flight_cache(api.clone(), 60, 30);
@@ -594,4 +741,29 @@ async fn a_shed_miss_serves_a_stale_identity_when_stale_if_error_has_one() {
     );
     assert!(is_valid(&busy.await.unwrap()));
     assert_eq!(api.calls(), (2, 2), "b was not asked about again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn cached_sub_names_the_user_of_a_known_token_without_asking_or_counting() {
+    let api = FakeApi::new(Script::Active);
+    let c = cache(api.clone(), 60, 0);
+    assert_eq!(c.cached_sub("tok"), None, "unknown token");
+    assert!(is_valid(&c.validate("tok", None).await));
+    let metrics_before = c.inner.metrics.render(0);
+    assert_eq!(c.cached_sub("tok").as_deref(), Some("42"));
+    assert_eq!(api.calls(), (1, 1), "no CloudBase call");
+    assert_eq!(
+        c.inner.metrics.render(0),
+        metrics_before,
+        "no lookup counted"
+    );
+
+    api.set(Script::Inactive);
+    assert!(matches!(
+        c.validate("dead", None).await,
+        Validation::Invalid
+    ));
+    assert_eq!(c.cached_sub("dead"), None, "a negative entry names no one");
+    c.purge_sub("42");
+    assert_eq!(c.cached_sub("tok"), None, "gone with its entry");
 }

@@ -39,6 +39,8 @@ introspect_auth = "client"
 [upstream]
 pool_idle_timeout = "1500ms"
 pool_max_idle_per_host = 8
+[cache]
+max_memory = "64MiB"
 [identity]
 max_header_bytes = "4KiB"
 [identity.headers]
@@ -49,6 +51,30 @@ prefix = "/api/"
 upstream = "https://api.internal:8443/v2"
 methods = ["GET"]
 require_groups = ["admin"]
+rate_limit = "100/s"
+rate_limit_burst = 50
+rate_limit_max_keys = 5000
+[[routes]]
+prefix = "/open/"
+upstream = "whoami"
+auth = "none"
+rate_limit = "10/m"
+[telemetry]
+otlp_endpoint = "https://collector.internal:4318"
+service_name = "edge-gw"
+sample_ratio = 0.25
+[forward_auth]
+enabled = true
+path = "/auth/check"
+default_auth = "optional"
+[relay]
+enabled = true
+prefix = "/cb/auth/"
+allowed_origins = ["https://app.example.com", "http://localhost:5173"]
+max_body_size = "16KiB"
+signin_rate = "3/s"
+signin_burst = 7
+signup_rate = "off"
 [emulator]
 verification_code = "424242"
 test_hooks = true
@@ -80,6 +106,10 @@ groups = ["a", { id = "b", expires_at = "2030-01-01T00:00:00Z" }]
         assert_eq!(again.effective_toml(), out, "rendering is stable");
         assert!(out.contains("request_timeout = \"1m 30s\""), "{out}");
         assert!(out.contains("escaped_slashes = \"keep\""), "{out}");
+        assert!(out.contains("max_memory = \"64MiB\""), "{out}");
+        assert!(out.contains("max_body_size = \"10MiB\""), "{out}");
+        assert!(out.contains("max_body_size = \"16KiB\""), "{out}");
+        assert!(out.contains("max_header_bytes = \"4KiB\""), "{out}");
         assert_eq!(
             again.server.escaped_slashes,
             crate::path::EscapedSlashes::Keep
@@ -96,9 +126,37 @@ groups = ["a", { id = "b", expires_at = "2030-01-01T00:00:00Z" }]
         assert!(out.contains("pool_idle_timeout = \"1s 500ms\""), "{out}");
         assert_eq!(again.upstream.pool_max_idle_per_host, 8);
         assert_eq!(again.routes[0].require_groups, ["admin"]);
+        assert!(again.forward_auth.enabled);
+        assert_eq!(again.forward_auth.path, "/auth/check");
+        assert_eq!(
+            again.forward_auth.default_auth,
+            Some(crate::config::AuthMode::Optional)
+        );
+        assert_eq!(again.routes[0].rate_limit, config.routes[0].rate_limit);
+        assert!(out.contains("rate_limit = \"100/s\""), "{out}");
+        let open = again.routes[1].rate_limit.expect("limited");
+        assert_eq!(
+            open.burst.get(),
+            10,
+            "the burst defaults to the rate's count"
+        );
+        assert_eq!(open.max_keys, crate::config::DEFAULT_RATE_LIMIT_MAX_KEYS);
+        assert_eq!(again.telemetry, config.telemetry);
+        assert!(out.contains("sample_ratio = 0.25"), "{out}");
         assert!(again.emulator.test_hooks);
         assert_eq!(again.emulator.limits, config.emulator.limits);
         assert!(out.contains("lockout = \"1m 30s\""), "{out}");
+        assert!(again.relay.enabled);
+        assert_eq!(again.relay.prefix, "/cb/auth/");
+        assert_eq!(again.relay.allowed_origins, config.relay.allowed_origins);
+        assert_eq!(again.relay.max_body_size, 16 << 10);
+        assert_eq!(again.relay.limits, config.relay.limits);
+        assert!(out.contains("signin_rate = \"3/s\""), "{out}");
+        assert!(out.contains("signup_rate = \"off\""), "{out}");
+        assert_eq!(
+            again.relay.client_id, "e",
+            "defaults to cloudbase.client_id"
+        );
         assert_eq!(
             again.server.idle_timeout,
             std::time::Duration::from_secs(90)

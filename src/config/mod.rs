@@ -64,6 +64,9 @@ pub struct Config {
     pub cache: CacheSettings,
     pub identity: IdentitySettings,
     pub routes: Vec<RouteSettings>,
+    pub forward_auth: ForwardAuthSettings,
+    pub relay: RelaySettings,
+    pub telemetry: TelemetrySettings,
     pub emulator: EmulatorSettings,
 }
 
@@ -177,7 +180,7 @@ impl Config {
         for key in value.keys() {
             errors.push(
                 key.clone(),
-                "unknown key (expected server, admin, cloudbase, upstream, cache, identity, routes, emulator)",
+                "unknown key (expected server, admin, cloudbase, upstream, cache, identity, routes, forward_auth, relay, telemetry, emulator)",
             );
         }
 

@@ -258,6 +258,112 @@ fn route_prefixes_must_be_normal_and_hold_no_character_with_two_spellings() {
 }
 
 #[test]
+fn forward_auth_is_off_at_the_default_path_with_no_default_route() {
+    let c = load("[emulator]\nenabled = true\n").unwrap();
+    assert!(!c.forward_auth.enabled);
+    assert_eq!(c.forward_auth.path, "/_gateway/auth");
+    assert_eq!(c.forward_auth.default_auth, None);
+    let c = load(
+        "[emulator]\nenabled = true\n[forward_auth]\nenabled = true\npath = \"/auth/check\"\n\
+         default_auth = \"optional\"\n",
+    )
+    .unwrap();
+    assert!(c.forward_auth.enabled);
+    assert_eq!(c.forward_auth.path, "/auth/check");
+    assert_eq!(c.forward_auth.default_auth, Some(AuthMode::Optional));
+}
+
+#[test]
+fn forward_auth_mistakes_are_reported_with_their_keys() {
+    let with = |forward_auth: &str| {
+        errors(&format!(
+            "[emulator]\nenabled = true\n[forward_auth]\nenabled = true\n{forward_auth}\n"
+        ))
+    };
+    let one = |forward_auth: &str, key: &str, says: &str| {
+        let got = with(forward_auth);
+        assert!(
+            got.len() == 1 && got[0].starts_with(key) && got[0].contains(says),
+            "{forward_auth:?}: expected one error under {key} saying {says:?}, got {got:?}"
+        );
+    };
+    one(
+        "path = \"_gateway/auth\"",
+        "forward_auth.path:",
+        "must start with /",
+    );
+    one(
+        "path = \"/_gateway/auth/\"",
+        "forward_auth.path:",
+        "must not end with /",
+    );
+    one("path = \"/\"", "forward_auth.path:", "must not end with /");
+    one(
+        "path = \"/_gateway/%61uth\"",
+        "forward_auth.path:",
+        "write \"/_gateway/auth\"",
+    );
+    one("path = \"/auth;check\"", "forward_auth.path:", "';'");
+    one(
+        "default_auth = \"sometimes\"",
+        "forward_auth.default_auth:",
+        "\"required\"",
+    );
+    one("method = \"GET\"", "forward_auth.method", "unknown field");
+}
+
+#[test]
+fn a_forward_auth_path_colliding_with_a_route_prefix_is_an_error_when_enabled() {
+    let routes = |prefixes: &[&str]| {
+        prefixes
+            .iter()
+            .map(|p| format!("[[routes]]\nprefix = {p:?}\nupstream = \"whoami\"\n"))
+            .collect::<String>()
+    };
+    let text = |enabled: bool, prefixes: &[&str]| {
+        format!(
+            "[emulator]\nenabled = true\n[forward_auth]\nenabled = {enabled}\n{}",
+            routes(prefixes)
+        )
+    };
+    // At or under the endpoint: the route would never be reached. Over it (but `/`): the
+    // endpoint would take part of the route's paths.
+    let colliding = [
+        "/_gateway/auth",
+        "/_gateway/auth/",
+        "/_gateway/auth/api/",
+        "/_gateway/",
+        "/_gate",
+    ];
+    let got = errors(&text(true, &colliding));
+    assert_eq!(got.len(), colliding.len(), "{got:?}");
+    for (i, p) in colliding.iter().enumerate() {
+        let names = format!("routes[{i}].prefix {p:?}");
+        assert!(
+            got.iter()
+                .any(|e| e.starts_with("forward_auth.path:") && e.contains(&names)),
+            "no error naming {names} in {got:?}"
+        );
+    }
+    // Neighbours and the catch-all are fine; so is anything while forward-auth is off.
+    load(&text(true, &["/", "/_gateway/authz/", "/api/"])).unwrap();
+    load(&text(false, &colliding)).unwrap();
+}
+
+#[test]
+fn default_auth_next_to_a_catch_all_route_is_an_error_it_would_never_be_used() {
+    let got = errors(
+        "[emulator]\nenabled = true\n[forward_auth]\nenabled = true\ndefault_auth = \"required\"\n\
+         [[routes]]\nprefix = \"/api/\"\nupstream = \"whoami\"\n\
+         [[routes]]\nprefix = \"/\"\nupstream = \"whoami\"\n",
+    );
+    assert_eq!(
+        got,
+        ["forward_auth.default_auth: never used: routes[1].prefix \"/\" matches every path"]
+    );
+}
+
+#[test]
 fn security_limits_have_their_defaults() {
     let c = load("[emulator]\nenabled = true\n").unwrap();
     assert_eq!(c.server.idle_timeout, Duration::from_secs(60));
@@ -320,6 +426,32 @@ fn the_upstream_pool_has_defaults_below_common_keep_alives_and_keyed_errors() {
     }
     let got = errors("[emulator]\nenabled = true\n[upstream]\nidle = \"1s\"\n");
     assert!(got.iter().any(|e| e.starts_with("upstream")), "{got:?}");
+}
+
+#[test]
+fn the_cache_is_bounded_by_count_and_by_bytes_with_keyed_errors() {
+    let c = load("[emulator]\nenabled = true\n").unwrap();
+    assert_eq!(
+        (c.cache.max_entries, c.cache.max_memory),
+        (100_000, 256 << 20)
+    );
+    let c = load("[emulator]\nenabled = true\n[cache]\nmax_memory = \"2GiB\"\n").unwrap();
+    assert_eq!(c.cache.max_memory, 2 << 30);
+    for (text, key) in [
+        (
+            "max_memory = \"512KiB\"",
+            "cache.max_memory: must be at least 1MiB",
+        ),
+        (
+            "max_memory = \"lots\"",
+            "cache.max_memory: \"lots\" is not a size",
+        ),
+        ("max_memory = 1048576", "cache.max_memory"),
+        ("max_entries = 0", "cache.max_entries: must be at least 1"),
+    ] {
+        let got = errors(&format!("[emulator]\nenabled = true\n[cache]\n{text}\n"));
+        assert!(got.iter().any(|e| e.starts_with(key)), "{key} in {got:?}");
+    }
 }
 
 #[test]
@@ -562,4 +694,295 @@ fn the_emulator_alone_reads_only_its_keys_and_needs_no_cloudbase_url() {
     for key in ["emulator.lockout:", "emulator.listen:", "cloudbase.secret"] {
         assert!(got.iter().any(|e| e.starts_with(key)), "{key} in {got:?}");
     }
+}
+
+#[test]
+fn the_relay_is_off_with_sign_in_limits_by_default() {
+    let c = load("[emulator]\nenabled = true\n").unwrap();
+    let r = &c.relay;
+    assert!(!r.enabled);
+    assert_eq!(r.prefix, "/auth/v1/");
+    assert!(r.allowed_origins.is_empty());
+    assert_eq!(r.client_id, c.cloudbase.client_id);
+    assert_eq!(r.max_body_size, 64 << 10);
+    let signin = r.limits.signin;
+    assert_eq!(signin.rate.unwrap().to_string(), "10/m");
+    assert_eq!(signin.rate.unwrap().interval(), Duration::from_secs(6));
+    assert_eq!(signin.burst.get(), 10);
+    assert_eq!(r.limits.signup.rate.unwrap().to_string(), "5/m");
+    assert_eq!(r.limits.verification.burst.get(), 5);
+}
+
+#[test]
+fn rates_are_counts_per_second_minute_or_hour() {
+    for (text, count, per) in [
+        ("10/s", 10, RateUnit::Second),
+        ("1 / min", 1, RateUnit::Minute),
+        ("100/hour", 100, RateUnit::Hour),
+    ] {
+        let rate = parse_rate(text).unwrap();
+        assert_eq!((rate.count.get(), rate.per), (count, per), "{text}");
+    }
+    for text in ["0/s", "10", "10/d", "-1/s", "ten/m", "/m", ""] {
+        assert!(parse_rate(text).is_err(), "{text}");
+    }
+}
+
+#[test]
+fn relay_mistakes_are_errors_naming_their_keys() {
+    let got = errors(
+        "[emulator]\nenabled = true\n\
+         [[routes]]\nprefix = \"/auth/v1/admin/\"\nupstream = \"whoami\"\n\
+         [relay]\nenabled = true\nprefix = \"/auth/v1/\"\n\
+         allowed_origins = [\"*\", \"https://app.example.com/\", \"https://App.example.com\", \
+         \"https://app.example.com:443\", \"ftp://x\", \"https://ok.example.com\"]\n\
+         max_body_size = \"lots\"\nsignin_rate = \"fast\"\nsignup_burst = 0\n\
+         verification_rate = \"0/m\"\n",
+    );
+    let has = |key: &str, part: &str| got.iter().any(|e| e.starts_with(key) && e.contains(part));
+    assert!(has("relay.prefix:", "routes[0]"), "{got:?}");
+    for i in 0..5 {
+        assert!(
+            has(&format!("relay.allowed_origins[{i}]:"), ""),
+            "origin {i}: {got:?}"
+        );
+    }
+    assert!(!has("relay.allowed_origins[5]", ""), "{got:?}");
+    assert!(has("relay.max_body_size:", "lots"), "{got:?}");
+    assert!(has("relay.signin_rate:", "fast"), "{got:?}");
+    assert!(has("relay.signup_burst:", "at least 1"), "{got:?}");
+    assert!(has("relay.verification_rate:", "at least 1"), "{got:?}");
+
+    for prefix in ["auth/v1/", "/auth/v1", "/auth/./v1/", "/auth;x/"] {
+        let got = errors(&format!(
+            "[emulator]\nenabled = true\n[relay]\nprefix = \"{prefix}\"\n"
+        ));
+        assert!(
+            got.iter().any(|e| e.starts_with("relay.prefix:")),
+            "{prefix}: {got:?}"
+        );
+    }
+    let got = errors("[emulator]\nenabled = true\n[relay]\nsecret = \"x\"\n");
+    assert!(got.iter().any(|e| e.starts_with("relay.secret")), "{got:?}");
+}
+
+#[test]
+fn a_shorter_route_beside_the_relay_is_no_collision() {
+    let c = load(
+        "[emulator]\nenabled = true\n[[routes]]\nprefix = \"/\"\nupstream = \"whoami\"\n\
+         [[routes]]\nprefix = \"/auth/\"\nupstream = \"whoami\"\n\
+         [relay]\nenabled = true\nsignin_rate = \"off\"\nclient_id = \"web-app\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.relay.limits.signin.rate, None);
+    assert_eq!(c.relay.client_id, "web-app");
+}
+
+#[test]
+fn a_route_under_the_relay_prefix_is_no_collision_while_the_relay_is_off() {
+    let text = |enabled: bool| {
+        format!(
+            "[emulator]\nenabled = true\n[[routes]]\nprefix = \"/auth/v1/admin/\"\n\
+             upstream = \"whoami\"\n[relay]\nenabled = {enabled}\n"
+        )
+    };
+    load(&text(false)).unwrap();
+    let got = errors(&text(true));
+    assert!(
+        got.len() == 1 && got[0].starts_with("relay.prefix:") && got[0].contains("routes[0]"),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn forward_auth_and_relay_paths_that_overlap_either_way_are_errors_when_both_are_on() {
+    let text = |path: &str, prefix: &str, relay: bool| {
+        format!(
+            "[emulator]\nenabled = true\n[forward_auth]\nenabled = true\npath = {path:?}\n\
+             [relay]\nenabled = {relay}\nprefix = {prefix:?}\n"
+        )
+    };
+    // The endpoint under the relay's prefix (the relay would take it), reported under
+    // forward_auth.path; the relay's prefix at or under the endpoint (forward-auth would
+    // answer its paths), reported under relay.prefix.
+    for (path, prefix, key, names) in [
+        (
+            "/auth/v1/check",
+            "/auth/v1/",
+            "forward_auth.path:",
+            "relay.prefix",
+        ),
+        (
+            "/auth/v1/x/y",
+            "/auth/",
+            "forward_auth.path:",
+            "relay.prefix",
+        ),
+        (
+            "/auth/v1",
+            "/auth/v1/",
+            "relay.prefix:",
+            "forward_auth.path",
+        ),
+        ("/auth", "/auth/v1/", "relay.prefix:", "forward_auth.path"),
+    ] {
+        let got = errors(&text(path, prefix, true));
+        assert!(
+            got.len() == 1 && got[0].starts_with(key) && got[0].contains(names),
+            "{path} and {prefix}: {got:?}"
+        );
+        load(&text(path, prefix, false)).unwrap();
+    }
+    // Neighbours share no path.
+    for (path, prefix) in [
+        ("/_gateway/auth", "/auth/v1/"),
+        ("/auth/v10", "/auth/v1/"),
+        ("/auth/v1x", "/auth/v1/"),
+        ("/auth/check", "/auth/v1/"),
+    ] {
+        load(&text(path, prefix, true)).unwrap();
+    }
+}
+
+#[test]
+fn routes_are_unlimited_by_default_and_a_rate_brings_a_burst_of_its_count() {
+    let c = load(
+        "[emulator]\nenabled = true\n\
+         [[routes]]\nprefix = \"/a/\"\nupstream = \"whoami\"\n\
+         [[routes]]\nprefix = \"/b/\"\nupstream = \"whoami\"\nrate_limit = \"100/s\"\n\
+         [[routes]]\nprefix = \"/c/\"\nupstream = \"whoami\"\nrate_limit = \"10/m\"\n\
+         rate_limit_burst = 3\nrate_limit_max_keys = 7\n\
+         [[routes]]\nprefix = \"/d/\"\nupstream = \"whoami\"\nrate_limit = \"off\"\n",
+    )
+    .unwrap();
+    assert!(c.routes[0].rate_limit.is_none());
+    assert!(c.routes[3].rate_limit.is_none(), "\"off\" is no limit");
+    let b = c.routes[1].rate_limit.unwrap();
+    assert_eq!((b.rate.to_string(), b.burst.get()), ("100/s".into(), 100));
+    assert_eq!(b.max_keys, DEFAULT_RATE_LIMIT_MAX_KEYS);
+    let limit = c.routes[2].rate_limit.unwrap();
+    assert_eq!((limit.burst.get(), limit.max_keys), (3, 7));
+}
+
+#[test]
+fn rate_limit_mistakes_are_errors_naming_their_keys() {
+    let got = errors(
+        "[emulator]\nenabled = true\n\
+         [[routes]]\nprefix = \"/a/\"\nupstream = \"whoami\"\nrate_limit = \"lots\"\n\
+         [[routes]]\nprefix = \"/b/\"\nupstream = \"whoami\"\nrate_limit = \"5/s\"\n\
+         rate_limit_burst = 0\nrate_limit_max_keys = 0\n\
+         [[routes]]\nprefix = \"/c/\"\nupstream = \"whoami\"\nrate_limit_burst = 5\n\
+         [[routes]]\nprefix = \"/d/\"\nupstream = \"whoami\"\nrate_limit = \"0/m\"\n\
+         [[routes]]\nprefix = \"/e/\"\nupstream = \"whoami\"\nrate_limit = \"5/s\"\n\
+         rate_limit_burst = -1\n",
+    );
+    let has = |key: &str, part: &str| got.iter().any(|e| e.starts_with(key) && e.contains(part));
+    assert!(has("routes[0].rate_limit:", "lots"), "{got:?}");
+    assert!(has("routes[1].rate_limit_burst:", "at least 1"), "{got:?}");
+    assert!(
+        has("routes[1].rate_limit_max_keys:", "at least 1"),
+        "{got:?}"
+    );
+    assert!(
+        has("routes[2].rate_limit_burst:", "rate_limit is not"),
+        "{got:?}"
+    );
+    assert!(has("routes[3].rate_limit:", "at least 1"), "{got:?}");
+    assert!(has("routes[4].rate_limit_burst", ""), "{got:?}");
+}
+
+#[test]
+fn telemetry_is_off_by_default_and_posts_to_the_traces_path() {
+    let c = load("[emulator]\nenabled = true\n").unwrap();
+    assert_eq!(c.telemetry, TelemetrySettings::default());
+    assert_eq!(c.telemetry.traces_url(), None);
+    assert_eq!(c.telemetry.service_name, "cloudbase-gateway");
+    assert_eq!(c.telemetry.sample_ratio, 1.0);
+    let c = load(
+        "[emulator]\nenabled = true\n[telemetry]\notlp_endpoint = \"http://collector:4318/\"\n\
+         sample_ratio = 0\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.telemetry.traces_url().as_deref(),
+        Some("http://collector:4318/v1/traces")
+    );
+    assert_eq!(c.telemetry.sample_ratio, 0.0, "an integer reads as a ratio");
+    let c = load(
+        "[emulator]\nenabled = true\n[telemetry]\n\
+         otlp_endpoint = \"https://otel.example.com/custom/v1/traces\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.telemetry.traces_url().as_deref(),
+        Some("https://otel.example.com/custom/v1/traces"),
+        "a full traces URL is used as written"
+    );
+}
+
+#[test]
+fn telemetry_mistakes_are_errors_naming_their_keys() {
+    for (endpoint, why) in [
+        ("collector:4318", "scheme"),
+        ("grpc://collector:4317", "scheme"),
+        (
+            "http://user:token@collector:4318",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+        ),
+        ("http://collector:4318/?x=1", "query"),
+        ("http:///v1/traces", ""),
+    ] {
+        let got = errors(&format!(
+            "[emulator]\nenabled = true\n[telemetry]\notlp_endpoint = \"{endpoint}\"\n"
+        ));
+        assert!(
+            got.iter()
+                .any(|e| e.starts_with("telemetry.otlp_endpoint:") && e.contains(why)),
+            "{endpoint}: {got:?}"
+        );
+        assert!(
+            got.iter().all(|e| !e.contains("token@")),
+            "a credential in the URL is never echoed: {got:?}"
+        );
+    }
+    let got = errors(
+        "[emulator]\nenabled = true\n[telemetry]\nservice_name = \" \"\nsample_ratio = 1.5\n\
+         exporter = \"jaeger\"\n",
+    );
+    let has = |key: &str| got.iter().any(|e| e.starts_with(key));
+    assert!(has("telemetry.exporter"), "{got:?}");
+    let got = errors(
+        "[emulator]\nenabled = true\n[telemetry]\nservice_name = \" \"\nsample_ratio = 1.5\n",
+    );
+    let has = |key: &str| got.iter().any(|e| e.starts_with(key));
+    assert!(has("telemetry.service_name:"), "{got:?}");
+    assert!(has("telemetry.sample_ratio:"), "{got:?}");
+}
+
+#[test]
+fn the_shipped_configs_commented_telemetry_and_rate_limit_keys_are_valid_once_uncommented() {
+    let shipped = include_str!("../../config.toml");
+    let mut in_table = false;
+    let text: String = shipped
+        .lines()
+        .map(|line| {
+            in_table = line.starts_with("# [telemetry]")
+                || (in_table && line.starts_with("# ") && line.contains(" = "));
+            let line = if in_table || line.starts_with("# rate_limit") {
+                &line[2..]
+            } else {
+                line
+            };
+            format!("{line}\n")
+        })
+        .collect();
+    let c = Config::from_toml_str(&text).unwrap();
+    assert_eq!(
+        c.telemetry.traces_url().as_deref(),
+        Some("http://127.0.0.1:4318/v1/traces")
+    );
+    assert_eq!(c.telemetry.sample_ratio, 1.0);
+    let limit = c.routes[0].rate_limit.expect("the /api/ route is limited");
+    assert_eq!((limit.burst.get(), limit.max_keys), (50, 100_000));
+    assert!(c.routes[1].rate_limit.is_none());
 }

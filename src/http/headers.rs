@@ -344,35 +344,84 @@ static X_HTTP_METHOD_OVERRIDE: HeaderName = HeaderName::from_static("x-http-meth
 static X_HTTP_METHOD: HeaderName = HeaderName::from_static("x-http-method");
 static X_METHOD_OVERRIDE: HeaderName = HeaderName::from_static("x-method-override");
 
+/// The method-override headers frameworks honour (Express `method-override`, Rails, ASP.NET,
+/// Spring's filter via a parameter): each would turn an `OPTIONS` into a `DELETE`.
+const METHOD_OVERRIDES: [&HeaderName; 3] =
+    [&X_HTTP_METHOD_OVERRIDE, &X_HTTP_METHOD, &X_METHOD_OVERRIDE];
+
 /// What a preflight passed without a token may not carry: a body's framing (its body is
-/// dropped) and the method-override headers frameworks honour, which would turn an
-/// unauthenticated `OPTIONS` into a `DELETE`.
+/// dropped) and the method-override headers, which would turn an unauthenticated
+/// `OPTIONS` into a `DELETE`.
 pub fn strip_preflight(headers: &mut HeaderMap) {
-    for name in [
-        &CONTENT_LENGTH,
-        &TRANSFER_ENCODING,
-        &X_HTTP_METHOD_OVERRIDE,
-        &X_HTTP_METHOD,
-        &X_METHOD_OVERRIDE,
-    ] {
+    for name in [&CONTENT_LENGTH, &TRANSFER_ENCODING]
+        .into_iter()
+        .chain(METHOD_OVERRIDES)
+    {
         headers.remove(name);
     }
+}
+
+/// Whether a request carries a method-override header. Forward-auth asks this of a
+/// preflight it would pass without a token: the ingress forwards the request as sent, so
+/// the header cannot be dropped as [`strip_preflight`] drops it, and a browser's preflight
+/// never carries one.
+pub fn overrides_method(headers: &HeaderMap) -> bool {
+    METHOD_OVERRIDES
+        .into_iter()
+        .any(|name| headers.contains_key(name))
+}
+
+/// The client's address as far as the gateway can trust it: the peer's, unless the peer
+/// is a trusted proxy; then the rightmost `X-Forwarded-For` entry that is not itself a
+/// trusted proxy (entries left of it were written by whoever the client is and prove
+/// nothing). A chain of trusted proxies only, or an unreadable entry, stops the walk at
+/// the last address known to be real. For per-client limits: a client behind a trusted
+/// load balancer is not the load balancer.
+pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let entries = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .map(|v| v.to_str().ok())
+        .collect::<Vec<_>>();
+    for value in entries.iter().rev() {
+        let Some(value) = value else { return client };
+        for entry in value.rsplit(',') {
+            let Ok(ip) = entry.trim().parse::<IpAddr>() else {
+                return client;
+            };
+            client = ip;
+            if !is_trusted(&ip) {
+                return ip;
+            }
+        }
+    }
+    client
+}
+
+/// A header map of `pairs` (names and values valid), appended in order; for tests of
+/// header rules here and in other modules.
+#[cfg(test)]
+pub(crate) fn test_header_map(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(
+            HeaderName::from_bytes(k.as_bytes()).expect("a header name"),
+            HeaderValue::from_str(v).expect("a header value"),
+        );
+    }
+    h
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
+    use super::test_header_map as map;
 
     #[test]
     fn identity_headers_go_in_every_spelling() {
@@ -415,6 +464,38 @@ mod tests {
         remove_hop_by_hop(&mut h, true);
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn the_client_behind_trusted_proxies_is_the_rightmost_untrusted_address() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let h = map(&[("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.0.0.2")]);
+        assert_eq!(
+            client_ip(&h, ip("10.0.0.1"), &trusted),
+            ip("1.2.3.4"),
+            "the forged 6.6.6.6 left of the real client is ignored"
+        );
+        assert_eq!(
+            client_ip(&h, ip("9.9.9.9"), &trusted),
+            ip("9.9.9.9"),
+            "an untrusted peer's X-Forwarded-For is not read"
+        );
+        let h = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-for", "10.0.0.3"),
+        ]);
+        assert_eq!(client_ip(&h, ip("10.0.0.1"), &trusted), ip("1.2.3.4"));
+        let h = map(&[("x-forwarded-for", "1.2.3.4, junk, 10.0.0.3")]);
+        assert_eq!(
+            client_ip(&h, ip("10.0.0.1"), &trusted),
+            ip("10.0.0.3"),
+            "an unreadable entry stops the walk at the last real address"
+        );
+        assert_eq!(
+            client_ip(&HeaderMap::new(), ip("10.0.0.1"), &trusted),
+            ip("10.0.0.1")
+        );
     }
 
     #[test]
@@ -618,5 +699,30 @@ mod tests {
         ] {
             assert!(!is_cors_preflight(&opt, &bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_method_override_is_dropped_from_a_proxied_preflight_and_seen_by_forward_auth() {
+        for name in [
+            "x-http-method-override",
+            "X-HTTP-Method",
+            "x-method-override",
+        ] {
+            let mut h = map(&[
+                ("origin", "https://app.example"),
+                ("access-control-request-method", "GET"),
+                (name, "DELETE"),
+                ("content-length", "5"),
+            ]);
+            assert!(overrides_method(&h), "{name}");
+            strip_preflight(&mut h);
+            assert!(!overrides_method(&h), "{name} dropped");
+            assert!(!h.contains_key(CONTENT_LENGTH));
+            assert!(is_cors_preflight(&Method::OPTIONS, &h), "still a preflight");
+        }
+        assert!(!overrides_method(&map(&[(
+            "x-http-method-overrides",
+            "DELETE"
+        )])));
     }
 }

@@ -34,6 +34,7 @@ use crate::http::ConnInfo;
 use crate::http::{Body, BoxError};
 use crate::rejection::{client_body_fault, Reject, Rejection};
 use crate::routing::{Route, Routed};
+use crate::telemetry::trace;
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 
@@ -49,6 +50,24 @@ pub struct UpstreamClient {
 impl std::fmt::Debug for UpstreamClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamClient").finish_non_exhaustive()
+    }
+}
+
+impl UpstreamClient {
+    /// Sends `req` on a pooled connection, and once more on a new one when the retry rule
+    /// allows it (see [`super::retry`]).
+    pub async fn send(
+        &self,
+        req: Request<Body>,
+    ) -> Result<Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
+        let replay = Replay::capture(&req);
+        match (self.pooled.request(req).await, replay) {
+            (Err(e), Some(replay)) if may_retry(replay.method(), never_sent(&e)) => {
+                tracing::debug!(error = %e, "upstream exchange failed; retrying on a new connection");
+                self.fresh.request(replay.into_request()).await
+            }
+            (result, _) => result,
+        }
     }
 }
 
@@ -208,18 +227,21 @@ impl Forward {
         }
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let method = req.method().clone();
-        let replay = Replay::capture(&req);
-        let result = match (self.client.pooled.request(req).await, replay) {
-            (Err(e), Some(replay)) if may_retry(replay.method(), never_sent(&e)) => {
-                tracing::debug!(error = %e, "upstream exchange failed; retrying on a new connection");
-                self.client.fresh.request(replay.into_request()).await
-            }
-            (result, _) => result,
-        };
-        let mut response = match result {
+        // Traced requests: a client span for the exchange, named in `traceparent`.
+        let span = trace::outbound(&mut req, "upstream");
+        let mut response = match self.client.send(req).await {
             Ok(r) => r,
-            Err(e) => return Err(upstream_error(&e).into()),
+            Err(e) => {
+                if let Some(span) = span {
+                    span.fail("upstream_unavailable");
+                    span.end();
+                }
+                return Err(upstream_error(&e).into());
+            }
         };
+        if let Some(span) = span {
+            span.end_with_status(response.status());
+        }
         let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         if switched && client_upgrade.is_none() {
             // Only a WebSocket upgrade is ever forwarded; a 101 to anything else would
@@ -257,7 +279,7 @@ fn with_query(path: &str, query: Option<&str>) -> String {
 
 /// Maps an upstream client error to the gateway's answer. A failure to read the client's
 /// own body is the client's (413 or 400), never the upstream's.
-fn upstream_error(e: &hyper_util::client::legacy::Error) -> Reject {
+pub fn upstream_error(e: &hyper_util::client::legacy::Error) -> Reject {
     if let Some(reject) = client_body_fault(e) {
         return reject;
     }

@@ -148,11 +148,15 @@ fn npm_ci_if_needed(dir: &Path) {
     );
 }
 
-/// Runs drive.mjs; returns its exit status, its step lines by name, stdout and stderr.
-async fn drive(origin: &str) -> (std::process::ExitStatus, HashMap<String, Value>, String) {
+/// Runs `script` (in `tests/js-sdk`) against `origin`; returns its exit status, its step
+/// lines by name, and stdout and stderr for failure messages.
+async fn run_script(
+    script: &str,
+    origin: &str,
+) -> (std::process::ExitStatus, HashMap<String, Value>, String) {
     let dir = sdk_dir();
     let child = tokio::process::Command::new("node")
-        .arg("drive.mjs")
+        .arg(script)
         .arg(origin)
         .current_dir(&dir)
         .stdin(Stdio::null())
@@ -163,8 +167,8 @@ async fn drive(origin: &str) -> (std::process::ExitStatus, HashMap<String, Value
         .expect("node runs");
     let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
         .await
-        .expect("drive.mjs finished within 120 s")
-        .expect("drive.mjs output");
+        .unwrap_or_else(|_| panic!("{script} finished within 120 s"))
+        .unwrap_or_else(|e| panic!("{script} output: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let transcript = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
@@ -181,6 +185,24 @@ async fn drive(origin: &str) -> (std::process::ExitStatus, HashMap<String, Value
     (out.status, steps, transcript)
 }
 
+/// Every expected step ran and passed, no other step ran, and the script exited 0.
+fn all_passed(
+    steps: &HashMap<String, Value>,
+    expected: &[&str],
+    status: std::process::ExitStatus,
+    transcript: &str,
+    node: &str,
+) {
+    for name in expected {
+        let step = steps
+            .get(*name)
+            .unwrap_or_else(|| panic!("step {name} missing (node {node})\n{transcript}"));
+        assert_eq!(step["ok"], true, "step {name} failed: {step}\n{transcript}");
+    }
+    assert_eq!(steps.len(), expected.len(), "{transcript}");
+    assert!(status.success(), "the script exited {status}\n{transcript}");
+}
+
 fn s<'a>(v: &'a Value, key: &str) -> &'a str {
     v[key]
         .as_str()
@@ -194,7 +216,7 @@ async fn the_official_js_sdk_drives_the_emulator() {
     npm_ci_if_needed(&sdk_dir());
     let emu = Emulator::start(CONFIG);
 
-    let (status, steps, transcript) = drive(&emu.origin()).await;
+    let (status, steps, transcript) = run_script("drive.mjs", &emu.origin()).await;
     let expected = [
         "signin",
         "signin_wrong_password",
@@ -217,14 +239,7 @@ async fn the_official_js_sdk_drives_the_emulator() {
         "signout",
         "done",
     ];
-    for name in expected {
-        let step = steps
-            .get(name)
-            .unwrap_or_else(|| panic!("step {name} missing (node {node})\n{transcript}"));
-        assert_eq!(step["ok"], true, "step {name} failed: {step}\n{transcript}");
-    }
-    assert_eq!(steps.len(), expected.len(), "{transcript}");
-    assert!(status.success(), "drive.mjs exited {status}\n{transcript}");
+    all_passed(&steps, &expected, status, &transcript, &node);
     let step = |name: &str| &steps[name];
 
     // What the SDK called, before this test makes calls of its own.
@@ -446,5 +461,155 @@ async fn disabled_anonymous_sign_in_reads_as_provider_not_enabled() {
     assert!(
         s(&v, "error_description").contains("anonymous login is not enabled"),
         "{v}"
+    );
+}
+
+/// The gateway binary with its embedded emulator, the relay on and an hour of cache: a
+/// token refused right after a sign-out can only have been purged by the relay.
+fn relay_config(gateway: SocketAddr, admin: SocketAddr, emulator: SocketAddr) -> String {
+    let users: String = [
+        "relay-signout",
+        "relay-password",
+        "relay-all",
+        "relay-device",
+        "relay-outside",
+    ]
+    .iter()
+    .map(|u| format!("[[emulator.users]]\nusername = \"{u}\"\npassword = \"relay-password-1\"\n"))
+    .collect();
+    format!(
+        r#"
+[server]
+listen = "{gateway}"
+[admin]
+listen = "{admin}"
+[cloudbase]
+env_id = "js-sdk-env"
+client_secret = "js-sdk-secret"
+[cache]
+ttl = "1h"
+[[routes]]
+prefix = "/api/"
+upstream = "whoami"
+[relay]
+enabled = true
+[emulator]
+enabled = true
+listen = "{emulator}"
+test_hooks = true
+{users}"#
+    )
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+#[tokio::test]
+async fn the_official_js_sdk_through_the_relay_is_cut_off_at_once_on_sign_out() {
+    let node = require_tool("node");
+    require_tool("npm");
+    npm_ci_if_needed(&sdk_dir());
+    let (gateway, admin, emulator) = (
+        local(common::free_port()),
+        local(common::free_port()),
+        local(common::free_port()),
+    );
+    let _process =
+        common::Process::spawn(&relay_config(gateway, admin, emulator), &[], &[], gateway);
+    common::wait_for_port(admin);
+
+    let (status, steps, transcript) = run_script("relay.mjs", &format!("http://{gateway}")).await;
+    let expected = [
+        "signout_signed_in",
+        "signout",
+        "signout_old_token_refused",
+        "password_signed_in",
+        "password_changed",
+        "password_other_device_refused",
+        "password_this_device_still_served",
+        "password_new_one_signs_in",
+        "revoke_all_signed_in",
+        "revoke_all",
+        "revoke_all_second_device_refused",
+        "revoke_all_first_device_refused",
+        "revoke_device_signed_in",
+        "revoke_device",
+        "revoke_device_lost_device_refused",
+        "revoke_device_keeper_still_served",
+        "outside_signed_in",
+        "done",
+    ];
+    all_passed(&steps, &expected, status, &transcript, &node);
+    for name in [
+        "signout_old_token_refused",
+        "password_other_device_refused",
+        "revoke_all_second_device_refused",
+        "revoke_device_lost_device_refused",
+    ] {
+        assert_eq!(steps[name]["code"], "INVALID_ACCESS_TOKEN", "{name}");
+    }
+
+    let http = Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let text = |url: String| {
+        let http = http.clone();
+        async move { http.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    // The SDK's calls reached CloudBase through the relay, and each purged.
+    let stats: Value =
+        serde_json::from_str(&text(format!("http://{emulator}/__emulator/stats")).await).unwrap();
+    let calls = &stats["calls"];
+    for (name, n) in [
+        ("revoke", 1),
+        ("password", 1),
+        ("sudo", 1),
+        ("revoke_all", 1),
+        ("revoke_device", 1),
+    ] {
+        assert_eq!(calls[name], n, "{name} calls: {calls}");
+    }
+    let metrics = text(format!("http://{admin}/metrics")).await;
+    for (by, n) in [("token", 1.0), ("sub", 3.0), ("unresolved", 0.0)] {
+        let series = format!("cloudbase_gateway_relay_purges_total{{by=\"{by}\"}}");
+        assert_eq!(common::metric(&metrics, &series), n, "{series}");
+    }
+
+    // A revocation outside the relay (here: straight at CloudBase) is not seen: the
+    // cached token keeps working until `POST /cache/purge`.
+    let outside = &steps["outside_signed_in"];
+    let token = s(outside, "access_token");
+    let revoked = http
+        .post(format!("http://{emulator}/auth/v1/revoke"))
+        .json(&json!({ "token": token }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    let whoami = |token: String| {
+        let http = http.clone();
+        async move {
+            http.get(format!("http://{gateway}/api/whoami"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(whoami(token.to_owned()).await, 200, "still cached");
+    let purged = http
+        .post(format!("http://{admin}/cache/purge"))
+        .json(&json!({ "sub": s(outside, "sub") }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purged.status(), 200);
+    assert_eq!(
+        whoami(token.to_owned()).await,
+        401,
+        "purged by the operator"
     );
 }

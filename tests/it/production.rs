@@ -569,14 +569,14 @@ async fn upstream_refused_is_502_and_hanging_upstream_is_504() {
     assert_eq!(
         metric(
             &m,
-            "cloudbase_gateway_requests_total{route=\"/hang/\",method=\"GET\",status=\"504\"}"
+            "cloudbase_gateway_requests_total{route=\"/hang/\",method=\"GET\",status=\"504\",kind=\"proxy\"}"
         ),
         1.0
     );
     assert_eq!(
         metric(
             &m,
-            "cloudbase_gateway_requests_total{route=\"/refused/\",method=\"GET\",status=\"502\"}"
+            "cloudbase_gateway_requests_total{route=\"/refused/\",method=\"GET\",status=\"502\",kind=\"proxy\"}"
         ),
         1.0
     );
@@ -781,7 +781,7 @@ async fn metrics_count_a_scripted_mix_exactly_and_hold_no_tokens_or_paths() {
         metric(
             &m,
             &format!(
-                "cloudbase_gateway_requests_total{{route=\"{route}\",method=\"GET\",status=\"{status}\"}}"
+                "cloudbase_gateway_requests_total{{route=\"{route}\",method=\"GET\",status=\"{status}\",kind=\"proxy\"}}"
             ),
         )
     };

@@ -1899,7 +1899,7 @@ async fn malformed_chunked_framing_from_a_client_is_a_400_not_an_upstream_failur
     assert_eq!(
         metric(
             &m,
-            "cloudbase_gateway_requests_total{route=\"/open/\",method=\"POST\",status=\"400\"}"
+            "cloudbase_gateway_requests_total{route=\"/open/\",method=\"POST\",status=\"400\",kind=\"proxy\"}"
         ),
         1.0,
         "{m}"

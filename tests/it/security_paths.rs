@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::raw::{exchange, RawResponse as Answer};
 use crate::support::*;
 use cloudbase_auth::{CallOptions, Client};
 use http::{Request, Response, StatusCode};
@@ -19,7 +20,6 @@ use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
@@ -191,22 +191,7 @@ impl Gateway {
             head.push_str(&format!("Authorization: Bearer {t}\r\n"));
         }
         head.push_str("\r\n");
-        let exchange = async {
-            let mut stream = TcpStream::connect(self.addr).await.expect("connect");
-            stream.write_all(head.as_bytes()).await.expect("write");
-            let mut bytes = Vec::new();
-            stream.read_to_end(&mut bytes).await.expect("read");
-            bytes
-        };
-        let bytes = timeout(PATIENCE, exchange)
-            .await
-            .unwrap_or_else(|_| panic!("no answer to {request_line:?}"));
-        Answer::parse(&bytes).unwrap_or_else(|| {
-            panic!(
-                "{request_line:?}: not an HTTP/1.1 answer: {:?}",
-                String::from_utf8_lossy(&bytes)
-            )
-        })
+        exchange(self.addr, &head).await
     }
 
     /// Sends each of `attacks` without a token and asserts each is refused with 400 and
@@ -233,101 +218,8 @@ impl Gateway {
     }
 
     async fn metrics(&self) -> String {
-        let mut stream = TcpStream::connect(self.admin).await.expect("admin");
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("write");
-        let mut bytes = Vec::new();
-        timeout(PATIENCE, stream.read_to_end(&mut bytes))
-            .await
-            .expect("metrics in time")
-            .expect("read");
-        String::from_utf8_lossy(&Answer::parse(&bytes).expect("metrics answer").body).into_owned()
-    }
-}
-
-/// An HTTP/1.1 response read off the socket.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn parse(bytes: &[u8]) -> Option<Answer> {
-        let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
-        let head = std::str::from_utf8(&bytes[..end]).ok()?;
-        let mut lines = head.split("\r\n");
-        let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        let mut body = bytes[end + 4..].to_vec();
-        let chunked = headers
-            .iter()
-            .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
-        if chunked {
-            body = dechunk(&body)?;
-        }
-        Some(Answer {
-            status,
-            headers,
-            body,
-        })
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Checks the gateway's JSON envelope and returns its `code`.
-    fn code(&self) -> String {
-        assert_eq!(
-            self.header("content-type"),
-            Some("application/json"),
-            "{self:?}"
-        );
-        let body: Value = serde_json::from_slice(&self.body).expect("JSON envelope");
-        assert_eq!(
-            body["requestId"].as_str(),
-            self.header("x-request-id"),
-            "requestId is the x-request-id header"
-        );
-        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
-        body["code"].as_str().expect("code").to_owned()
-    }
-
-    /// Asserts 400 `BAD_REQUEST` in the envelope.
-    fn assert_refused(&self, attack: &str) {
-        assert_eq!(self.status, 400, "{attack}: {self:?}");
-        assert_eq!(self.code(), "BAD_REQUEST", "{attack}");
-    }
-
-    /// Asserts 401 `MISSING_CREDENTIALS`: the protected route decided.
-    fn assert_needs_a_token(&self, attack: &str) {
-        assert_eq!(self.status, 401, "{attack}: {self:?}");
-        assert_eq!(self.code(), "MISSING_CREDENTIALS", "{attack}");
-    }
-}
-
-fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = body.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&body[..line_end]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        body = &body[line_end + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(body.get(..size)?);
-        body = body.get(size + 2..)?;
+        let head = "GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n";
+        String::from_utf8_lossy(&exchange(self.admin, head).await.body).into_owned()
     }
 }
 
@@ -581,7 +473,7 @@ async fn refused_and_rewritten_paths_are_counted_by_route_and_never_logged() {
     assert_eq!(
         metric(
             &metrics,
-            "cloudbase_gateway_requests_total{route=\"none\",method=\"GET\",status=\"400\"}"
+            "cloudbase_gateway_requests_total{route=\"none\",method=\"GET\",status=\"400\",kind=\"proxy\"}"
         ),
         1.0,
         "{metrics}"
@@ -589,7 +481,7 @@ async fn refused_and_rewritten_paths_are_counted_by_route_and_never_logged() {
     assert_eq!(
         metric(
             &metrics,
-            "cloudbase_gateway_requests_total{route=\"/api/\",method=\"GET\",status=\"401\"}"
+            "cloudbase_gateway_requests_total{route=\"/api/\",method=\"GET\",status=\"401\",kind=\"proxy\"}"
         ),
         1.0,
         "{metrics}"

@@ -19,9 +19,11 @@
 //
 // What the SDK needs in Node: nothing beyond Node 18+. It calls the global fetch, and the
 // only browser API it relies on is window.localStorage (its default storage), so an
-// in-memory SimpleStorage is passed instead.
+// in-memory SimpleStorage is passed instead (steps.mjs, with the step protocol).
 
 import { CloudbaseOAuth } from '@cloudbase/oauth'
+
+import { MemoryStorage, check, done, expectError, fatal, step } from './steps.mjs'
 
 const origin = (process.argv[2] || process.env.EMULATOR_URL || '').replace(/\/+$/, '')
 if (!/^https?:\/\/[^/]+$/.test(origin)) {
@@ -35,35 +37,6 @@ const password = process.env.SDK_PASSWORD || 'sdk-password-1'
 const phone = process.env.SDK_PHONE || '13800000000'
 const code = process.env.SDK_CODE || '000000'
 
-// Keep stdout for the step lines: the SDK logs some failures with console.log.
-const emit = (obj) => process.stdout.write(`${JSON.stringify(obj)}\n`)
-console.log = console.error
-
-/** The SDK's SimpleStorage (async and sync variants), in memory. */
-class MemoryStorage {
-  constructor() {
-    this.map = new Map()
-  }
-  async getItem(key) {
-    return this.getItemSync(key)
-  }
-  async setItem(key, value) {
-    this.setItemSync(key, value)
-  }
-  async removeItem(key) {
-    this.removeItemSync(key)
-  }
-  getItemSync(key) {
-    return this.map.has(key) ? this.map.get(key) : null
-  }
-  setItemSync(key, value) {
-    this.map.set(key, String(value))
-  }
-  removeItemSync(key) {
-    this.map.delete(key)
-  }
-}
-
 const oauth = new CloudbaseOAuth({
   env,
   clientId,
@@ -74,54 +47,6 @@ const oauth = new CloudbaseOAuth({
 oauth.initializeSession()
 const auth = oauth.authApi
 const client = oauth.oauth2client
-
-let failed = 0
-
-/** The SDK rejects with plain objects ({error, error_description, error_uri}) or Errors. */
-function describe(err) {
-  if (err instanceof Error) {
-    return { error: 'exception', error_description: `${err.name}: ${err.message}` }
-  }
-  if (err && typeof err === 'object') {
-    const { error, error_description: description, error_uri: uri } = err
-    return { error, error_description: description, error_uri: uri }
-  }
-  return { error: 'thrown', error_description: String(err) }
-}
-
-/** Runs one step; `fn` returns the fields to report, or throws. */
-async function step(name, fn) {
-  try {
-    const fields = await fn()
-    emit({ step: name, ok: true, ...fields })
-    return fields
-  } catch (err) {
-    failed += 1
-    emit({ step: name, ok: false, ...describe(err) })
-    return null
-  }
-}
-
-/** A step that passes when the SDK call fails with the `expected` error code. */
-async function expectError(name, expected, fn) {
-  return step(name, async () => {
-    let result
-    try {
-      result = await fn()
-    } catch (err) {
-      const got = describe(err)
-      check(got.error === expected, `expected error ${expected}, got ${JSON.stringify(got)}`)
-      return { expected_error: got.error, error_description: got.error_description }
-    }
-    throw new Error(`expected error ${expected}, got success: ${JSON.stringify(result)}`)
-  })
-}
-
-function check(cond, message) {
-  if (!cond) {
-    throw new Error(message)
-  }
-}
 
 function tokenFields(c) {
   check(c && typeof c.access_token === 'string' && c.access_token, 'no access_token')
@@ -264,11 +189,7 @@ async function main() {
     return { revoked_access_token: token, response: resp }
   })
 
-  emit({ step: 'done', ok: failed === 0, failed })
-  process.exit(failed === 0 ? 0 : 1)
+  done()
 }
 
-main().catch((err) => {
-  emit({ step: 'fatal', ok: false, ...describe(err) })
-  process.exit(1)
-})
+main().catch(fatal)

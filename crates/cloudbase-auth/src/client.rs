@@ -33,6 +33,8 @@ use crate::{IntrospectAuth, Secret};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_DEVICE_ID: HeaderName = HeaderName::from_static("x-device-id");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// Largest response body read. CloudBase's biggest answers (a profile, a token response
@@ -53,6 +55,11 @@ pub struct CallOptions {
     /// Sent as `x-device-id`; default the client's ([`ClientBuilder::device_id`]). An
     /// invalid header value falls back to the default.
     pub device_id: Option<String>,
+    /// Sent as `traceparent` (W3C Trace Context) when set and a valid header value: the
+    /// caller's span, so CloudBase's spans join the caller's trace.
+    pub traceparent: Option<String>,
+    /// Sent as `tracestate` with `traceparent`, when set and valid.
+    pub tracestate: Option<String>,
 }
 
 /// Client of CloudBase Auth v2. Cheap to clone: clones share the connection pool.
@@ -120,7 +127,7 @@ impl Client {
             Some(secret) => Some(basic_auth(&b.client_id, secret.expose())?),
         };
         let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls_config(&b.root_certs).map_err(Error::Setup)?)
+            .use_preconfigured_tls(tls_client_config(&b.root_certs).map_err(Error::Setup)?)
             .timeout(b.timeout)
             .connect_timeout(b.timeout)
             .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
@@ -428,6 +435,14 @@ impl Client {
             .and_then(|d| HeaderValue::from_str(d).ok())
             .unwrap_or_else(|| inner.device_id.clone());
         headers.insert(X_DEVICE_ID, device_id);
+        for (name, value) in [
+            (TRACEPARENT, &opts.traceparent),
+            (TRACESTATE, &opts.tracestate),
+        ] {
+            if let Some(value) = value.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+                headers.insert(name, value);
+            }
+        }
         match auth {
             Auth::Bearer(token) => {
                 headers.insert(AUTHORIZATION, bearer(token)?);
@@ -582,8 +597,9 @@ fn basic_auth(client_id: &str, secret: &str) -> Result<HeaderValue, Error> {
 }
 
 /// Platform roots plus the extra ones, ring as the crypto provider (the one the crate
-/// builds). PEM is read with `rustls-pki-types`.
-fn tls_config(extra: &[RootCerts]) -> Result<rustls::ClientConfig, SetupError> {
+/// builds): the TLS of this client, and of any other HTTPS client that should trust what
+/// it trusts (the gateway's span exporter). PEM is read with `rustls-pki-types`.
+pub fn tls_client_config(extra: &[RootCerts]) -> Result<rustls::ClientConfig, SetupError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
 
@@ -757,7 +773,7 @@ mod tests {
     fn invalid_request_id_is_replaced() {
         let opts = CallOptions {
             request_id: Some("bad\nid".into()),
-            device_id: None,
+            ..Default::default()
         };
         let id = request_id(&opts);
         assert_eq!(id.len(), 36);

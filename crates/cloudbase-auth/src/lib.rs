@@ -23,7 +23,7 @@ pub mod error;
 #[cfg(feature = "client")]
 pub use builder::{ClientBuilder, RootCerts, DEFAULT_DEVICE_ID, DEFAULT_TIMEOUT};
 #[cfg(feature = "client")]
-pub use client::{CallOptions, Client, MAX_BODY_BYTES};
+pub use client::{tls_client_config, CallOptions, Client, MAX_BODY_BYTES};
 #[cfg(feature = "client")]
 pub use error::Error;
 pub use secret::Secret;

@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use axum::Json;
@@ -55,6 +55,15 @@ impl<S: Send + Sync> FromRequestParts<S> for Client {
             .map(|ConnectInfo(addr)| addr.ip());
         Ok(Client(Subject::client(peer)))
     }
+}
+
+/// The caller's `x-device-id`, when it sent a usable one.
+fn device_id(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("x-device-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -122,6 +131,7 @@ pub struct SigninReq {
 pub async fn signin(
     State(inner): AppState,
     Client(client): Client,
+    headers: HeaderMap,
     JsonBody(req): JsonBody<SigninReq>,
 ) -> ApiResult<TokenResponse> {
     let now = Now::current();
@@ -133,7 +143,8 @@ pub async fn signin(
             (None, None, _) => return Err(ApiError::missing("username")),
             (None, Some(_), None) => return Err(ApiError::missing("password")),
         };
-        store.open_session(&sub, provider, inner.access_exp(now), now)?
+        let device = device_id(&headers);
+        store.open_session(&sub, provider, device, inner.access_exp(now), now)?
     };
     Ok(Json(inner.token_response(issued, now)))
 }
@@ -231,6 +242,7 @@ pub struct SignupReq {
 /// `POST /signup`: creates a user from a verified phone or email.
 pub async fn signup(
     State(inner): AppState,
+    headers: HeaderMap,
     JsonBody(req): JsonBody<SignupReq>,
 ) -> ApiResult<TokenResponse> {
     let now = Now::current();
@@ -263,7 +275,8 @@ pub async fn signup(
     let issued = {
         let mut store = inner.store();
         let (sub, provider) = store.sign_up(form, now)?;
-        store.open_session(&sub, provider, inner.access_exp(now), now)?
+        let device = device_id(&headers);
+        store.open_session(&sub, provider, device, inner.access_exp(now), now)?
     };
     Ok(Json(inner.token_response(issued, now)))
 }
@@ -278,17 +291,13 @@ pub async fn anonymous(State(inner): AppState, headers: HeaderMap) -> ApiResult<
             "anonymous login is not enabled for this environment",
         ));
     }
-    let device = headers
-        .get("x-device-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
+    let device = device_id(&headers)
         .ok_or_else(|| ApiError::invalid_argument("the x-device-id header is required"))?;
     let now = Now::current();
     let issued = {
         let mut store = inner.store();
         let sub = store.anonymous_user(device, now);
-        store.open_session(&sub, "anonymous", inner.access_exp(now), now)?
+        store.open_session(&sub, "anonymous", Some(device), inner.access_exp(now), now)?
     };
     Ok(Json(inner.token_response(issued, now)))
 }
@@ -402,6 +411,29 @@ pub async fn signout(
         Some(uri) => json!({ "redirect_uri": uri }),
         None => json!({}),
     }))
+}
+
+/// `DELETE /user/revoke/all` (Bearer): the SDK's `revokeAllDevices()`. Ends every
+/// session of the caller's user, the caller's own included, and answers `{}`.
+pub async fn revoke_all(State(inner): AppState, headers: HeaderMap) -> ApiResult<Value> {
+    let caller = inner.authenticate(&headers, Now::current())?;
+    inner.store().end_sessions_of(&caller.sub, None);
+    Ok(Json(json!({})))
+}
+
+/// `DELETE /user/authorized/devices/{device_id}` (Bearer): the SDK's
+/// `revokeDevice({device_id})`. Ends the caller's sessions opened with that `x-device-id`
+/// (none is not an error: the device is signed out either way) and answers `{}`.
+pub async fn revoke_device(
+    State(inner): AppState,
+    device: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    headers: HeaderMap,
+) -> ApiResult<Value> {
+    let Path(device) =
+        device.map_err(|e| ApiError::invalid_argument(format!("invalid device id: {e}")))?;
+    let caller = inner.authenticate(&headers, Now::current())?;
+    inner.store().end_device_sessions(&caller.sub, &device);
+    Ok(Json(json!({})))
 }
 
 /// `GET /user/me`.

@@ -62,6 +62,10 @@ pub enum Endpoint {
     Introspect,
     /// `/revoke` and the JS SDK's `/user/signout`.
     Revoke,
+    /// `DELETE /user/revoke/all`.
+    RevokeAll,
+    /// `DELETE /user/authorized/devices/{device_id}`.
+    RevokeDevice,
     UserMe,
     Sudo,
     Password,
@@ -71,7 +75,7 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Every endpoint, in statistics order.
-    pub const ALL: [Endpoint; 13] = [
+    pub const ALL: [Endpoint; 15] = [
         Endpoint::Signin,
         Endpoint::Verification,
         Endpoint::Verify,
@@ -80,6 +84,8 @@ impl Endpoint {
         Endpoint::Token,
         Endpoint::Introspect,
         Endpoint::Revoke,
+        Endpoint::RevokeAll,
+        Endpoint::RevokeDevice,
         Endpoint::UserMe,
         Endpoint::Sudo,
         Endpoint::Password,
@@ -98,6 +104,8 @@ impl Endpoint {
             Endpoint::Token => "token",
             Endpoint::Introspect => "introspect",
             Endpoint::Revoke => "revoke",
+            Endpoint::RevokeAll => "revoke_all",
+            Endpoint::RevokeDevice => "revoke_device",
             Endpoint::UserMe => "user_me",
             Endpoint::Sudo => "sudo",
             Endpoint::Password => "password",
@@ -163,7 +171,7 @@ pub(crate) struct Inner {
     client_secret: Secret,
     signer: jwt::Signer,
     store: Mutex<state::Store>,
-    calls: [AtomicU64; 13],
+    calls: [AtomicU64; 15],
     fault: AtomicU8,
     /// Flips to true at shutdown, releasing requests held by [`Fault::Hang`].
     shutdown: watch::Sender<bool>,
@@ -263,6 +271,14 @@ impl Emulator {
             .route("/revoke", counted(Endpoint::Revoke, post(h::revoke)))
             // The JS SDK's `signOut({redirect_uri})`; counted with the other revocations.
             .route("/user/signout", counted(Endpoint::Revoke, post(h::signout)))
+            .route(
+                "/user/revoke/all",
+                counted(Endpoint::RevokeAll, delete(h::revoke_all)),
+            )
+            .route(
+                "/user/authorized/devices/{device_id}",
+                counted(Endpoint::RevokeDevice, delete(h::revoke_device)),
+            )
             .route(
                 "/user/me",
                 counted(Endpoint::UserMe, get(h::user_me))

@@ -269,6 +269,8 @@ struct Session {
     refresh_token: String,
     refresh_expires: i64,
     provider_type: String,
+    /// The `x-device-id` the session was opened from, if any.
+    device: Option<String>,
     /// The refresh tokens this session rotated out, oldest first.
     retired: VecDeque<String>,
 }
@@ -636,11 +638,13 @@ impl Store {
         Ok(issued)
     }
 
-    /// Opens a session for `sub` and issues its first access and refresh tokens.
+    /// Opens a session for `sub` on `device` (the caller's `x-device-id`) and issues its
+    /// first access and refresh tokens.
     pub fn open_session(
         &mut self,
         sub: &str,
         provider_type: &str,
+        device: Option<&str>,
         access_exp: i64,
         now: Now,
     ) -> Result<Issued, ApiError> {
@@ -655,6 +659,7 @@ impl Store {
                 refresh_token,
                 refresh_expires: now.unix + REFRESH_TTL_SECS,
                 provider_type: provider_type.to_owned(),
+                device: device.map(str::to_owned),
                 retired: VecDeque::new(),
             },
         );
@@ -749,6 +754,20 @@ impl Store {
         for sid in doomed {
             self.end_session(sid);
         }
+    }
+
+    /// Ends every session of `sub` opened from `device`; returns how many ended.
+    pub fn end_device_sessions(&mut self, sub: &str, device: &str) -> usize {
+        let doomed: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.sub == sub && s.device.as_deref() == Some(device))
+            .map(|(sid, _)| *sid)
+            .collect();
+        for sid in &doomed {
+            self.end_session(*sid);
+        }
+        doomed.len()
     }
 
     /// Grants a single-use sudo token after the password (limited like sign-in) or a
@@ -910,7 +929,7 @@ mod tests {
         let mut store = Store::default();
         let sub = store.anonymous_user("device-1234567890", now);
         let first = store
-            .open_session(&sub, "anonymous", now.unix + 10, now)
+            .open_session(&sub, "anonymous", None, now.unix + 10, now)
             .unwrap();
         (store, first)
     }
@@ -998,7 +1017,7 @@ mod tests {
             .check_login("alice", "password1", &client(), now)
             .unwrap();
         let session = store
-            .open_session(&sub, "username", now.unix + 10, now)
+            .open_session(&sub, "username", None, now.unix + 10, now)
             .unwrap();
         let caller = store.caller(&session.jti, "user sso").unwrap();
         let sudo = store
@@ -1044,7 +1063,7 @@ mod tests {
         assert!(store.retired.is_empty() && store.refresh.is_empty());
         // Another session of the same user is not part of the family.
         let other = store
-            .open_session(&sub, "anonymous", now.unix + 10, now)
+            .open_session(&sub, "anonymous", None, now.unix + 10, now)
             .unwrap();
         assert!(store.caller(&other.jti, "anonymous").is_some());
     }

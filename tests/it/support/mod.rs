@@ -1,6 +1,8 @@
 //! The one harness of the gateway's integration tests: a real gateway, the real emulator
 //! and real upstreams, all on 127.0.0.1 with ports picked by the OS.
 
+pub mod ingress;
+pub mod raw;
 pub mod redis_server;
 
 use std::convert::Infallible;
@@ -229,14 +231,7 @@ impl Harness {
     }
 
     pub async fn metrics(&self) -> String {
-        self.http
-            .get(format!("{}/metrics", self.admin))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics body")
+        metrics_at(&self.http, &self.admin).await
     }
 
     pub async fn shutdown(mut self) {
@@ -244,6 +239,17 @@ impl Harness {
             r.shutdown().await;
         }
     }
+}
+
+/// `GET {admin}/metrics` (`admin` is `http://HOST:PORT` of an admin listener).
+pub async fn metrics_at(http: &reqwest::Client, admin: &str) -> String {
+    http.get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body")
 }
 
 /// The value of one metric line (`name{labels}`) in Prometheus text, 0 if absent.
@@ -310,6 +316,12 @@ async fn echo(req: Request<Incoming>) -> Response<Body> {
     }
 }
 
+/// Whether a process's log says a port it was given was taken in the meantime (between
+/// [`free_port`] and its bind, another socket can get the port): then retry on new ports.
+pub fn address_in_use(log: &str) -> bool {
+    log.to_ascii_lowercase().contains("address already in use")
+}
+
 /// A free port on 127.0.0.1 that no other test of this binary gets, for a process that
 /// must be told its port before it binds (the binary, `redis-server`).
 ///
@@ -346,6 +358,18 @@ impl Process {
         env: &[(&str, &str)],
         wait_for: SocketAddr,
     ) -> Process {
+        Self::try_spawn(config, args, env, wait_for)
+            .unwrap_or_else(|log| panic!("the binary exited early:\n{log}"))
+    }
+
+    /// Like [`Process::spawn`], but a binary that exits before `wait_for` accepts is an
+    /// `Err` with its log (see [`address_in_use`] for retrying a port taken meanwhile).
+    pub fn try_spawn(
+        config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        wait_for: SocketAddr,
+    ) -> Result<Process, String> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.toml");
         std::fs::write(&path, config).unwrap();
@@ -363,7 +387,7 @@ impl Process {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while std::net::TcpStream::connect(wait_for).is_err() {
             if let Ok(Some(status)) = process.child.try_wait() {
-                panic!("the binary exited early with {status}:\n{}", process.log());
+                return Err(format!("exit {status}:\n{}", process.log()));
             }
             assert!(
                 std::time::Instant::now() < deadline,
@@ -372,7 +396,7 @@ impl Process {
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        process
+        Ok(process)
     }
 
     /// Runs `cloudbase-gateway emulator --listen ADDR` with `config` on a free port.

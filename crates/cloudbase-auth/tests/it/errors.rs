@@ -242,6 +242,7 @@ async fn call_options_override_request_and_device_ids() {
     let opts = CallOptions {
         request_id: Some("req-42".into()),
         device_id: Some("browser-device-123456".into()),
+        ..Default::default()
     };
     client.signin_anonymously(&opts).await.unwrap();
     let seen = last(&log);

@@ -932,6 +932,8 @@ async fn stats_count_calls_per_endpoint_and_reset() {
         "token",
         "introspect",
         "revoke",
+        "revoke_all",
+        "revoke_device",
         "user_me",
         "sudo",
         "password",
@@ -1779,4 +1781,108 @@ async fn a_50_mib_body_is_refused_with_413_before_it_is_read() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 400, "missing username, not too large");
+}
+
+/// Signs `username` in from `device` (its `x-device-id`); returns the token response.
+async fn signin_on(env: &Env, device: &str, username: &str, password: &str) -> Value {
+    let resp = env
+        .http
+        .post(format!("{}/auth/v1/signin", env.base))
+        .header("x-device-id", device)
+        .json(&json!({"username": username, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.json().await.unwrap()
+}
+
+fn access(v: &Value) -> &str {
+    v["access_token"].as_str().unwrap()
+}
+
+#[tokio::test]
+async fn revoke_all_ends_every_session_of_the_user_the_callers_too() {
+    let env = start().await;
+    let phone = signin_on(&env, "phone-device-000001", "alice", "alice-password").await;
+    let laptop = signin_on(&env, "laptop-device-00001", "alice", "alice-password").await;
+    let bob = env.signin("bob", "bob-password").await;
+
+    let (s, v) = env
+        .call(Method::DELETE, "/user/revoke/all", None, None)
+        .await;
+    assert_eq!(
+        (s, &v["error"]),
+        (StatusCode::UNAUTHORIZED, &json!("unauthenticated"))
+    );
+    let (s, v) = env
+        .call(
+            Method::DELETE,
+            "/user/revoke/all",
+            Some(access(&phone)),
+            None,
+        )
+        .await;
+    assert_eq!((s, &v), (StatusCode::OK, &json!({})));
+
+    for (name, t) in [("phone", &phone), ("laptop", &laptop)] {
+        assert_eq!(env.introspect(access(t)).await, json!({}), "{name}");
+        let (s, v) = env
+            .post(
+                "/token",
+                json!({"grant_type": "refresh_token", "refresh_token": t["refresh_token"]}),
+            )
+            .await;
+        assert_eq!(
+            (s, &v["error"]),
+            (StatusCode::BAD_REQUEST, &json!("invalid_grant"))
+        );
+    }
+    assert_eq!(
+        env.introspect(access(&bob)).await["sub"],
+        bob["sub"],
+        "another user's session is untouched"
+    );
+    assert_eq!(env.emu.calls("revoke_all"), 2);
+}
+
+#[tokio::test]
+async fn revoking_a_device_ends_only_the_sessions_opened_from_it() {
+    let env = start().await;
+    let phone = signin_on(&env, "phone-device-000001", "alice", "alice-password").await;
+    let phone_again = signin_on(&env, "phone-device-000001", "alice", "alice-password").await;
+    let laptop = signin_on(&env, "laptop-device-00001", "alice", "alice-password").await;
+    let bobs_phone = signin_on(&env, "phone-device-000001", "bob", "bob-password").await;
+
+    let (s, v) = env
+        .call(
+            Method::DELETE,
+            "/user/authorized/devices/phone-device-000001",
+            Some(access(&laptop)),
+            None,
+        )
+        .await;
+    assert_eq!((s, &v), (StatusCode::OK, &json!({})));
+    assert_eq!(env.introspect(access(&phone)).await, json!({}));
+    assert_eq!(env.introspect(access(&phone_again)).await, json!({}));
+    assert_eq!(env.introspect(access(&laptop)).await["sub"], laptop["sub"]);
+    assert_eq!(
+        env.introspect(access(&bobs_phone)).await["sub"],
+        bobs_phone["sub"],
+        "only the caller's sessions on that device end"
+    );
+    let (s, v) = env
+        .call(
+            Method::DELETE,
+            "/user/authorized/devices/no-such-device",
+            Some(access(&laptop)),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, &v),
+        (StatusCode::OK, &json!({})),
+        "nothing to end is no error"
+    );
+    assert_eq!(env.emu.calls("revoke_device"), 2);
 }

@@ -1,0 +1,287 @@
+//! The endpoint: answers one subrequest with the decision the proxy path would make for
+//! the original request, without forwarding anything.
+//!
+//! Original request ([`super::original`]) -> the path policy and route lookup
+//! ([`Routes::decide`], as the routing layer does) -> the route's `methods` (405, with
+//! [`Route::allows`]'s preflight rule) -> the auth decision ([`Authenticator::decide`],
+//! the proxy path's) -> the answer: 200 with the identity headers, or the gateway's own
+//! rejection.
+//!
+//! One difference, because forward-auth forwards nothing: a preflight the route lets
+//! through without a token is forwarded by the ingress as the client sent it, so one
+//! carrying a method-override header (which the proxy path drops) is refused with 400.
+//! Its body cannot be seen at all (ingresses do not pass it); a browser's has none.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::{HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response};
+use tower::Service;
+
+use super::original;
+use crate::admin::metrics::RequestKind;
+use crate::auth::{Authenticated, Authenticator, Decision};
+use crate::cache::SharedIdentity;
+use crate::config::{ForwardAuthSettings, RouteSettings, Upstream};
+use crate::path::EscapedSlashes;
+use crate::proxy::headers::{overrides_method, X_REQUEST_ID};
+use crate::response::{empty, Body, Reject};
+use crate::routing::{MatchedRoute, Route, Routes};
+use crate::telemetry::trace::RequestTrace;
+use crate::telemetry::OriginalMethod;
+
+/// On every refusal: the JSON envelope of the body, repeated. nginx `auth_request` drops
+/// the auth response's body, so this is how the shipped nginx snippet gives clients the
+/// envelope (`deploy/nginx/`); other ingresses pass the body itself.
+pub static X_GATEWAY_REJECTION: HeaderName = HeaderName::from_static("x-gateway-rejection");
+
+/// The route table forward-auth decides on: the configured routes, then, with
+/// `default_auth`, a catch-all `/` with that `auth` and no other rule (sorted last, as the
+/// shortest prefix). Its index follows the configured routes', so metrics can label it.
+pub fn routes(settings: &ForwardAuthSettings, configured: &[RouteSettings]) -> Vec<RouteSettings> {
+    let mut all = configured.to_vec();
+    if let (true, Some(auth)) = (settings.enabled, settings.default_auth) {
+        all.push(RouteSettings {
+            prefix: "/".to_owned(),
+            // Never used: forward-auth forwards nothing.
+            upstream: Upstream::Whoami,
+            auth,
+            strip_prefix: false,
+            methods: Vec::new(),
+            allow_anonymous: false,
+            require_groups: Vec::new(),
+            pass_token: false,
+            allow_preflight: false,
+            rate_limit: None,
+        });
+    }
+    all
+}
+
+/// The forward-auth endpoint. Cheap to clone.
+#[derive(Clone)]
+pub struct ForwardAuth {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    path: String,
+    routes: Routes,
+    escaped_slashes: EscapedSlashes,
+    authenticator: Authenticator,
+    identity_headers: Box<[HeaderName]>,
+}
+
+/// Where a request's path points, for [`super::ForwardAuthLayer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// `path` itself or under `path/`, as sent.
+    Endpoint,
+    /// At or under the endpoint only once normalized (`/_gateway/%61uth`).
+    Disguised,
+    /// Anything else: the proxy path's.
+    Elsewhere,
+}
+
+impl ForwardAuth {
+    /// `configured` are the `[[routes]]`; `identity_headers` the configured identity header
+    /// names, in the cache's field order.
+    pub fn new(
+        settings: &ForwardAuthSettings,
+        configured: &[RouteSettings],
+        escaped_slashes: EscapedSlashes,
+        authenticator: Authenticator,
+        identity_headers: &[HeaderName],
+    ) -> ForwardAuth {
+        ForwardAuth {
+            shared: Arc::new(Shared {
+                path: settings.path.clone(),
+                routes: Routes::new(&routes(settings, configured)),
+                escaped_slashes,
+                authenticator,
+                identity_headers: identity_headers.into(),
+            }),
+        }
+    }
+
+    /// Where `raw` (a request's path as received) points. Costs every proxied request one
+    /// more scan of its path while forward-auth is on (an already-normal path is
+    /// recognised without allocating).
+    pub fn target(&self, raw: &str) -> Target {
+        let endpoint = self.shared.path.as_str();
+        let at_or_under = |p: &str| {
+            p.strip_prefix(endpoint)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        };
+        if at_or_under(raw) {
+            return Target::Endpoint;
+        }
+        match crate::path::normalize(raw, self.shared.escaped_slashes) {
+            Ok(normal) if at_or_under(&normal) => Target::Disguised,
+            _ => Target::Elsewhere,
+        }
+    }
+
+    /// The answer to a forward-auth subrequest. Tagged for the access log and metrics with
+    /// [`RequestKind::ForwardAuth`], the original method, the matched route and the
+    /// identity.
+    pub async fn answer(self, req: Request<Body>) -> Response<Body> {
+        // The body is never read: the decision is on the head, as for a proxied request.
+        let (parts, _) = req.into_parts();
+        let decided = self.decide(&parts).await;
+        let request_id = parts.headers.get(&X_REQUEST_ID);
+        let mut response = match decided.decision {
+            Decision::Allow(identity) => {
+                let mut response = self.allowed(identity.as_ref());
+                if let Some(identity) = identity {
+                    response.extensions_mut().insert(Authenticated(identity));
+                }
+                response
+            }
+            Decision::Preflight => self.allowed(None),
+            Decision::Refuse(reason) => refused(reason, request_id),
+        };
+        let extensions = response.extensions_mut();
+        if let Some(method) = decided.method {
+            extensions.insert(OriginalMethod(method));
+        }
+        if let Some(route) = decided.route {
+            extensions.insert(MatchedRoute(route));
+        }
+        extensions.insert(RequestKind::ForwardAuth);
+        response
+    }
+
+    async fn decide(&self, parts: &Parts) -> Decided {
+        let s = &self.shared;
+        let original = match original::recover(
+            &parts.method,
+            parts.uri.path(),
+            &parts.headers,
+            &s.path,
+            s.escaped_slashes,
+        ) {
+            Ok(original) => original,
+            Err(reason) => {
+                tracing::debug!(%reason, "forward-auth subrequest refused");
+                return Decided::refused(None, None, Reject::BadRequest);
+            }
+        };
+        let method = original.method;
+        // Exactly the routing layer's decision on the path; the normal form it returns
+        // is for forwarding, which the ingress does.
+        let route = match s.routes.decide(&original.path, s.escaped_slashes) {
+            Ok((route, _)) => route,
+            Err(reason) => return Decided::refused(Some(method), None, reason),
+        };
+        if !route.allows(&method, &parts.headers) {
+            let allow = route.allow.clone();
+            let reason = Reject::MethodNotAllowed { allow };
+            return Decided::refused(Some(method), Some(route), reason);
+        }
+        // A preflight is the original method with the subrequest's `Origin` and
+        // `Access-Control-Request-Method`, which every ingress copies from the client's
+        // request (README "Behind an existing ingress" lists what each passes).
+        let decision = match s
+            .authenticator
+            .decide(
+                &route.settings,
+                &method,
+                &parts.headers,
+                parts.extensions.get::<RequestTrace>(),
+            )
+            .await
+        {
+            // The proxy path would drop these before forwarding; the ingress cannot.
+            Decision::Preflight if overrides_method(&parts.headers) => {
+                tracing::debug!("forward-auth preflight refused: it carries a method override");
+                Decision::Refuse(Reject::BadRequest)
+            }
+            decision => decision,
+        };
+        Decided {
+            method: Some(method),
+            route: Some(route),
+            decision,
+        }
+    }
+
+    /// 200 with every configured identity header: the identity's value, or empty when it
+    /// has none (or there is no identity). Empty rather than absent, because ingresses
+    /// copy a fixed list and differ on a missing one: Envoy then keeps the client's own
+    /// header, Caddy 2.6 sends its placeholder text `{http.reverse_proxy.header.X-User-Id}`;
+    /// an empty one overwrites either (and nginx sends no empty header at all).
+    fn allowed(&self, identity: Option<&SharedIdentity>) -> Response<Body> {
+        let mut response = Response::new(empty());
+        let headers = response.headers_mut();
+        if let Some(identity) = identity {
+            identity.apply(&self.shared.identity_headers, headers);
+        }
+        for name in self.shared.identity_headers.iter() {
+            if !headers.contains_key(name) {
+                headers.insert(name.clone(), HeaderValue::from_static(""));
+            }
+        }
+        response
+    }
+}
+
+/// A subrequest's decision, with the original method and the deciding route when they
+/// are known (for the access log and metrics).
+struct Decided {
+    method: Option<Method>,
+    route: Option<Arc<Route>>,
+    decision: Decision,
+}
+
+impl Decided {
+    fn refused(method: Option<Method>, route: Option<Arc<Route>>, reason: Reject) -> Decided {
+        Decided {
+            method,
+            route,
+            decision: Decision::Refuse(reason),
+        }
+    }
+}
+
+/// The gateway's rejection, with its envelope repeated in [`X_GATEWAY_REJECTION`].
+fn refused(reason: Reject, request_id: Option<&HeaderValue>) -> Response<Body> {
+    let envelope = reason.envelope(request_id);
+    let mut response = reason.into_response(request_id);
+    if let Ok(value) = HeaderValue::from_str(&envelope) {
+        response
+            .headers_mut()
+            .insert(X_GATEWAY_REJECTION.clone(), value);
+    }
+    response
+}
+
+/// The answer to a request for a disguised spelling of the endpoint: 400, as for any path
+/// whose meaning depends on who reads it.
+pub fn disguised(req: &Request<Body>) -> Response<Body> {
+    let mut response = refused(Reject::BadRequest, req.headers().get(&X_REQUEST_ID));
+    response.extensions_mut().insert(RequestKind::ForwardAuth);
+    response
+}
+
+impl Service<Request<Body>> for ForwardAuth {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    // Boxed: holds the validation await; one allocation next to a cache lookup (or a
+    // CloudBase call) is noise, as on the proxy path's auth layer.
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.answer(req).await) })
+    }
+}

@@ -1,0 +1,517 @@
+//! OpenTelemetry traces (`[telemetry]`): a span per request, child spans for the CloudBase
+//! calls and the upstream call, W3C trace context in and out, exported as OTLP/HTTP
+//! protobuf in batches.
+//!
+//! Off (no `otlp_endpoint`), nothing of this runs: [`TraceLayer`] is not in the stack, no
+//! request carries a [`RequestTrace`], and every other layer's tracing code is behind a
+//! lookup of that extension that finds nothing — no span is created, sampled or not. The
+//! client's own `traceparent` then passes to the upstream untouched, like any header.
+//!
+//! On: the server span continues the client's `traceparent` / `tracestate` when they parse
+//! (W3C Trace Context), else starts a trace; its context is injected into the upstream
+//! request and into both CloudBase calls, replacing whatever the client sent, so each hop
+//! names its real parent. Sampling is parent-based: a client's sampled flag is followed,
+//! and new traces are kept at `sample_ratio` (trace-id based, so all replicas agree).
+//! Unsampled spans cost ids and a context, and are not exported. The request id stays as
+//! it is; it is recorded on the server span (`cloudbase_gateway.request_id`) to join logs
+//! and traces.
+//!
+//! What a span may say: the route prefix (`http.route`), never the path (ids, e-mail
+//! addresses and tokens travel in paths) nor the query; the method, status and `enduser.id`
+//! (the `sub` of an authenticated user); never a header value, so no token.
+//!
+//! Why the OpenTelemetry API directly rather than `tracing` spans bridged by
+//! `tracing-opentelemetry`: the request path needs four spans with explicit parents (one
+//! of them in a task shared by concurrent requests, see `cache`), which `Context` values
+//! say plainly; a bridge would put every request through the subscriber's span registry
+//! whether tracing is on or off, add span fields to every log line, and reach the OTel
+//! SDK through a second layer of conversions. The exporter's HTTP client is the gateway's
+//! own `reqwest` (rustls, [`ExportClient`]), run on the gateway's runtime: the SDK's batch
+//! processor exports from its own thread, so each export is spawned onto the runtime and
+//! awaited from there. The batch processor's queue is bounded (2048 spans by default,
+//! `OTEL_BSP_*`); past it spans are dropped, never the request.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response};
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{
+    SpanContext, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_http::{HeaderExtractor, HeaderInjector, HttpClient, HttpError};
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::Resource;
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use crate::auth::Authenticated;
+use crate::config::TelemetrySettings;
+use crate::proxy::forward::ConnInfo;
+use crate::proxy::headers::X_REQUEST_ID;
+use crate::routing::MatchedRoute;
+use crate::telemetry::BuiltinRoute;
+
+/// Bound on one export to the collector (each try, retries included).
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why tracing could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceSetupError {
+    #[error("the OTLP exporter: {0}")]
+    Exporter(#[source] opentelemetry_otlp::ExporterBuildError),
+    #[error("the exporter's HTTP client: {0}")]
+    Http(#[source] reqwest::Error),
+    #[error("the exporter's TLS roots: {0}")]
+    Tls(#[source] crate::cloudbase::error::SetupError),
+}
+
+/// The tracer and what exports its spans. Cheap to clone.
+#[derive(Clone)]
+pub struct Tracing {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    provider: SdkTracerProvider,
+    tracer: SdkTracer,
+    propagator: TraceContextPropagator,
+}
+
+impl Tracing {
+    /// Starts the exporter when `settings` name a collector; `None` when tracing is off.
+    /// An `https://` collector is verified against the platform's roots and `ca_file`
+    /// (`cloudbase.ca_file`, the extra roots of every client the gateway makes). Must be
+    /// called on the runtime that will carry the exports.
+    pub fn start(
+        settings: &TelemetrySettings,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Option<Tracing>, TraceSetupError> {
+        let Some(url) = settings.traces_url() else {
+            return Ok(None);
+        };
+        let tls =
+            crate::cloudbase::client::tls_client_config(ca_file).map_err(TraceSetupError::Tls)?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .timeout(EXPORT_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("cloudbase-gateway/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(TraceSetupError::Http)?;
+        let client = ExportClient {
+            http,
+            runtime: tokio::runtime::Handle::current(),
+        };
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_http_client(client)
+            .with_endpoint(url)
+            .with_timeout(EXPORT_TIMEOUT)
+            .build()
+            .map_err(TraceSetupError::Exporter)?;
+        let sampler =
+            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(settings.sample_ratio)));
+        let resource = Resource::builder()
+            .with_service_name(settings.service_name.clone())
+            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+            .build();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(BatchSpanProcessor::builder(exporter).build())
+            .with_sampler(sampler)
+            .with_resource(resource)
+            .build();
+        let tracer = provider.tracer("cloudbase-gateway");
+        Ok(Some(Tracing {
+            inner: Arc::new(Inner {
+                provider,
+                tracer,
+                propagator: TraceContextPropagator::new(),
+            }),
+        }))
+    }
+
+    /// Exports every finished span now. On the blocking pool: the SDK waits on its export
+    /// thread, whose HTTP calls run on this runtime.
+    pub async fn flush(&self) {
+        let provider = self.inner.provider.clone();
+        let done = tokio::task::spawn_blocking(move || provider.force_flush()).await;
+        if let Ok(Err(e)) = done {
+            tracing::warn!(error = %e, "flushing spans to the collector failed");
+        }
+    }
+
+    /// Exports what is left and stops the exporter (on shutdown, after the drain).
+    pub async fn shutdown(&self) {
+        let provider = self.inner.provider.clone();
+        let done = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+        if let Ok(Err(e)) = done {
+            tracing::warn!(error = %e, "shutting the span exporter down failed");
+        }
+    }
+
+    fn start_span(&self, name: &'static str, kind: SpanKind, parent: &Context) -> Context {
+        let span = self
+            .inner
+            .tracer
+            .span_builder(name)
+            .with_kind(kind)
+            .start_with_context(&self.inner.tracer, parent);
+        parent.with_span(span)
+    }
+}
+
+/// The request's span, in the request's extensions while tracing is on: later layers
+/// start their spans under it.
+#[derive(Clone)]
+pub struct RequestTrace {
+    cx: Context,
+    tracing: Tracing,
+}
+
+impl RequestTrace {
+    /// A span under the request's.
+    pub fn child(&self, name: &'static str, kind: Kind) -> Span {
+        Span {
+            cx: self.tracing.start_span(name, kind.into(), &self.cx),
+            tracing: self.tracing.clone(),
+        }
+    }
+
+    /// Links the request's span to `other` (a span it waited on but did not start).
+    pub fn link(&self, other: &SpanLink) {
+        self.cx.span().add_link(other.0.clone(), Vec::new());
+    }
+}
+
+/// What a child span is, for the trace view.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    /// A call to another service (CloudBase, the upstream).
+    Client,
+    /// Work inside the gateway.
+    Internal,
+}
+
+impl From<Kind> for SpanKind {
+    fn from(k: Kind) -> SpanKind {
+        match k {
+            Kind::Client => SpanKind::Client,
+            Kind::Internal => SpanKind::Internal,
+        }
+    }
+}
+
+/// A started span below the request's. Ended by [`Span::end`], or when dropped.
+#[derive(Clone)]
+pub struct Span {
+    cx: Context,
+    tracing: Tracing,
+}
+
+/// Another span's identity, to link to.
+#[derive(Clone, Debug)]
+pub struct SpanLink(SpanContext);
+
+/// W3C trace context headers naming a span as the parent of the next hop.
+#[derive(Debug, Clone, Default)]
+pub struct TraceHeaders {
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+}
+
+impl Span {
+    pub fn child(&self, name: &'static str, kind: Kind) -> Span {
+        Span {
+            cx: self.tracing.start_span(name, kind.into(), &self.cx),
+            tracing: self.tracing.clone(),
+        }
+    }
+
+    /// Sets `traceparent` (and `tracestate` when there is one) to this span, replacing
+    /// what the client sent.
+    pub fn inject(&self, headers: &mut HeaderMap) {
+        headers.remove(&TRACEPARENT);
+        headers.remove(&TRACESTATE);
+        self.tracing
+            .inner
+            .propagator
+            .inject_context(&self.cx, &mut HeaderInjector(headers));
+    }
+
+    /// The same, as values, for a client that takes headers as strings.
+    pub fn headers(&self) -> TraceHeaders {
+        let mut map = HeaderMap::new();
+        self.inject(&mut map);
+        let text = |name: &http::HeaderName| {
+            map.get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        TraceHeaders {
+            traceparent: text(&TRACEPARENT),
+            tracestate: text(&TRACESTATE),
+        }
+    }
+
+    pub fn link_target(&self) -> SpanLink {
+        SpanLink(self.cx.span().span_context().clone())
+    }
+
+    pub fn set(&self, key: &'static str, value: impl Into<opentelemetry::Value>) {
+        self.cx.span().set_attribute(KeyValue::new(key, value));
+    }
+
+    /// Marks the span failed, `why` being a fixed word (never an error's text, which
+    /// could carry a URL).
+    pub fn fail(&self, why: &'static str) {
+        self.set("error.type", why);
+        self.cx.span().set_status(Status::error(why));
+    }
+
+    pub fn end(&self) {
+        self.cx.span().end();
+    }
+}
+
+/// Starts a client span named `name` for a call the gateway makes on the request's
+/// behalf (`req` is that call, its URI already the target's), and names the span as the
+/// parent in the call's headers. `None` when the request is not traced.
+pub fn outbound<B>(req: &mut Request<B>, name: &'static str) -> Option<Span> {
+    let span = req
+        .extensions()
+        .get::<RequestTrace>()?
+        .child(name, Kind::Client);
+    span.set("http.request.method", method_attribute(req.method()));
+    if let Some(host) = req.uri().host() {
+        span.set("server.address", host.to_owned());
+    }
+    if let Some(port) = req.uri().port_u16() {
+        span.set("server.port", i64::from(port));
+    }
+    span.inject(req.headers_mut());
+    Some(span)
+}
+
+impl Span {
+    /// Ends a client span with the status of the answer it got.
+    pub fn end_with_status(&self, status: http::StatusCode) {
+        self.set("http.response.status_code", i64::from(status.as_u16()));
+        if status.is_server_error() {
+            self.cx.span().set_status(Status::error(""));
+        }
+        self.end();
+    }
+}
+
+static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+static TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
+
+/// Semantic-convention method value: the known methods, else `_OTHER` (a client cannot
+/// mint attribute values).
+fn method_attribute(m: &Method) -> &'static str {
+    crate::admin::metrics::known_method(m).unwrap_or("_OTHER")
+}
+
+/// Starts the request's span and puts a [`RequestTrace`] in the request.
+#[derive(Clone)]
+pub struct TraceLayer {
+    tracing: Tracing,
+}
+
+impl TraceLayer {
+    pub fn new(tracing: Tracing) -> Self {
+        TraceLayer { tracing }
+    }
+}
+
+impl<S> Layer<S> for TraceLayer {
+    type Service = Trace<S>;
+    fn layer(&self, inner: S) -> Trace<S> {
+        Trace {
+            inner,
+            tracing: self.tracing.clone(),
+        }
+    }
+}
+
+/// See [`TraceLayer`].
+#[derive(Clone)]
+pub struct Trace<S> {
+    inner: S,
+    tracing: Tracing,
+}
+
+impl<S, B, RB> Service<Request<B>> for Trace<S>
+where
+    S: Service<Request<B>, Response = Response<RB>, Error = Infallible>,
+{
+    type Response = Response<RB>;
+    type Error = Infallible;
+    type Future = TraceFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let inner = &self.tracing.inner;
+        let parent = inner
+            .propagator
+            .extract_with_context(&Context::new(), &HeaderExtractor(req.headers()));
+        let method = method_attribute(req.method());
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", method),
+            KeyValue::new(
+                "network.protocol.version",
+                match req.version() {
+                    http::Version::HTTP_2 => "2",
+                    http::Version::HTTP_10 => "1.0",
+                    _ => "1.1",
+                },
+            ),
+        ];
+        if let Some(conn) = req.extensions().get::<ConnInfo>() {
+            let scheme = if conn.tls { "https" } else { "http" };
+            attributes.push(KeyValue::new("url.scheme", scheme));
+        }
+        if let Some(id) = req.headers().get(&X_REQUEST_ID).and_then(header_text) {
+            attributes.push(KeyValue::new("cloudbase_gateway.request_id", id));
+        }
+        let span = inner
+            .tracer
+            .span_builder(method)
+            .with_kind(SpanKind::Server)
+            .with_attributes(attributes)
+            .start_with_context(&inner.tracer, &parent);
+        let cx = parent.with_span(span);
+        req.extensions_mut().insert(RequestTrace {
+            cx: cx.clone(),
+            tracing: self.tracing.clone(),
+        });
+        TraceFuture {
+            inner: self.inner.call(req),
+            cx: Some(cx),
+            method,
+        }
+    }
+}
+
+fn header_text(v: &HeaderValue) -> Option<String> {
+    v.to_str().ok().map(str::to_owned)
+}
+
+pin_project! {
+    /// [`Trace`]'s future: ends the request's span with what the response says.
+    pub struct TraceFuture<F> {
+        #[pin]
+        inner: F,
+        cx: Option<Context>,
+        method: &'static str,
+    }
+}
+
+impl<F, RB> Future for TraceFuture<F>
+where
+    F: Future<Output = Result<Response<RB>, Infallible>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        if let (Some(trace), Ok(response)) = (this.cx.take(), &result) {
+            end_server_span(&trace, this.method, response);
+        }
+        Poll::Ready(result)
+    }
+}
+
+/// Route, status and user go on the request's span once the response head is there; the
+/// span then ends (its duration is the one `request_duration_seconds` measures).
+fn end_server_span<RB>(cx: &Context, method: &'static str, response: &Response<RB>) {
+    let span = cx.span();
+    let extensions = response.extensions();
+    let route = extensions
+        .get::<MatchedRoute>()
+        .map(|m| m.0.settings.prefix.clone())
+        .or_else(|| {
+            extensions
+                .get::<BuiltinRoute>()
+                .map(|b| b.prefix.to_string())
+        });
+    let status = response.status();
+    span.set_attribute(KeyValue::new(
+        "http.response.status_code",
+        i64::from(status.as_u16()),
+    ));
+    if let Some(Authenticated(identity)) = extensions.get::<Authenticated>() {
+        span.set_attribute(KeyValue::new("enduser.id", identity.sub.to_string()));
+    }
+    if let Some(route) = route {
+        span.update_name(format!("{method} {route}"));
+        span.set_attribute(KeyValue::new("http.route", route));
+    }
+    if status.is_server_error() {
+        span.set_status(Status::error(""));
+    }
+    span.end();
+}
+
+/// The OTLP exporter's HTTP client: the gateway's `reqwest`, each call run on the
+/// gateway's runtime (the batch processor calls from a thread of its own, where `reqwest`
+/// has no reactor).
+#[derive(Debug)]
+struct ExportClient {
+    http: reqwest::Client,
+    runtime: tokio::runtime::Handle,
+}
+
+impl ExportClient {
+    async fn send(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+        let http = self.http.clone();
+        let (parts, body) = request.into_parts();
+        let task = self.runtime.spawn(async move {
+            let url = parts.uri.to_string();
+            let response = http
+                .request(parts.method, url)
+                .headers(parts.headers)
+                .body(body)
+                .send()
+                .await?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            let body = response.bytes().await?;
+            let mut out = Response::new(body);
+            *out.status_mut() = status;
+            *out.headers_mut() = headers;
+            Ok::<_, reqwest::Error>(out)
+        });
+        match task.await {
+            Ok(result) => result.map_err(|e| Box::new(e.without_url()) as HttpError),
+            Err(e) => Err(Box::new(e)),
+        }
+    }
+}
+
+// By hand rather than through `async-trait` (the trait's own macro): one method.
+impl HttpClient for ExportClient {
+    fn send_bytes<'a, 'b>(
+        &'a self,
+        request: Request<Bytes>,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<Bytes>, HttpError>> + Send + 'b>>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        Box::pin(self.send(request))
+    }
+}

@@ -1,0 +1,167 @@
+#!/usr/bin/env node
+// The official JS SDK, @cloudbase/oauth, with the gateway as its apiOrigin: its calls go
+// through the gateway's CloudBase relay (/auth/v1/), and a protected route of the same
+// gateway (/api/whoami, the built-in echo) is called with the SDK's access token, as a web
+// app calls its API. With an hour of cache, a token refused right after a sign-out was
+// purged by the relay; nothing else would refuse it that soon.
+//
+// Usage: node relay.mjs http://GATEWAY:PORT
+// Environment: CLOUDBASE_ENV (default "js-sdk-env"), RELAY_PASSWORD (every seeded user's
+// password, default "relay-password-1"). Users: relay-signout, relay-password,
+// relay-all, relay-device, relay-outside.
+//
+// Output: the step protocol of steps.mjs. Tokens that the Rust side checks further are
+// reported in the step lines.
+
+import { CloudbaseOAuth } from '@cloudbase/oauth'
+
+import { MemoryStorage, check, done, fatal, step } from './steps.mjs'
+
+const origin = (process.argv[2] || '').replace(/\/+$/, '')
+if (!/^https?:\/\/[^/]+$/.test(origin)) {
+  console.error('usage: node relay.mjs http://GATEWAY:PORT')
+  process.exit(2)
+}
+const env = process.env.CLOUDBASE_ENV || 'js-sdk-env'
+const password = process.env.RELAY_PASSWORD || 'relay-password-1'
+
+/** One browser: its own storage, hence its own device id and session. */
+function device() {
+  const oauth = new CloudbaseOAuth({
+    env,
+    clientId: env,
+    apiOrigin: origin,
+    apiPath: '/auth',
+    storage: new MemoryStorage(),
+  })
+  oauth.initializeSession()
+  return { auth: oauth.authApi, client: oauth.oauth2client }
+}
+
+/** The app's API call: GET /api/whoami with the SDK's current or a given access token. */
+async function api(token) {
+  const resp = await fetch(`${origin}/api/whoami`, {
+    headers: { authorization: `Bearer ${token}` },
+  })
+  const text = await resp.text()
+  let body = null
+  try {
+    body = JSON.parse(text)
+  } catch {
+    body = text
+  }
+  return { status: resp.status, body }
+}
+
+/** The identity the gateway put on the request, as the echo upstream saw it. */
+function userId(answer) {
+  const headers = (answer.body && answer.body.headers) || {}
+  return headers['x-user-id']
+}
+
+/** A signed-in device, and its protected call answered 200 with its identity. */
+async function signedIn(name, username) {
+  const d = device()
+  const c = await d.auth.signIn({ username, password })
+  const seen = await api(c.access_token)
+  check(seen.status === 200, `${name}: the protected route answered ${seen.status}`)
+  check(userId(seen) === c.sub, `${name}: identity ${userId(seen)}, expected ${c.sub}`)
+  return { ...d, token: c.access_token, sub: c.sub }
+}
+
+/** The old token's next protected call: expected 401 at once. */
+async function refused(name, token) {
+  const seen = await api(token)
+  check(seen.status === 401, `${name}: the old token got ${seen.status}, expected 401`)
+  return { status: seen.status, code: seen.body && seen.body.code }
+}
+
+async function main() {
+  // signOut(): POST /auth/v1/revoke {token} through the relay.
+  let a = null
+  await step('signout_signed_in', async () => {
+    a = await signedIn('signout', 'relay-signout')
+    return { sub: a.sub, access_token: a.token }
+  })
+  await step('signout', async () => {
+    check(a, 'not signed in')
+    const resp = await a.auth.signOut()
+    check(!(await a.auth.hasLoginState()), 'still signed in after signOut')
+    return { response: resp }
+  })
+  await step('signout_old_token_refused', async () => refused('signout', a.token))
+
+  // Password change on one device; the other device's session ends.
+  let mine = null
+  let other = null
+  await step('password_signed_in', async () => {
+    mine = await signedIn('password (this device)', 'relay-password')
+    other = await signedIn('password (other device)', 'relay-password')
+    return { sub: mine.sub }
+  })
+  await step('password_changed', async () => {
+    check(mine, 'not signed in')
+    // sudo with the old password, then PATCH /user/password with the sudo token.
+    const resp = await mine.auth.updatePasswordByOld({
+      old_password: password,
+      new_password: `${password}-new`,
+    })
+    return { response: resp }
+  })
+  await step('password_other_device_refused', async () => refused('password', other.token))
+  await step('password_this_device_still_served', async () => {
+    const seen = await api(mine.token)
+    check(seen.status === 200, `this device's own session got ${seen.status}`)
+    return { status: seen.status }
+  })
+  await step('password_new_one_signs_in', async () => {
+    const c = await device().auth.signIn({ username: 'relay-password', password: `${password}-new` })
+    return { sub: c.sub }
+  })
+
+  // revokeAllDevices(): DELETE /auth/v1/user/revoke/all, with a second device signed in.
+  let first = null
+  let second = null
+  await step('revoke_all_signed_in', async () => {
+    first = await signedIn('revoke all (first)', 'relay-all')
+    second = await signedIn('revoke all (second)', 'relay-all')
+    return { sub: first.sub }
+  })
+  await step('revoke_all', async () => {
+    check(first, 'not signed in')
+    await first.auth.revokeAllDevices()
+    return {}
+  })
+  await step('revoke_all_second_device_refused', async () => refused('revoke all', second.token))
+  await step('revoke_all_first_device_refused', async () => refused('revoke all', first.token))
+
+  // revokeDevice({device_id}): DELETE /auth/v1/user/authorized/devices/{id}.
+  let keeper = null
+  let lost = null
+  await step('revoke_device_signed_in', async () => {
+    keeper = await signedIn('revoke device (keeper)', 'relay-device')
+    lost = await signedIn('revoke device (lost)', 'relay-device')
+    return { lost_device: await lost.client.getDeviceId() }
+  })
+  await step('revoke_device', async () => {
+    check(keeper, 'not signed in')
+    await keeper.auth.revokeDevice({ device_id: await lost.client.getDeviceId() })
+    return {}
+  })
+  await step('revoke_device_lost_device_refused', async () => refused('revoke device', lost.token))
+  await step('revoke_device_keeper_still_served', async () => {
+    const seen = await api(keeper.token)
+    check(seen.status === 200, `the keeper got ${seen.status}`)
+    return { status: seen.status }
+  })
+
+  // A session signed in through the relay, for the Rust side to revoke outside it.
+  await step('outside_signed_in', async () => {
+    const d = await signedIn('outside', 'relay-outside')
+    return { sub: d.sub, access_token: d.token }
+  })
+
+  done()
+}
+
+main().catch(fatal)
