@@ -1,8 +1,10 @@
 //! The composition root, in linkerd2-proxy's Config / Runtime / Stack split: the validated
 //! [`Config`] (never changed after loading) -> the [`Runtime`] pieces built from it once
 //! (the CloudBase client, the upstream client, the TLS acceptors, the validation cache,
-//! the metrics) -> the stack (`stack::build`) -> the running listeners ([`start`]: the
-//! public one, admin, the embedded emulator), the signal and the drain.
+//! the metrics with every route label, the span exporter, the forward-auth endpoint, the
+//! relay, the routes' rate limiters) -> the stack (`stack::build`) -> the running
+//! listeners ([`start`]: the public one, admin, the embedded emulator), the signal, the
+//! drain and the last spans' flush.
 //!
 //! Whatever can only be decided at start is decided here, and handed on as a value rather
 //! than written back into the configuration: whether the emulator is embedded, and so the
@@ -27,13 +29,18 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
+use crate::auth::Authenticator;
 use crate::cache::{AuthApi, IdentityCache, Limits};
 use crate::config::{CloudbaseSettings, Config};
+use crate::forward_auth::{self, ForwardAuth};
 use crate::http::BoxError;
-use crate::metrics::Metrics;
+use crate::limit::RouteLimits;
+use crate::metrics::{Metrics, RequestKind};
 use crate::proxy::forward::{upstream_client, Forward, UpstreamClient};
+use crate::relay::{Relay, RelayParts};
 use crate::server::{self, TlsAcceptors};
-use crate::stack::{self, GatewayService};
+use crate::stack::{self, GatewayService, Pieces};
+use crate::telemetry::trace::Tracing;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -65,10 +72,20 @@ pub struct Runtime {
     pub upstream: UpstreamClient,
     /// The public listener's acceptors when `[server]` has a certificate.
     pub tls: Option<TlsAcceptors>,
+    /// The span exporter while `[telemetry]` is on; flushed on shutdown.
+    pub tracing: Option<Tracing>,
+    /// The forward-auth endpoint while `[forward_auth]` is on.
+    pub forward_auth: Option<ForwardAuth>,
+    /// The relay while `[relay]` is on.
+    pub relay: Option<Relay>,
+    /// The routes' rate limiters (their buckets live as long as the gateway).
+    pub rate_limits: RouteLimits,
 }
 
 impl Runtime {
-    /// The pieces, with a CloudBase client of the Auth v2 API at `cloudbase_url`.
+    /// The pieces, with a CloudBase client of the Auth v2 API at `cloudbase_url` (which the
+    /// relay forwards to as well). Must run on the runtime that will serve: the span
+    /// exporter spawns its exports there.
     pub fn build(config: &Config, cloudbase_url: &str) -> Result<Runtime, StartError> {
         let tls = tls(config)?;
         let client =
@@ -78,13 +95,34 @@ impl Runtime {
             })?;
         Ok(Runtime {
             tls,
-            ..Self::with_api(config, Arc::new(client))?
+            ..Self::with_api(config, Arc::new(client), cloudbase_url)?
         })
     }
 
-    /// The pieces over any [`AuthApi`] (an in-process CloudBase stand-in), without TLS.
-    pub fn with_api(config: &Config, api: Arc<dyn AuthApi>) -> Result<Runtime, StartError> {
-        let metrics = Arc::new(Metrics::new(config.routes.iter().map(|r| r.prefix.clone())));
+    /// The pieces over any [`AuthApi`] (an in-process CloudBase stand-in), without TLS;
+    /// the relay, when on, forwards to `cloudbase_url`.
+    pub fn with_api(
+        config: &Config,
+        api: Arc<dyn AuthApi>,
+        cloudbase_url: &str,
+    ) -> Result<Runtime, StartError> {
+        // Labels in `requests_total`: the configured routes, forward-auth's default route
+        // (if any; answered only as forward-auth), the relay's prefix (answered only as
+        // relayed), then `none`.
+        let fa_routes = forward_auth::routes(&config.forward_auth, &config.routes);
+        let mut metrics = Metrics::new(config.routes.iter().map(|r| r.prefix.clone()));
+        if config.forward_auth.enabled {
+            metrics = metrics.with_forward_auth();
+        }
+        for route in &fa_routes[config.routes.len()..] {
+            metrics.add_route(route.prefix.clone(), RequestKind::ForwardAuth);
+        }
+        let relay_label = config
+            .relay
+            .enabled
+            .then(|| metrics.add_route(config.relay.prefix.clone(), RequestKind::Relay));
+        let no_route = metrics.no_route();
+        let metrics = Arc::new(metrics);
         let limits = Limits {
             max_in_flight: config.cloudbase.max_in_flight,
             max_header_bytes: config.identity.max_header_bytes,
@@ -101,18 +139,79 @@ impl Runtime {
                 what: "upstream client",
                 source,
             })?;
+        // The endpoint an existing ingress asks: decides through the same routes and the
+        // same `Authenticator` as the proxy path, forwards nothing.
+        let forward_auth = config.forward_auth.enabled.then(|| {
+            ForwardAuth::new(
+                &config.forward_auth,
+                &config.routes,
+                config.server.escaped_slashes,
+                Authenticator::new(cache.clone(), metrics.clone()),
+                config.identity.headers.clone(),
+                no_route,
+            )
+        });
+        // The relay shares the upstream client, the cache (its purges go through
+        // `IdentityCache::purge_*`) and the metrics.
+        let relay = match relay_label {
+            Some(label) => {
+                let parts = RelayParts {
+                    base_url: cloudbase_url.to_owned(),
+                    escaped_slashes: config.server.escaped_slashes,
+                    trusted_proxies: config.server.trusted_proxies.clone(),
+                    request_timeout: config.server.request_timeout,
+                    client: upstream.clone(),
+                    cache: cache.clone(),
+                    metrics: metrics.clone(),
+                    label,
+                };
+                let relay = Relay::new(&config.relay, parts).map_err(|e| StartError::Setup {
+                    what: "CloudBase relay",
+                    source: e.into(),
+                })?;
+                Some(relay)
+            }
+            None => None,
+        };
+        // `[telemetry]`: the collector is trusted as CloudBase is (`cloudbase.ca_file`).
+        let roots: Vec<RootCerts> = config
+            .cloudbase
+            .ca_file
+            .iter()
+            .map(|path| RootCerts::PemFile(path.clone()))
+            .collect();
+        let tracing = Tracing::start(&config.telemetry, &roots).map_err(|e| StartError::Setup {
+            what: "span exporter",
+            source: e.into(),
+        })?;
         Ok(Runtime {
             metrics,
             cache,
             upstream,
             tls: None,
+            tracing,
+            forward_auth,
+            relay,
+            rate_limits: RouteLimits::new(&config.routes),
         })
+    }
+
+    /// The pieces the stack is built over.
+    pub fn pieces(&self) -> Pieces {
+        Pieces {
+            cache: self.cache.clone(),
+            metrics: self.metrics.clone(),
+            tracing: self.tracing.clone(),
+            forward_auth: self.forward_auth.clone(),
+            relay: self.relay.clone(),
+            rate_limits: self.rate_limits.clone(),
+        }
     }
 
     /// The gateway service: the stack over the proxy.
     pub fn service(&self, config: &Config) -> GatewayService {
         let forward = Forward::new(self.upstream.clone(), &config.server.trusted_proxies);
-        stack::build(config, &self.cache, &self.metrics, forward)
+        stack::build(config, &self.pieces(), forward)
     }
 }
 
@@ -218,6 +317,7 @@ pub async fn start(
         None => (None, None),
     };
     let cache = runtime.cache.clone();
+    let tracing = runtime.tracing.clone();
     let task = tokio::spawn(async move {
         server::serve(
             listener,
@@ -230,6 +330,10 @@ pub async fn start(
         )
         .await;
         let _ = drained.send(true);
+        // Spans of the drained requests go out before the process ends (SIGTERM included).
+        if let Some(tracing) = tracing {
+            tracing.shutdown().await;
+        }
         let _ = admin_task.await;
         if let Some(e) = emulator {
             let _ = tokio::time::timeout(Duration::from_secs(1), e.task).await;

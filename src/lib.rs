@@ -2,10 +2,13 @@
 //!
 //! A request goes through `server` (the accept loop, TLS, deadlines, drain) into the
 //! `stack` (the middleware, one function listing them in order: hop-by-hop headers, request
-//! id, sensitive headers, access log, rescue, client headers, route, timeout, auth) and
-//! ends in the `proxy` (the upstream call, or the built-in `whoami`). `app` builds all of
-//! it once from the validated `config` and starts it. The CloudBase client and the
-//! emulator are crates of their own (`cloudbase_auth`, `cloudbase_emulator`).
+//! id, sensitive headers, access log, trace, rescue, client headers, forward-auth, relay,
+//! route, timeout, auth, rate limit) and ends in the `proxy` (the upstream call, or the
+//! built-in `whoami`) — unless a divert before routing answers it: `forward_auth` (an
+//! ingress's auth subrequests, decided as the proxy path would) or `relay` (the app's
+//! CloudBase calls, purging what a sign-out ends). `app` builds all of it once from the
+//! validated `config` and starts it. The CloudBase client and the emulator are crates of
+//! their own (`cloudbase_auth`, `cloudbase_emulator`).
 //!
 //! # The import rule
 //!
@@ -15,18 +18,22 @@
 //!
 //! 1. Leaves, which import nothing of the crate but earlier leaves: `keyword` (enums with
 //!    one spelling each), `jwt` (what a JWT says without verifying it), `clock` (Unix time
-//!    tests control), `secret`, `telemetry` (log setup), `path` (the path policy),
-//!    `identity_headers` (which header carries which profile field), `http` (body type,
-//!    header names, connection info, header hygiene, the bearer token), `metrics` (the
-//!    registry every layer records into).
+//!    tests control), `secret`, `path` (the path policy), `identity_headers` (which header
+//!    carries which profile field), `http` (body type, header names, connection info,
+//!    header hygiene, the bearer token), `metrics` (the registry every layer records into).
 //! 2. `config`: the TOML file, validated; one file per table.
-//! 3. `cache`: validation through CloudBase, cached (and its shared Redis tier).
-//! 4. `routing`: the route table and the per-request `RequestContext`.
-//! 5. `rejection`: the typed refusals and their one table.
-//! 6. `proxy`: the leaf service.
-//! 7. `stack`: the middleware and the stack in one function.
-//! 8. `server`, `admin`: the public and the admin listeners.
-//! 9. `app`: the composition root. (`main.rs`, the CLI, uses `app`, `config`, `telemetry`.)
+//! 3. `telemetry`: log setup and OpenTelemetry spans (reads `[telemetry]`).
+//! 4. `limit`: keyed token buckets, the relay's and the routes' rate limits.
+//! 5. `cache`: validation through CloudBase, cached (and its shared Redis tier).
+//! 6. `routing`: the route table and the per-request `RequestContext`.
+//! 7. `rejection`: the typed refusals and their one table.
+//! 8. `auth`: the auth decision (token, validation, route rules), shared by the proxy
+//!    path's auth layer and forward-auth.
+//! 9. `proxy`: the leaf service and the upstream client.
+//! 10. `relay`, `forward_auth`: the services the diverts before routing hand requests to.
+//! 11. `stack`: the middleware and the stack in one function.
+//! 12. `server`, `admin`: the public and the admin listeners.
+//! 13. `app`: the composition root. (`main.rs`, the CLI, uses `app`, `config`, `telemetry`.)
 //!
 //! A new feature module goes at the lowest place its imports allow, and into `LAYERS`
 //! in the test: a shared piece (a client, a parser) low, a middleware under `stack`, a
@@ -35,17 +42,21 @@
 
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod forward_auth;
 pub mod http;
 pub mod identity_headers;
 pub mod jwt;
 pub mod keyword;
+pub mod limit;
 pub mod metrics;
 pub mod path;
 pub mod proxy;
 pub mod rejection;
+pub mod relay;
 pub mod routing;
 pub mod secret;
 pub mod server;
@@ -65,16 +76,20 @@ mod layering {
         "jwt",
         "clock",
         "secret",
-        "telemetry",
         "path",
         "identity_headers",
         "http",
         "metrics",
         "config",
+        "telemetry",
+        "limit",
         "cache",
         "routing",
         "rejection",
+        "auth",
         "proxy",
+        "relay",
+        "forward_auth",
         "stack",
         "server",
         "admin",

@@ -5,15 +5,25 @@
 //! one table ([`Reject`]), and no layer looks up the request id to answer.
 //!
 //! A rejection carries the [`RequestContext`] of its request once there is one (the route
-//! layer made it), so a 405 or a 504 is logged and counted under its route like any
-//! answer. A new case of the table is a variant of [`Reject`] with its status, code and
-//! message below.
+//! layer or a divert made it), so a 405 or a 504 is logged and counted under its route like
+//! any answer. What only the refusing layer knows travels with it as extra headers (the
+//! rate-limit fields of a 429, the relay's CORS headers). A refusal of a forward-auth
+//! subrequest also repeats its envelope in [`X_GATEWAY_REJECTION`]. A new case of the table
+//! is a variant of [`Reject`] with its status, code and message below.
 
-use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use http::{Response, StatusCode};
 
 use crate::http::{full, Body, ClientBodyError};
+use crate::metrics::RequestKind;
 use crate::routing::RequestContext;
+
+/// On every refusal of a forward-auth subrequest: the JSON envelope of the body, repeated.
+/// nginx `auth_request` drops the auth response's body, so this is how the shipped nginx
+/// snippet gives clients the envelope (`deploy/nginx/`); other ingresses pass the body.
+pub static X_GATEWAY_REJECTION: HeaderName = HeaderName::from_static("x-gateway-rejection");
 
 /// A request the gateway answers itself: why, and what the stack knew of the request.
 /// The error type of every service below the rescue layer.
@@ -23,6 +33,9 @@ pub struct Rejection {
     /// The route (and identity, if known) the request had when it was refused; `None`
     /// before routing (an ambiguous `Host`, a refused path, no route).
     pub context: Option<RequestContext>,
+    /// Headers the refusing layer adds to the answer, beside the table's own (empty for
+    /// most; a `HeaderMap` without entries does not allocate).
+    pub headers: HeaderMap,
 }
 
 impl From<Reject> for Rejection {
@@ -30,6 +43,7 @@ impl From<Reject> for Rejection {
         Rejection {
             reason,
             context: None,
+            headers: HeaderMap::new(),
         }
     }
 }
@@ -38,19 +52,50 @@ impl Rejection {
     /// `reason`, for a request whose context is `context`.
     pub fn with_context(reason: Reject, context: RequestContext) -> Rejection {
         Rejection {
-            reason,
             context: Some(context),
+            ..Rejection::from(reason)
         }
     }
 
-    /// The response (see [`Reject::into_response`]), the context in its extensions. Called
-    /// by the rescue layer only.
+    /// The same, with `headers` added to the answer (appended after the table's own).
+    pub fn with_headers(mut self, headers: HeaderMap) -> Rejection {
+        append_all(&mut self.headers, headers);
+        self
+    }
+
+    /// The response (see [`Reject::into_response`]), with the extra headers, the envelope
+    /// repeated in [`X_GATEWAY_REJECTION`] for forward-auth, and the context in its
+    /// extensions. Called by the rescue layer only.
     pub(crate) fn into_response(self, request_id: Option<&HeaderValue>) -> Response<Body> {
+        let forward_auth = self
+            .context
+            .as_ref()
+            .is_some_and(|c| c.kind == RequestKind::ForwardAuth);
+        let envelope = forward_auth.then(|| self.reason.envelope(request_id));
         let mut response = self.reason.into_response(request_id);
+        let headers = response.headers_mut();
+        append_all(headers, self.headers);
+        if let Some(value) = envelope.and_then(|e| HeaderValue::from_str(&e).ok()) {
+            headers.insert(X_GATEWAY_REJECTION.clone(), value);
+        }
         if let Some(context) = self.context {
             context.attach(&mut response);
         }
         response
+    }
+}
+
+/// Appends every value of `from` to `into`, in order, keeping what `into` has.
+fn append_all(into: &mut HeaderMap, from: HeaderMap) {
+    let mut last = None;
+    for (name, value) in from {
+        // `None` repeats the last name: its further values, in order.
+        if let Some(name) = name {
+            last = Some(name);
+        }
+        if let Some(name) = &last {
+            into.append(name, value);
+        }
     }
 }
 

@@ -11,8 +11,9 @@
 //! list with `starts_with`; for the handful of routes a gateway has this beats a trie.
 //!
 //! [`RequestContext`] lives here, beside the table that makes its route, rather than with
-//! the middleware: the leaf service (`proxy`) and the layers (`stack`) both take it, and
-//! from here neither has to import the other.
+//! the middleware: the leaf service (`proxy`), the diverts' services (`relay`,
+//! `forward_auth`) and the layers (`stack`) all take it, and from here none has to import
+//! another.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -23,7 +24,9 @@ use crate::cache::SharedIdentity;
 use crate::config::RouteSettings;
 use crate::http::headers::is_cors_preflight;
 use crate::http::Body;
+use crate::metrics::{RequestKind, NO_ROUTE};
 use crate::path::{self, EscapedSlashes};
+use crate::telemetry::trace::RequestTrace;
 
 /// A configured route with what is derived from it once.
 #[derive(Debug)]
@@ -36,6 +39,39 @@ pub struct Route {
 }
 
 impl Route {
+    /// The route of `settings`, labelled `index` in the metrics.
+    pub fn new(index: usize, settings: RouteSettings) -> Route {
+        let allow = settings
+            .methods
+            .iter()
+            .map(Method::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        Route {
+            index,
+            allow: HeaderValue::from_str(&allow).unwrap_or(HeaderValue::from_static("")),
+            settings,
+        }
+    }
+
+    /// What answers that no route decided are labelled with when something must carry a
+    /// context all the same (forward-auth's refusal of a subrequest whose original request
+    /// matches no route): the metrics' `none` label at `index`, no rules, never matched.
+    pub fn unmatched(index: usize) -> Route {
+        Route::new(
+            index,
+            RouteSettings {
+                prefix: NO_ROUTE.to_owned(),
+                ..RouteSettings::default()
+            },
+        )
+    }
+
+    /// Whether this is [`Route::unmatched`]: configured prefixes start with `/`.
+    pub fn is_unmatched(&self) -> bool {
+        !self.settings.prefix.starts_with('/')
+    }
+
     /// Whether the route takes this request's method: one of `methods`, or a real CORS
     /// preflight where `allow_preflight` is on (an `OPTIONS` that is not one is an
     /// ordinary request and needs `OPTIONS` in `methods`).
@@ -47,31 +83,55 @@ impl Route {
     }
 }
 
-/// What the stack knows about one request beyond the request itself: the route it
-/// matched and, once authenticated, who made it. One typed value instead of several
-/// optional extensions.
+/// What the stack knows about one request beyond the request itself: what the gateway
+/// does with it (`kind`), the route that decides it, once authenticated who made it, and
+/// its span when traced. One typed value instead of several optional extensions.
 ///
 /// The route layer creates it and hands it down with the request ([`Routed`]), so no
-/// service below can be called without one. On the way back it rides on the response (an
-/// extension) or the [`crate::rejection::Rejection`]: the auth layer attaches the context it
-/// finished (identity included), and the route layer attaches its own when nothing below
-/// did (its 405/413, the timeout's 504). The access log reads it from there.
+/// service below can be called without one; the diverts before routing (forward-auth, the
+/// relay) make their own. On the way back it rides on the response (an extension) or the
+/// [`crate::rejection::Rejection`]: the auth layer attaches the context it finished
+/// (identity included), and the route layer attaches its own when nothing below did (its
+/// 405/413, the timeout's 504). The access log, the metrics and the request's span read it
+/// from there.
 #[derive(Debug, Clone)]
 pub struct RequestContext {
     pub route: Arc<Route>,
     pub identity: Option<SharedIdentity>,
+    /// The request's span, while `[telemetry]` is on.
+    pub trace: Option<RequestTrace>,
+    /// Proxied (the route layer's), decided for an ingress, or relayed to CloudBase.
+    pub kind: RequestKind,
+    /// The method the answer is about when it is not the request's own: forward-auth
+    /// answers a GET from nginx about the client's POST.
+    pub method: Option<Method>,
 }
 
 /// A request with its context: what the services below the route layer take.
 pub type Routed = (Request<Body>, RequestContext);
 
 impl RequestContext {
-    /// The context of a request that matched `route`, nobody authenticated yet.
+    /// The context of a request that matched `route`, nobody authenticated yet, to be
+    /// proxied.
     pub fn new(route: Arc<Route>) -> RequestContext {
+        RequestContext::of(RequestKind::Proxy, route)
+    }
+
+    /// The context of a request of `kind` decided by `route`.
+    pub fn of(kind: RequestKind, route: Arc<Route>) -> RequestContext {
         RequestContext {
             route,
             identity: None,
+            trace: None,
+            kind,
+            method: None,
         }
+    }
+
+    /// With the request's span (`None` while tracing is off).
+    pub fn traced(mut self, trace: Option<RequestTrace>) -> RequestContext {
+        self.trace = trace;
+        self
     }
 
     /// Puts the context in `response`'s extensions, for the layers above.
@@ -101,19 +161,7 @@ impl Routes {
         let mut all: Vec<Arc<Route>> = routes
             .iter()
             .enumerate()
-            .map(|(index, settings)| {
-                let allow = settings
-                    .methods
-                    .iter()
-                    .map(Method::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                Arc::new(Route {
-                    index,
-                    settings: settings.clone(),
-                    allow: HeaderValue::from_str(&allow).unwrap_or(HeaderValue::from_static("")),
-                })
-            })
+            .map(|(index, settings)| Arc::new(Route::new(index, settings.clone())))
             .collect();
         all.sort_by_key(|r| std::cmp::Reverse(r.settings.prefix.len()));
         Routes {

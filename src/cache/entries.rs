@@ -381,8 +381,8 @@ impl Hasher for PrefixHasher {
 mod tests {
     use super::*;
     use crate::cache::HeaderFields;
-    use crate::cloudbase::types::{Introspection, UserProfile};
-    use crate::config::{IdentityField, DEFAULT_MAX_HEADER_BYTES};
+    use crate::config::{IdentityField, IdentityMapping, DEFAULT_MAX_HEADER_BYTES};
+    use cloudbase_auth::types::{Introspection, UserProfile};
 
     fn key(i: u32) -> TokenKey {
         super::super::token_key(&format!("token-{i}"))
@@ -413,11 +413,11 @@ mod tests {
             email: Some(format!("user{i}@example.com")),
             ..Default::default()
         };
-        let fields = [
-            IdentityField::Sub,
-            IdentityField::Name,
-            IdentityField::Email,
-        ];
+        let fields = IdentityMapping::from_static(&[
+            ("x-user-id", IdentityField::Sub),
+            ("x-user-name", IdentityField::Name),
+            ("x-user-email", IdentityField::Email),
+        ]);
         let fields = HeaderFields::new(&fields, DEFAULT_MAX_HEADER_BYTES, None);
         Arc::new(Identity::new(&introspection, &profile, None, &fields, 0))
     }

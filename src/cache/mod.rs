@@ -55,9 +55,9 @@ use crate::config::{CacheSettings, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_IN_FLIG
 use crate::identity_headers::IdentityMapping;
 use crate::jwt::jwt_exp;
 use crate::metrics::{CacheLookup, CloudbaseEndpoint, CloudbaseOutcome, Metrics};
+use crate::telemetry::trace::{Kind, RequestTrace, Span, SpanLink};
 use cloudbase_auth::types::{Introspection, UserProfile};
 use cloudbase_auth::{CallOptions, Client, Error as ApiError};
-use crate::telemetry::trace::{Kind, RequestTrace, Span, SpanLink};
 use entries::{Entries, Entry, Negative, Positive};
 
 /// Cache key: SHA-256 of the token.

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::ser;
-use super::validate::{duration, Errors};
+use super::validate::{duration, size, Errors};
 use crate::secret::{Secret, SecretUrl};
 
 /// `[cache]` as written.
@@ -13,6 +13,7 @@ use crate::secret::{Secret, SecretUrl};
 #[serde(deny_unknown_fields)]
 pub(super) struct RawCache {
     max_entries: Option<u64>,
+    max_memory: Option<String>,
     ttl: Option<String>,
     negative_ttl: Option<String>,
     stale_if_error: Option<String>,
@@ -36,8 +37,13 @@ pub(super) struct RawRedis {
 /// configuration's `[cache]` table.
 #[derive(Debug, Clone, Serialize)]
 pub struct CacheSettings {
-    /// Default 100 000.
+    /// Most entries of each kind: tokens CloudBase vouched for, and (apart) tokens it
+    /// refused. Default 100 000.
     pub max_entries: u64,
+    /// Most bytes the positive entries take, by the cache's estimate of each (identity,
+    /// header values, key and bookkeeping). Default 256 MiB; at least 1 MiB.
+    #[serde(serialize_with = "ser::size")]
+    pub max_memory: u64,
     /// Upper bound of a positive entry's life; never beyond the token's `exp`. Default 60 s.
     #[serde(serialize_with = "ser::duration")]
     pub ttl: Duration,
@@ -57,6 +63,7 @@ impl Default for CacheSettings {
     fn default() -> Self {
         CacheSettings {
             max_entries: 100_000,
+            max_memory: 256 << 20,
             ttl: Duration::from_secs(60),
             negative_ttl: Duration::from_secs(5),
             stale_if_error: Duration::ZERO,
@@ -101,6 +108,9 @@ impl Default for RedisSettings {
     }
 }
 
+/// The smallest `cache.max_memory`: below it a cache holds too few identities to be one.
+const MIN_CACHE_MEMORY: u64 = 1 << 20;
+
 /// Shortest `cache.redis.hmac_key` accepted: 32 bytes, HMAC-SHA256's own output size.
 pub const MIN_HMAC_KEY_BYTES: usize = 32;
 
@@ -119,8 +129,21 @@ pub(super) fn validate(raw: RawCache, errors: &mut Errors) -> CacheSettings {
     if max_entries == 0 {
         errors.push("cache.max_entries", "must be at least 1");
     }
+    let max_memory = size(
+        raw.max_memory.as_deref(),
+        "cache.max_memory",
+        d.max_memory,
+        errors,
+    );
+    if max_memory < MIN_CACHE_MEMORY {
+        errors.push(
+            "cache.max_memory",
+            "must be at least 1MiB (about a thousand identities); bound the count with max_entries",
+        );
+    }
     CacheSettings {
         max_entries,
+        max_memory: max_memory.max(MIN_CACHE_MEMORY),
         ttl: duration(raw.ttl, "cache.ttl", d.ttl, errors),
         negative_ttl: duration(
             raw.negative_ttl,

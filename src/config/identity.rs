@@ -7,6 +7,7 @@ use http::HeaderName;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 
+use super::ser;
 use super::validate::{quote_key, size, Errors};
 use crate::identity_headers::{IdentityField, IdentityMapping};
 
@@ -83,7 +84,7 @@ impl Serialize for IdentitySettings {
         }
         let mut table = s.serialize_map(Some(2))?;
         table.serialize_entry("headers", &Headers(self))?;
-        table.serialize_entry("max_header_bytes", &self.max_header_bytes.to_string())?;
+        table.serialize_entry("max_header_bytes", &ser::Size(self.max_header_bytes as u64))?;
         table.end()
     }
 }

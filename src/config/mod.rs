@@ -7,7 +7,8 @@
 //! here once; nothing downstream parses configuration again.
 //!
 //! One file per table (`server`, `admin`, `cloudbase`, `upstream`, `cache`, `identity`,
-//! `routes`, `emulator`), each holding everything about its keys: the raw serde type that
+//! `routes`, `forward_auth`, `relay`, `telemetry`, `emulator`; `rate` holds the rates
+//! `relay` and `routes` share), each holding everything about its keys: the raw serde type that
 //! mirrors the file (`deny_unknown_fields`), the validated settings type whose `Default`
 //! impl is the one place each default is written and whose `Serialize` impl is the
 //! effective configuration `check` prints (secrets redacted, see `ser`), and its
@@ -20,10 +21,14 @@ mod cache;
 mod cloudbase;
 mod effective;
 mod emulator;
+mod forward_auth;
 mod identity;
+mod rate;
+mod relay;
 mod routes;
 mod ser;
 mod server;
+mod telemetry;
 mod upstream;
 mod validate;
 
@@ -43,11 +48,17 @@ pub use cloudbase::{CloudbaseSettings, DEFAULT_MAX_IN_FLIGHT};
 pub use cloudbase_auth::IntrospectAuth;
 pub use cloudbase_emulator::{AttemptLimits, EmulatorOptions, SeedUser};
 pub use emulator::EmulatorSettings;
+pub use forward_auth::ForwardAuthSettings;
 pub use identity::{
     normalize_header_name, IdentitySettings, DEFAULT_IDENTITY_HEADERS, DEFAULT_MAX_HEADER_BYTES,
 };
-pub use routes::{parse_upstream, AuthMode, RouteSettings, Upstream};
+pub use rate::{parse_rate, Rate, RateUnit};
+pub use relay::{RelayLimit, RelayLimits, RelaySettings};
+pub use routes::{
+    parse_upstream, AuthMode, RouteRateLimit, RouteSettings, Upstream, DEFAULT_RATE_LIMIT_MAX_KEYS,
+};
 pub use server::{ServerSettings, TlsFiles};
+pub use telemetry::TelemetrySettings;
 pub use upstream::UpstreamSettings;
 pub use validate::{parse_duration, parse_size};
 
@@ -163,6 +174,11 @@ impl Config {
         let cache: cache::RawCache = section(take("cache"), "cache", &mut errors);
         let identity: identity::RawIdentity = section(take("identity"), "identity", &mut errors);
         let emulator: emulator::RawEmulator = section(take("emulator"), "emulator", &mut errors);
+        let forward_auth: forward_auth::RawForwardAuth =
+            section(take("forward_auth"), "forward_auth", &mut errors);
+        let relay: relay::RawRelay = section(take("relay"), "relay", &mut errors);
+        let telemetry: telemetry::RawTelemetry =
+            section(take("telemetry"), "telemetry", &mut errors);
         // A route whose table did not deserialize is `None`: reported once, not again as
         // "prefix missing", and the others keep their indices.
         let routes: Vec<Option<routes::RawRoute>> = match take("routes") {
@@ -185,14 +201,23 @@ impl Config {
         }
 
         let emulator = emulator::validate(emulator, &mut errors);
+        let cloudbase = cloudbase::validate(cloudbase, emulator.enabled, &mut errors);
+        let routes = routes::validate(routes, &mut errors);
+        // Both take their paths before routing: checked against the routes and each other.
+        let relay = relay::validate(relay, &cloudbase.client_id, &routes, &mut errors);
+        let forward_auth = forward_auth::validate(forward_auth, &routes, &mut errors);
+        forward_auth::check_beside_relay(&forward_auth, &relay, &mut errors);
         let config = Config {
             server: server::validate(server, &mut errors),
             admin: admin::validate(admin, &mut errors),
-            cloudbase: cloudbase::validate(cloudbase, emulator.enabled, &mut errors),
+            cloudbase,
             upstream: upstream::validate(upstream, &mut errors),
             cache: cache::validate(cache, &mut errors),
             identity: identity::validate(identity, &mut errors),
-            routes: routes::validate(routes, &mut errors),
+            routes,
+            forward_auth,
+            relay,
+            telemetry: telemetry::validate(telemetry, &mut errors),
             emulator,
         };
         errors.into_result(config)

@@ -1,10 +1,12 @@
 //! `[[routes]]`: which prefix goes where, and with which rules.
 
 use std::fmt;
+use std::num::NonZeroU32;
 
 use http::{Method, Uri};
 use serde::{Deserialize, Serialize};
 
+use super::rate::{parse_rate, Rate};
 use super::ser;
 use super::validate::{keyword, Errors};
 use crate::keyword::keyword_enum;
@@ -23,10 +25,13 @@ pub(super) struct RawRoute {
     require_groups: Option<Vec<String>>,
     pass_token: Option<bool>,
     allow_preflight: Option<bool>,
+    rate_limit: Option<String>,
+    rate_limit_burst: Option<u32>,
+    rate_limit_max_keys: Option<u64>,
 }
 
 keyword_enum! {
-    /// `auth` of a route.
+    /// `auth` of a route (and `forward_auth.default_auth`).
     #[derive(Default)]
     pub enum AuthMode {
         /// A valid token, or 401 (default).
@@ -90,7 +95,30 @@ pub struct RouteSettings {
     pub pass_token: bool,
     /// Default false.
     pub allow_preflight: bool,
+    /// `rate_limit` and its companions; `None` (default): not limited.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RouteRateLimit>,
 }
+
+/// A route's per-user token bucket (see `crate::limit`), printed as the three keys it is
+/// written with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RouteRateLimit {
+    /// `rate_limit`: `"100/s"`, `"10/m"`, `"500/h"`.
+    #[serde(rename = "rate_limit", serialize_with = "ser::text")]
+    pub rate: Rate,
+    /// `rate_limit_burst`: the most requests that pass at once. Default: the rate's count.
+    #[serde(rename = "rate_limit_burst")]
+    pub burst: NonZeroU32,
+    /// `rate_limit_max_keys`: users and addresses tracked at once, at most. Default
+    /// [`DEFAULT_RATE_LIMIT_MAX_KEYS`].
+    #[serde(rename = "rate_limit_max_keys")]
+    pub max_keys: usize,
+}
+
+/// `routes[].rate_limit_max_keys` when unset: about 12 MB of buckets at most per route
+/// (a `sub` key with its map slot is ~120 bytes).
+pub const DEFAULT_RATE_LIMIT_MAX_KEYS: usize = 100_000;
 
 impl Default for RouteSettings {
     fn default() -> Self {
@@ -104,6 +132,7 @@ impl Default for RouteSettings {
             require_groups: Vec::new(),
             pass_token: true,
             allow_preflight: false,
+            rate_limit: None,
         }
     }
 }
@@ -115,6 +144,7 @@ pub(super) fn validate(raws: Vec<Option<RawRoute>>, errors: &mut Errors) -> Vec<
     for (i, raw) in raws.into_iter().enumerate() {
         let Some(raw) = raw else { continue };
         let key = |k: &str| format!("routes[{i}].{k}");
+        let rate_limit = rate_limit(&raw, &key, errors);
         let prefix = match raw.prefix {
             Some(p) if p.starts_with('/') => {
                 if let Err(e) = check_prefix(&p) {
@@ -171,9 +201,57 @@ pub(super) fn validate(raws: Vec<Option<RawRoute>>, errors: &mut Errors) -> Vec<
             require_groups: raw.require_groups.unwrap_or_default(),
             pass_token: raw.pass_token.unwrap_or(d.pass_token),
             allow_preflight: raw.allow_preflight.unwrap_or(d.allow_preflight),
+            rate_limit,
         });
     }
     routes
+}
+
+/// `rate_limit`, `rate_limit_burst` and `rate_limit_max_keys` of one route.
+fn rate_limit(
+    raw: &RawRoute,
+    key: &dyn Fn(&str) -> String,
+    errors: &mut Errors,
+) -> Option<RouteRateLimit> {
+    let rate = match raw.rate_limit.as_deref() {
+        None | Some("off") => None,
+        Some(text) => match parse_rate(text) {
+            Ok(rate) => Some(rate),
+            Err(e) => {
+                errors.push(key("rate_limit"), e);
+                None
+            }
+        },
+    };
+    let limited = raw.rate_limit.as_deref().is_some_and(|t| t != "off");
+    for (name, set) in [
+        ("rate_limit_burst", raw.rate_limit_burst.is_some()),
+        ("rate_limit_max_keys", raw.rate_limit_max_keys.is_some()),
+    ] {
+        if set && !limited {
+            errors.push(key(name), "is set but rate_limit is not");
+        }
+    }
+    let burst = match raw.rate_limit_burst {
+        None => rate.map(|r| r.count),
+        Some(n) => NonZeroU32::new(n).or_else(|| {
+            errors.push(key("rate_limit_burst"), "must be at least 1");
+            None
+        }),
+    };
+    let max_keys = match raw.rate_limit_max_keys {
+        None => DEFAULT_RATE_LIMIT_MAX_KEYS,
+        Some(0) => {
+            errors.push(key("rate_limit_max_keys"), "must be at least 1");
+            DEFAULT_RATE_LIMIT_MAX_KEYS
+        }
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+    };
+    Some(RouteRateLimit {
+        rate: rate?,
+        burst: burst?,
+        max_keys,
+    })
 }
 
 /// Characters a client may send raw or percent-encoded with different meanings to
@@ -183,7 +261,7 @@ const TWO_SPELLINGS: &str = ":@!$&'()*+,;=";
 /// A route prefix must be a path the normalizer leaves unchanged, so requests and prefixes
 /// are compared in one form, and must not hold a character with two spellings: with a
 /// prefix `/a:b/`, `/a%3Ab/x` would miss the route here but be `/a:b/x` upstream.
-fn check_prefix(prefix: &str) -> Result<(), String> {
+pub(super) fn check_prefix(prefix: &str) -> Result<(), String> {
     match crate::path::normalize(prefix, EscapedSlashes::Reject) {
         Err(e) => return Err(format!("{prefix:?} is refused by the path policy: {e}")),
         Ok(normal) if normal != prefix => {

@@ -21,9 +21,30 @@ pub(super) fn duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Er
     s.collect_str(&humantime::format_duration(*d))
 }
 
-/// A number as a string (sizes: `"10485760"`, which the size parser reads back).
+/// A value as the string it displays as (an upstream URL, a rate).
 pub(super) fn text<T: Display, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(value)
+}
+
+/// A size in bytes, in the largest binary unit that divides it exactly (`"256MiB"`), else
+/// in bytes (`"1000"`); the size parser reads either back.
+pub(super) fn size<S: Serializer>(bytes: &u64, s: S) -> Result<S::Ok, S::Error> {
+    let unit = [(30, "GiB"), (20, "MiB"), (10, "KiB")]
+        .into_iter()
+        .find(|(shift, _)| *bytes != 0 && bytes % (1u64 << shift) == 0);
+    match unit {
+        Some((shift, name)) => s.collect_str(&format_args!("{}{name}", bytes >> shift)),
+        None => s.collect_str(bytes),
+    }
+}
+
+/// A size that prints as [`size`] does, for hand-written `Serialize` impls.
+pub(super) struct Size(pub u64);
+
+impl serde::Serialize for Size {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        size(&self.0, s)
+    }
 }
 
 /// Each item as a string (`trusted_proxies`, `methods`).

@@ -54,7 +54,7 @@ pub struct ServerSettings {
     /// Default 100.
     pub max_concurrent_streams: u32,
     /// Largest request body accepted. Default 10 MiB.
-    #[serde(serialize_with = "ser::text")]
+    #[serde(serialize_with = "ser::size")]
     pub max_body_size: u64,
     /// Open client connections at most. Default 10 000.
     pub max_connections: usize,

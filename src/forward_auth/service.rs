@@ -12,33 +12,28 @@
 //! carrying a method-override header (which the proxy path drops) is refused with 400.
 //! Its body cannot be seen at all (ingresses do not pass it); a browser's has none.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderValue;
 use http::request::Parts;
 use http::{Method, Request, Response};
 use tower::Service;
 
 use super::original;
-use crate::admin::metrics::RequestKind;
-use crate::auth::{Authenticated, Authenticator, Decision};
+use crate::auth::{Authenticator, Decision};
 use crate::cache::SharedIdentity;
-use crate::config::{ForwardAuthSettings, RouteSettings, Upstream};
+use crate::config::{ForwardAuthSettings, RouteSettings};
+use crate::http::headers::overrides_method;
+use crate::http::{empty, Body};
+use crate::identity_headers::IdentityMapping;
+use crate::metrics::RequestKind;
 use crate::path::EscapedSlashes;
-use crate::proxy::headers::{overrides_method, X_REQUEST_ID};
-use crate::response::{empty, Body, Reject};
-use crate::routing::{MatchedRoute, Route, Routes};
+use crate::rejection::{Reject, Rejection};
+use crate::routing::{RequestContext, Route, Routes, Undecided};
 use crate::telemetry::trace::RequestTrace;
-use crate::telemetry::OriginalMethod;
-
-/// On every refusal: the JSON envelope of the body, repeated. nginx `auth_request` drops
-/// the auth response's body, so this is how the shipped nginx snippet gives clients the
-/// envelope (`deploy/nginx/`); other ingresses pass the body itself.
-pub static X_GATEWAY_REJECTION: HeaderName = HeaderName::from_static("x-gateway-rejection");
 
 /// The route table forward-auth decides on: the configured routes, then, with
 /// `default_auth`, a catch-all `/` with that `auth` and no other rule (sorted last, as the
@@ -48,36 +43,33 @@ pub fn routes(settings: &ForwardAuthSettings, configured: &[RouteSettings]) -> V
     if let (true, Some(auth)) = (settings.enabled, settings.default_auth) {
         all.push(RouteSettings {
             prefix: "/".to_owned(),
-            // Never used: forward-auth forwards nothing.
-            upstream: Upstream::Whoami,
             auth,
-            strip_prefix: false,
-            methods: Vec::new(),
-            allow_anonymous: false,
-            require_groups: Vec::new(),
+            // Never forwarded: forward-auth forwards nothing (the upstream stays `whoami`).
             pass_token: false,
-            allow_preflight: false,
-            rate_limit: None,
+            ..RouteSettings::default()
         });
     }
     all
 }
 
 /// The forward-auth endpoint. Cheap to clone.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct ForwardAuth {
     shared: Arc<Shared>,
 }
 
+#[derive(Debug)]
 struct Shared {
     path: String,
     routes: Routes,
+    /// The label of answers no route decided (the metrics' `none`).
+    unmatched: Arc<Route>,
     escaped_slashes: EscapedSlashes,
     authenticator: Authenticator,
-    identity_headers: Box<[HeaderName]>,
+    identity_headers: IdentityMapping,
 }
 
-/// Where a request's path points, for [`super::ForwardAuthLayer`].
+/// Where a request's path points, for the divert (`stack::forward_auth`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
     /// `path` itself or under `path/`, as sent.
@@ -89,22 +81,25 @@ pub enum Target {
 }
 
 impl ForwardAuth {
-    /// `configured` are the `[[routes]]`; `identity_headers` the configured identity header
-    /// names, in the cache's field order.
+    /// `configured` are the `[[routes]]`; `identity_headers` the configured identity
+    /// headers (the mapping the authenticator's cache was built with); `no_route` the
+    /// metrics' index of answers no route decided.
     pub fn new(
         settings: &ForwardAuthSettings,
         configured: &[RouteSettings],
         escaped_slashes: EscapedSlashes,
         authenticator: Authenticator,
-        identity_headers: &[HeaderName],
+        identity_headers: IdentityMapping,
+        no_route: usize,
     ) -> ForwardAuth {
         ForwardAuth {
             shared: Arc::new(Shared {
                 path: settings.path.clone(),
                 routes: Routes::new(&routes(settings, configured)),
+                unmatched: Arc::new(Route::unmatched(no_route)),
                 escaped_slashes,
                 authenticator,
-                identity_headers: identity_headers.into(),
+                identity_headers,
             }),
         }
     }
@@ -127,37 +122,43 @@ impl ForwardAuth {
         }
     }
 
-    /// The answer to a forward-auth subrequest. Tagged for the access log and metrics with
-    /// [`RequestKind::ForwardAuth`], the original method, the matched route and the
-    /// identity.
-    pub async fn answer(self, req: Request<Body>) -> Response<Body> {
+    /// The answer to a forward-auth subrequest: 200 with the identity headers, or the
+    /// refusal; either with its context (kind `forward_auth`, the original method, the
+    /// deciding route, the identity).
+    pub async fn answer(self, req: Request<Body>) -> Result<Response<Body>, Rejection> {
         // The body is never read: the decision is on the head, as for a proxied request.
         let (parts, _) = req.into_parts();
-        let decided = self.decide(&parts).await;
-        let request_id = parts.headers.get(&X_REQUEST_ID);
+        let trace = parts.extensions.get::<RequestTrace>().cloned();
+        let decided = self.decide(&parts, trace.as_ref()).await;
+        let mut context = RequestContext::of(
+            RequestKind::ForwardAuth,
+            decided
+                .route
+                .unwrap_or_else(|| self.shared.unmatched.clone()),
+        )
+        .traced(trace);
+        context.method = decided.method;
         let mut response = match decided.decision {
             Decision::Allow(identity) => {
-                let mut response = self.allowed(identity.as_ref());
-                if let Some(identity) = identity {
-                    response.extensions_mut().insert(Authenticated(identity));
-                }
+                let response = self.allowed(identity.as_ref());
+                context.identity = identity;
                 response
             }
             Decision::Preflight => self.allowed(None),
-            Decision::Refuse(reason) => refused(reason, request_id),
+            Decision::Refuse(reason) => return Err(Rejection::with_context(reason, context)),
         };
-        let extensions = response.extensions_mut();
-        if let Some(method) = decided.method {
-            extensions.insert(OriginalMethod(method));
-        }
-        if let Some(route) = decided.route {
-            extensions.insert(MatchedRoute(route));
-        }
-        extensions.insert(RequestKind::ForwardAuth);
-        response
+        context.attach(&mut response);
+        Ok(response)
     }
 
-    async fn decide(&self, parts: &Parts) -> Decided {
+    /// The refusal of a request for a disguised spelling of the endpoint: 400, as for any
+    /// path whose meaning depends on who reads it.
+    pub fn disguised(&self) -> Rejection {
+        let context = RequestContext::of(RequestKind::ForwardAuth, self.shared.unmatched.clone());
+        Rejection::with_context(Reject::BadRequest, context)
+    }
+
+    async fn decide(&self, parts: &Parts, trace: Option<&RequestTrace>) -> Decided {
         let s = &self.shared;
         let original = match original::recover(
             &parts.method,
@@ -177,7 +178,12 @@ impl ForwardAuth {
         // is for forwarding, which the ingress does.
         let route = match s.routes.decide(&original.path, s.escaped_slashes) {
             Ok((route, _)) => route,
-            Err(reason) => return Decided::refused(Some(method), None, reason),
+            Err(Undecided::RefusedPath) => {
+                return Decided::refused(Some(method), None, Reject::BadRequest)
+            }
+            Err(Undecided::NoRoute) => {
+                return Decided::refused(Some(method), None, Reject::NotFound)
+            }
         };
         if !route.allows(&method, &parts.headers) {
             let allow = route.allow.clone();
@@ -189,12 +195,7 @@ impl ForwardAuth {
         // request (README "Behind an existing ingress" lists what each passes).
         let decision = match s
             .authenticator
-            .decide(
-                &route.settings,
-                &method,
-                &parts.headers,
-                parts.extensions.get::<RequestTrace>(),
-            )
+            .decide(&route.settings, &method, &parts.headers, trace)
             .await
         {
             // The proxy path would drop these before forwarding; the ingress cannot.
@@ -222,7 +223,7 @@ impl ForwardAuth {
         if let Some(identity) = identity {
             identity.apply(&self.shared.identity_headers, headers);
         }
-        for name in self.shared.identity_headers.iter() {
+        for (name, _) in self.shared.identity_headers.iter() {
             if !headers.contains_key(name) {
                 headers.insert(name.clone(), HeaderValue::from_static(""));
             }
@@ -249,39 +250,18 @@ impl Decided {
     }
 }
 
-/// The gateway's rejection, with its envelope repeated in [`X_GATEWAY_REJECTION`].
-fn refused(reason: Reject, request_id: Option<&HeaderValue>) -> Response<Body> {
-    let envelope = reason.envelope(request_id);
-    let mut response = reason.into_response(request_id);
-    if let Ok(value) = HeaderValue::from_str(&envelope) {
-        response
-            .headers_mut()
-            .insert(X_GATEWAY_REJECTION.clone(), value);
-    }
-    response
-}
-
-/// The answer to a request for a disguised spelling of the endpoint: 400, as for any path
-/// whose meaning depends on who reads it.
-pub fn disguised(req: &Request<Body>) -> Response<Body> {
-    let mut response = refused(Reject::BadRequest, req.headers().get(&X_REQUEST_ID));
-    response.extensions_mut().insert(RequestKind::ForwardAuth);
-    response
-}
-
 impl Service<Request<Body>> for ForwardAuth {
     type Response = Response<Body>;
-    type Error = Infallible;
+    type Error = Rejection;
     // Boxed: holds the validation await; one allocation next to a cache lookup (or a
     // CloudBase call) is noise, as on the proxy path's auth layer.
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Rejection>> + Send>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { Ok(this.answer(req).await) })
+        Box::pin(self.clone().answer(req))
     }
 }

@@ -1,5 +1,6 @@
 //! Keyed token buckets: the machinery behind every rate limit of the gateway — the relay's
-//! per-address sign-in limits and the routes' per-user `rate_limit`.
+//! per-address sign-in limits (`relay`) and the routes' per-user `rate_limit` (the table
+//! in [`RouteLimits`], spent by the layer `stack::rate_limit`).
 //!
 //! One [`KeyedLimiter`] per limit: governor's GCRA (a bucket refilled at a fixed interval,
 //! holding at most `burst` tokens, checked with one compare-and-swap on an atomic `u64`)
@@ -22,7 +23,7 @@
 //! Time comes from [`TokioClock`], so tests pause and advance it like every other timer
 //! of the gateway.
 
-mod headers;
+pub mod headers;
 mod route;
 mod store;
 
@@ -37,7 +38,7 @@ use governor::middleware::{NoOpMiddleware, StateInformationMiddleware};
 use governor::{Quota, RateLimiter};
 
 pub use headers::{RATELIMIT, RATELIMIT_POLICY};
-pub use route::{RateKey, RouteLimitLayer, RouteLimits};
+pub use route::{RateKey, RouteLimit, RouteLimits};
 use store::BoundedStore;
 
 use crate::config::Rate;

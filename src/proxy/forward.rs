@@ -33,7 +33,7 @@ use crate::http::headers::{is_websocket_upgrade, remove_hop_by_hop, set_forwarde
 use crate::http::ConnInfo;
 use crate::http::{Body, BoxError};
 use crate::rejection::{client_body_fault, Reject, Rejection};
-use crate::routing::{Route, Routed};
+use crate::routing::{RequestContext, Routed};
 use crate::telemetry::trace;
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
@@ -151,7 +151,7 @@ impl Service<Routed> for Forward {
 
     fn call(&mut self, (req, context): Routed) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move { this.forward(req, &context.route).await })
+        Box::pin(async move { this.forward(req, &context).await })
     }
 }
 
@@ -159,9 +159,9 @@ impl Forward {
     async fn forward(
         self,
         mut req: Request<Body>,
-        route: &Route,
+        context: &RequestContext,
     ) -> Result<Response<Body>, Rejection> {
-        let settings = &route.settings;
+        let settings = &context.route.settings;
         let websocket = is_websocket_upgrade(req.headers());
         let host = req.headers().get(HOST).cloned().or_else(|| {
             req.uri()
@@ -228,7 +228,7 @@ impl Forward {
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let method = req.method().clone();
         // Traced requests: a client span for the exchange, named in `traceparent`.
-        let span = trace::outbound(&mut req, "upstream");
+        let span = trace::outbound(&mut req, context.trace.as_ref(), "upstream");
         let mut response = match self.client.send(req).await {
             Ok(r) => r,
             Err(e) => {

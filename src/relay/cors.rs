@@ -121,7 +121,7 @@ fn add_vary_origin(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::headers::test_header_map as request;
+    use crate::http::headers::test_header_map as request;
 
     const APP: &str = "https://app.example.com";
 

@@ -9,7 +9,7 @@
 
 use http::Method;
 
-use crate::admin::metrics::{RelayEndpoint, RelayLimitName};
+use crate::metrics::{RelayEndpoint, RelayLimitName};
 
 /// The endpoint of a call to `path` (the CloudBase path after the base URL, normal per
 /// [`crate::path`], starting with `/`).

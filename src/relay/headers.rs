@@ -25,7 +25,7 @@ use http::HeaderMap;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use super::purge::form_decode;
-use crate::proxy::headers::remove_hop_by_hop;
+use crate::http::headers::remove_hop_by_hop;
 
 /// The response headers that describe CloudBase's answer itself.
 pub const RESPONSE_HEADERS: [HeaderName; 9] = [
@@ -89,7 +89,7 @@ pub fn with_client_id<'a>(query: Option<&'a str>, client_id: &str) -> Option<Cow
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::headers::test_header_map as map;
+    use crate::http::headers::test_header_map as map;
 
     #[test]
     fn the_apps_end_to_end_headers_go_and_hop_by_hop_cookies_and_host_do_not() {

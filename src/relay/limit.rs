@@ -8,18 +8,28 @@ use std::time::Duration;
 
 use governor::clock::Clock;
 
-use crate::admin::metrics::RelayLimitName;
 use crate::config::{RelayLimit, RelayLimits, DEFAULT_RATE_LIMIT_MAX_KEYS};
 #[cfg(test)]
 use crate::limit::SWEEP_EVERY;
 pub use crate::limit::{client_key as key, retry_after_secs};
 use crate::limit::{Bucket, KeyedLimiter, Outcome, TokioClock};
+use crate::metrics::RelayLimitName;
 
 /// The relay's limits. `C` is the clock: tokio's, or governor's fake in tests.
 pub struct Limits<C: Clock + Clone = TokioClock> {
     signin: Option<KeyedLimiter<IpAddr, C>>,
     signup: Option<KeyedLimiter<IpAddr, C>>,
     verification: Option<KeyedLimiter<IpAddr, C>>,
+}
+
+impl<C: Clock + Clone> std::fmt::Debug for Limits<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limits")
+            .field("signin", &self.signin.is_some())
+            .field("signup", &self.signup.is_some())
+            .field("verification", &self.verification.is_some())
+            .finish()
+    }
 }
 
 impl Limits {

@@ -2,15 +2,20 @@
 //! sign-out cuts the signed-out token off at once instead of after `cache.ttl`.
 //!
 //! Every path under `relay.prefix` (default `/auth/v1/`, where the official web SDK
-//! calls when the gateway is its `apiOrigin`) is diverted before routing and forwarded to
-//! `cloudbase.base_url` with the rest of its path, unchanged in meaning ([`headers`]).
+//! calls when the gateway is its `apiOrigin`) is diverted before routing (the divert is
+//! the layer `stack::relay`; this module is the service it hands requests to) and
+//! forwarded to the CloudBase URL the gateway's client uses, with the rest of its path,
+//! unchanged in meaning ([`headers`]).
 //! It needs no gateway token and nothing of it is cached. When CloudBase answers 2xx to a
 //! call that ended a session or an identity (`/revoke`, `/user/signout`,
 //! `/user/revoke/all`, device revocation, password change, account deletion), the cache
 //! entries it made dead are purged before the answer goes back to the app ([`purge`]);
 //! the app's next request with the old token is asked about afresh and refused. Beside
 //! it: CORS for the app's origins ([`cors`]) and per-address limits on the calls that
-//! guess secrets or create accounts ([`limit`], [`endpoint`]).
+//! guess secrets or create accounts ([`limit`], [`endpoint`]). Its refusals (429, 413,
+//! 502, 504) are rejections the rescue layer renders, with the CORS headers on them so a
+//! page can read them; every answer carries the relay's own route (its prefix, labelled
+//! `kind="relay"`) for the access log and the metrics.
 //!
 //! Trade-offs. The relay is a proxy whose upstream is CloudBase: it streams bodies both
 //! ways with the upstream client of the routes (pooled HTTP/1.1 over hyper-util, the same
@@ -29,41 +34,41 @@ mod headers;
 mod limit;
 mod purge;
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::future::Either;
 use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
-use http::{Request, Response, StatusCode, Version};
+use http::{HeaderMap, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Body as _;
 use ipnet::IpNet;
-use tower::{Layer, Service};
 
 pub use cors::Cors;
 pub use limit::Limits;
 
-use crate::admin::metrics::{Metrics, RelayEndpoint, RelayPurge, RequestKind};
-use crate::auth::token::jwt_sub;
 use crate::cache::IdentityCache;
-use crate::config::{parse_upstream, EscapedSlashes, RelaySettings, Upstream};
-use crate::proxy::forward::{upstream_error, ConnInfo, UpstreamClient};
+use crate::config::{
+    parse_upstream, AuthMode, EscapedSlashes, RelaySettings, RouteSettings, Upstream,
+};
+use crate::http::headers::{client_ip, remove_hop_by_hop, set_forwarded};
+use crate::http::{empty, full, Body, BoxError, ConnInfo, X_REQUEST_ID};
+use crate::jwt::jwt_sub;
+use crate::metrics::{Metrics, RelayEndpoint, RelayPurge, RequestKind};
+use crate::proxy::forward::{upstream_error, UpstreamClient};
 use crate::proxy::framing::frame_response;
-use crate::proxy::headers::{client_ip, remove_hop_by_hop, set_forwarded, X_REQUEST_ID};
-use crate::response::{empty, full, Body, BoxError, Reject};
-use crate::telemetry::BuiltinRoute;
+use crate::rejection::{Reject, Rejection};
+use crate::routing::{RequestContext, Route};
+use crate::telemetry::trace::{self, RequestTrace};
 use purge::{Effect, Purge};
 
 /// What the relay is built from, besides its settings.
+#[derive(Debug)]
 pub struct RelayParts {
-    /// `cloudbase.base_url`: where the rest of the path goes.
+    /// The CloudBase Auth v2 URL the gateway's client uses (`cloudbase.base_url`, or the
+    /// embedded emulator's): where the rest of the path goes.
     pub base_url: String,
     /// `server.escaped_slashes`: the path policy the divert normalizes with, as routing does.
     pub escaped_slashes: EscapedSlashes,
@@ -74,16 +79,18 @@ pub struct RelayParts {
     pub client: UpstreamClient,
     pub cache: IdentityCache,
     pub metrics: Arc<Metrics>,
-    /// This relay's label in `requests_total` and the access log.
-    pub route: BuiltinRoute,
+    /// This relay's label index in `requests_total` (from `Metrics::add_route`).
+    pub label: usize,
 }
 
-/// Diverts requests under the relay's prefix to CloudBase; the rest go on to routing.
-#[derive(Clone)]
-pub struct RelayLayer {
+/// The relay: answers requests under its prefix by relaying them to CloudBase. Cheap to
+/// clone.
+#[derive(Debug, Clone)]
+pub struct Relay {
     shared: Arc<Shared>,
 }
 
+#[derive(Debug)]
 struct Shared {
     prefix: String,
     escaped_slashes: EscapedSlashes,
@@ -100,16 +107,16 @@ struct Shared {
     client: UpstreamClient,
     cache: IdentityCache,
     metrics: Arc<Metrics>,
-    route: BuiltinRoute,
+    route: Arc<Route>,
 }
 
 /// Why the relay cannot be built.
 #[derive(Debug, thiserror::Error)]
-#[error("cloudbase.base_url cannot be relayed to: {0}")]
+#[error("the CloudBase URL cannot be relayed to: {0}")]
 pub struct RelayError(String);
 
-impl RelayLayer {
-    pub fn new(settings: &RelaySettings, parts: RelayParts) -> Result<RelayLayer, RelayError> {
+impl Relay {
+    pub fn new(settings: &RelaySettings, parts: RelayParts) -> Result<Relay, RelayError> {
         let Upstream::Http {
             scheme,
             authority,
@@ -120,7 +127,22 @@ impl RelayLayer {
         };
         let host = HeaderValue::from_str(authority.as_str())
             .map_err(|_| RelayError("the host is not a header value".into()))?;
-        Ok(RelayLayer {
+        // The relay, as the access log, the metrics and traces name it: its prefix, a
+        // route to CloudBase that needs no gateway token.
+        let route = Route::new(
+            parts.label,
+            RouteSettings {
+                prefix: settings.prefix.clone(),
+                upstream: Upstream::Http {
+                    scheme: scheme.clone(),
+                    authority: authority.clone(),
+                    base_path: base_path.clone(),
+                },
+                auth: AuthMode::None,
+                ..RouteSettings::default()
+            },
+        );
+        Ok(Relay {
             shared: Arc::new(Shared {
                 prefix: settings.prefix.clone(),
                 escaped_slashes: parts.escaped_slashes,
@@ -137,19 +159,27 @@ impl RelayLayer {
                 client: parts.client,
                 cache: parts.cache,
                 metrics: parts.metrics,
-                route: parts.route,
+                route: Arc::new(route),
             }),
         })
     }
-}
 
-impl<S> Layer<S> for RelayLayer {
-    type Service = Relay<S>;
-    fn layer(&self, inner: S) -> Relay<S> {
-        Relay {
-            inner,
-            shared: self.shared.clone(),
-        }
+    /// The CloudBase path (after the base URL) of a request for `raw`, if it is under the
+    /// prefix once normalized — so `/auth/v1/../../admin` is `/admin`, not the relay's,
+    /// and `/%61uth/v1/signin` is. A path the policy refuses is routing's to refuse (400).
+    pub fn cloudbase_path(&self, raw: &str) -> Option<String> {
+        let normal = crate::path::normalize(raw, self.shared.escaped_slashes).ok()?;
+        let rest = normal.strip_prefix(self.shared.prefix.as_str())?;
+        Some(format!("/{rest}"))
+    }
+
+    /// Answers a request whose CloudBase path is `path` (see [`Relay::cloudbase_path`]).
+    pub async fn answer(
+        &self,
+        req: Request<Body>,
+        path: String,
+    ) -> Result<Response<Body>, Rejection> {
+        self.shared.answer(req, path).await
     }
 }
 
@@ -170,79 +200,49 @@ async fn read_bounded(mut body: Body, limit: usize) -> Result<Bytes, Reject> {
     Ok(read.freeze())
 }
 
-/// See [`RelayLayer`].
-#[derive(Clone)]
-pub struct Relay<S> {
-    inner: S,
-    shared: Arc<Shared>,
-}
-
-/// The relay's own future. Boxed: it holds a whole CloudBase exchange, next to which one
-/// allocation is nothing; requests that are not relayed keep the inner future unboxed.
-type RelayFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
-
-impl<S> Service<Request<Body>> for Relay<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = Either<S::Future, RelayFuture>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        match self.shared.cloudbase_path(req.uri().path()) {
-            Some(path) => {
-                let shared = self.shared.clone();
-                Either::Right(Box::pin(async move { Ok(shared.handle(req, path).await) }))
-            }
-            None => Either::Left(self.inner.call(req)),
-        }
-    }
-}
-
 impl Shared {
-    /// The CloudBase path (after the base URL) of a request for `raw`, if it is under the
-    /// prefix once normalized — so `/auth/v1/../../admin` is `/admin`, not the relay's,
-    /// and `/%61uth/v1/signin` is. A path the policy refuses is routing's to refuse (400).
-    fn cloudbase_path(&self, raw: &str) -> Option<String> {
-        let normal = crate::path::normalize(raw, self.escaped_slashes).ok()?;
-        let rest = normal.strip_prefix(self.prefix.as_str())?;
-        Some(format!("/{rest}"))
-    }
-
-    async fn handle(&self, req: Request<Body>, path: String) -> Response<Body> {
+    async fn answer(&self, req: Request<Body>, path: String) -> Result<Response<Body>, Rejection> {
         let endpoint = endpoint::classify(req.method(), &path);
         let allowed = self.cors.allowed(req.headers());
-        let (endpoint, mut response) = if Cors::is_preflight(req.method(), req.headers()) {
+        // The trace layer's span, if traced: before routing it is in the extensions.
+        let trace = req.extensions().get::<RequestTrace>().cloned();
+        let context = RequestContext::of(RequestKind::Relay, self.route.clone()).traced(trace);
+        let (endpoint, answer) = if Cors::is_preflight(req.method(), req.headers()) {
             let mut response = Response::new(empty());
             *response.status_mut() = StatusCode::NO_CONTENT;
             self.cors
                 .preflight_headers(req.headers(), response.headers_mut());
-            (RelayEndpoint::Preflight, response)
+            (RelayEndpoint::Preflight, Ok(response))
         } else {
-            let request_id = req.headers().get(&X_REQUEST_ID).cloned();
-            let exchange = self.exchange(req, path, endpoint);
-            let mut response = match tokio::time::timeout(self.request_timeout, exchange).await {
-                Ok(response) => response,
+            let exchange = self.exchange(req, path, endpoint, context.trace.as_ref());
+            let answer = match tokio::time::timeout(self.request_timeout, exchange).await {
+                Ok(answer) => answer,
                 Err(_) => {
                     tracing::warn!(limit = ?self.request_timeout, "relayed request timed out");
-                    Reject::UpstreamTimeout.into_response(request_id.as_ref())
+                    Err(Reject::UpstreamTimeout)
                 }
             };
-            // On the relay's own refusals too, so a page can read its 429 or 413.
-            Cors::apply(allowed, response.headers_mut());
-            (endpoint, response)
+            (endpoint, answer)
         };
-        self.metrics
-            .relay_request(endpoint, response.status().as_u16());
-        let extensions = response.extensions_mut();
-        extensions.insert(self.route.clone());
-        extensions.insert(RequestKind::Relay);
-        response
+        match answer {
+            Ok(mut response) => {
+                if endpoint != RelayEndpoint::Preflight {
+                    Cors::apply(allowed, response.headers_mut());
+                }
+                self.metrics
+                    .relay_request(endpoint, response.status().as_u16());
+                context.attach(&mut response);
+                Ok(response)
+            }
+            Err(reason) => {
+                self.metrics
+                    .relay_request(endpoint, reason.status().as_u16());
+                // On the relay's own refusals too, so a page can read its 429 or 413.
+                let mut cors = HeaderMap::new();
+                Cors::apply(allowed, &mut cors);
+                Err(Rejection::with_context(reason, context).with_headers(cors))
+            }
+        }
     }
 
     /// Limits, forwards, purges: everything up to CloudBase's response head.
@@ -251,9 +251,9 @@ impl Shared {
         req: Request<Body>,
         path: String,
         endpoint: RelayEndpoint,
-    ) -> Response<Body> {
+        trace: Option<&RequestTrace>,
+    ) -> Result<Response<Body>, Reject> {
         let request_id = req.headers().get(&X_REQUEST_ID).cloned();
-        let reject = |reason: Reject| reason.into_response(request_id.as_ref());
         let conn = req.extensions().get::<ConnInfo>().copied();
         if let Some(limit) = endpoint::limit_of(endpoint) {
             // Without connection facts (an in-process caller) all share one bucket.
@@ -263,7 +263,7 @@ impl Shared {
             if let Err(wait) = self.limits.check(limit, client) {
                 self.metrics.relay_rate_limited(limit);
                 let retry_after = limit::retry_after_secs(wait);
-                return reject(Reject::RateLimited { retry_after });
+                return Err(Reject::RateLimited { retry_after });
             }
         }
         let declared = req
@@ -272,7 +272,7 @@ impl Shared {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.max_body_size) {
-            return reject(Reject::PayloadTooLarge);
+            return Err(Reject::PayloadTooLarge);
         }
 
         let (mut parts, body) = req.into_parts();
@@ -284,18 +284,18 @@ impl Shared {
         let limit = usize::try_from(self.max_body_size).unwrap_or(usize::MAX);
         let (body, read) = match effect {
             // The token to purge is in the body: read it whole, bounded.
-            Effect::RevokedToken => match read_bounded(body, limit).await {
-                Ok(bytes) => (full(bytes.clone()), bytes),
-                Err(reason) => return reject(reason),
-            },
+            Effect::RevokedToken => {
+                let bytes = read_bounded(body, limit).await?;
+                (full(bytes.clone()), bytes)
+            }
             // `Limited`'s error is already a `BoxError`.
             _ => (Limited::new(body, limit).boxed_unsync(), Bytes::new()),
         };
         let plan = purge::plan(effect, caller, &parts.headers, &read);
 
-        let Some(uri) = self.cloudbase_uri(&path, parts.uri.query()) else {
-            return reject(Reject::BadRequest);
-        };
+        let uri = self
+            .cloudbase_uri(&path, parts.uri.query())
+            .ok_or(Reject::BadRequest)?;
         let host = parts.headers.get(HOST).cloned().or_else(|| {
             parts
                 .uri
@@ -318,7 +318,7 @@ impl Shared {
         let method = parts.method.clone();
 
         let mut request = Request::from_parts(parts, body);
-        let span = crate::telemetry::trace::outbound(&mut request, "cloudbase relay");
+        let span = trace::outbound(&mut request, trace, "cloudbase relay");
         let mut response = match self.client.send(request).await {
             Ok(response) => response,
             Err(e) => {
@@ -326,7 +326,7 @@ impl Shared {
                     span.fail("upstream_unavailable");
                     span.end();
                 }
-                return reject(upstream_error(&e));
+                return Err(upstream_error(&e));
             }
         };
         if let Some(span) = span {
@@ -335,7 +335,7 @@ impl Shared {
         let status = response.status();
         if status == StatusCode::SWITCHING_PROTOCOLS {
             tracing::warn!("CloudBase answered 101 to a relayed request that did not upgrade");
-            return reject(Reject::UpstreamUnavailable);
+            return Err(Reject::UpstreamUnavailable);
         }
         if status.is_success() {
             self.purge(plan, endpoint, request_id.as_ref());
@@ -344,7 +344,7 @@ impl Shared {
         frame_response(response.headers_mut(), status, &method, body_len);
         remove_hop_by_hop(response.headers_mut(), false);
         headers::response_headers(response.headers_mut());
-        response.map(|b| b.map_err(BoxError::from).boxed_unsync())
+        Ok(response.map(|b| b.map_err(BoxError::from).boxed_unsync()))
     }
 
     /// `base_url` + `path`, with the app's query and `client_id` when it sent none.
@@ -399,169 +399,5 @@ impl Shared {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    //! The divert with `oneshot`, no socket: what goes to the inner service, and what the
-    //! relay answers without calling CloudBase (here a closed port, so a call would be a 502).
-
-    use super::*;
-    use crate::cache::{AuthApi, BoxFuture};
-    use crate::cloudbase::types::{Introspection, UserProfile};
-    use crate::cloudbase::{CallOptions, Error as ApiError};
-    use crate::config::Config;
-    use tower::{ServiceBuilder, ServiceExt};
-
-    /// A CloudBase the cache must never ask: the relay validates nothing.
-    struct Unasked;
-
-    impl AuthApi for Unasked {
-        fn introspect<'a>(
-            &'a self,
-            _: &'a str,
-            _: &'a CallOptions,
-        ) -> BoxFuture<'a, Result<Introspection, ApiError>> {
-            panic!("the relay asked CloudBase to introspect")
-        }
-        fn user_me<'a>(
-            &'a self,
-            _: &'a str,
-            _: &'a CallOptions,
-        ) -> BoxFuture<'a, Result<UserProfile, ApiError>> {
-            panic!("the relay asked CloudBase for a profile")
-        }
-    }
-
-    fn relay_layer(extra: &str) -> (RelayLayer, Arc<Metrics>) {
-        let config = Config::from_toml_str(&format!(
-            "[cloudbase]\nbase_url = \"http://127.0.0.1:1/auth/v1\"\n\
-             [relay]\nenabled = true\nallowed_origins = [\"https://app.example.com\"]\n{extra}"
-        ))
-        .unwrap();
-        let metrics = Arc::new(Metrics::new(vec![config.relay.prefix.clone()]));
-        let cache = IdentityCache::new(&config.cache, &[], Arc::new(Unasked), metrics.clone());
-        let parts = RelayParts {
-            base_url: config.cloudbase.base_url.clone(),
-            escaped_slashes: EscapedSlashes::Reject,
-            trusted_proxies: Vec::new(),
-            request_timeout: Duration::from_secs(5),
-            client: crate::proxy::forward::upstream_client(&config.upstream, None).unwrap(),
-            cache,
-            metrics: metrics.clone(),
-            route: BuiltinRoute {
-                index: 0,
-                prefix: "/auth/v1/".into(),
-            },
-        };
-        (RelayLayer::new(&config.relay, parts).unwrap(), metrics)
-    }
-
-    /// The relay over an inner service that answers 299 to say "routing got it".
-    fn stack(
-        layer: RelayLayer,
-    ) -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible> {
-        ServiceBuilder::new()
-            .layer(layer)
-            .service_fn(|_req: Request<Body>| async {
-                let mut r = Response::new(empty());
-                *r.status_mut() = StatusCode::from_u16(299).unwrap();
-                Ok::<_, Infallible>(r)
-            })
-    }
-
-    fn request(method: &str, uri: &str, headers: &[(&str, &str)]) -> Request<Body> {
-        let mut b = Request::builder().method(method).uri(uri);
-        for (k, v) in headers {
-            b = b.header(*k, *v);
-        }
-        b.body(empty()).unwrap()
-    }
-
-    #[tokio::test]
-    async fn only_paths_under_the_prefix_in_normal_form_are_diverted() {
-        let (layer, _) = relay_layer("");
-        for uri in [
-            "/api/x",
-            "/auth/v1",
-            "/auth/v10/signin",
-            "/auth/v1/../../admin",
-            "/",
-        ] {
-            let resp = stack(layer.clone())
-                .oneshot(request("GET", uri, &[]))
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), 299, "{uri} goes on to routing");
-        }
-        for uri in [
-            "/auth/v1/user/me",
-            "/%61uth/v1/user/me",
-            "/auth//v1/./user/me",
-        ] {
-            let resp = stack(layer.clone())
-                .oneshot(request("GET", uri, &[]))
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), 502, "{uri}: relayed (to a closed port)");
-            assert!(resp.extensions().get::<BuiltinRoute>().is_some());
-            let kind = resp.extensions().get::<RequestKind>();
-            assert_eq!(kind, Some(&RequestKind::Relay), "{uri}: counted as relayed");
-        }
-    }
-
-    #[tokio::test]
-    async fn preflights_are_answered_without_calling_cloudbase() {
-        let (layer, metrics) = relay_layer("");
-        let resp = stack(layer)
-            .oneshot(request(
-                "OPTIONS",
-                "/auth/v1/signin",
-                &[
-                    ("origin", "https://app.example.com"),
-                    ("access-control-request-method", "POST"),
-                ],
-            ))
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 204);
-        assert_eq!(
-            resp.headers()["access-control-allow-origin"],
-            "https://app.example.com"
-        );
-        assert!(metrics
-            .render(0)
-            .contains("relay_requests_total{endpoint=\"preflight\",status=\"2xx\"} 1"));
-    }
-
-    #[tokio::test]
-    async fn a_spent_limit_is_429_before_cloudbase_and_declared_oversize_413() {
-        let (layer, _) =
-            relay_layer("signin_rate = \"1/h\"\nsignin_burst = 1\nmax_body_size = \"10\"\n");
-        let signin = || {
-            request(
-                "POST",
-                "/auth/v1/signin",
-                &[("origin", "https://app.example.com")],
-            )
-        };
-        let first = stack(layer.clone()).oneshot(signin()).await.unwrap();
-        assert_eq!(first.status(), 502, "the first one went to CloudBase");
-        let second = stack(layer.clone()).oneshot(signin()).await.unwrap();
-        assert_eq!(second.status(), 429);
-        let retry_after: u64 = second.headers()["retry-after"]
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert!((3590..=3600).contains(&retry_after), "{retry_after}");
-        assert_eq!(
-            second.headers()["access-control-allow-origin"],
-            "https://app.example.com"
-        );
-        let big = request("POST", "/auth/v1/user/sudo", &[("content-length", "11")]);
-        let resp = stack(layer).oneshot(big).await.unwrap();
-        assert_eq!(resp.status(), 413);
     }
 }

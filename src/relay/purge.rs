@@ -27,8 +27,8 @@ use http::header::CONTENT_TYPE;
 use http::HeaderMap;
 use serde::Deserialize;
 
-use crate::admin::metrics::RelayEndpoint;
-use crate::auth::token::{bearer, Credentials};
+use crate::http::bearer::{bearer, Credentials};
+use crate::metrics::RelayEndpoint;
 
 /// What a successful call to an endpoint ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,7 +133,7 @@ pub fn form_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::headers::test_header_map as headers;
+    use crate::http::headers::test_header_map as headers;
     use http::header::AUTHORIZATION;
     use http::HeaderValue;
 

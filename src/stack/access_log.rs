@@ -1,7 +1,8 @@
 //! [`AccessLogLayer`]: one access-log line and the request metrics per request.
 //!
-//! The line holds the method, route prefix, status, duration, request id and the user's
-//! `sub` when known. Never the path or query (a `?token=` would leak), never a header
+//! The line holds the method, route prefix, kind (`proxy`, `forward_auth` or `relay`),
+//! status, duration, request id and the user's `sub` when known, all read from the
+//! answer's [`RequestContext`] (forward-auth's answers name the original request's method). Never the path or query (a `?token=` would leak), never a header
 //! value. The same layer keeps the per-request metrics, since it already holds the start
 //! time and sees the final status. It sits outside the timeout and the rescue, so a 504
 //! and every rejection are logged and counted with their status.
@@ -16,7 +17,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use crate::http::X_REQUEST_ID;
-use crate::metrics::{Metrics, NO_ROUTE};
+use crate::metrics::{Metrics, RequestKind, NO_ROUTE};
 use crate::routing::RequestContext;
 
 /// Builds [`AccessLog`] services.
@@ -89,8 +90,10 @@ where
             if let Ok(response) = &result {
                 let context = response.extensions().get::<RequestContext>();
                 let route = context.map(|c| &c.route);
+                let kind = context.map_or(RequestKind::Proxy, |c| c.kind);
+                let method = context.and_then(|c| c.method.as_ref()).unwrap_or(&method);
                 let status = response.status().as_u16();
-                metrics.request(route.map(|r| r.index), &method, status, took);
+                metrics.request(route.map(|r| r.index), kind, method, status, took);
                 let sub = context
                     .and_then(|c| c.identity.as_ref())
                     .map(|identity| &*identity.sub);
@@ -98,6 +101,7 @@ where
                     target: "cloudbase_gateway::access",
                     method = %method,
                     route = route.map_or(NO_ROUTE, |r| r.settings.prefix.as_str()),
+                    kind = kind.as_str(),
                     status,
                     duration_ms = took.as_secs_f64() * 1000.0,
                     request_id = request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
@@ -146,13 +150,13 @@ mod tests {
             .await
             .render(0);
         assert!(text.contains(
-            "cloudbase_gateway_requests_total{route=\"/api/\",method=\"GET\",status=\"504\"} 1"
+            "cloudbase_gateway_requests_total{route=\"/api/\",method=\"GET\",status=\"504\",kind=\"proxy\"} 1"
         ));
         assert!(text.contains(
-            "cloudbase_gateway_request_duration_seconds_bucket{route=\"/api/\",le=\"0.025\"} 0"
+            "cloudbase_gateway_request_duration_seconds_bucket{route=\"/api/\",kind=\"proxy\",le=\"0.025\"} 0"
         ));
         assert!(text.contains(
-            "cloudbase_gateway_request_duration_seconds_bucket{route=\"/api/\",le=\"0.05\"} 1"
+            "cloudbase_gateway_request_duration_seconds_bucket{route=\"/api/\",kind=\"proxy\",le=\"0.05\"} 1"
         ));
         assert!(text.contains("cloudbase_gateway_inflight_requests 0"));
     }
@@ -163,7 +167,7 @@ mod tests {
             .await
             .render(0);
         assert!(text.contains(
-            "cloudbase_gateway_requests_total{route=\"none\",method=\"GET\",status=\"404\"} 1"
+            "cloudbase_gateway_requests_total{route=\"none\",method=\"GET\",status=\"404\",kind=\"proxy\"} 1"
         ));
     }
 }

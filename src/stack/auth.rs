@@ -1,49 +1,40 @@
-//! The authentication layer: token -> validation (cached) -> route rules -> identity headers.
+//! The authentication layer: the auth decision ([`crate::auth::Authenticator`]) under the
+//! request's route, then the identity headers.
 //!
 //! Sits after routing (it needs the route's `auth` mode and rules, which come with the
 //! request as its [`RequestContext`](crate::routing::RequestContext)) and before
 //! forwarding. A refusal is a [`Rejection`] (rendered by the rescue layer); an accepted
-//! identity is set on the context, which this layer hands back up with the answer for the
-//! access log. Rules (anonymous users, groups) are checked on every request, hit or miss,
-//! because one cached identity may serve routes with different rules and group memberships
-//! expire on their own clock.
+//! identity is set on the context, which this layer hands down (the rate limit keys on it)
+//! and back up with the answer (the access log and the request's span read it).
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{Method, Response};
+use http::Response;
 use tower::{Layer, Service};
 
-use crate::cache::{IdentityCache, SharedIdentity, Validation};
-use crate::clock::unix_now;
-use crate::config::AuthMode;
-use crate::http::bearer::{self, Credentials};
-use crate::http::headers::{is_cors_preflight, strip_preflight};
-use crate::http::X_REQUEST_ID;
+use crate::auth::{Authenticator, Decision};
+use crate::http::headers::strip_preflight;
 use crate::http::{empty, Body};
 use crate::identity_headers::IdentityMapping;
-use crate::metrics::{AuthDecision, Metrics};
-use crate::rejection::{Reject, Rejection};
-use crate::routing::{Route, Routed};
+use crate::rejection::Rejection;
+use crate::routing::Routed;
 
 /// Builds [`Auth`] services.
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
-    cache: IdentityCache,
+    authenticator: Authenticator,
     /// The identity headers: the mapping the cache renders values with.
     headers: IdentityMapping,
-    metrics: Arc<Metrics>,
 }
 
 impl AuthLayer {
-    /// `headers`: `identity.headers`, the mapping `cache` was built with.
-    pub fn new(cache: IdentityCache, headers: IdentityMapping, metrics: Arc<Metrics>) -> Self {
+    /// `headers`: `identity.headers`, the mapping the authenticator's cache was built with.
+    pub fn new(authenticator: Authenticator, headers: IdentityMapping) -> Self {
         AuthLayer {
-            cache,
+            authenticator,
             headers,
-            metrics,
         }
     }
 }
@@ -63,15 +54,6 @@ impl<S> Layer<S> for AuthLayer {
 pub struct Auth<S> {
     inner: S,
     shared: AuthLayer,
-}
-
-/// What to do with a request after authentication.
-enum Outcome {
-    Forward(Option<SharedIdentity>),
-    /// A CORS preflight on a route that lets them through: forwarded without a token,
-    /// a body, or anything that could make it more than a preflight.
-    Preflight,
-    Reject(Reject),
 }
 
 impl<S> Service<Routed> for Auth<S>
@@ -97,16 +79,22 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
         Box::pin(async move {
-            let outcome = shared
-                .authenticate(&context.route, req.method(), req.headers())
+            let decision = shared
+                .authenticator
+                .decide(
+                    &context.route.settings,
+                    req.method(),
+                    req.headers(),
+                    context.trace.as_ref(),
+                )
                 .await;
-            match outcome {
-                Outcome::Reject(reason) => return Err(Rejection::with_context(reason, context)),
-                Outcome::Preflight => {
+            match decision {
+                Decision::Refuse(reason) => return Err(Rejection::with_context(reason, context)),
+                Decision::Preflight => {
                     strip_preflight(req.headers_mut());
                     *req.body_mut() = empty();
                 }
-                Outcome::Forward(identity) => context.identity = identity,
+                Decision::Allow(identity) => context.identity = identity,
             }
             if let Some(identity) = &context.identity {
                 identity.apply(&shared.headers, req.headers_mut());
@@ -131,66 +119,13 @@ where
     }
 }
 
-impl AuthLayer {
-    /// Takes the request's parts, not the request: the body is not `Sync`, so a borrow of
-    /// the whole request could not be held across the validation await.
-    async fn authenticate(
-        &self,
-        route: &Route,
-        method: &Method,
-        headers: &http::HeaderMap,
-    ) -> Outcome {
-        let rules = &route.settings;
-        if rules.auth == AuthMode::None {
-            return Outcome::Forward(None);
-        }
-        if rules.allow_preflight && is_cors_preflight(method, headers) {
-            return Outcome::Preflight;
-        }
-        let required = rules.auth == AuthMode::Required;
-        // On an optional route every failure passes without identity.
-        let refuse = |decision: AuthDecision, reason: Reject| {
-            self.metrics.auth_decision(decision);
-            if required {
-                Outcome::Reject(reason)
-            } else {
-                Outcome::Forward(None)
-            }
-        };
-        let validation = match bearer::bearer(headers) {
-            Credentials::Missing => {
-                return refuse(AuthDecision::Missing, Reject::MissingCredentials)
-            }
-            Credentials::Invalid => return refuse(AuthDecision::Invalid, Reject::InvalidToken),
-            Credentials::Bearer(token) => {
-                let request_id = headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok());
-                self.cache.validate(token, request_id).await
-            }
-        };
-        match validation {
-            Validation::Invalid => refuse(AuthDecision::Invalid, Reject::InvalidToken),
-            Validation::Unavailable => refuse(AuthDecision::Unavailable, Reject::AuthUnavailable),
-            Validation::Valid(identity) => {
-                let anonymous_refused = identity.anonymous && !rules.allow_anonymous;
-                let groups_missing = !rules.require_groups.is_empty()
-                    && !identity.in_any_group(&rules.require_groups, unix_now());
-                if anonymous_refused || groups_missing {
-                    return refuse(AuthDecision::Forbidden, Reject::Forbidden);
-                }
-                self.metrics.auth_decision(AuthDecision::Allowed);
-                Outcome::Forward(Some(identity))
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     //! The layer driven as a tower service over an in-process CloudBase stand-in: what
     //! reaches the inner service, what comes back up, and what is refused before it.
 
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     use cloudbase_auth::types::{Introspection, UserProfile};
     use cloudbase_auth::{CallOptions, Error as ApiError};
@@ -200,9 +135,11 @@ mod tests {
     use tower::{service_fn, ServiceBuilder, ServiceExt};
 
     use super::*;
-    use crate::cache::{AuthApi, BoxFuture};
+    use crate::cache::{AuthApi, BoxFuture, IdentityCache};
     use crate::config::{CacheSettings, IdentityField};
     use crate::http::full;
+    use crate::metrics::Metrics;
+    use crate::rejection::Reject;
     use crate::routing::RequestContext;
     use crate::stack::testing::{context, context_with, request};
 
@@ -261,10 +198,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new(["/api/".to_owned()]));
         let settings = CacheSettings {
             max_entries: 100,
-            ttl: std::time::Duration::from_secs(60),
-            negative_ttl: std::time::Duration::from_secs(5),
-            stale_if_error: std::time::Duration::ZERO,
-            redis: None,
+            ..CacheSettings::default()
         };
         let names = IdentityMapping::from_static(&[
             ("x-user-id", IdentityField::Sub),
@@ -284,7 +218,10 @@ mod tests {
             }
         });
         let svc = ServiceBuilder::new()
-            .layer(AuthLayer::new(cache, names, metrics.clone()))
+            .layer(AuthLayer::new(
+                Authenticator::new(cache, metrics.clone()),
+                names,
+            ))
             .service(inner);
         (svc, seen, api, metrics)
     }

@@ -12,16 +12,22 @@
 //!
 //! A new layer is a module here in the same shape, with its `oneshot` tests beside it, and
 //! one line in [`build`] with the reason for its place: above the rescue if it cannot
-//! refuse, between rescue and route if it needs no route, below the route layer if it does
-//! (then it is a `Service<Routed>`).
+//! refuse, between rescue and route if it needs no route (a divert that answers some
+//! requests itself, as forward-auth and the relay do), below the route layer if it does
+//! (then it is a `Service<Routed>`). What it needs built once at start (a client, a
+//! limiter's state) comes in [`Pieces`], which the composition root fills.
 
 pub mod access_log;
 pub mod auth;
 pub mod client_headers;
+pub mod forward_auth;
 pub mod hop_by_hop;
+pub mod rate_limit;
+pub mod relay;
 pub mod rescue;
 pub mod route;
 pub mod timeout;
+pub mod trace;
 
 use std::sync::Arc;
 
@@ -34,32 +40,68 @@ use tower_http::sensitive_headers::{
     SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer,
 };
 
+use crate::auth::Authenticator;
 use crate::cache::IdentityCache;
 use crate::config::Config;
+use crate::forward_auth::ForwardAuth;
 use crate::http::{Body, X_REQUEST_ID};
+use crate::limit::RouteLimits;
 use crate::metrics::Metrics;
 use crate::rejection::Rejection;
+use crate::relay::Relay;
 use crate::routing::{Routed, Routes};
+use crate::telemetry::trace::Tracing;
 use auth::AuthLayer;
 use client_headers::ClientHeadersLayer;
+use forward_auth::ForwardAuthLayer;
 use hop_by_hop::HopByHopLayer;
+use rate_limit::RateLimitLayer;
+use relay::RelayLayer;
 use rescue::RescueLayer;
 use route::RouteLayer;
 use timeout::RequestTimeoutLayer;
+use trace::TraceLayer;
 
 /// The whole gateway service.
 pub type GatewayService =
     BoxCloneSyncService<http::Request<Body>, http::Response<Body>, std::convert::Infallible>;
 
-/// Builds the stack from validated configuration and the runtime pieces the composition
-/// root made once (`app::Runtime`): the validation cache, the metrics, and the leaf service
-/// (in the gateway, the proxy's `Forward`; in a test, any `service_fn` over [`Routed`]).
-pub fn build<L>(
-    config: &Config,
-    cache: &IdentityCache,
-    metrics: &Arc<Metrics>,
-    leaf: L,
-) -> GatewayService
+/// The runtime pieces the layers are built over, made once by the composition root
+/// (`app::Runtime`) and shared by every connection. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Pieces {
+    /// The validation cache.
+    pub cache: IdentityCache,
+    pub metrics: Arc<Metrics>,
+    /// The span exporter while `[telemetry]` is on; `None` leaves the trace layer out.
+    pub tracing: Option<Tracing>,
+    /// The forward-auth endpoint while `[forward_auth]` is on.
+    pub forward_auth: Option<ForwardAuth>,
+    /// The relay while `[relay]` is on.
+    pub relay: Option<Relay>,
+    /// The routes' rate limiters; with no route limited the layer is left out.
+    pub rate_limits: RouteLimits,
+}
+
+impl Pieces {
+    /// The pieces of a gateway with neither tracing, forward-auth nor the relay: the cache,
+    /// the metrics and the routes' limiters.
+    pub fn new(config: &Config, cache: IdentityCache, metrics: Arc<Metrics>) -> Pieces {
+        Pieces {
+            cache,
+            metrics,
+            tracing: None,
+            forward_auth: None,
+            relay: None,
+            rate_limits: RouteLimits::new(&config.routes),
+        }
+    }
+}
+
+/// Builds the stack from validated configuration, the runtime [`Pieces`] the composition
+/// root made once (`app::Runtime`), and the leaf service (in the gateway, the proxy's
+/// `Forward`; in a test, any `service_fn` over [`Routed`]).
+pub fn build<L>(config: &Config, pieces: &Pieces, leaf: L) -> GatewayService
 where
     L: Service<Routed, Response = http::Response<Body>, Error = Rejection>
         + Clone
@@ -70,6 +112,14 @@ where
 {
     let sensitive: Arc<[HeaderName]> =
         Arc::new([AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE, SET_COOKIE]);
+    let metrics = &pieces.metrics;
+    let rate_limits = pieces.rate_limits.any().then(|| {
+        RateLimitLayer::new(
+            pieces.rate_limits.clone(),
+            &config.server.trusted_proxies,
+            metrics.clone(),
+        )
+    });
 
     let service = ServiceBuilder::new()
         // Hop-by-hop headers go before anything else: a name the client lists in
@@ -90,12 +140,29 @@ where
         // Access log and metrics outside the timeout and the rescue, so every answer, 504s
         // and rejections included, is logged and counted with its status.
         .layer(access_log::AccessLogLayer::new(metrics.clone()))
+        // The request's span next (with `[telemetry]` on): after the request id (which it
+        // records) and the credential marking, around everything that may answer,
+        // rejections and the diverts included.
+        .option_layer(pieces.tracing.clone().map(TraceLayer::new))
         // Every rejection below becomes the JSON envelope here, with the request id set
         // above; above this line nothing fails.
         .layer(RescueLayer)
         // Forged identity headers go, and an ambiguous Host is refused, before any route,
         // auth mode or upstream sees them; inside the access log, so a 400 is logged.
         .layer(ClientHeadersLayer::new(&config.identity.strip))
+        // Forward-auth (when on): requests for `forward_auth.path` are answered here and
+        // never routed; after identity stripping, before routing. Not under
+        // `request_timeout`: it only waits for the cache, whose CloudBase calls
+        // `cloudbase.timeout` bounds. Before the relay: the configuration keeps their
+        // paths apart in normal form, but the endpoint also owns every raw spelling under
+        // it (Envoy appends the client's path as sent), and
+        // `/_gateway/auth/../../auth/v1/user/me` must be decided (400), not relayed to
+        // CloudBase, whose 200 an ingress would take for "allowed".
+        .option_layer(pieces.forward_auth.clone().map(ForwardAuthLayer::new))
+        // The relay (when on) before routing: its prefix is CloudBase's, needs no gateway
+        // token and is never cached; after stripping, so no forged identity header
+        // reaches CloudBase either.
+        .option_layer(pieces.relay.clone().map(RelayLayer::new))
         // Routing before auth: the route decides whether and how to authenticate, on the
         // normalized path it also hands to every later layer. Outside the timeout, so a 504
         // is still tagged with its route for metrics and the log.
@@ -107,10 +174,12 @@ where
         // The timeout covers CloudBase validation and the upstream alike.
         .layer(RequestTimeoutLayer::new(config.server.request_timeout))
         .layer(AuthLayer::new(
-            cache.clone(),
+            Authenticator::new(pieces.cache.clone(), metrics.clone()),
             config.identity.headers.clone(),
-            metrics.clone(),
         ))
+        // Per-user rate limits after authentication: they key on the `sub` of the
+        // context, and a request authentication refuses must spend nothing.
+        .option_layer(rate_limits)
         .service(leaf);
     BoxCloneSyncService::new(service)
 }
@@ -222,7 +291,8 @@ mod tests {
             Arc::new(NotAsked),
             metrics.clone(),
         );
-        (build(&config, &cache, &metrics, leaf), metrics)
+        let pieces = Pieces::new(&config, cache, metrics.clone());
+        (build(&config, &pieces, leaf), metrics)
     }
 
     #[tokio::test]
@@ -242,7 +312,7 @@ mod tests {
         assert_eq!(body["code"], "UPSTREAM_UNAVAILABLE");
         assert_eq!(body["requestId"], id.as_str(), "the id the stack made");
         assert!(metrics.render(0).contains(
-            "cloudbase_gateway_requests_total{route=\"/open/\",method=\"GET\",status=\"502\"} 1"
+            "cloudbase_gateway_requests_total{route=\"/open/\",method=\"GET\",status=\"502\",kind=\"proxy\"} 1"
         ));
     }
 

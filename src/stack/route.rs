@@ -6,8 +6,9 @@
 //! without a route.
 //!
 //! The request's URI is rewritten to the normal path, so auth, `strip_prefix` and the
-//! upstream never see the raw one; the query is kept byte for byte. Every answer that
-//! comes back up carries the context (see [`RequestContext`]).
+//! upstream never see the raw one; the query is kept byte for byte. The request's span, when
+//! traced, moves from the request's extensions into the context. Every answer that comes
+//! back up carries the context (see [`RequestContext`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,6 +26,7 @@ use crate::http::{Body, BoxError};
 use crate::path::EscapedSlashes;
 use crate::rejection::{Reject, Rejection};
 use crate::routing::{RequestContext, Route, Routed, Routes, Undecided};
+use crate::telemetry::trace::RequestTrace;
 
 /// `uri` with its path replaced by `path` and its query kept byte for byte.
 fn with_path(uri: &Uri, path: String) -> Option<Uri> {
@@ -172,12 +174,15 @@ where
             return RouteFuture::reject(Reject::PayloadTooLarge, Some(route));
         }
         let limit = usize::try_from(self.max_body_size).unwrap_or(usize::MAX);
-        let req = req.map(|b| {
+        let mut req = req.map(|b| {
             Limited::new(b, limit)
                 .map_err(BoxError::from)
                 .boxed_unsync()
         });
-        let context = RequestContext::new(route);
+        // The request's span, if traced, leaves the extensions for the context: below
+        // here it is found there, with the route.
+        let trace = req.extensions_mut().remove::<RequestTrace>();
+        let context = RequestContext::new(route).traced(trace);
         RouteFuture::Inner {
             future: self.inner.call((req, context.clone())),
             context: Some(context),

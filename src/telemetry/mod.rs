@@ -1,5 +1,11 @@
-//! Logging setup: where log lines go and in which format. The access log itself is a
-//! layer of the stack (`stack::access_log`).
+//! Logs and traces: where log lines go and in which format ([`init`]), and OpenTelemetry
+//! spans and their export ([`trace`]). The access log and the layer that starts each
+//! request's span are layers of the stack (`stack::access_log`, `stack::trace`).
+//!
+//! Placed just above `config` in the import order (it reads `[telemetry]`) and below
+//! `cache`, whose validation flights are spans.
+
+pub mod trace;
 
 use tracing_subscriber::EnvFilter;
 

@@ -2,10 +2,17 @@
 //! calls and the upstream call, W3C trace context in and out, exported as OTLP/HTTP
 //! protobuf in batches.
 //!
-//! Off (no `otlp_endpoint`), nothing of this runs: [`TraceLayer`] is not in the stack, no
-//! request carries a [`RequestTrace`], and every other layer's tracing code is behind a
-//! lookup of that extension that finds nothing — no span is created, sampled or not. The
+//! This module is the spans and their export; the layer that starts and ends the request's
+//! span is `stack::trace`. Off (no `otlp_endpoint`), nothing of this runs: the trace layer
+//! is not in the stack, no request has a [`RequestTrace`], and every other layer's tracing
+//! code is behind an `Option` that is `None` — no span is created, sampled or not. The
 //! client's own `traceparent` then passes to the upstream untouched, like any header.
+//!
+//! The request's [`RequestTrace`] travels in the request's extensions from the trace layer
+//! down to routing, the one hop where no typed per-request value exists yet (the diverts
+//! before routing, forward-auth and the relay, read it there); the route layer moves it
+//! into the request's `RequestContext`, where every service below finds it. It sits below
+//! `cache` in the import order: a validation flight is a span of its own.
 //!
 //! On: the server span continues the client's `traceparent` / `tracestate` when they parse
 //! (W3C Trace Context), else starts a trace; its context is injected into the upstream
@@ -31,11 +38,9 @@
 //! awaited from there. The batch processor's queue is bounded (2048 spans by default,
 //! `OTEL_BSP_*`); past it spans are dropped, never the request.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -50,15 +55,12 @@ use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
-use pin_project_lite::pin_project;
-use tower::{Layer, Service};
 
-use crate::auth::Authenticated;
+use cloudbase_auth::error::SetupError;
+use cloudbase_auth::{tls_client_config, RootCerts};
+
 use crate::config::TelemetrySettings;
-use crate::proxy::forward::ConnInfo;
-use crate::proxy::headers::X_REQUEST_ID;
-use crate::routing::MatchedRoute;
-use crate::telemetry::BuiltinRoute;
+use crate::http::{ConnInfo, X_REQUEST_ID};
 
 /// Bound on one export to the collector (each try, retries included).
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -71,7 +73,7 @@ pub enum TraceSetupError {
     #[error("the exporter's HTTP client: {0}")]
     Http(#[source] reqwest::Error),
     #[error("the exporter's TLS roots: {0}")]
-    Tls(#[source] crate::cloudbase::error::SetupError),
+    Tls(#[source] SetupError),
 }
 
 /// The tracer and what exports its spans. Cheap to clone.
@@ -86,20 +88,26 @@ struct Inner {
     propagator: TraceContextPropagator,
 }
 
+impl std::fmt::Debug for Tracing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracing").finish_non_exhaustive()
+    }
+}
+
 impl Tracing {
     /// Starts the exporter when `settings` name a collector; `None` when tracing is off.
-    /// An `https://` collector is verified against the platform's roots and `ca_file`
-    /// (`cloudbase.ca_file`, the extra roots of every client the gateway makes). Must be
-    /// called on the runtime that will carry the exports.
+    /// An `https://` collector is verified against the platform's roots and `extra_roots`
+    /// (`cloudbase.ca_file`, the extra roots of every client the gateway makes, through the
+    /// CloudBase client's own root builder). Must be called on the runtime that will carry
+    /// the exports.
     pub fn start(
         settings: &TelemetrySettings,
-        ca_file: Option<&std::path::Path>,
+        extra_roots: &[RootCerts],
     ) -> Result<Option<Tracing>, TraceSetupError> {
         let Some(url) = settings.traces_url() else {
             return Ok(None);
         };
-        let tls =
-            crate::cloudbase::client::tls_client_config(ca_file).map_err(TraceSetupError::Tls)?;
+        let tls = tls_client_config(extra_roots).map_err(TraceSetupError::Tls)?;
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .timeout(EXPORT_TIMEOUT)
@@ -169,12 +177,23 @@ impl Tracing {
     }
 }
 
-/// The request's span, in the request's extensions while tracing is on: later layers
-/// start their spans under it.
+/// The request's span while tracing is on: later layers start their spans under it (see
+/// the module docs for where it travels).
 #[derive(Clone)]
 pub struct RequestTrace {
     cx: Context,
     tracing: Tracing,
+}
+
+impl std::fmt::Debug for RequestTrace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let span = self.cx.span();
+        let ids = span.span_context();
+        f.debug_struct("RequestTrace")
+            .field("trace_id", &ids.trace_id())
+            .field("span_id", &ids.span_id())
+            .finish()
+    }
 }
 
 impl RequestTrace {
@@ -215,6 +234,14 @@ impl From<Kind> for SpanKind {
 pub struct Span {
     cx: Context,
     tracing: Tracing,
+}
+
+impl std::fmt::Debug for Span {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Span")
+            .field("span_id", &self.cx.span().span_context().span_id())
+            .finish()
+    }
 }
 
 /// Another span's identity, to link to.
@@ -282,14 +309,15 @@ impl Span {
     }
 }
 
-/// Starts a client span named `name` for a call the gateway makes on the request's
-/// behalf (`req` is that call, its URI already the target's), and names the span as the
-/// parent in the call's headers. `None` when the request is not traced.
-pub fn outbound<B>(req: &mut Request<B>, name: &'static str) -> Option<Span> {
-    let span = req
-        .extensions()
-        .get::<RequestTrace>()?
-        .child(name, Kind::Client);
+/// Starts a client span named `name` under `trace` for a call the gateway makes on the
+/// request's behalf (`req` is that call, its URI already the target's), and names the span
+/// as the parent in the call's headers. `None` when the request is not traced.
+pub fn outbound<B>(
+    req: &mut Request<B>,
+    trace: Option<&RequestTrace>,
+    name: &'static str,
+) -> Option<Span> {
+    let span = trace?.child(name, Kind::Client);
     span.set("http.request.method", method_attribute(req.method()));
     if let Some(host) = req.uri().host() {
         span.set("server.address", host.to_owned());
@@ -317,53 +345,16 @@ static TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate"
 
 /// Semantic-convention method value: the known methods, else `_OTHER` (a client cannot
 /// mint attribute values).
-fn method_attribute(m: &Method) -> &'static str {
-    crate::admin::metrics::known_method(m).unwrap_or("_OTHER")
+pub fn method_attribute(m: &Method) -> &'static str {
+    crate::metrics::known_method(m).unwrap_or("_OTHER")
 }
 
-/// Starts the request's span and puts a [`RequestTrace`] in the request.
-#[derive(Clone)]
-pub struct TraceLayer {
-    tracing: Tracing,
-}
-
-impl TraceLayer {
-    pub fn new(tracing: Tracing) -> Self {
-        TraceLayer { tracing }
-    }
-}
-
-impl<S> Layer<S> for TraceLayer {
-    type Service = Trace<S>;
-    fn layer(&self, inner: S) -> Trace<S> {
-        Trace {
-            inner,
-            tracing: self.tracing.clone(),
-        }
-    }
-}
-
-/// See [`TraceLayer`].
-#[derive(Clone)]
-pub struct Trace<S> {
-    inner: S,
-    tracing: Tracing,
-}
-
-impl<S, B, RB> Service<Request<B>> for Trace<S>
-where
-    S: Service<Request<B>, Response = Response<RB>, Error = Infallible>,
-{
-    type Response = Response<RB>;
-    type Error = Infallible;
-    type Future = TraceFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let inner = &self.tracing.inner;
+impl Tracing {
+    /// The server span of a request arriving with `req`'s head: it continues the client's
+    /// `traceparent` / `tracestate` when they parse, else starts a trace. Records the
+    /// method, protocol version, scheme and request id, never the path or a header value.
+    pub fn request<B>(&self, req: &Request<B>) -> RequestTrace {
+        let inner = &self.inner;
         let parent = inner
             .propagator
             .extract_with_context(&Context::new(), &HeaderExtractor(req.headers()));
@@ -392,15 +383,9 @@ where
             .with_kind(SpanKind::Server)
             .with_attributes(attributes)
             .start_with_context(&inner.tracer, &parent);
-        let cx = parent.with_span(span);
-        req.extensions_mut().insert(RequestTrace {
-            cx: cx.clone(),
-            tracing: self.tracing.clone(),
-        });
-        TraceFuture {
-            inner: self.inner.call(req),
-            cx: Some(cx),
-            method,
+        RequestTrace {
+            cx: parent.with_span(span),
+            tracing: self.clone(),
         }
     }
 }
@@ -409,61 +394,40 @@ fn header_text(v: &HeaderValue) -> Option<String> {
     v.to_str().ok().map(str::to_owned)
 }
 
-pin_project! {
-    /// [`Trace`]'s future: ends the request's span with what the response says.
-    pub struct TraceFuture<F> {
-        #[pin]
-        inner: F,
-        cx: Option<Context>,
-        method: &'static str,
-    }
+/// What the answer says about a request, for the end of its span.
+#[derive(Debug, Clone, Copy)]
+pub struct Answered<'a> {
+    /// The request's method, as [`method_attribute`] spells it.
+    pub method: &'static str,
+    /// The prefix of the route that decided it, if one did.
+    pub route: Option<&'a str>,
+    pub status: http::StatusCode,
+    /// The authenticated user's `sub`.
+    pub user: Option<&'a str>,
 }
 
-impl<F, RB> Future for TraceFuture<F>
-where
-    F: Future<Output = Result<Response<RB>, Infallible>>,
-{
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<F::Output> {
-        let this = self.project();
-        let result = std::task::ready!(this.inner.poll(cx));
-        if let (Some(trace), Ok(response)) = (this.cx.take(), &result) {
-            end_server_span(&trace, this.method, response);
+impl RequestTrace {
+    /// Ends the request's span once the response head is there: route, status and user
+    /// go on it (its duration is the one `request_duration_seconds` measures).
+    pub fn end(&self, answered: Answered<'_>) {
+        let span = self.cx.span();
+        let status = answered.status;
+        span.set_attribute(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status.as_u16()),
+        ));
+        if let Some(user) = answered.user {
+            span.set_attribute(KeyValue::new("enduser.id", user.to_owned()));
         }
-        Poll::Ready(result)
+        if let Some(route) = answered.route {
+            span.update_name(format!("{} {route}", answered.method));
+            span.set_attribute(KeyValue::new("http.route", route.to_owned()));
+        }
+        if status.is_server_error() {
+            span.set_status(Status::error(""));
+        }
+        span.end();
     }
-}
-
-/// Route, status and user go on the request's span once the response head is there; the
-/// span then ends (its duration is the one `request_duration_seconds` measures).
-fn end_server_span<RB>(cx: &Context, method: &'static str, response: &Response<RB>) {
-    let span = cx.span();
-    let extensions = response.extensions();
-    let route = extensions
-        .get::<MatchedRoute>()
-        .map(|m| m.0.settings.prefix.clone())
-        .or_else(|| {
-            extensions
-                .get::<BuiltinRoute>()
-                .map(|b| b.prefix.to_string())
-        });
-    let status = response.status();
-    span.set_attribute(KeyValue::new(
-        "http.response.status_code",
-        i64::from(status.as_u16()),
-    ));
-    if let Some(Authenticated(identity)) = extensions.get::<Authenticated>() {
-        span.set_attribute(KeyValue::new("enduser.id", identity.sub.to_string()));
-    }
-    if let Some(route) = route {
-        span.update_name(format!("{method} {route}"));
-        span.set_attribute(KeyValue::new("http.route", route));
-    }
-    if status.is_server_error() {
-        span.set_status(Status::error(""));
-    }
-    span.end();
 }
 
 /// The OTLP exporter's HTTP client: the gateway's `reqwest`, each call run on the

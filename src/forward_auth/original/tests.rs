@@ -9,8 +9,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::config::Config;
 use crate::path::EscapedSlashes::{Keep, Reject as Refuse};
-use crate::response::Reject;
-use crate::routing::Routes;
+use crate::routing::{Routes, Undecided};
 
 const ENDPOINT: &str = "/_gateway/auth";
 
@@ -327,8 +326,12 @@ fn routes() -> Routes {
     Routes::new(&Config::from_toml_str(text).expect("routes").routes)
 }
 
-/// What routing makes of a path: the route's index and the normal path, or the answer.
-fn routed(routes: &Routes, path: &str, policy: EscapedSlashes) -> Result<(usize, String), Reject> {
+/// What routing makes of a path: the route's index and the normal path, or why none.
+fn routed(
+    routes: &Routes,
+    path: &str,
+    policy: EscapedSlashes,
+) -> Result<(usize, String), Undecided> {
     routes
         .decide(path, policy)
         .map(|(route, normal)| (route.index, normal.unwrap_or_else(|| path.to_owned())))
