@@ -511,13 +511,13 @@ async fn the_official_js_sdk_through_the_relay_is_cut_off_at_once_on_sign_out() 
     require_tool("npm");
     npm_ci_if_needed(&sdk_dir());
     let (gateway, admin, emulator) = (
-        local(common::free_port()),
-        local(common::free_port()),
-        local(common::free_port()),
+        local(support::free_port()),
+        local(support::free_port()),
+        local(support::free_port()),
     );
     let _process =
-        common::Process::spawn(&relay_config(gateway, admin, emulator), &[], &[], gateway);
-    common::wait_for_port(admin);
+        support::Process::spawn(&relay_config(gateway, admin, emulator), &[], &[], gateway);
+    support::wait_for_port(admin);
 
     let (status, steps, transcript) = run_script("relay.mjs", &format!("http://{gateway}")).await;
     let expected = [
@@ -574,7 +574,7 @@ async fn the_official_js_sdk_through_the_relay_is_cut_off_at_once_on_sign_out() 
     let metrics = text(format!("http://{admin}/metrics")).await;
     for (by, n) in [("token", 1.0), ("sub", 3.0), ("unresolved", 0.0)] {
         let series = format!("cloudbase_gateway_relay_purges_total{{by=\"{by}\"}}");
-        assert_eq!(common::metric(&metrics, &series), n, "{series}");
+        assert_eq!(support::metric(&metrics, &series), n, "{series}");
     }
 
     // A revocation outside the relay (here: straight at CloudBase) is not seen: the

@@ -14,11 +14,14 @@ mod support;
 
 mod cli;
 mod emulator_cli;
+mod forward_auth;
 mod gateway;
 mod js_sdk;
+mod ops;
 mod production;
 mod quickstart;
 mod redis_tier;
+mod relay;
 mod security;
 mod security_paths;
 mod streaming;

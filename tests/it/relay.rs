@@ -3,19 +3,17 @@
 //! each test can say what crossed the gateway and what did not.
 //!
 //! What the official JS SDK does through the relay (sign-out, password change, revoke-all
-//! with two devices) is in `tests/js_sdk.rs`; here are the rules underneath: what purges
+//! with two devices) is in `tests/it/js_sdk.rs`; here are the rules underneath: what purges
 //! and what does not, the per-address limits, CORS, and the attacks on the relay itself.
 //! The two-replica case (sign out on A, refused on B) needs the Redis tier and is not
 //! here yet.
-
-mod common;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
-use common::*;
 use http::{Request, Response};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
@@ -290,12 +288,13 @@ async fn relayed_calls_need_no_gateway_token_and_are_never_cached() {
 
 #[tokio::test]
 async fn the_sign_in_limit_answers_429_with_retry_after_per_client_address() {
-    let h = Harness::start_text(&config_text_with(
-        "trusted_proxies = [\"127.0.0.1/32\"]",
-        "",
-        "",
-        &format!("{RELAY}signin_rate = \"1/h\"\nsignin_burst = 2\n"),
-    ))
+    let routes = format!("{RELAY}signin_rate = \"1/h\"\nsignin_burst = 2\n");
+    let h = Cfg {
+        server: "trusted_proxies = [\"127.0.0.1/32\"]",
+        routes: &routes,
+        ..Cfg::default()
+    }
+    .start()
     .await;
     let sign_in = |client: &'static str| {
         let req = h
@@ -403,7 +402,7 @@ impl StandIn {
                     .header("connection", "x-cb-hop")
                     .header("x-cb-hop", "1")
                     .header("www-authenticate", "Bearer error=\"invalid_request\"")
-                    .body(cloudbase_gateway::response::full(
+                    .body(cloudbase_gateway::http::full(
                         r#"{"error":"invalid_argument","error_code":3,"error_description":"stand-in"}"#,
                     ))
                     .unwrap()
@@ -422,15 +421,15 @@ const SECRET: &str = "relay-test-client-secret-value";
 
 /// The gateway relaying to `cb`, with a client secret configured.
 async fn gateway_to(cb: &StandIn, relay_extra: &str) -> Harness {
-    Harness::start_text(&config_text_with(
-        "",
-        &format!(
+    Cfg {
+        cloudbase: &format!(
             "base_url = \"http://{}/auth/v1\"\nclient_secret = \"{SECRET}\"",
             cb.addr
         ),
-        "",
-        &format!("{RELAY}max_body_size = \"1KiB\"\n{relay_extra}"),
-    ))
+        routes: &format!("{RELAY}max_body_size = \"1KiB\"\n{relay_extra}"),
+        ..Cfg::default()
+    }
+    .start()
     .await
 }
 
@@ -707,12 +706,12 @@ async fn cors_permits_exactly_the_listed_origins_and_preflights_never_reach_clou
 #[tokio::test]
 async fn an_unreachable_cloudbase_is_a_502_and_nothing_is_purged() {
     let port = free_port();
-    let h = Harness::start_text(&config_text_with(
-        "",
-        &format!("base_url = \"http://127.0.0.1:{port}/auth/v1\""),
-        "",
-        RELAY,
-    ))
+    let h = Cfg {
+        cloudbase: &format!("base_url = \"http://127.0.0.1:{port}/auth/v1\""),
+        routes: RELAY,
+        ..Cfg::default()
+    }
+    .start()
     .await;
     let resp = h
         .http

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use cloudbase_gateway::cloudbase::CallOptions;
+use cloudbase_auth::CallOptions;
 
-use crate::common::*;
+use crate::support::*;
 
 /// `/api/`: signed-in users (anonymous ones admitted), 1 a minute with a burst of 2, so
 /// nothing refills during a test. `/fast/`: anyone, 4 a second with a burst of 1, so a

@@ -16,7 +16,7 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message as _;
 
-use crate::common::*;
+use crate::support::*;
 
 /// The client's trace: its id and the client's own span.
 const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
@@ -50,7 +50,7 @@ impl Collector {
                 let body = req.into_body().collect().await.unwrap().to_bytes();
                 let export = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
                 exports.lock().unwrap().push(export);
-                let mut response = Response::new(cloudbase_gateway::response::empty());
+                let mut response = Response::new(cloudbase_gateway::http::empty());
                 response.headers_mut().insert(
                     "content-type",
                     http::HeaderValue::from_static("application/x-protobuf"),
@@ -178,7 +178,7 @@ async fn cloudbase(delay: Duration) -> (Hop, SocketAddr) {
                 "/auth/v1/user/me" => format!(r#"{{"sub":"{SUB}","name":"Seven"}}"#),
                 other => panic!("unexpected CloudBase call {other}"),
             };
-            let mut response = Response::new(cloudbase_gateway::response::full(body));
+            let mut response = Response::new(cloudbase_gateway::http::full(body));
             response.headers_mut().insert(
                 "content-type",
                 http::HeaderValue::from_static("application/json"),
@@ -196,7 +196,7 @@ async fn upstream() -> (Hop, SocketAddr) {
     let recorder = hop.clone();
     let (addr, _) = spawn_upstream(move |req: Request<Incoming>| {
         recorder.record(&req);
-        async { Response::new(cloudbase_gateway::response::full(Bytes::from_static(b"ok"))) }
+        async { Response::new(cloudbase_gateway::http::full(Bytes::from_static(b"ok"))) }
     })
     .await;
     (hop, addr)
@@ -231,16 +231,15 @@ impl Setup {
                  service_name = \"test-gateway\"\nsample_ratio = {ratio}\n"
             )
         });
-        let config = config_text_with(
-            "",
-            &format!("base_url = \"http://{cloudbase_addr}/auth/v1\""),
-            "",
-            &format!(
+        let config = Cfg {
+            cloudbase: &format!("base_url = \"http://{cloudbase_addr}/auth/v1\""),
+            routes: &format!(
                 "[[routes]]\nprefix = \"/api/\"\nupstream = \"http://{upstream_addr}\"\n{telemetry}{extra}"
             ),
-        );
+            ..Cfg::default()
+        };
         Setup {
-            h: Harness::start_text(&config).await,
+            h: config.start().await,
             collector,
             cloudbase: cloudbase_hop,
             upstream: upstream_hop,

@@ -3,18 +3,21 @@
 //! (with its embedded emulator) through the exact configuration shipped in `deploy/`.
 //! Every scenario runs against both ingresses; what reaches the client and what reaches
 //! the upstream are checked on real sockets.
+//!
+//! Traefik's and Envoy's subrequest shapes (neither ships in Debian) go to the whole stack
+//! in-process instead, in [`stack`].
 
-mod common;
+mod stack;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use cloudbase_gateway::cloudbase::{CallOptions, Client};
+use crate::support::ingress::{deploy_file, Ingress};
+use crate::support::raw::{raw_get, RawResponse};
+use crate::support::*;
+use cloudbase_auth::{CallOptions, Client};
 use cloudbase_gateway::config::DEFAULT_IDENTITY_HEADERS;
-use common::ingress::{deploy_file, Ingress};
-use common::raw::{raw_get, RawResponse};
-use common::*;
 use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,14 +62,14 @@ fn start_gateway(routes: &str) -> (Process, SocketAddr, SocketAddr, SocketAddr) 
     for _ in 0..3 {
         let port = || SocketAddr::from(([127, 0, 0, 1], free_port()));
         let (addr, admin, emulator) = (port(), port(), port());
-        let config = format!(
-            "[server]\nlisten = \"{addr}\"\n\
-             [admin]\nlisten = \"{admin}\"\n\
-             [cloudbase]\nenv_id = \"test-env\"\nclient_id = \"test-client\"\ntimeout = \"1s\"\n\
-             [forward_auth]\nenabled = true\n\
-             [emulator]\nenabled = true\nlisten = \"{emulator}\"\n{EMULATOR_TEST_HOOKS}\n\
-             {USERS}\n{routes}"
-        );
+        let config = Cfg {
+            server: &format!("listen = \"{addr}\""),
+            admin: &format!("listen = \"{admin}\""),
+            emulator: &format!("listen = \"{emulator}\""),
+            routes: &format!("[forward_auth]\nenabled = true\n{routes}"),
+            ..Cfg::default()
+        }
+        .text();
         match Process::try_spawn(&config, &[], &[], admin) {
             Ok(process) => return (process, addr, admin, emulator),
             Err(log) if address_in_use(&log) => last = log,
@@ -118,7 +121,7 @@ impl Rig {
                 &[("CLOUDBASE_GATEWAY", &gateway_addr.to_string())],
             ),
         };
-        let cloudbase = emulator_client(emulator);
+        let cloudbase = emulator_client(emulator, "");
         Rig {
             kind,
             ingress,

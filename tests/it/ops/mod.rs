@@ -1,10 +1,7 @@
 //! Operations (issue 14) over real sockets: per-route rate limits and OpenTelemetry traces,
 //! with the real gateway, its embedded emulator (or a CloudBase stand-in) and real
-//! upstreams on 127.0.0.1; the trace flush on SIGTERM with the real binary. One test
-//! binary, one module per feature.
-
-#[path = "../common/mod.rs"]
-mod common;
+//! upstreams on 127.0.0.1; the trace flush on SIGTERM with the real binary. One module
+//! per feature.
 
 mod rate_limit;
 mod telemetry;
