@@ -89,7 +89,7 @@ impl AuthDecision {
 }
 
 /// `kind` of `requests_total` and `request_duration_seconds`: what the gateway did with
-/// the request. Put in response extensions by whoever answers other than by proxying.
+/// the request. The answer's `RequestContext` carries it (`routing`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub enum RequestKind {
     /// Routed and (unless refused) forwarded upstream.

@@ -3,7 +3,7 @@
 //! Keys are SHA-256 digests of the token, so a raw token never sits in the cache (nor in a
 //! heap dump of it). Entries are positive (an [`Identity`]) or negative (CloudBase called the
 //! token invalid). Freshness is tracked with `tokio::time` (so tests can pause time) and
-//! checked on every hit; the [`entries`] (two moka caches) bound memory and drop entries
+//! checked on every hit; the `entries` (two moka caches) bound memory and drop entries
 //! once even their stale window has passed.
 //! A positive entry is fresh until the earliest of `ttl`, the token's `exp` and the next
 //! group expiry, computed to the nanosecond against a [`UnixClock`]; on every hit a token

@@ -12,15 +12,11 @@
 //! carrying a method-override header (which the proxy path drops) is refused with 400.
 //! Its body cannot be seen at all (ingresses do not pass it); a browser's has none.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use http::header::HeaderValue;
 use http::request::Parts;
 use http::{Method, Request, Response};
-use tower::Service;
 
 use super::original;
 use crate::auth::{Authenticator, Decision};
@@ -247,21 +243,5 @@ impl Decided {
             route,
             decision: Decision::Refuse(reason),
         }
-    }
-}
-
-impl Service<Request<Body>> for ForwardAuth {
-    type Response = Response<Body>;
-    type Error = Rejection;
-    // Boxed: holds the validation await; one allocation next to a cache lookup (or a
-    // CloudBase call) is noise, as on the proxy path's auth layer.
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Rejection>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        Box::pin(self.clone().answer(req))
     }
 }

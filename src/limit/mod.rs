@@ -12,7 +12,7 @@
 //! Memory is bounded twice. A key whose bucket is full again is indistinguishable from an
 //! unseen one, so such keys are swept every [`SWEEP_EVERY`] checks: the map holds only the
 //! keys seen within one burst's refill time. And the map never grows past `max_keys`
-//! ([`store`]): once full, a key it does not hold is checked against one *overflow*
+//! (`store`): once full, a key it does not hold is checked against one *overflow*
 //! bucket that all such keys share, until a sweep makes room. The trade-off, chosen over
 //! the alternatives: evicting a tracked key would hand it a full bucket (an attacker who
 //! can mint keys could reset their own), and refusing untracked keys outright would lock

@@ -5,14 +5,14 @@
 //! calls when the gateway is its `apiOrigin`) is diverted before routing (the divert is
 //! the layer `stack::relay`; this module is the service it hands requests to) and
 //! forwarded to the CloudBase URL the gateway's client uses, with the rest of its path,
-//! unchanged in meaning ([`headers`]).
+//! unchanged in meaning (`headers`).
 //! It needs no gateway token and nothing of it is cached. When CloudBase answers 2xx to a
 //! call that ended a session or an identity (`/revoke`, `/user/signout`,
 //! `/user/revoke/all`, device revocation, password change, account deletion), the cache
-//! entries it made dead are purged before the answer goes back to the app ([`purge`]);
+//! entries it made dead are purged before the answer goes back to the app (`purge`);
 //! the app's next request with the old token is asked about afresh and refused. Beside
-//! it: CORS for the app's origins ([`cors`]) and per-address limits on the calls that
-//! guess secrets or create accounts ([`limit`], [`endpoint`]). Its refusals (429, 413,
+//! it: CORS for the app's origins (`cors`) and per-address limits on the calls that
+//! guess secrets or create accounts (`limit`, `endpoint`). Its refusals (429, 413,
 //! 502, 504) are rejections the rescue layer renders, with the CORS headers on them so a
 //! page can read them; every answer carries the relay's own route (its prefix, labelled
 //! `kind="relay"`) for the access log and the metrics.

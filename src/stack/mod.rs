@@ -20,6 +20,7 @@
 pub mod access_log;
 pub mod auth;
 pub mod client_headers;
+pub mod divert;
 pub mod forward_auth;
 pub mod hop_by_hop;
 pub mod rate_limit;
@@ -53,10 +54,9 @@ use crate::routing::{Routed, Routes};
 use crate::telemetry::trace::Tracing;
 use auth::AuthLayer;
 use client_headers::ClientHeadersLayer;
-use forward_auth::ForwardAuthLayer;
+use divert::DivertLayer;
 use hop_by_hop::HopByHopLayer;
 use rate_limit::RateLimitLayer;
-use relay::RelayLayer;
 use rescue::RescueLayer;
 use route::RouteLayer;
 use timeout::RequestTimeoutLayer;
@@ -158,11 +158,11 @@ where
         // it (Envoy appends the client's path as sent), and
         // `/_gateway/auth/../../auth/v1/user/me` must be decided (400), not relayed to
         // CloudBase, whose 200 an ingress would take for "allowed".
-        .option_layer(pieces.forward_auth.clone().map(ForwardAuthLayer::new))
+        .option_layer(pieces.forward_auth.clone().map(DivertLayer::new))
         // The relay (when on) before routing: its prefix is CloudBase's, needs no gateway
         // token and is never cached; after stripping, so no forged identity header
         // reaches CloudBase either.
-        .option_layer(pieces.relay.clone().map(RelayLayer::new))
+        .option_layer(pieces.relay.clone().map(DivertLayer::new))
         // Routing before auth: the route decides whether and how to authenticate, on the
         // normalized path it also hands to every later layer. Outside the timeout, so a 504
         // is still tagged with its route for metrics and the log.

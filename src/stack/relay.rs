@@ -1,6 +1,6 @@
-//! [`RelayLayer`]: the divert before routing that hands requests under `relay.prefix` (in
-//! normal form) to the [`Relay`] (`crate::relay`); every other request goes on to the
-//! inner service untouched.
+//! The relay's divert before routing (a [`Diverter`] for [`super::divert::DivertLayer`]):
+//! requests under `relay.prefix` (in normal form) go to the [`Relay`] (`crate::relay`);
+//! every other request goes on to the inner service untouched.
 //!
 //! It sits between the rescue layer (which renders the relay's refusals) and routing,
 //! after forward-auth's divert and after client-header stripping, so no forged identity
@@ -8,70 +8,21 @@
 //! and counted (`kind="relay"`). The relay's prefix needs no gateway token and is never
 //! cached.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use http::Request;
 
-use futures_util::future::Either;
-use http::{Request, Response};
-use tower::{Layer, Service};
-
+use super::divert::{Answer, Diverter};
 use crate::http::Body;
-use crate::rejection::Rejection;
 use crate::relay::Relay;
 
-/// Builds [`Divert`] services over the relay.
-#[derive(Debug, Clone)]
-pub struct RelayLayer {
-    relay: Relay,
-}
-
-impl RelayLayer {
-    pub fn new(relay: Relay) -> Self {
-        RelayLayer { relay }
-    }
-}
-
-impl<S> Layer<S> for RelayLayer {
-    type Service = Divert<S>;
-    fn layer(&self, inner: S) -> Divert<S> {
-        Divert {
-            inner,
-            relay: self.relay.clone(),
-        }
-    }
-}
-
-/// See [`RelayLayer`].
-#[derive(Debug, Clone)]
-pub struct Divert<S> {
-    inner: S,
-    relay: Relay,
-}
-
-/// The relay's own future. Boxed: it holds a whole CloudBase exchange, next to which one
-/// allocation is nothing; requests that are not relayed keep the inner future unboxed.
-type Relayed = Pin<Box<dyn Future<Output = Result<Response<Body>, Rejection>> + Send>>;
-
-impl<S> Service<Request<Body>> for Divert<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Rejection>,
-{
-    type Response = Response<Body>;
-    type Error = Rejection;
-    type Future = Either<S::Future, Relayed>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        match self.relay.cloudbase_path(req.uri().path()) {
+/// The relay's divert: `DivertLayer::new(relay)` in the stack.
+impl Diverter for Relay {
+    fn divert(&self, req: Request<Body>) -> Result<Answer, Request<Body>> {
+        match self.cloudbase_path(req.uri().path()) {
             Some(path) => {
-                let relay = self.relay.clone();
-                Either::Right(Box::pin(async move { relay.answer(req, path).await }))
+                let relay = self.clone();
+                Ok(Box::pin(async move { relay.answer(req, path).await }))
             }
-            None => Either::Left(self.inner.call(req)),
+            None => Err(req),
         }
     }
 }
@@ -87,16 +38,18 @@ mod tests {
 
     use cloudbase_auth::types::{Introspection, UserProfile};
     use cloudbase_auth::{CallOptions, Error as ApiError};
-    use http::StatusCode;
-    use tower::{ServiceBuilder, ServiceExt};
+    use http::{Response, StatusCode};
+    use tower::{Service, ServiceBuilder, ServiceExt};
 
     use super::*;
     use crate::cache::{AuthApi, BoxFuture, IdentityCache};
     use crate::config::{Config, EscapedSlashes, IdentityMapping};
     use crate::http::empty;
     use crate::metrics::{Metrics, RequestKind};
-    use crate::relay::{Relay, RelayParts};
+    use crate::rejection::Rejection;
+    use crate::relay::RelayParts;
     use crate::routing::RequestContext;
+    use crate::stack::divert::DivertLayer;
     use crate::stack::rescue::RescueLayer;
 
     /// A CloudBase the cache must never ask: the relay validates nothing.
@@ -119,7 +72,7 @@ mod tests {
         }
     }
 
-    fn relay_layer(extra: &str) -> (RelayLayer, Arc<Metrics>) {
+    fn relay_layer(extra: &str) -> (DivertLayer<Relay>, Arc<Metrics>) {
         let config = Config::from_toml_str(&format!(
             "[cloudbase]\nbase_url = \"http://127.0.0.1:1/auth/v1\"\n\
              [relay]\nenabled = true\nallowed_origins = [\"https://app.example.com\"]\n{extra}"
@@ -143,13 +96,13 @@ mod tests {
             label: 0,
         };
         let relay = Relay::new(&config.relay, parts).unwrap();
-        (RelayLayer::new(relay), metrics)
+        (DivertLayer::new(relay), metrics)
     }
 
     /// The relay over an inner service that answers 299 to say "routing got it", under the
     /// rescue layer that renders its refusals, as in the stack.
     fn stack(
-        layer: RelayLayer,
+        layer: DivertLayer<Relay>,
     ) -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible> {
         ServiceBuilder::new()
             .layer(RescueLayer)

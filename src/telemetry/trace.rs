@@ -33,7 +33,7 @@
 //! say plainly; a bridge would put every request through the subscriber's span registry
 //! whether tracing is on or off, add span fields to every log line, and reach the OTel
 //! SDK through a second layer of conversions. The exporter's HTTP client is the gateway's
-//! own `reqwest` (rustls, [`ExportClient`]), run on the gateway's runtime: the SDK's batch
+//! own `reqwest` (rustls, `ExportClient`), run on the gateway's runtime: the SDK's batch
 //! processor exports from its own thread, so each export is spawned onto the runtime and
 //! awaited from there. The batch processor's queue is bounded (2048 spans by default,
 //! `OTEL_BSP_*`); past it spans are dropped, never the request.
