@@ -24,9 +24,14 @@ pub type Answer = Pin<Box<dyn Future<Output = Result<Response<Body>, Rejection>>
 
 /// What a divert answers itself.
 pub trait Diverter: Clone {
-    /// `Ok` with the answer for a request this divert takes, `Err` with the request,
-    /// untouched, for one it leaves to the inner service.
-    fn divert(&self, req: Request<Body>) -> Result<Answer, Request<Body>>;
+    /// What [`Diverter::takes`] learnt of a request that [`Diverter::divert`] needs.
+    type Taken;
+
+    /// `Some` for a request this divert answers; `None` leaves it to the inner service.
+    fn takes(&self, req: &Request<Body>) -> Option<Self::Taken>;
+
+    /// The answer to a request [`Diverter::takes`] took.
+    fn divert(&self, req: Request<Body>, taken: Self::Taken) -> Answer;
 }
 
 /// Builds [`Divert`] services over a [`Diverter`].
@@ -73,9 +78,9 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        match self.diverter.divert(req) {
-            Ok(answer) => Either::Left(answer),
-            Err(req) => Either::Right(self.inner.call(req)),
+        match self.diverter.takes(&req) {
+            Some(taken) => Either::Left(self.diverter.divert(req, taken)),
+            None => Either::Right(self.inner.call(req)),
         }
     }
 }

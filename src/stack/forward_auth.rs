@@ -17,11 +17,20 @@ use crate::http::Body;
 
 /// Forward-auth's divert: `DivertLayer::new(forward_auth)` in the stack.
 impl Diverter for ForwardAuth {
-    fn divert(&self, req: Request<Body>) -> Result<Answer, Request<Body>> {
+    /// [`Target::Endpoint`] or [`Target::Disguised`].
+    type Taken = Target;
+
+    fn takes(&self, req: &Request<Body>) -> Option<Target> {
         match self.target(req.uri().path()) {
-            Target::Endpoint => Ok(Box::pin(self.clone().answer(req))),
-            Target::Disguised => Ok(Box::pin(std::future::ready(Err(self.disguised())))),
-            Target::Elsewhere => Err(req),
+            Target::Elsewhere => None,
+            target => Some(target),
+        }
+    }
+
+    fn divert(&self, req: Request<Body>, target: Target) -> Answer {
+        match target {
+            Target::Disguised => Box::pin(std::future::ready(Err(self.disguised()))),
+            _ => Box::pin(self.clone().answer(req)),
         }
     }
 }

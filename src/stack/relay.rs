@@ -16,14 +16,16 @@ use crate::relay::Relay;
 
 /// The relay's divert: `DivertLayer::new(relay)` in the stack.
 impl Diverter for Relay {
-    fn divert(&self, req: Request<Body>) -> Result<Answer, Request<Body>> {
-        match self.cloudbase_path(req.uri().path()) {
-            Some(path) => {
-                let relay = self.clone();
-                Ok(Box::pin(async move { relay.answer(req, path).await }))
-            }
-            None => Err(req),
-        }
+    /// The CloudBase path the request is for.
+    type Taken = String;
+
+    fn takes(&self, req: &Request<Body>) -> Option<String> {
+        self.cloudbase_path(req.uri().path())
+    }
+
+    fn divert(&self, req: Request<Body>, path: String) -> Answer {
+        let relay = self.clone();
+        Box::pin(async move { relay.answer(req, path).await })
     }
 }
 
