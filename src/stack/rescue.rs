@@ -124,7 +124,8 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::http::empty;
-    use crate::rejection::Reject;
+    use crate::metrics::RequestKind;
+    use crate::rejection::{Reject, X_GATEWAY_REJECTION};
     use crate::routing::{RequestContext, Routes};
 
     fn request(id: Option<&'static str>) -> Request<Body> {
@@ -193,6 +194,50 @@ mod tests {
             json(r).await["requestId"],
             "",
             "no id: an empty one, not a panic"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refusals_own_headers_are_kept_and_forward_auth_repeats_its_envelope_in_one() {
+        let config = Config::from_toml_str(
+            "[emulator]\nenabled = true\n[[routes]]\nprefix = \"/api/\"\nupstream = \"whoami\"\n",
+        )
+        .unwrap();
+        let route = Routes::new(&config.routes).find("/api/x").unwrap().clone();
+        let refuse = move |kind: RequestKind| {
+            let context = RequestContext::of(kind, route.clone());
+            let mut extra = http::HeaderMap::new();
+            extra.append("ratelimit", HeaderValue::from_static("\"gateway\";r=0;t=2"));
+            let rejection =
+                Rejection::with_context(Reject::RateLimited { retry_after: 2 }, context)
+                    .with_headers(extra);
+            ServiceBuilder::new()
+                .layer(RescueLayer)
+                .service(service_fn(move |_: Request<Body>| {
+                    let rejection = rejection.clone();
+                    async move { Err::<Response<Body>, _>(rejection) }
+                }))
+        };
+
+        let proxied = refuse(RequestKind::Proxy)
+            .oneshot(request(Some("req-9")))
+            .await
+            .unwrap();
+        assert_eq!(proxied.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(proxied.headers()["retry-after"], "2");
+        assert_eq!(proxied.headers()["ratelimit"], "\"gateway\";r=0;t=2");
+        assert!(proxied.headers().get(&X_GATEWAY_REJECTION).is_none());
+
+        let decided = refuse(RequestKind::ForwardAuth)
+            .oneshot(request(Some("req-9")))
+            .await
+            .unwrap();
+        let envelope = decided.headers()[&X_GATEWAY_REJECTION].clone();
+        let body = decided.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            envelope.as_bytes(),
+            &body[..],
+            "the header repeats the body"
         );
     }
 

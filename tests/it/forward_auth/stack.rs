@@ -522,6 +522,27 @@ async fn no_route_is_404_and_default_auth_makes_a_catch_all_for_forward_auth_onl
     assert_eq!(r.status(), StatusCode::OK);
 }
 
+/// Answers no route decided carry forward-auth's kind all the same, under `none`, with the
+/// original request's method: an operator can tell refused subrequests from proxy 404s.
+#[tokio::test]
+async fn a_subrequest_no_route_decides_is_counted_under_none_as_forward_auth() {
+    let rig = Rig::start("", "").await;
+    let r = rig.call(traefik("POST", "/elsewhere", &[])).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = rig.call(direct("/_gateway/auth")).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "no original request");
+    let text = rig.metrics.render(0);
+    for series in [
+        "requests_total{route=\"none\",method=\"POST\",status=\"404\",kind=\"forward_auth\"} 1",
+        "requests_total{route=\"none\",method=\"GET\",status=\"400\",kind=\"forward_auth\"} 1",
+    ] {
+        assert!(
+            text.contains(&format!("cloudbase_gateway_{series}")),
+            "{series}\n{text}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn cloudbase_failing_is_503_auth_unavailable_never_401() {
     let rig = Rig::start("", "").await;
