@@ -361,6 +361,17 @@ pub fn strip_preflight(headers: &mut HeaderMap) {
     }
 }
 
+/// The body length a request declares in `Content-Length`, when it is one number; for
+/// refusing an oversized body (413) before reading any of it. A malformed or repeated
+/// value declares nothing here (hyper has already refused a request whose framing it
+/// cannot trust).
+pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
 /// Whether a request carries a method-override header. Forward-auth asks this of a
 /// preflight it would pass without a token: the ingress forwards the request as sent, so
 /// the header cannot be dropped as [`strip_preflight`] drops it, and a browser's preflight

@@ -39,7 +39,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
+use http::header::{HeaderValue, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{HeaderMap, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Limited};
@@ -53,7 +53,7 @@ use crate::cache::IdentityCache;
 use crate::config::{
     parse_upstream, AuthMode, EscapedSlashes, RelaySettings, RouteSettings, Upstream,
 };
-use crate::http::headers::{client_ip, remove_hop_by_hop, set_forwarded};
+use crate::http::headers::{client_ip, declared_length, remove_hop_by_hop, set_forwarded};
 use crate::http::{empty, full, Body, BoxError, ConnInfo, X_REQUEST_ID};
 use crate::jwt::jwt_sub;
 use crate::metrics::{Metrics, RelayEndpoint, RelayPurge, RequestKind};
@@ -266,11 +266,7 @@ impl Shared {
                 return Err(Reject::RateLimited { retry_after });
             }
         }
-        let declared = req
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared = declared_length(req.headers());
         if declared.is_some_and(|n| n > self.max_body_size) {
             return Err(Reject::PayloadTooLarge);
         }

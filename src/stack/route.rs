@@ -15,13 +15,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use http::header::CONTENT_LENGTH;
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Limited};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
+use crate::http::headers::declared_length;
 use crate::http::{Body, BoxError};
 use crate::path::EscapedSlashes;
 use crate::rejection::{Reject, Rejection};
@@ -165,11 +165,7 @@ where
             let allow = route.allow.clone();
             return RouteFuture::reject(Reject::MethodNotAllowed { allow }, Some(route));
         }
-        let declared = req
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared = declared_length(req.headers());
         if declared.is_some_and(|n| n > self.max_body_size) {
             return RouteFuture::reject(Reject::PayloadTooLarge, Some(route));
         }

@@ -138,14 +138,9 @@ impl Rig {
     }
 
     async fn token(&self, username: &str) -> String {
-        self.cloudbase
-            .signin_password(
-                username,
-                &format!("{username}-password"),
-                &CallOptions::default(),
-            )
+        let password = format!("{username}-password");
+        sign_in(&self.cloudbase, username, &password)
             .await
-            .unwrap_or_else(|e| panic!("sign-in of {username}: {e}"))
             .access_token
     }
 

@@ -18,7 +18,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use tower::ServiceExt as _;
 
-use crate::support::emulator_client;
+use crate::support::{emulator_client, sign_in};
 
 const USERS: &str = r#"
 [[emulator.users]]
@@ -107,14 +107,9 @@ impl Rig {
     }
 
     async fn token(&self, username: &str) -> String {
-        self.client
-            .signin_password(
-                username,
-                &format!("{username}-password"),
-                &CallOptions::default(),
-            )
+        let password = format!("{username}-password");
+        sign_in(&self.client, username, &password)
             .await
-            .unwrap_or_else(|e| panic!("sign-in of {username}: {e}"))
             .access_token
     }
 

@@ -180,6 +180,14 @@ pub fn emulator_client(addr: SocketAddr, client_secret: &str) -> Client {
         .expect("client")
 }
 
+/// Signs `username` in with `password` through `client`; panics on failure.
+pub async fn sign_in(client: &Client, username: &str, password: &str) -> TokenResponse {
+    client
+        .signin_password(username, password, &CallOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("sign-in of {username} failed: {e}"))
+}
+
 impl Harness {
     /// Starts a gateway from [`Cfg::routes`]`(routes)`.
     pub async fn start(routes: &str) -> Harness {
@@ -206,10 +214,7 @@ impl Harness {
     }
 
     pub async fn sign_in(&self, username: &str, password: &str) -> TokenResponse {
-        self.cloudbase
-            .signin_password(username, password, &CallOptions::default())
-            .await
-            .unwrap_or_else(|e| panic!("sign-in of {username} failed: {e}"))
+        sign_in(&self.cloudbase, username, password).await
     }
 
     /// Signs `demo` in and returns the access token.
