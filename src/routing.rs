@@ -21,7 +21,7 @@ use std::sync::Arc;
 use http::{HeaderValue, Method, Request, Response};
 
 use crate::cache::SharedIdentity;
-use crate::config::RouteSettings;
+use crate::config::{RouteSettings, Upstream};
 use crate::http::headers::is_cors_preflight;
 use crate::http::Body;
 use crate::metrics::{RequestKind, NO_ROUTE};
@@ -36,6 +36,9 @@ pub struct Route {
     pub settings: RouteSettings,
     /// `Allow` for 405 answers.
     pub allow: HeaderValue,
+    /// The `Host` the upstream is sent (its authority), made once here rather than per
+    /// request; `None` for the built-in `whoami`.
+    pub upstream_host: Option<HeaderValue>,
 }
 
 impl Route {
@@ -47,9 +50,14 @@ impl Route {
             .map(Method::as_str)
             .collect::<Vec<_>>()
             .join(", ");
+        let upstream_host = match &settings.upstream {
+            Upstream::Http { authority, .. } => HeaderValue::from_str(authority.as_str()).ok(),
+            Upstream::Whoami => None,
+        };
         Route {
             index,
             allow: HeaderValue::from_str(&allow).unwrap_or(HeaderValue::from_static("")),
+            upstream_host,
             settings,
         }
     }

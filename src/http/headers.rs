@@ -176,23 +176,36 @@ pub fn set_forwarded(
     trusted: &[IpNet],
 ) {
     let peer = peer.to_canonical();
-    let trusted_peer = trusted.iter().any(|net| net.contains(&peer));
-    let prior = |headers: &HeaderMap, name: &HeaderName| {
-        trusted_peer.then(|| joined(headers, name)).flatten()
-    };
+    let trusted_peer = !trusted.is_empty() && trusted.iter().any(|net| net.contains(&peer));
+    let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+    if !trusted_peer {
+        // The common case, on every request: what the gateway saw replaces whatever the
+        // client said, without formatting anything but the address.
+        headers.insert(X_FORWARDED_FOR.clone(), ip_value(peer));
+        headers.insert(X_FORWARDED_PROTO.clone(), proto);
+        match host {
+            Some(host) => headers.insert(X_FORWARDED_HOST.clone(), host),
+            None => headers.remove(&X_FORWARDED_HOST),
+        };
+        headers.remove(FORWARDED);
+        headers.remove(&X_REAL_IP);
+        return;
+    }
 
-    let xff = match prior(headers, &X_FORWARDED_FOR) {
-        Some(chain) => format!("{chain}, {peer}"),
-        None => peer.to_string(),
-    };
-    insert_text(headers, &X_FORWARDED_FOR, &xff);
-
-    let proto = if tls { "https" } else { "http" };
-    let proto = prior(headers, &X_FORWARDED_PROTO).unwrap_or_else(|| proto.to_owned());
-    insert_text(headers, &X_FORWARDED_PROTO, &proto);
-
+    match joined(headers, &X_FORWARDED_FOR) {
+        Some(chain) => insert_text(headers, &X_FORWARDED_FOR, &format!("{chain}, {peer}")),
+        None => {
+            headers.insert(X_FORWARDED_FOR.clone(), ip_value(peer));
+        }
+    }
+    match joined(headers, &X_FORWARDED_PROTO) {
+        Some(kept) => insert_text(headers, &X_FORWARDED_PROTO, &kept),
+        None => {
+            headers.insert(X_FORWARDED_PROTO.clone(), proto);
+        }
+    }
     let element = forwarded_element(peer, tls, host.as_ref());
-    match prior(headers, &X_FORWARDED_HOST) {
+    match joined(headers, &X_FORWARDED_HOST) {
         Some(kept) => insert_text(headers, &X_FORWARDED_HOST, &kept),
         None => match host {
             Some(host) => {
@@ -203,18 +216,47 @@ pub fn set_forwarded(
             }
         },
     }
-
-    match prior(headers, &FORWARDED) {
+    match joined(headers, &FORWARDED) {
         Some(chain) => insert_text(headers, &FORWARDED, &format!("{chain}, {element}")),
         None => {
             headers.remove(FORWARDED);
         }
     }
-
-    let one_real_ip = headers.get_all(&X_REAL_IP).iter().count() == 1;
-    if !(trusted_peer && one_real_ip) {
+    if headers.get_all(&X_REAL_IP).iter().count() != 1 {
         headers.remove(&X_REAL_IP);
     }
+}
+
+/// `ip` as a header value. IPv4 (nearly every request) is written digit by digit, without
+/// the formatting machinery `Display` brings; IPv6 goes through `Display`.
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    let v4 = match ip {
+        IpAddr::V4(v4) => v4,
+        IpAddr::V6(v6) => {
+            return HeaderValue::from_str(&v6.to_string()).expect("an address is a header value")
+        }
+    };
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text[len] = b'.';
+            len += 1;
+        }
+        let digits = [octet / 100, octet / 10 % 10, octet % 10];
+        let skip = if octet >= 100 {
+            0
+        } else if octet >= 10 {
+            1
+        } else {
+            2
+        };
+        for d in &digits[skip..] {
+            text[len] = b'0' + d;
+            len += 1;
+        }
+    }
+    HeaderValue::from_bytes(&text[..len]).expect("an address is a header value")
 }
 
 /// Why a request's authority was refused (each is a 400, RFC 9112 §3.2).
@@ -431,6 +473,16 @@ pub(crate) fn test_header_map(pairs: &[(&str, &str)]) -> HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn an_ipv4_address_is_written_as_display_writes_it(bits in any::<u32>()) {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(bits));
+            let value = ip_value(ip);
+            prop_assert_eq!(value.to_str().unwrap(), ip.to_string());
+        }
+    }
 
     use super::test_header_map as map;
 

@@ -122,9 +122,13 @@ pub fn upstream_client(
     Ok(UpstreamClient { pooled, fresh })
 }
 
-/// Sends requests to their route's upstream.
+/// Sends requests to their route's upstream. Cheap to clone (one shared part).
 #[derive(Clone)]
 pub struct Forward {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     client: UpstreamClient,
     trusted_proxies: Arc<[IpNet]>,
 }
@@ -132,8 +136,10 @@ pub struct Forward {
 impl Forward {
     pub fn new(client: UpstreamClient, trusted_proxies: &[IpNet]) -> Forward {
         Forward {
-            client,
-            trusted_proxies: trusted_proxies.into(),
+            shared: Arc::new(Shared {
+                client,
+                trusted_proxies: trusted_proxies.into(),
+            }),
         }
     }
 }
@@ -150,18 +156,19 @@ impl Service<Routed> for Forward {
     }
 
     fn call(&mut self, (req, context): Routed) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { this.forward(req, &context).await })
+        let shared = self.shared.clone();
+        Box::pin(async move { shared.forward(req, &context).await })
     }
 }
 
-impl Forward {
+impl Shared {
     async fn forward(
-        self,
+        &self,
         mut req: Request<Body>,
         context: &RequestContext,
     ) -> Result<Response<Body>, Rejection> {
-        let settings = &context.route.settings;
+        let route = &context.route;
+        let settings = &route.settings;
         let websocket = is_websocket_upgrade(req.headers());
         let host = req.headers().get(HOST).cloned().or_else(|| {
             req.uri()
@@ -183,22 +190,19 @@ impl Forward {
             req.headers_mut().remove(AUTHORIZATION);
         }
         let path = req.uri().path();
-        let path = if settings.strip_prefix {
+        // What stays of the path: all of it, or what follows the prefix (always from a
+        // `/`: the prefix's own trailing `/` is put back when it ends the prefix).
+        let (lead, rest) = if settings.strip_prefix {
             let rest = &path[settings.prefix.len().min(path.len())..];
-            if rest.starts_with('/') {
-                rest.to_owned()
-            } else {
-                format!("/{rest}")
-            }
+            (if rest.starts_with('/') { "" } else { "/" }, rest)
         } else {
-            path.to_owned()
+            ("", path)
         };
         let (scheme, authority, base_path) = match &settings.upstream {
             Upstream::Whoami => {
-                let pq = with_query(&path, req.uri().query());
-                *req.uri_mut() = Uri::builder()
-                    .path_and_query(pq.as_str())
-                    .build()
+                let pq = path_and_query("", lead, rest, req.uri().query());
+                *req.uri_mut() = PathAndQuery::from_maybe_shared(pq)
+                    .map(Uri::from)
                     .unwrap_or_else(|_| Uri::from_static("/"));
                 return whoami::respond(req).await;
             }
@@ -208,22 +212,21 @@ impl Forward {
                 base_path,
             } => (scheme, authority, base_path),
         };
-        let pq = with_query(&format!("{base_path}{path}"), req.uri().query());
-        let Ok(pq) = PathAndQuery::try_from(pq) else {
+        let pq = path_and_query(base_path, lead, rest, req.uri().query());
+        let Ok(pq) = PathAndQuery::from_maybe_shared(pq) else {
             return Err(Reject::BadRequest.into());
         };
-        let uri = Uri::builder()
-            .scheme(scheme.clone())
-            .authority(authority.clone())
-            .path_and_query(pq)
-            .build();
-        let Ok(uri) = uri else {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(scheme.clone());
+        parts.authority = Some(authority.clone());
+        parts.path_and_query = Some(pq);
+        let Ok(uri) = Uri::from_parts(parts) else {
             return Err(Reject::BadRequest.into());
         };
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
-        if let Ok(h) = HeaderValue::from_str(authority.as_str()) {
-            req.headers_mut().insert(HOST, h);
+        if let Some(h) = &route.upstream_host {
+            req.headers_mut().insert(HOST, h.clone());
         }
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let method = req.method().clone();
@@ -270,11 +273,18 @@ impl Forward {
     }
 }
 
-fn with_query(path: &str, query: Option<&str>) -> String {
-    match query {
-        Some(q) => format!("{path}?{q}"),
-        None => path.to_owned(),
+/// `{base}{lead}{rest}[?{query}]` in one buffer, the path and query the upstream is sent.
+fn path_and_query(base: &str, lead: &str, rest: &str, query: Option<&str>) -> bytes::Bytes {
+    let query_len = query.map_or(0, |q| q.len() + 1);
+    let mut pq = Vec::with_capacity(base.len() + lead.len() + rest.len() + query_len);
+    pq.extend_from_slice(base.as_bytes());
+    pq.extend_from_slice(lead.as_bytes());
+    pq.extend_from_slice(rest.as_bytes());
+    if let Some(q) = query {
+        pq.push(b'?');
+        pq.extend_from_slice(q.as_bytes());
     }
+    bytes::Bytes::from(pq)
 }
 
 /// Maps an upstream client error to the gateway's answer. A failure to read the client's

@@ -15,17 +15,25 @@
 //! - `idle_timeout` with no request in flight: the connection is closed gracefully (HTTP/2
 //!   sends GOAWAY), then dropped if the client has not let go within [`CLOSE_GRACE`].
 //!
-//! The cost is a mutex and a notify per request on a per-connection struct no other
-//! connection touches, and one boxed IO per connection so plain and TLS streams share
-//! one code path.
+//! The cost is a few atomic operations per request on a per-connection struct no other
+//! connection touches (the watcher task sleeps until the next deadline that could apply;
+//! a request never wakes it), and one boxed IO per connection so plain and TLS streams
+//! share one code path.
+//!
+//! [`ConnService`] also keeps one copy of the stack per connection, called under an
+//! uncontended mutex, instead of cloning the whole stack for every request (what hyper's
+//! `&self` call otherwise asks for): on HTTP/1.1 requests come one at a time, and an
+//! HTTP/2 stream holds the lock only while `call` builds its future.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use futures_util::future::Either;
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
@@ -33,6 +41,7 @@ use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 
 use crate::http::ConnInfo;
@@ -54,92 +63,105 @@ pub enum Expired {
     Idle,
 }
 
-struct State {
-    /// Exchanges in flight: a request's head has arrived and its bodies are not both done.
-    open: usize,
-    /// Whether any request head has arrived.
-    seen: bool,
-    /// When `open` last went to zero.
-    idle_since: Instant,
-}
-
-/// What one connection is doing, as far as its deadlines care.
+/// What one connection is doing, as far as its deadlines care. Lock-free: a request costs
+/// a few atomic operations, and only the first one wakes the connection's watcher, which
+/// otherwise sleeps until the next deadline that could apply and looks again then.
 pub struct Activity {
-    state: Mutex<State>,
-    changed: Notify,
+    /// The zero of `idle_since`.
+    base: Instant,
+    /// Holders of open exchanges ([`Busy`] handles): an exchange is open until its request
+    /// and response bodies are both dropped.
+    open: AtomicUsize,
+    /// Whether any request head has arrived.
+    seen: AtomicBool,
+    /// Told once, when the first request head arrives.
+    first_seen: Notify,
+    /// When an exchange last ended, in nanoseconds after `base`: when `open` is zero, the
+    /// time the connection went idle.
+    idle_since: AtomicU64,
 }
 
 impl Activity {
     pub fn new() -> Arc<Activity> {
         Arc::new(Activity {
-            state: Mutex::new(State {
-                open: 0,
-                seen: false,
-                idle_since: Instant::now(),
-            }),
-            changed: Notify::new(),
+            base: Instant::now(),
+            open: AtomicUsize::new(0),
+            seen: AtomicBool::new(false),
+            first_seen: Notify::new(),
+            idle_since: AtomicU64::new(0),
         })
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// A complete request head has arrived: the connection is busy until the returned
-    /// guard and all its clones are dropped.
-    pub fn begin(self: &Arc<Self>) -> Arc<Busy> {
-        {
-            let mut s = self.state();
-            s.open += 1;
-            s.seen = true;
+    /// handle and all its clones are dropped.
+    pub fn begin(self: &Arc<Self>) -> Busy {
+        let busy = Busy::new(self.clone());
+        if !self.seen.swap(true, Ordering::AcqRel) {
+            // The first head moves the watcher from the first-request deadline to the idle
+            // one; later requests never wake it.
+            self.first_seen.notify_one();
         }
-        self.changed.notify_one();
-        Arc::new(Busy(self.clone()))
+        busy
     }
 
     /// Completes once the connection has outstayed a deadline: no first request head by
     /// `first_by`, or no request in flight for `idle`.
     pub async fn expired(&self, first_by: Instant, idle: Duration) -> Expired {
         loop {
-            let deadline = {
-                let s = self.state();
-                if !s.seen {
-                    Some((first_by, Expired::FirstRequest))
-                } else if s.open == 0 {
-                    Some((s.idle_since + idle, Expired::Idle))
-                } else {
-                    None
+            if !self.seen.load(Ordering::Acquire) {
+                if Instant::now() >= first_by {
+                    return Expired::FirstRequest;
                 }
-            };
-            match deadline {
-                Some((at, why)) if Instant::now() >= at => return why,
-                // `notify_one` keeps a permit when nobody waits, so a change between the
-                // read above and this await is not missed.
-                Some((at, _)) => {
-                    tokio::select! {
-                        _ = self.changed.notified() => {}
-                        _ = tokio::time::sleep_until(at) => {}
-                    }
+                // `notify_one` keeps a permit when nobody waits, so a first head between
+                // the load above and this await is not missed.
+                tokio::select! {
+                    _ = self.first_seen.notified() => {}
+                    _ = tokio::time::sleep_until(first_by) => {}
                 }
-                None => self.changed.notified().await,
+                continue;
+            }
+            if self.open.load(Ordering::Acquire) > 0 {
+                // Busy now: no idle deadline can come sooner than `idle` from here.
+                tokio::time::sleep(idle).await;
+                continue;
+            }
+            let since = Duration::from_nanos(self.idle_since.load(Ordering::Acquire));
+            let at = self.base + since + idle;
+            if Instant::now() < at {
+                tokio::time::sleep_until(at).await;
+            } else if self.open.load(Ordering::Acquire) == 0 {
+                return Expired::Idle;
             }
         }
     }
 }
 
-/// Held by an exchange's request and response bodies; the last one dropped ends it.
+/// Keeps its connection's exchange open; held by the exchange's request and response
+/// bodies, the last one dropped ends it.
 pub struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn new(activity: Arc<Activity>) -> Busy {
+        activity.open.fetch_add(1, Ordering::AcqRel);
+        Busy(activity)
+    }
+}
+
+impl Clone for Busy {
+    fn clone(&self) -> Busy {
+        Busy::new(self.0.clone())
+    }
+}
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        {
-            let mut s = self.0.state();
-            s.open = s.open.saturating_sub(1);
-            if s.open == 0 {
-                s.idle_since = Instant::now();
-            }
-        }
-        self.0.changed.notify_one();
+        // The time is written before the count drops, so a watcher that reads `open == 0`
+        // also reads a time at least this late: it cannot see a connection that has just
+        // gone idle as idle since some earlier exchange ended.
+        let since = Instant::now().saturating_duration_since(self.0.base);
+        let nanos = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX);
+        self.0.idle_since.fetch_max(nanos, Ordering::Release);
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -148,7 +170,7 @@ pin_project! {
     pub struct Tracked<B> {
         #[pin]
         inner: B,
-        busy: Arc<Busy>,
+        busy: Busy,
     }
 }
 
@@ -175,11 +197,21 @@ impl<B: HttpBody> HttpBody for Tracked<B> {
 /// Adapts the tower stack to one hyper connection: converts the body (marking its errors
 /// as the client's, see [`ClientBodyError`]), tags each request with the connection's
 /// [`ConnInfo`], and tells [`Activity`] when each exchange begins and ends.
-#[derive(Clone)]
 pub struct ConnService<S> {
-    pub service: S,
-    pub info: ConnInfo,
-    pub activity: Arc<Activity>,
+    /// This connection's copy of the stack (see the module docs).
+    service: Mutex<S>,
+    info: ConnInfo,
+    activity: Arc<Activity>,
+}
+
+impl<S> ConnService<S> {
+    pub fn new(service: S, info: ConnInfo, activity: Arc<Activity>) -> Self {
+        ConnService {
+            service: Mutex::new(service),
+            info,
+            activity,
+        }
+    }
 }
 
 impl<S> hyper::service::Service<Request<Incoming>> for ConnService<S>
@@ -188,7 +220,7 @@ where
 {
     type Response = Response<Tracked<Body>>;
     type Error = Infallible;
-    type Future = TrackedResponse<tower::util::Oneshot<S, Request<Body>>>;
+    type Future = TrackedResponse<Either<S::Future, Oneshot<S, Request<Body>>>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let busy = self.activity.begin();
@@ -200,9 +232,21 @@ where
             }
             .boxed_unsync()
         });
-        req.extensions_mut().insert(self.info);
+        req.extensions_mut().insert(self.info.clone());
+        let future = {
+            let mut service = self.service.lock().unwrap_or_else(|e| e.into_inner());
+            // The gateway's layers are always ready (none holds back a request), so this
+            // copy answers at once; a layer that ever says "not yet" gets a fresh copy
+            // driven to readiness, as tower's contract asks, instead of a broken call.
+            let waker = std::task::Waker::noop();
+            match service.poll_ready(&mut Context::from_waker(waker)) {
+                Poll::Ready(Ok(())) => Either::Left(service.call(req)),
+                Poll::Ready(Err(never)) => match never {},
+                Poll::Pending => Either::Right(service.clone().oneshot(req)),
+            }
+        };
         TrackedResponse {
-            future: self.service.clone().oneshot(req),
+            future,
             busy: Some(busy),
         }
     }
@@ -213,7 +257,7 @@ pin_project! {
     pub struct TrackedResponse<F> {
         #[pin]
         future: F,
-        busy: Option<Arc<Busy>>,
+        busy: Option<Busy>,
     }
 }
 
@@ -268,5 +312,27 @@ mod tests {
         let ended = Instant::now();
         assert_eq!(watcher.await.unwrap(), Expired::Idle);
         assert_eq!(Instant::now(), ended + Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_first_exchange_leaves_idle_at_its_end_not_at_the_first_deadline() {
+        // The watcher is already waiting on the first-request deadline (an hour away) when
+        // the first head arrives; the idle deadline must still count from the exchange's
+        // end, not from when the watcher would next have looked.
+        let activity = Activity::new();
+        let start = Instant::now();
+        let watcher = {
+            let activity = activity.clone();
+            tokio::spawn(async move {
+                activity
+                    .expired(start + Duration::from_secs(3600), Duration::from_secs(1))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(activity.begin());
+        let ended = Instant::now();
+        assert_eq!(watcher.await.unwrap(), Expired::Idle);
+        assert_eq!(Instant::now(), ended + Duration::from_secs(1));
     }
 }

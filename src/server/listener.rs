@@ -221,11 +221,7 @@ where
             }
         };
         let activity = Activity::new();
-        let service = ConnService {
-            service: self.service,
-            info: self.info,
-            activity: activity.clone(),
-        };
+        let service = ConnService::new(self.service, self.info, activity.clone());
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
         let mut draining = false;

@@ -36,7 +36,7 @@ use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION, SET_COOKIE};
 use http::HeaderName;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::{
     SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer,
 };
@@ -45,6 +45,7 @@ use crate::auth::Authenticator;
 use crate::cache::IdentityCache;
 use crate::config::Config;
 use crate::forward_auth::ForwardAuth;
+use crate::http::request_id::MakeRequestUuidV4;
 use crate::http::{Body, X_REQUEST_ID};
 use crate::limit::RouteLimits;
 use crate::metrics::Metrics;
@@ -129,7 +130,7 @@ where
         // Request id next, so every later layer, log line and rejection carries it.
         .layer(SetRequestIdLayer::new(
             X_REQUEST_ID.clone(),
-            MakeRequestUuid,
+            MakeRequestUuidV4,
         ))
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
         // Credentials are marked sensitive before anything could log or Debug them.
