@@ -78,6 +78,11 @@ fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
 /// the proxy credentials of RFC 9110 §11.7. With `websocket`, `Connection: upgrade` and
 /// `Upgrade` stay so the upgrade can go through end to end.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, websocket: bool) {
+    // Most messages carry none of them: one look at each name present is cheaper than a
+    // hash and probe for each of the nine names that could be.
+    if !websocket && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -108,6 +113,23 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, websocket: bool) {
         headers.remove(CONNECTION);
         headers.remove(UPGRADE);
     }
+}
+
+/// Whether `name` is always hop-by-hop (those [`remove_hop_by_hop`] removes by name; the
+/// names a `Connection` lists are only found through `Connection` itself).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    [
+        &CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &TE,
+        &TRAILER,
+        &TRANSFER_ENCODING,
+        &UPGRADE,
+        &PROXY_AUTHORIZATION,
+        &PROXY_AUTHENTICATE,
+    ]
+    .contains(&name)
 }
 
 /// Every line of `name` as one comma-separated list: RFC 9110 §5.3 lets a recipient combine
@@ -518,6 +540,27 @@ mod tests {
         remove_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-bar"], "2");
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_alone_is_removed() {
+        // Alone, so the look for "any hop-by-hop name present" must find each of them.
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-authorization",
+            "proxy-authenticate",
+        ] {
+            let mut h = map(&[(name, "x"), ("x-keep", "1")]);
+            remove_hop_by_hop(&mut h, false);
+            assert_eq!(h.len(), 1, "{name}: {h:?}");
+            assert_eq!(h["x-keep"], "1");
+        }
     }
 
     #[test]
