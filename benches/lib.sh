@@ -49,7 +49,7 @@ install_missing() {
 build_gateway() {
     say "building (release)"
     cargo build --release --quiet --bin cloudbase-gateway
-    GATEWAY_BIN=$PWD/target/release/cloudbase-gateway
+    GATEWAY_BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/cloudbase-gateway
 }
 
 NGINX_MODULES=/usr/lib/nginx/modules

@@ -7,12 +7,18 @@
 # Targets, each behind the same upstream (its own one-worker nginx answering "ok"):
 #   upstream direct                      the upstream alone (the ceiling)
 #   nginx plain proxy                    nginx, proxy_pass with upstream keep-alive
+#   bare hyper proxy                     examples/bare_proxy.rs: hyper + hyper-util's pooled
+#                                        client and nothing else, the floor for any proxy
+#                                        built on them (calibration, not a competitor)
 #   nginx + Lua cached introspection     what lua-resty-openidc does: a shared-dict cache
 #                                        keyed by a digest of the token; on a miss,
 #                                        /token/introspect + /user/me subrequests to the
 #                                        same CloudBase stand-in; the same identity headers
 #   gateway auth = "none"                the gateway as a plain proxy
 #   gateway auth = "required"            every request a cache hit
+#   nginx auth_request + forward-auth    nginx in front, asking the gateway's forward-auth
+#                                        endpoint per request (deploy/nginx/*.conf as shipped),
+#                                        every decision a cache hit
 # then the same over HTTP/2 (h2c, prior knowledge) with h2load: nginx's h2c proxy against
 # the gateway's h2c listener. Finally a cold check: a restarted gateway, COLD_TOKENS new
 # tokens sent CONCURRENCY at a time, must cost exactly one introspect and one /user/me per
@@ -50,6 +56,8 @@ ADMIN_PORT=$((BASE_PORT + 4))
 NGINX_PORT=$((BASE_PORT + 5))
 LUA_PORT=$((BASE_PORT + 6))
 NGINX_H2_PORT=$((BASE_PORT + 7))
+BARE_PORT=$((BASE_PORT + 8))
+FWD_PORT=$((BASE_PORT + 9))
 export RUST_LOG=${RUST_LOG:-warn}
 
 WORK_NAME=cloudbase-gateway-load
@@ -58,6 +66,8 @@ WORK_NAME=cloudbase-gateway-load
 install_missing "nginx nginx-light" "$NGINX_MODULES/ngx_http_lua_module.so libnginx-mod-http-lua" \
     "/usr/lib/*/lua/5.1/cjson.so lua-cjson" "wrk wrk" "h2load nghttp2-client" "curl curl"
 build_gateway
+cargo build --release --quiet --example bare_proxy
+BARE_BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/examples/bare_proxy
 
 # ---------------------------------------------------------------------------------------
 # Configurations
@@ -183,6 +193,33 @@ $(temp_paths lua)
 EOF
 } >"$WORK/nginx/lua.conf"
 
+# nginx in front with auth_request to the gateway's forward-auth endpoint: the shipped
+# snippets (deploy/nginx), as an operator who keeps nginx would include them.
+{
+    nginx_head fwd
+    cat <<EOF
+http {
+    access_log off;
+$(temp_paths fwd)
+    keepalive_requests 1000000;
+    upstream app { server 127.0.0.1:$UPSTREAM_PORT; keepalive 256; keepalive_requests 1000000; }
+    upstream cloudbase-gateway { server 127.0.0.1:$GATEWAY_PORT; keepalive 256; keepalive_requests 1000000; }
+    server {
+        listen 127.0.0.1:$FWD_PORT backlog=4096;
+        include $PWD/deploy/nginx/cloudbase-gateway-server.conf;
+        location / {
+            include $PWD/deploy/nginx/cloudbase-gateway-location.conf;
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$remote_addr;
+        }
+    }
+}
+EOF
+} >"$WORK/nginx/fwd.conf"
+
 cat >"$WORK/emulator.toml" <<EOF
 [cloudbase]
 env_id = "bench-env"
@@ -216,6 +253,12 @@ base_url = "http://127.0.0.1:$EMULATOR_PORT/auth/v1"
 [cache]
 max_entries = 1000000
 ttl = "10m"
+
+# For the nginx auth_request row; the other rows never take its path.
+[forward_auth]
+enabled = true
+path = "/_gateway/auth"
+default_auth = "required"
 
 [[routes]]
 prefix = "/none/"
@@ -330,6 +373,10 @@ start_nginx upstream "$UPSTREAM_PORT"
 start_emulator "$WORK/emulator.toml"
 start_nginx proxy "$NGINX_PORT"
 start_nginx lua "$LUA_PORT"
+start_nginx fwd "$FWD_PORT"
+taskset -c "$SERVER_CPUS" "$BARE_BIN" "127.0.0.1:$BARE_PORT" "127.0.0.1:$UPSTREAM_PORT" &
+PIDS+=("$!")
+wait_http "http://127.0.0.1:$BARE_PORT/"
 start_gateway
 
 say "signing in $TOKENS sessions; warming the gateway's and nginx + Lua's caches"
@@ -346,13 +393,17 @@ NG="nginx plain proxy"
 LUA="nginx + Lua cached introspection"
 NONE="gateway auth = none"
 HIT="gateway auth = required, cache hits"
+BARE="bare hyper proxy (calibration)"
+FWD="nginx auth_request + gateway fwd-auth"
 say "HTTP/1.1: wrk -t1 -c$CONNECTIONS -d$DURATION, $ROUNDS interleaved rounds"
 for _ in $(seq 1 "$ROUNDS"); do
     for pair in "$UP|http://127.0.0.1:$UPSTREAM_PORT/auth/x" \
         "$NG|http://127.0.0.1:$NGINX_PORT/auth/x" \
+        "$BARE|http://127.0.0.1:$BARE_PORT/auth/x" \
         "$LUA|http://127.0.0.1:$LUA_PORT/auth/x" \
         "$NONE|http://127.0.0.1:$GATEWAY_PORT/none/x" \
-        "$HIT|http://127.0.0.1:$GATEWAY_PORT/auth/x"; do
+        "$HIT|http://127.0.0.1:$GATEWAY_PORT/auth/x" \
+        "$FWD|http://127.0.0.1:$FWD_PORT/auth/x"; do
         name=${pair%%|*}
         [[ $name =~ $ONLY ]] || continue
         measure "$name" "${pair#*|}"
@@ -411,6 +462,8 @@ echo
 echo "gateway none / nginx plain proxy:       $(ratio "$(rps "$NONE")" "$(rps "$NG")")   (target >= 0.85; p99 $(p99 "$NONE") vs $(p99 "$NG") us)"
 echo "gateway hits / gateway none:            $(ratio "$(rps "$HIT")" "$(rps "$NONE")")   (target >= 0.95)"
 echo "gateway hits / nginx + Lua:             $(ratio "$(rps "$HIT")" "$(rps "$LUA")")   (target >= 1.7)"
+echo "gateway none / bare hyper proxy:        $(ratio "$(rps "$NONE")" "$(rps "$BARE")")   (what the gateway's layers cost over hyper itself)"
+echo "nginx auth_request + fwd / nginx plain: $(ratio "$(rps "$FWD")" "$(rps "$NG")")   (keeping nginx in front, authenticating every request)"
 echo "h2c gateway none / h2c nginx:           $(ratio "$(rps "$H2NONE")" "$(rps "$H2NG")")   (target >= 0.85)"
 echo "h2c gateway hits / h2c nginx:           $(ratio "$(rps "$H2HIT")" "$(rps "$H2NG")")"
 echo "cold: $COLD_TOKENS new tokens, each twice at once -> introspect $COLD_I, user_me $COLD_U, non-200 $COLD_NOT_OK: $COLD_VERDICT"

@@ -232,7 +232,7 @@ where
             }
             .boxed_unsync()
         });
-        req.extensions_mut().insert(self.info.clone());
+        req.extensions_mut().insert(self.info);
         let future = {
             let mut service = self.service.lock().unwrap_or_else(|e| e.into_inner());
             // The gateway's layers are always ready (none holds back a request), so this
