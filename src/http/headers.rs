@@ -78,59 +78,55 @@ fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
 /// the proxy credentials of RFC 9110 §11.7. With `websocket`, `Connection: upgrade` and
 /// `Upgrade` stay so the upgrade can go through end to end.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, websocket: bool) {
-    // Most messages carry none of them: one look at each name present is cheaper than a
-    // hash and probe for each of the nine names that could be.
-    if !websocket && !headers.keys().any(is_hop_by_hop) {
+    // Most requests carry none of them, and most responses only `Connection: keep-alive`:
+    // one look at each name present says which of the nine fixed names to remove, instead
+    // of a hash and probe for each.
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| *hop == name) {
+            present[i] = true;
+        }
+    }
+    if !websocket && !present.contains(&true) {
         return;
     }
-    let listed: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
+    // The names `Connection` lists. Its lines are cheap copies (shared bytes), taken so the
+    // map can be changed while they are read; `&str` names are looked up without copying.
+    let lines: Vec<HeaderValue> = headers.get_all(CONNECTION).iter().cloned().collect();
+    for token in lines
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        if websocket && name == UPGRADE {
+        .map(str::trim)
+    {
+        if websocket && token.eq_ignore_ascii_case("upgrade") {
             continue;
         }
-        headers.remove(&name);
+        headers.remove(token);
     }
-    for name in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &TE,
-        &TRAILER,
-        &TRANSFER_ENCODING,
-    ] {
-        headers.remove(name);
+    for (name, present) in HOP_BY_HOP.iter().zip(present) {
+        if present && !(websocket && **name == UPGRADE) {
+            headers.remove(*name);
+        }
     }
-    headers.remove(PROXY_AUTHORIZATION);
-    headers.remove(PROXY_AUTHENTICATE);
     if websocket {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(CONNECTION);
-        headers.remove(UPGRADE);
     }
 }
 
-/// Whether `name` is always hop-by-hop (those [`remove_hop_by_hop`] removes by name; the
-/// names a `Connection` lists are only found through `Connection` itself).
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    [
-        &CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &TE,
-        &TRAILER,
-        &TRANSFER_ENCODING,
-        &UPGRADE,
-        &PROXY_AUTHORIZATION,
-        &PROXY_AUTHENTICATE,
-    ]
-    .contains(&name)
-}
+/// The names that are always hop-by-hop (RFC 9110 §7.6.1, and the proxy credentials of
+/// §11.7); [`remove_hop_by_hop`] also removes those `Connection` lists.
+static HOP_BY_HOP: [&HeaderName; 9] = [
+    &CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &TE,
+    &TRAILER,
+    &TRANSFER_ENCODING,
+    &UPGRADE,
+    &PROXY_AUTHORIZATION,
+    &PROXY_AUTHENTICATE,
+];
 
 /// Every line of `name` as one comma-separated list: RFC 9110 §5.3 lets a recipient combine
 /// repeated field lines, in order, separated by commas, and a list field means the same
@@ -561,6 +557,23 @@ mod tests {
             assert_eq!(h.len(), 1, "{name}: {h:?}");
             assert_eq!(h["x-keep"], "1");
         }
+    }
+
+    #[test]
+    fn a_websocket_upgrade_keeps_upgrade_and_loses_what_else_connection_lists() {
+        let mut h = map(&[
+            ("connection", "Upgrade, X-Foo"),
+            ("connection", "keep-alive"),
+            ("upgrade", "websocket"),
+            ("x-foo", "1"),
+            ("keep-alive", "timeout=5"),
+            ("x-bar", "2"),
+        ]);
+        remove_hop_by_hop(&mut h, true);
+        assert_eq!(h.len(), 3, "{h:?}");
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["x-bar"], "2");
     }
 
     #[test]
