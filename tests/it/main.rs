@@ -17,6 +17,7 @@ mod emulator_cli;
 mod forward_auth;
 mod gateway;
 mod js_sdk;
+mod one_cpu;
 mod ops;
 mod production;
 mod quickstart;

@@ -375,11 +375,34 @@ impl Process {
         env: &[(&str, &str)],
         wait_for: SocketAddr,
     ) -> Result<Process, String> {
+        let command = std::process::Command::new(env!("CARGO_BIN_EXE_cloudbase-gateway"));
+        Self::try_spawn_command(command, config, args, env, wait_for)
+    }
+
+    /// Like [`Process::spawn`], with the binary confined to one CPU (`taskset -c 0`).
+    pub fn spawn_on_one_cpu(config: &str, env: &[(&str, &str)], wait_for: SocketAddr) -> Process {
+        let mut command = std::process::Command::new("taskset");
+        command
+            .args(["-c", "0"])
+            .arg(env!("CARGO_BIN_EXE_cloudbase-gateway"));
+        Self::try_spawn_command(command, config, &[], env, wait_for)
+            .unwrap_or_else(|log| panic!("the binary exited early:\n{log}"))
+    }
+
+    /// `command` (the binary, or a wrapper with the binary as its last argument so far)
+    /// with `--config <file> args…` added; see [`Process::try_spawn`].
+    fn try_spawn_command(
+        mut command: std::process::Command,
+        config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        wait_for: SocketAddr,
+    ) -> Result<Process, String> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.toml");
         std::fs::write(&path, config).unwrap();
         let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_cloudbase-gateway"))
+        let child = command
             .arg("--config")
             .arg(&path)
             .args(args)
