@@ -35,6 +35,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
+use super::live::Current;
 use crate::http::ConnInfo;
 use crate::http::{Body, BoxError, ClientBodyError};
 
@@ -174,10 +175,10 @@ impl<B: HttpBody> HttpBody for Tracked<B> {
 
 /// Adapts the tower stack to one hyper connection: converts the body (marking its errors
 /// as the client's, see [`ClientBodyError`]), tags each request with the connection's
-/// [`ConnInfo`], and tells [`Activity`] when each exchange begins and ends.
-#[derive(Clone)]
+/// [`ConnInfo`], and tells [`Activity`] when each exchange begins and ends. Each request
+/// is served by the stack in force when it arrives (see `live`).
 pub struct ConnService<S> {
-    pub service: S,
+    pub service: Current<S>,
     pub info: ConnInfo,
     pub activity: Arc<Activity>,
 }
@@ -202,7 +203,7 @@ where
         });
         req.extensions_mut().insert(self.info);
         TrackedResponse {
-            future: self.service.clone().oneshot(req),
+            future: self.service.get().oneshot(req),
             busy: Some(busy),
         }
     }
