@@ -304,6 +304,7 @@ async fn start_with(
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, StartError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let triggers = reload_from.as_ref().map(|_| reload::Triggers::install());
     let emulator = embed_emulator(&config, shutdown_rx.clone()).await?;
     let (listener, addr) = bind("gateway", config.server.listen).await?;
     let (admin_listener, admin_addr) = bind("admin", config.admin.listen).await?;
@@ -336,7 +337,7 @@ async fn start_with(
     };
     let (drained, admin_task) = serve_admin(admin_listener, admin);
     forward_signal(signal, shutdown_tx.clone());
-    if let Some(path) = reload_from {
+    if let (Some(path), Some(triggers)) = (reload_from, triggers) {
         let emulator_addr = emulator.as_ref().map(|e| e.addr);
         reload::Reloader::new(
             path,
@@ -345,7 +346,7 @@ async fn start_with(
             emulator_addr,
             service.clone(),
         )
-        .spawn(shutdown_rx.clone());
+        .spawn(triggers, shutdown_rx.clone());
     }
 
     let (emulator_addr, emulator_handle) = match &emulator {

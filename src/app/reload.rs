@@ -50,6 +50,23 @@ enum Trigger {
     File,
 }
 
+/// Where reload requests arrive. [`Triggers::install`] is called before any listener is
+/// bound: a `SIGHUP` sent as soon as the gateway accepts connections must reload, not end
+/// the process (the signal's default action while no handler is installed).
+pub(super) struct Triggers {
+    tx: mpsc::Sender<Trigger>,
+    rx: mpsc::Receiver<Trigger>,
+}
+
+impl Triggers {
+    /// Installs the `SIGHUP` handler; the file watch starts with [`Reloader::spawn`].
+    pub(super) fn install() -> Triggers {
+        let (tx, rx) = mpsc::channel::<Trigger>(16);
+        listen_for_hangup(tx.clone());
+        Triggers { tx, rx }
+    }
+}
+
 /// The configuration in force and what was built from it, which a reload replaces.
 pub(super) struct Reloader {
     path: PathBuf,
@@ -80,12 +97,9 @@ impl Reloader {
         }
     }
 
-    /// Starts reloading on `SIGHUP` and on changes of the file, until `shutdown`. The
-    /// signal handler is installed before this returns: a `SIGHUP` right after start-up
-    /// reloads rather than ending the process (the signal's default action).
-    pub(super) fn spawn(self, mut shutdown: watch::Receiver<bool>) {
-        let (tx, mut rx) = mpsc::channel::<Trigger>(16);
-        listen_for_hangup(tx.clone());
+    /// Starts reloading on `triggers` and on changes of the file, until `shutdown`.
+    pub(super) fn spawn(self, triggers: Triggers, mut shutdown: watch::Receiver<bool>) {
+        let Triggers { tx, mut rx } = triggers;
         let watcher = watch_file(&self.path, tx);
         let mut reloader = self;
         tokio::spawn(async move {

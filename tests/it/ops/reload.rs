@@ -1,0 +1,358 @@
+//! Hot reload of the binary (`SIGHUP`, a change of the file): a download in flight across a
+//! reload completes, the next request on a keep-alive connection is routed by the new
+//! table, a broken file leaves the old configuration serving (every mistake logged with its
+//! key, counted as an error), a key that needs a restart is logged and not applied, a
+//! reload of routes keeps the validation cache and one of the identity headers drops it,
+//! and a renewed certificate is served to the next TLS handshake.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::support::raw::RawResponse;
+use crate::support::*;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::Response;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+/// Where a test's gateway listens, and its `[server]` lines besides `listen` (TLS).
+struct Setup {
+    addr: SocketAddr,
+    admin: SocketAddr,
+    emulator: SocketAddr,
+    server: String,
+}
+
+impl Setup {
+    /// The configuration file with `tables` (routes, `[identity]` …) after the fixed ones.
+    fn text(&self, tables: &str) -> String {
+        format!(
+            "[server]\nlisten = \"{}\"\n{}\n[admin]\nlisten = \"{}\"\n\
+             [cloudbase]\nenv_id = \"test-env\"\nclient_id = \"test-client\"\ntimeout = \"1s\"\n\
+             [emulator]\nenabled = true\nlisten = \"{}\"\n{EMULATOR_TEST_HOOKS}\n{USERS}\n{tables}\n",
+            self.addr, self.server, self.admin, self.emulator,
+        )
+    }
+}
+
+/// The binary with its embedded emulator, on ports of its own.
+struct Gateway {
+    process: Process,
+    setup: Setup,
+    addr: SocketAddr,
+    admin: String,
+    emulator: SocketAddr,
+    http: reqwest::Client,
+}
+
+impl Gateway {
+    /// Starts the binary with `server` lines and `tables` (see [`Setup::text`]).
+    fn spawn(server: &str, tables: &str) -> Gateway {
+        let port = || -> SocketAddr { format!("127.0.0.1:{}", free_port()).parse().unwrap() };
+        let setup = Setup {
+            addr: port(),
+            admin: port(),
+            emulator: port(),
+            server: server.to_owned(),
+        };
+        let process = Process::spawn(&setup.text(tables), &[], &[], setup.addr);
+        wait_for_port(setup.emulator);
+        Gateway {
+            process,
+            addr: setup.addr,
+            admin: format!("http://{}", setup.admin),
+            emulator: setup.emulator,
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            setup,
+        }
+    }
+
+    fn text(&self, tables: &str) -> String {
+        self.setup.text(tables)
+    }
+
+    /// Writes `text` over the configuration file (as an editor or `cp` would: truncated,
+    /// then written).
+    fn write(&self, text: &str) {
+        std::fs::write(self.process.dir.path().join("config.toml"), text).unwrap();
+    }
+
+    fn hangup(&self) {
+        let ok = std::process::Command::new("kill")
+            .args(["-HUP", &self.process.pid().to_string()])
+            .status()
+            .expect("kill runs")
+            .success();
+        assert!(ok, "kill -HUP failed");
+    }
+
+    async fn reloads(&self, result: &str) -> f64 {
+        let text = metrics_at(&self.http, &self.admin).await;
+        metric(
+            &text,
+            &format!("cloudbase_gateway_config_reloads_total{{result=\"{result}\"}}"),
+        )
+    }
+
+    /// Waits (up to 20 s) until `n` reloads ended with `result`.
+    async fn wait_for_reloads(&self, result: &str, n: f64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while self.reloads(result).await < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {result} reload #{n}:\n{}",
+                self.process.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Signs `demo` in with the embedded emulator.
+    async fn demo_token(&self) -> String {
+        sign_in(&emulator_client(self.emulator, ""), "demo", "demo-password")
+            .await
+            .access_token
+    }
+
+    /// Calls the emulator answered on `endpoint` so far.
+    async fn calls(&self, endpoint: &str) -> u64 {
+        emulator_stats(&self.http, self.emulator).await["calls"][endpoint]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut req = self.http.get(format!("http://{}{path}", self.addr));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.expect("request reaches the gateway")
+    }
+}
+
+/// An open route to the built-in echo upstream.
+fn open_route(prefix: &str) -> String {
+    format!("[[routes]]\nprefix = \"{prefix}\"\nupstream = \"whoami\"\nauth = \"none\"\n")
+}
+
+/// One keep-alive HTTP/1.1 connection, for requests before and after a reload.
+struct KeepAlive(TcpStream);
+
+impl KeepAlive {
+    async fn get(&mut self, path: &str) -> RawResponse {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: app.test\r\n\r\n");
+        self.0.write_all(head.as_bytes()).await.expect("write");
+        let mut bytes = Vec::new();
+        let read = async {
+            while !http1_response_complete(&bytes) {
+                let mut buf = [0u8; 4096];
+                let n = self.0.read(&mut buf).await.expect("read");
+                assert!(n > 0, "the gateway closed the keep-alive connection");
+                bytes.extend_from_slice(&buf[..n]);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("an answer within 10 s");
+        RawResponse::parse(&bytes).expect("an HTTP/1.1 answer")
+    }
+}
+
+const CHUNK: usize = 64 << 10;
+const CHUNKS: usize = 64;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_in_flight_across_a_reload_completes_and_the_next_request_takes_the_new_routes()
+{
+    // The upstream sends one chunk, then holds the rest until the test lets it go.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let release = gate.clone();
+    let (upstream, _) = spawn_upstream(move |_req: http::Request<hyper::body::Incoming>| {
+        let gate = gate.clone();
+        async move {
+            let chunk = Bytes::from(vec![b'z'; CHUNK]);
+            let stream = futures_util::stream::unfold(0usize, move |sent| {
+                let (gate, chunk) = (gate.clone(), chunk.clone());
+                async move {
+                    if sent == CHUNKS {
+                        return None;
+                    }
+                    if sent == 1 {
+                        gate.acquire().await.expect("gate").forget();
+                    }
+                    Some((Ok::<_, std::io::Error>(Frame::data(chunk)), sent + 1))
+                }
+            });
+            Response::new(StreamBody::new(stream.map(|f| f.map_err(Into::into))).boxed_unsync())
+        }
+    })
+    .await;
+    let files = format!(
+        "[[routes]]\nprefix = \"/files/\"\nupstream = \"http://{upstream}\"\nauth = \"none\"\n"
+    );
+    let gw = Gateway::spawn("", &(files.clone() + &open_route("/old/")));
+
+    let mut conn = KeepAlive(TcpStream::connect(gw.addr).await.unwrap());
+    assert_eq!(conn.get("/old/x").await.status, 200);
+    let download = gw.get("/files/big", None).await;
+    assert_eq!(download.status(), 200);
+    let mut body = download.bytes_stream();
+    let first = body.next().await.expect("a first chunk").expect("read");
+    let mut received = first.len();
+
+    gw.write(&gw.text(&(files + &open_route("/new/"))));
+    gw.wait_for_reloads("ok", 1.0).await;
+
+    // The connection opened before the reload: its next requests use the new table.
+    assert_eq!(conn.get("/new/x").await.status, 200);
+    assert_eq!(conn.get("/old/x").await.status, 404);
+    // The download started before it finishes, whole.
+    release.add_permits(1);
+    while let Some(chunk) = body.next().await {
+        received += chunk.expect("the download continues").len();
+    }
+    assert_eq!(received, CHUNK * CHUNKS);
+    assert_eq!(gw.reloads("error").await, 0.0);
+    assert!(gw.process.log().contains("configuration reloaded"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_file_leaves_the_old_configuration_serving_and_logs_each_mistake_with_its_key() {
+    let gw = Gateway::spawn("", &open_route("/api/"));
+    assert_eq!(gw.get("/api/x", None).await.status(), 200);
+
+    let broken = gw.text(
+        "[[routes]]\nprefix = \"/api/\"\nupstream = \"ftp://x\"\n\
+         [[routes]]\nprefix = \"/v2/\"\nupstream = \"whoami\"\nauth = \"maybe\"\n",
+    );
+    gw.write(&broken);
+    gw.wait_for_reloads("error", 1.0).await;
+    assert_eq!(
+        gw.get("/api/x", None).await.status(),
+        200,
+        "the old routes serve"
+    );
+    assert_eq!(gw.get("/v2/x", None).await.status(), 404);
+    let log = gw.process.log();
+    for key in ["routes[0].upstream", "routes[1].auth"] {
+        assert!(log.contains(key), "{key} not logged:\n{log}");
+    }
+    assert_eq!(gw.reloads("ok").await, 0.0);
+
+    // Fixed, it loads.
+    gw.write(&gw.text(&(open_route("/api/") + &open_route("/v2/"))));
+    gw.wait_for_reloads("ok", 1.0).await;
+    assert_eq!(gw.get("/v2/x", None).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_and_a_key_that_needs_a_restart_is_logged_and_not_applied() {
+    let gw = Gateway::spawn("", &open_route("/api/"));
+    // Nothing written: only the signal can cause this one.
+    gw.hangup();
+    gw.wait_for_reloads("ok", 1.0).await;
+    assert!(gw.process.log().contains("SIGHUP"));
+
+    // A file change: a new admin address (needs a restart) and a new route (does not).
+    let moved = format!("127.0.0.1:{}", free_port());
+    let text = gw
+        .text(&(open_route("/api/") + &open_route("/v2/")))
+        .replace(&gw.setup.admin.to_string(), &moved);
+    gw.write(&text);
+    gw.wait_for_reloads("ok", 2.0).await;
+    assert_eq!(gw.get("/v2/x", None).await.status(), 200);
+    let log = gw.process.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("admin.listen") && l.contains("needs a restart")),
+        "{log}"
+    );
+    assert!(
+        TcpStream::connect(&moved).await.is_err(),
+        "the admin listener stays where it is"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_of_routes_keeps_the_cache_and_one_of_the_identity_headers_drops_it() {
+    let required = "[[routes]]\nprefix = \"/api/\"\nupstream = \"whoami\"\n";
+    let gw = Gateway::spawn("", required);
+    let token = gw.demo_token().await;
+    let echo = |r: reqwest::Response| async move { r.json::<Value>().await.expect("echo") };
+    let first = echo(gw.get("/api/x", Some(&token)).await).await;
+    assert_eq!(first["headers"]["x-user-username"], "demo");
+    assert_eq!(gw.calls("introspect").await, 1);
+
+    gw.write(&gw.text(&(required.to_owned() + &open_route("/v2/"))));
+    gw.wait_for_reloads("ok", 1.0).await;
+    gw.get("/api/x", Some(&token)).await;
+    assert_eq!(
+        gw.calls("introspect").await,
+        1,
+        "routes alone keep the cache"
+    );
+
+    let tenant = "[identity.headers]\n\"X-Tenant\" = \"client_id\"\n";
+    gw.write(&gw.text(&(required.to_owned() + tenant)));
+    gw.wait_for_reloads("ok", 2.0).await;
+    let after = echo(gw.get("/api/x", Some(&token)).await).await;
+    assert_eq!(
+        gw.calls("introspect").await,
+        2,
+        "a new mapping asks CloudBase again"
+    );
+    assert_eq!(after["headers"]["x-tenant"], "test-client");
+}
+
+/// A self-signed certificate for `localhost`, written over `dir/cert.pem` and `key.pem`;
+/// returns it for a client to trust.
+fn certificate(dir: &std::path::Path) -> reqwest::Certificate {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("rcgen");
+    std::fs::write(dir.join("cert.pem"), ck.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), ck.key_pair.serialize_pem()).unwrap();
+    reqwest::Certificate::from_pem(ck.cert.pem().as_bytes()).unwrap()
+}
+
+fn trusting(root: reqwest::Certificate, addr: SocketAddr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .resolve("localhost", addr)
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(root)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_served_to_the_next_tls_handshake_after_sighup() {
+    let certs = tempfile::tempdir().unwrap();
+    let old = certificate(certs.path());
+    let server = format!(
+        "tls_cert = {:?}\ntls_key = {:?}",
+        certs.path().join("cert.pem"),
+        certs.path().join("key.pem")
+    );
+    let gw = Gateway::spawn(&server, &open_route("/api/"));
+    let url = format!("https://localhost:{}/api/x", gw.addr.port());
+    let before = trusting(old.clone(), gw.addr);
+    assert_eq!(before.get(&url).send().await.unwrap().status(), 200);
+
+    // Renewed in place (as cert-manager or certbot do), then SIGHUP.
+    let new = certificate(certs.path());
+    gw.hangup();
+    gw.wait_for_reloads("ok", 1.0).await;
+
+    let r = trusting(new, gw.addr).get(&url).send().await;
+    assert_eq!(r.expect("the new certificate is served").status(), 200);
+    assert!(
+        trusting(old, gw.addr).get(&url).send().await.is_err(),
+        "a new handshake no longer gets the old certificate"
+    );
+    // The connection made with the old one is kept.
+    assert_eq!(before.get(&url).send().await.unwrap().status(), 200);
+}
