@@ -188,7 +188,7 @@ impl Reloader {
     /// leaves the gateway as it was.
     fn apply(&mut self, reload: &Reload) -> Result<(), StartError> {
         let config = &reload.config;
-        let changed = |prefix: &str| reload.changed.iter().any(|k| under(k, prefix));
+        let changed = |prefix: &str| reload.changed_under(prefix);
         let cloudbase_url = config
             .cloudbase
             .base_url_with(self.emulator)
@@ -248,12 +248,6 @@ impl Reloader {
         self.runtime = runtime;
         Ok(())
     }
-}
-
-/// Whether `key` is `prefix` or a key under it.
-fn under(key: &str, prefix: &str) -> bool {
-    key.strip_prefix(prefix)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
 }
 
 /// Sends [`Trigger::Signal`] on every `SIGHUP`.

@@ -50,6 +50,13 @@ pub struct Reload {
     pub config: Config,
 }
 
+impl Reload {
+    /// Whether `prefix` (a key, or a table such as `"relay"`) or any key under it changed.
+    pub fn changed_under(&self, prefix: &str) -> bool {
+        self.changed.iter().any(|k| under(k, prefix))
+    }
+}
+
 impl Config {
     /// Reloading `new` into a gateway running `self`.
     pub fn reload(&self, new: Config) -> Reload {
@@ -208,6 +215,11 @@ mod tests {
             config("[[routes]]\nprefix = \"/v2/\"\nupstream = \"whoami\"\nrate_limit = \"5/s\"\n");
         let r = old.reload(new);
         assert_eq!(r.changed, ["routes"]);
+        assert!(r.changed_under("routes"));
+        assert!(
+            !r.changed_under("route"),
+            "a table is matched by its whole name"
+        );
         assert!(r.needs_restart.is_empty());
         assert!(!r.drops_cache);
         assert_eq!(r.config.routes.len(), 2);

@@ -2,8 +2,9 @@
 //! reload completes, the next request on a keep-alive connection is routed by the new
 //! table, a broken file leaves the old configuration serving (every mistake logged with its
 //! key, counted as an error), a key that needs a restart is logged and not applied, a
-//! reload of routes keeps the validation cache and one of the identity headers drops it,
-//! and a renewed certificate is served to the next TLS handshake.
+//! reload of routes keeps the validation cache and one of the identity headers or of
+//! CloudBase drops it, forward-auth and the relay turn on without a restart, and a
+//! renewed certificate is served to the next TLS handshake.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -80,6 +81,25 @@ impl Gateway {
     /// then written).
     fn write(&self, text: &str) {
         std::fs::write(self.process.dir.path().join("config.toml"), text).unwrap();
+    }
+
+    /// Replaces the configuration file with `text` as an editor's atomic save or a
+    /// ConfigMap update does: written next to it, then renamed over it.
+    fn replace(&self, text: &str) {
+        let dir = self.process.dir.path();
+        std::fs::write(dir.join(".config.toml.swp"), text).unwrap();
+        std::fs::rename(dir.join(".config.toml.swp"), dir.join("config.toml")).unwrap();
+    }
+
+    /// `requests_total` of `route` answered 200 (`GET`, proxied).
+    async fn served(&self, route: &str) -> f64 {
+        let text = metrics_at(&self.http, &self.admin).await;
+        metric(
+            &text,
+            &format!(
+                "cloudbase_gateway_requests_total{{route=\"{route}\",method=\"GET\",status=\"200\",kind=\"proxy\"}}"
+            ),
+        )
     }
 
     fn hangup(&self) {
@@ -244,10 +264,24 @@ async fn a_broken_file_leaves_the_old_configuration_serving_and_logs_each_mistak
     }
     assert_eq!(gw.reloads("ok").await, 0.0);
 
-    // Fixed, it loads.
-    gw.write(&gw.text(&(open_route("/api/") + &open_route("/v2/"))));
+    // Not even TOML: refused the same way, on SIGHUP too.
+    gw.write(&gw.text("[[routes]\nprefix = \"/v3/\"\n"));
+    gw.hangup();
+    gw.wait_for_reloads("error", 2.0).await;
+    assert_eq!(gw.get("/api/x", None).await.status(), 200);
+    assert_eq!(gw.get("/v3/x", None).await.status(), 404);
+
+    // Fixed (saved as editors do: a new file renamed over the old), it loads; the route
+    // kept keeps its series counting. (The write and the SIGHUP above may have counted
+    // as one reload or two.)
+    let errors = gw.reloads("error").await;
+    gw.replace(&gw.text(&(open_route("/api/") + &open_route("/v2/"))));
     gw.wait_for_reloads("ok", 1.0).await;
     assert_eq!(gw.get("/v2/x", None).await.status(), 200);
+    assert_eq!(gw.get("/api/x", None).await.status(), 200);
+    assert_eq!(gw.served("/api/").await, 4.0, "one series across reloads");
+    assert_eq!(gw.served("/v2/").await, 1.0);
+    assert_eq!(gw.reloads("error").await, errors);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,19 +292,28 @@ async fn sighup_reloads_and_a_key_that_needs_a_restart_is_logged_and_not_applied
     gw.wait_for_reloads("ok", 1.0).await;
     assert!(gw.process.log().contains("SIGHUP"));
 
-    // A file change: a new admin address (needs a restart) and a new route (does not).
+    // A file change: a new admin address and connection bound (they need a restart) and
+    // a new route (it does not).
     let moved = format!("127.0.0.1:{}", free_port());
     let text = gw
         .text(&(open_route("/api/") + &open_route("/v2/")))
-        .replace(&gw.setup.admin.to_string(), &moved);
+        .replace(&gw.setup.admin.to_string(), &moved)
+        .replacen("[server]\n", "[server]\nmax_connections = 7\n", 1);
     gw.write(&text);
     gw.wait_for_reloads("ok", 2.0).await;
     assert_eq!(gw.get("/v2/x", None).await.status(), 200);
     let log = gw.process.log();
+    for key in ["admin.listen", "server.max_connections"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(key) && l.contains("needs a restart")),
+            "{key}:\n{log}"
+        );
+    }
     assert!(
-        log.lines()
-            .any(|l| l.contains("admin.listen") && l.contains("needs a restart")),
-        "{log}"
+        !log.lines()
+            .any(|l| l.contains("routes") && l.contains("needs a restart")),
+        "routes reload:\n{log}"
     );
     assert!(
         TcpStream::connect(&moved).await.is_err(),
@@ -279,7 +322,8 @@ async fn sighup_reloads_and_a_key_that_needs_a_restart_is_logged_and_not_applied
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reload_of_routes_keeps_the_cache_and_one_of_the_identity_headers_drops_it() {
+async fn a_reload_of_routes_keeps_the_cache_and_one_of_the_identity_headers_or_cloudbase_drops_it()
+{
     let required = "[[routes]]\nprefix = \"/api/\"\nupstream = \"whoami\"\n";
     let gw = Gateway::spawn("", required);
     let token = gw.demo_token().await;
@@ -307,6 +351,61 @@ async fn a_reload_of_routes_keeps_the_cache_and_one_of_the_identity_headers_drop
         "a new mapping asks CloudBase again"
     );
     assert_eq!(after["headers"]["x-tenant"], "test-client");
+
+    // CloudBase's call bounds keep it; another CloudBase client identity drops it.
+    let with_tenant = required.to_owned() + tenant;
+    let text = gw
+        .text(&with_tenant)
+        .replace("timeout = \"1s\"", "timeout = \"3s\"");
+    gw.write(&text);
+    gw.wait_for_reloads("ok", 3.0).await;
+    gw.get("/api/x", Some(&token)).await;
+    assert_eq!(
+        gw.calls("introspect").await,
+        2,
+        "cloudbase.timeout keeps it"
+    );
+    gw.write(&text.replace(
+        "client_id = \"test-client\"\n",
+        "client_id = \"test-client\"\ndevice_id = \"gw-2\"\n",
+    ));
+    gw.wait_for_reloads("ok", 4.0).await;
+    gw.get("/api/x", Some(&token)).await;
+    assert_eq!(
+        gw.calls("introspect").await,
+        3,
+        "cloudbase.device_id drops it"
+    );
+    assert!(gw.process.log().contains("validation cache dropped"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_turns_forward_auth_and_the_relay_on_for_the_next_request() {
+    let app = "[[routes]]\nprefix = \"/app/\"\nupstream = \"whoami\"\n";
+    let gw = Gateway::spawn("", app);
+    let sign_in = || {
+        gw.http
+            .post(format!("http://{}/auth/v1/signin", gw.addr))
+            .header("content-type", "application/json")
+            .header("x-device-id", "device-1234567890abcdef")
+            .body(r#"{"username":"demo","password":"demo-password"}"#)
+            .send()
+    };
+    // Envoy's shape: the original path follows the endpoint's.
+    let decide = || gw.get("/_gateway/auth/app/x", None);
+    assert_eq!(decide().await.status(), 404, "a path no route matches");
+    assert_eq!(sign_in().await.unwrap().status(), 404);
+
+    gw.write(&gw.text(&format!(
+        "{app}[forward_auth]\nenabled = true\n[relay]\nenabled = true\n"
+    )));
+    gw.wait_for_reloads("ok", 1.0).await;
+    assert_eq!(decide().await.status(), 401, "forward-auth decides /app/x");
+    let signed_in = sign_in().await.unwrap();
+    assert_eq!(signed_in.status(), 200, "relayed to the emulator");
+    let body: Value = signed_in.json().await.unwrap();
+    let token = body["access_token"].as_str().expect("a token");
+    assert_eq!(gw.get("/app/x", Some(token)).await.status(), 200);
 }
 
 /// A self-signed certificate for `localhost`, written over `dir/cert.pem` and `key.pem`;
