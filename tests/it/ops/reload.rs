@@ -1,6 +1,6 @@
 //! Hot reload of the binary (`SIGHUP`, a change of the file): a download in flight across a
-//! reload completes, the next request on a keep-alive connection is routed by the new
-//! table, a broken file leaves the old configuration serving (every mistake logged with its
+//! reload that removes its route completes, the next request on a keep-alive HTTP/1.1 or
+//! HTTP/2 connection is routed by the new table, a broken file leaves the old configuration serving (every mistake logged with its
 //! key, counted as an error), a key that needs a restart is logged and not applied, a
 //! reload of routes keeps the validation cache and one of the identity headers or of
 //! CloudBase drops it, forward-auth and the relay turn on without a restart, and a
@@ -183,6 +183,36 @@ impl KeepAlive {
     }
 }
 
+/// One HTTP/2 (h2c) connection, for streams before and after a reload: a request on a
+/// connection the gateway closed fails.
+struct H2(hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>);
+
+impl H2 {
+    async fn open(addr: SocketAddr) -> H2 {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .expect("h2c handshake");
+        tokio::spawn(conn);
+        H2(sender)
+    }
+
+    async fn status(&mut self, path: &str) -> u16 {
+        let req = http::Request::get(path)
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let sent = self.0.send_request(req);
+        let response = tokio::time::timeout(Duration::from_secs(10), sent)
+            .await
+            .expect("an answer within 10 s")
+            .expect("the gateway kept the HTTP/2 connection");
+        response.status().as_u16()
+    }
+}
+
 const CHUNK: usize = 64 << 10;
 const CHUNKS: usize = 64;
 
@@ -215,23 +245,29 @@ async fn a_download_in_flight_across_a_reload_completes_and_the_next_request_tak
     let files = format!(
         "[[routes]]\nprefix = \"/files/\"\nupstream = \"http://{upstream}\"\nauth = \"none\"\n"
     );
-    let gw = Gateway::spawn("", &(files.clone() + &open_route("/old/")));
+    let gw = Gateway::spawn("", &(files + &open_route("/old/")));
 
     let mut conn = KeepAlive(TcpStream::connect(gw.addr).await.unwrap());
     assert_eq!(conn.get("/old/x").await.status, 200);
+    let mut h2 = H2::open(gw.addr).await;
+    assert_eq!(h2.status("/old/x").await, 200);
     let download = gw.get("/files/big", None).await;
     assert_eq!(download.status(), 200);
     let mut body = download.bytes_stream();
     let first = body.next().await.expect("a first chunk").expect("read");
     let mut received = first.len();
 
-    gw.write(&gw.text(&(files + &open_route("/new/"))));
+    // The new table has neither the old route nor the download's.
+    gw.write(&gw.text(&open_route("/new/")));
     gw.wait_for_reloads("ok", 1.0).await;
 
-    // The connection opened before the reload: its next requests use the new table.
+    // The connections opened before the reload: their next requests use the new table.
     assert_eq!(conn.get("/new/x").await.status, 200);
     assert_eq!(conn.get("/old/x").await.status, 404);
-    // The download started before it finishes, whole.
+    assert_eq!(h2.status("/new/x").await, 200);
+    assert_eq!(h2.status("/old/x").await, 404);
+    assert_eq!(gw.get("/files/big", None).await.status(), 404);
+    // The download started before it finishes, whole, on the route it started on.
     release.add_permits(1);
     while let Some(chunk) = body.next().await {
         received += chunk.expect("the download continues").len();
@@ -428,7 +464,8 @@ fn trusting(root: reqwest::Certificate, addr: SocketAddr) -> reqwest::Client {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_renewed_certificate_is_served_to_the_next_tls_handshake_after_sighup() {
+async fn a_renewed_certificate_is_served_to_the_next_tls_handshake_after_sighup_and_a_broken_one_is_refused(
+) {
     let certs = tempfile::tempdir().unwrap();
     let old = certificate(certs.path());
     let server = format!(
@@ -446,6 +483,7 @@ async fn a_renewed_certificate_is_served_to_the_next_tls_handshake_after_sighup(
     gw.hangup();
     gw.wait_for_reloads("ok", 1.0).await;
 
+    let new_root = new.clone();
     let r = trusting(new, gw.addr).get(&url).send().await;
     assert_eq!(r.expect("the new certificate is served").status(), 200);
     assert!(
@@ -454,4 +492,12 @@ async fn a_renewed_certificate_is_served_to_the_next_tls_handshake_after_sighup(
     );
     // The connection made with the old one is kept.
     assert_eq!(before.get(&url).send().await.unwrap().status(), 200);
+
+    // A key that is not PEM: refused, and the pair in force stays.
+    std::fs::write(certs.path().join("key.pem"), "not a key").unwrap();
+    gw.hangup();
+    gw.wait_for_reloads("error", 1.0).await;
+    let r = trusting(new_root, gw.addr).get(&url).send().await;
+    assert_eq!(r.expect("the renewed pair stays").status(), 200);
+    assert!(gw.process.log().contains("key.pem"), "the file is named");
 }
