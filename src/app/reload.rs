@@ -106,17 +106,10 @@ impl Reloader {
             // Dropped (and the watch removed) when the gateway stops.
             let _watcher = watcher;
             loop {
-                let trigger = tokio::select! {
-                    t = rx.recv() => match t { Some(t) => t, None => break },
+                let forced = tokio::select! {
+                    f = next_reload(&mut rx) => match f { Some(f) => f, None => break },
                     _ = shutdown.wait_for(|v| *v) => break,
                 };
-                let mut forced = trigger == Trigger::Signal;
-                if !forced {
-                    // Wait for the file to be quiet; a SIGHUP meanwhile makes it forced.
-                    while let Ok(Some(more)) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {
-                        forced |= more == Trigger::Signal;
-                    }
-                }
                 reloader.reload(forced);
             }
         });
@@ -250,6 +243,21 @@ impl Reloader {
     }
 }
 
+/// Waits for the next reload to do: at once on `SIGHUP`; on a file change once the file
+/// has been quiet for [`DEBOUNCE`] (however many events a save makes). `Some(forced)`:
+/// whether a `SIGHUP` asked for it (reload even an unchanged text); `None` once nothing
+/// can trigger any more.
+async fn next_reload(rx: &mut mpsc::Receiver<Trigger>) -> Option<bool> {
+    let mut forced = rx.recv().await? == Trigger::Signal;
+    if !forced {
+        // A SIGHUP meanwhile makes it forced.
+        while let Ok(Some(more)) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+            forced |= more == Trigger::Signal;
+        }
+    }
+    Some(forced)
+}
+
 /// Sends [`Trigger::Signal`] on every `SIGHUP`.
 fn listen_for_hangup(tx: mpsc::Sender<Trigger>) {
     #[cfg(unix)]
@@ -313,5 +321,56 @@ fn watch_file(path: &Path, tx: mpsc::Sender<Trigger>) -> Option<notify::Recommen
             );
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    /// Sends `triggers`, each after the delay beside it.
+    fn send(triggers: &[(u64, Trigger)]) -> mpsc::Receiver<Trigger> {
+        let (tx, rx) = mpsc::channel(16);
+        let triggers = triggers.to_vec();
+        tokio::spawn(async move {
+            for (after, trigger) in triggers {
+                tokio::time::sleep(Duration::from_millis(after)).await;
+                tx.send(trigger).await.unwrap();
+            }
+            // Kept open: the receiver must not see an end it would stop on.
+            std::future::pending::<()>().await;
+        });
+        rx
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_save_of_several_events_is_one_reload_once_the_file_is_quiet() {
+        use Trigger::File;
+        let start = Instant::now();
+        let mut rx = send(&[(0, File), (100, File), (200, File)]);
+        assert_eq!(next_reload(&mut rx).await, Some(false));
+        assert_eq!(start.elapsed(), Duration::from_millis(300) + DEBOUNCE);
+        let none_left = tokio::time::timeout(Duration::from_secs(5), next_reload(&mut rx)).await;
+        assert!(none_left.is_err(), "one save, one reload");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sighup_reloads_at_once_and_forces_a_pending_file_reload() {
+        use Trigger::{File, Signal};
+        let start = Instant::now();
+        let mut rx = send(&[(10, Signal)]);
+        assert_eq!(next_reload(&mut rx).await, Some(true));
+        assert_eq!(start.elapsed(), Duration::from_millis(10), "not debounced");
+
+        let mut rx = send(&[(0, File), (50, Signal)]);
+        assert_eq!(next_reload(&mut rx).await, Some(true));
+    }
+
+    #[tokio::test]
+    async fn the_reloader_stops_once_nothing_can_trigger_it() {
+        let (tx, mut rx) = mpsc::channel(1);
+        drop(tx);
+        assert_eq!(next_reload(&mut rx).await, None);
     }
 }

@@ -3,8 +3,9 @@
 //! HTTP/2 connection is routed by the new table, a broken file leaves the old configuration serving (every mistake logged with its
 //! key, counted as an error), a key that needs a restart is logged and not applied, a
 //! reload of routes keeps the validation cache and one of the identity headers or of
-//! CloudBase drops it, forward-auth and the relay turn on without a restart, and a
-//! renewed certificate is served to the next TLS handshake.
+//! CloudBase drops it, a route's spent rate-limit bucket survives a reload that keeps its
+//! limit, forward-auth and the relay turn on without a restart, and a renewed certificate
+//! is served to the next TLS handshake (a broken one is refused).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -294,9 +295,23 @@ async fn a_broken_file_leaves_the_old_configuration_serving_and_logs_each_mistak
         "the old routes serve"
     );
     assert_eq!(gw.get("/v2/x", None).await.status(), 404);
+    // Each mistake as `check` words it, key first.
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_cloudbase-gateway"))
+        .arg("--config")
+        .arg(gw.process.dir.path().join("config.toml"))
+        .arg("check")
+        .output()
+        .expect("check runs");
+    let check = String::from_utf8_lossy(&check.stderr).into_owned();
+    let mistakes: Vec<&str> = check.lines().filter_map(|l| l.strip_prefix("  ")).collect();
+    assert_eq!(mistakes.len(), 2, "{check}");
     let log = gw.process.log();
-    for key in ["routes[0].upstream", "routes[1].auth"] {
-        assert!(log.contains(key), "{key} not logged:\n{log}");
+    for (mistake, key) in mistakes
+        .iter()
+        .zip(["routes[0].upstream", "routes[1].auth"])
+    {
+        assert!(mistake.starts_with(key), "{check}");
+        assert!(log.contains(mistake), "{mistake} not logged:\n{log}");
     }
     assert_eq!(gw.reloads("ok").await, 0.0);
 
@@ -500,4 +515,33 @@ async fn a_renewed_certificate_is_served_to_the_next_tls_handshake_after_sighup_
     let r = trusting(new_root, gw.addr).get(&url).send().await;
     assert_eq!(r.expect("the renewed pair stays").status(), 200);
     assert!(gw.process.log().contains("key.pem"), "the file is named");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_an_unchanged_rate_limit_spent_and_a_changed_one_starts_full() {
+    let limited = |limit: &str| {
+        format!(
+            "[[routes]]\nprefix = \"/api/\"\nupstream = \"whoami\"\nauth = \"none\"\n\
+             rate_limit = \"{limit}\"\nrate_limit_burst = 1\n"
+        )
+    };
+    let gw = Gateway::spawn("", &limited("1/h"));
+    assert_eq!(gw.get("/api/x", None).await.status(), 200);
+    assert_eq!(gw.get("/api/x", None).await.status(), 429);
+
+    // Another route added: this address's bucket on /api/ stays spent.
+    gw.write(&gw.text(&(limited("1/h") + &open_route("/v2/"))));
+    gw.wait_for_reloads("ok", 1.0).await;
+    assert_eq!(gw.get("/v2/x", None).await.status(), 200);
+    assert_eq!(
+        gw.get("/api/x", None).await.status(),
+        429,
+        "a reload is no fresh burst"
+    );
+
+    // The limit changed: new buckets, full.
+    gw.write(&gw.text(&(limited("2/h") + &open_route("/v2/"))));
+    gw.wait_for_reloads("ok", 2.0).await;
+    assert_eq!(gw.get("/api/x", None).await.status(), 200);
+    assert_eq!(gw.get("/api/x", None).await.status(), 429);
 }
