@@ -224,6 +224,9 @@ impl Reloader {
             acceptors.reload(files).map_err(StartError::Tls)?;
         }
         // Nothing below fails.
+        if let Some(tracing) = &runtime.tracing {
+            tracing.set_sample_ratio(config.telemetry.sample_ratio);
+        }
         let dropped = runtime.cache.reconfigure(
             &config.cache,
             &config.identity.headers,

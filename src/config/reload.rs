@@ -9,12 +9,13 @@
 
 use std::collections::BTreeMap;
 
-use super::Config;
+use super::{Config, TelemetrySettings};
 
 /// Keys (or whole tables) the running gateway keeps until a restart: what the serve loop,
 /// the admin listener, the embedded emulator, the span exporter and the cache's capacity
-/// (and its Redis connection) were built with at start. Turning TLS on or off
-/// (`server.tls_cert` appearing or going) is one too; other certificate changes reload.
+/// (and its Redis connection) were built with at start (`telemetry.sample_ratio` is read
+/// per trace, and reloads). Turning TLS on or off (`server.tls_cert` appearing or going)
+/// is one too; other certificate changes reload.
 pub const NEEDS_RESTART: &[&str] = &[
     "server.listen",
     "server.header_read_timeout",
@@ -26,7 +27,8 @@ pub const NEEDS_RESTART: &[&str] = &[
     "cache.max_entries",
     "cache.max_memory",
     "cache.redis",
-    "telemetry",
+    "telemetry.otlp_endpoint",
+    "telemetry.service_name",
     "emulator",
 ];
 
@@ -98,7 +100,11 @@ impl Config {
         new.cache.max_entries = self.cache.max_entries;
         new.cache.max_memory = self.cache.max_memory;
         new.cache.redis = self.cache.redis.clone();
-        new.telemetry = self.telemetry.clone();
+        // The exporter and its resource stay; the sampler takes a new ratio.
+        new.telemetry = TelemetrySettings {
+            sample_ratio: new.telemetry.sample_ratio,
+            ..self.telemetry.clone()
+        };
         if self.emulator.enabled != new.emulator.enabled {
             // Which CloudBase an unset `base_url` means (the embedded emulator's, or the
             // one `env_id` names) follows `emulator.enabled`, which stays as it runs.
@@ -267,7 +273,8 @@ mod tests {
             "[server]\nlisten = \"127.0.0.1:9999\"\nmax_connections = 5\nidle_timeout = \"5s\"\n\
              tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\nrequest_timeout = \"3s\"\n\
              [admin]\nlisten = \"127.0.0.1:9998\"\ntoken = \"t-0123456789abcdef\"\n\
-             [cache]\nmax_entries = 10\nttl = \"1s\"\n[telemetry]\nsample_ratio = 0.5\n\
+             [cache]\nmax_entries = 10\nttl = \"1s\"\n\
+             [telemetry]\nservice_name = \"gw\"\nsample_ratio = 0.5\n\
              [emulator]\nenabled = true\nverification_code = \"123456\"\n",
         );
         let r = old.reload(new);
@@ -280,7 +287,7 @@ mod tests {
             "admin.listen",
             "admin.token",
             "cache.max_entries",
-            "telemetry.sample_ratio",
+            "telemetry.service_name",
             "emulator.enabled",
             "emulator.verification_code",
         ] {
@@ -290,14 +297,25 @@ mod tests {
                 r.needs_restart
             );
         }
-        for reloaded in ["server.request_timeout", "cache.ttl"] {
+        for reloaded in [
+            "server.request_timeout",
+            "cache.ttl",
+            "telemetry.sample_ratio",
+        ] {
             assert!(r.changed.iter().any(|k| k == reloaded));
             assert!(!r.needs_restart.iter().any(|k| k == reloaded));
         }
         // What is in force differs from what runs only in reloadable keys.
         let again = old.reload(r.config.clone());
         assert!(again.needs_restart.is_empty(), "{:?}", again.needs_restart);
-        assert_eq!(again.changed, ["cache.ttl", "server.request_timeout"]);
+        assert_eq!(
+            again.changed,
+            [
+                "cache.ttl",
+                "server.request_timeout",
+                "telemetry.sample_ratio"
+            ]
+        );
         assert_eq!(r.config.server.listen, old.server.listen);
         assert!(
             r.config.server.tls.is_none(),

@@ -545,3 +545,37 @@ async fn a_reload_keeps_an_unchanged_rate_limit_spent_and_a_changed_one_starts_f
     assert_eq!(gw.get("/api/x", None).await.status(), 200);
     assert_eq!(gw.get("/api/x", None).await.status(), 429);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_of_the_sample_ratio_applies_to_the_next_new_trace() {
+    let (upstream, _) = spawn_echo_upstream().await;
+    // No collector listens: nothing sampled is exported within the test anyway.
+    let port = free_port();
+    let telemetry = |host: &str, ratio: &str| {
+        format!(
+            "[[routes]]\nprefix = \"/api/\"\nupstream = \"http://{upstream}\"\nauth = \"none\"\n\
+             [telemetry]\notlp_endpoint = \"http://{host}:{port}\"\nsample_ratio = {ratio}\n"
+        )
+    };
+    let gw = Gateway::spawn("", &telemetry("127.0.0.1", "0.0"));
+    // The upstream's `traceparent` carries the decision: flags `00` dropped, `01` sampled.
+    let flags = || async {
+        let echo: Value = gw.get("/api/x", None).await.json().await.expect("echo");
+        let traceparent = echo["headers"]["traceparent"]
+            .as_str()
+            .expect("traceparent");
+        traceparent.rsplit('-').next().expect("flags").to_owned()
+    };
+    assert_eq!(flags().await, "00");
+
+    // Another collector too: that needs a restart.
+    gw.write(&gw.text(&telemetry("127.0.0.2", "1.0")));
+    gw.wait_for_reloads("ok", 1.0).await;
+    assert_eq!(flags().await, "01");
+    let log = gw.process.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("telemetry.otlp_endpoint") && l.contains("needs a restart")),
+        "another collector is not taken on a reload:\n{log}"
+    );
+}
