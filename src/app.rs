@@ -304,7 +304,7 @@ async fn start_with(
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, StartError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let triggers = reload_from.as_ref().map(|_| reload::Triggers::install());
+    let triggers = reload_from.as_deref().map(reload::Triggers::install);
     let emulator = embed_emulator(&config, shutdown_rx.clone()).await?;
     let (listener, addr) = bind("gateway", config.server.listen).await?;
     let (admin_listener, admin_addr) = bind("admin", config.admin.listen).await?;

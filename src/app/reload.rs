@@ -20,9 +20,11 @@
 //! than write them in place), and events are debounced for [`DEBOUNCE`]: an editor's
 //! save or `cp` is several events, and a half-written file would otherwise be refused
 //! (and counted as an error) before the complete one is read. 250 ms is far longer than
-//! a save takes and far shorter than an operator waits for. A file event whose text is
-//! the text in force does nothing; `SIGHUP` always reloads (the certificate files may
-//! have changed).
+//! a save takes and far shorter than an operator waits for. A file event that leaves
+//! the configuration as it is in force (the same text saved again, a relinked ConfigMap,
+//! only comments changed) does nothing and counts nothing; `SIGHUP` always reloads (the
+//! certificate files may have changed). The watch and the `SIGHUP` handler are installed
+//! before the listeners are bound ([`Triggers`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -50,20 +52,24 @@ enum Trigger {
     File,
 }
 
-/// Where reload requests arrive. [`Triggers::install`] is called before any listener is
-/// bound: a `SIGHUP` sent as soon as the gateway accepts connections must reload, not end
-/// the process (the signal's default action while no handler is installed).
+/// Where reload requests arrive: `SIGHUP` and the watch of the file. Installed
+/// ([`Triggers::install`]) before any listener is bound, so once the gateway accepts
+/// connections both are live: a `SIGHUP` then reloads rather than ending the process (the
+/// signal's default action while no handler is installed), and a change made then is
+/// seen.
 pub(super) struct Triggers {
-    tx: mpsc::Sender<Trigger>,
     rx: mpsc::Receiver<Trigger>,
+    /// Kept while reloads are taken; dropping it removes the watch.
+    watcher: Option<notify::RecommendedWatcher>,
 }
 
 impl Triggers {
-    /// Installs the `SIGHUP` handler; the file watch starts with [`Reloader::spawn`].
-    pub(super) fn install() -> Triggers {
+    /// Installs the `SIGHUP` handler and watches the file at `path`.
+    pub(super) fn install(path: &Path) -> Triggers {
         let (tx, rx) = mpsc::channel::<Trigger>(16);
         listen_for_hangup(tx.clone());
-        Triggers { tx, rx }
+        let watcher = watch_file(path, tx);
+        Triggers { rx, watcher }
     }
 }
 
@@ -75,7 +81,8 @@ pub(super) struct Reloader {
     /// The embedded emulator's address (the CloudBase URL when `base_url` is unset).
     emulator: Option<std::net::SocketAddr>,
     live: Live<GatewayService>,
-    /// The text last loaded from the file (a file event that leaves it so does nothing).
+    /// The text last read from the file: a file event that leaves it so does nothing
+    /// (a broken file touched again is not refused and counted again).
     text: Option<String>,
 }
 
@@ -88,19 +95,18 @@ impl Reloader {
         live: Live<GatewayService>,
     ) -> Reloader {
         Reloader {
-            path,
             config,
             runtime,
             emulator,
             live,
             text: None,
+            path,
         }
     }
 
     /// Starts reloading on `triggers` and on changes of the file, until `shutdown`.
     pub(super) fn spawn(self, triggers: Triggers, mut shutdown: watch::Receiver<bool>) {
-        let Triggers { tx, mut rx } = triggers;
-        let watcher = watch_file(&self.path, tx);
+        let Triggers { mut rx, watcher } = triggers;
         let mut reloader = self;
         tokio::spawn(async move {
             // Dropped (and the watch removed) when the gateway stops.
@@ -150,6 +156,10 @@ impl Reloader {
             }
         };
         let reload = self.config.reload(new);
+        if !forced && reload.changed.is_empty() {
+            // The configuration in force, written again (or relinked, or first seen).
+            return;
+        }
         for key in &reload.needs_restart {
             tracing::warn!(
                 key = %key,

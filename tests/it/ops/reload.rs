@@ -1,11 +1,13 @@
-//! Hot reload of the binary (`SIGHUP`, a change of the file): a download in flight across a
-//! reload that removes its route completes, the next request on a keep-alive HTTP/1.1 or
-//! HTTP/2 connection is routed by the new table, a broken file leaves the old configuration serving (every mistake logged with its
-//! key, counted as an error), a key that needs a restart is logged and not applied, a
-//! reload of routes keeps the validation cache and one of the identity headers or of
-//! CloudBase drops it, a route's spent rate-limit bucket survives a reload that keeps its
-//! limit, forward-auth and the relay turn on without a restart, and a renewed certificate
-//! is served to the next TLS handshake (a broken one is refused).
+//! Hot reload of the binary (`SIGHUP`, a change of the file): a download in flight across
+//! a reload that removes its route completes, the next request on a keep-alive HTTP/1.1
+//! or HTTP/2 connection is routed by the new table, a broken file leaves the old
+//! configuration serving (every mistake logged with its key, counted as an error), a key
+//! that needs a restart is logged and not applied, a reload of routes keeps the
+//! validation cache and one of the identity headers or of CloudBase drops it, a route's
+//! spent rate-limit bucket survives a reload that keeps its limit, forward-auth and the
+//! relay turn on without a restart, a new sample ratio takes the next trace, a
+//! ConfigMap-style `..data` swap is seen, and a renewed certificate is served to the next
+//! TLS handshake (a broken one is refused).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -577,5 +579,42 @@ async fn a_reload_of_the_sample_ratio_applies_to_the_next_new_trace() {
         log.lines()
             .any(|l| l.contains("telemetry.otlp_endpoint") && l.contains("needs a restart")),
         "another collector is not taken on a reload:\n{log}"
+    );
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_update_that_swaps_its_data_link_reloads_and_a_relink_to_the_same_configuration_does_not(
+) {
+    use std::os::unix::fs::symlink;
+    let gw = Gateway::spawn("", &open_route("/api/"));
+    let dir = gw.process.dir.path();
+    let version = |name: &str, text: &str| {
+        std::fs::create_dir(dir.join(name)).unwrap();
+        std::fs::write(dir.join(name).join("config.toml"), text).unwrap();
+    };
+    // The kubelet's layout for a mounted ConfigMap: `config.toml -> ..data/config.toml`,
+    // `..data -> ..v1`; here holding the text in force.
+    version("..v1", &gw.text(&open_route("/api/")));
+    symlink("..v1", dir.join("..data")).unwrap();
+    symlink("..data/config.toml", dir.join("config.toml.link")).unwrap();
+    std::fs::rename(dir.join("config.toml.link"), dir.join("config.toml")).unwrap();
+    // Past the debounce, so that this (no) change is read on its own.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    // An update: a new version directory, then `..data` swapped to it by rename.
+    version(
+        "..v2",
+        &gw.text(&(open_route("/api/") + &open_route("/v2/"))),
+    );
+    symlink("..v2", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    gw.wait_for_reloads("ok", 1.0).await;
+    assert_eq!(gw.get("/v2/x", None).await.status(), 200);
+    assert_eq!(
+        gw.reloads("ok").await,
+        1.0,
+        "the relink to the same text reloaded nothing:\n{}",
+        gw.process.log()
     );
 }
