@@ -267,6 +267,25 @@ mod tests {
     }
 
     #[test]
+    fn a_new_redis_url_needs_a_restart_though_it_prints_redacted() {
+        let redis = |url: &str| {
+            config(&format!(
+                "[cache.redis]\nurl = \"{url}\"\nhmac_key = \"{}\"\n",
+                "k".repeat(32)
+            ))
+        };
+        let old = redis("redis://one:6379/0");
+        let r = old.reload(redis("redis://two:6379/0"));
+        assert_eq!(r.changed, ["cache.redis.url"]);
+        assert_eq!(r.needs_restart, ["cache.redis.url"]);
+        assert!(!r.drops_cache);
+        assert_eq!(
+            r.config.cache.redis.as_ref().map(|c| &c.url),
+            old.cache.redis.as_ref().map(|c| &c.url)
+        );
+    }
+
+    #[test]
     fn keys_that_need_a_restart_are_named_and_kept_as_they_run() {
         let old = config("[server]\nlisten = \"127.0.0.1:8080\"\n");
         let new = config(
