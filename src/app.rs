@@ -12,7 +12,7 @@
 //! `cloudbase.base_url` is unset, see [`CloudbaseSettings::base_url_with`]).
 //!
 //! Started from a file ([`start_from_file`]), the gateway reloads it on `SIGHUP` and when it
-//! changes ([`reload`]): the stack is built again over the same runtime pieces and swapped
+//! changes (`app/reload.rs`): the stack is built again over the same runtime pieces and swapped
 //! in for the next request.
 //!
 //! A new runtime piece (a client, a background task, the Redis tier) is built in
@@ -289,7 +289,7 @@ pub async fn start(
 }
 
 /// [`start`] for `config` loaded from the file at `path`, which is then reloaded on
-/// `SIGHUP` and whenever it changes (see [`reload`]).
+/// `SIGHUP` and whenever it changes (see `app/reload.rs`).
 pub async fn start_from_file(
     config: Config,
     path: PathBuf,

@@ -3,7 +3,7 @@
 //! connections over the limit.
 //!
 //! The certificate is not baked into the `ServerConfig`: both acceptors ask one resolver
-//! ([`CurrentCert`]) per handshake, which hands out the key pair in force from an
+//! (`CurrentCert`) per handshake, which hands out the key pair in force from an
 //! `ArcSwap`. A configuration reload ([`TlsAcceptors::reload`]) reads the files again and
 //! swaps the pair in: the next handshake gets it, connections already up keep theirs, and
 //! nothing is rebuilt or re-bound. The cost is one `ArcSwap` load per handshake, next to
