@@ -12,8 +12,8 @@
 //! `cloudbase.base_url` is unset, see [`CloudbaseSettings::base_url_with`]).
 //!
 //! Started from a file ([`start_from_file`]), the gateway reloads it on `SIGHUP` and when it
-//! changes (`app/reload.rs`): the stack is built again over the same runtime pieces and swapped
-//! in for the next request.
+//! changes (`app/reload.rs`): the stack is built again over the same runtime pieces and
+//! swapped in for the next request.
 //!
 //! A new runtime piece (a client, a background task, the Redis tier) is built in
 //! [`Runtime::build`] from the validated settings, handed to the layer or service that
