@@ -11,13 +11,20 @@
 //! CloudBase URL the client is built with (the emulator's bound address when
 //! `cloudbase.base_url` is unset, see [`CloudbaseSettings::base_url_with`]).
 //!
+//! Started from a file ([`start_from_file`]), the gateway reloads it on `SIGHUP` and when it
+//! changes (`app/reload.rs`): the stack is built again over the same runtime pieces and
+//! swapped in for the next request.
+//!
 //! A new runtime piece (a client, a background task, the Redis tier) is built in
 //! [`Runtime::build`] from the validated settings, handed to the layer or service that
 //! needs it where `start` builds the stack, and, if it runs on its own, started and stopped
 //! in [`start`] beside the admin listener and the emulator.
 
+mod reload;
+
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,13 +39,13 @@ use crate::admin::{self, AdminState};
 use crate::auth::Authenticator;
 use crate::cache::{AuthApi, IdentityCache, Limits};
 use crate::config::{CloudbaseSettings, Config};
-use crate::forward_auth::{self, ForwardAuth};
+use crate::forward_auth::ForwardAuth;
 use crate::http::BoxError;
 use crate::limit::RouteLimits;
 use crate::metrics::{Metrics, RequestKind};
 use crate::proxy::forward::{upstream_client, Forward, UpstreamClient};
 use crate::relay::{Relay, RelayParts};
-use crate::server::{self, TlsAcceptors};
+use crate::server::{self, Live, TlsAcceptors};
 use crate::stack::{self, GatewayService, Pieces};
 use crate::telemetry::trace::Tracing;
 
@@ -106,31 +113,14 @@ impl Runtime {
         api: Arc<dyn AuthApi>,
         cloudbase_url: &str,
     ) -> Result<Runtime, StartError> {
-        // Labels in `requests_total`: the configured routes, forward-auth's default route
-        // (if any; answered only as forward-auth), the relay's prefix (answered only as
-        // relayed), then `none`.
-        let fa_routes = forward_auth::routes(&config.forward_auth, &config.routes);
-        let mut metrics = Metrics::new(config.routes.iter().map(|r| r.prefix.clone()));
-        if config.forward_auth.enabled {
-            metrics = metrics.with_forward_auth();
-        }
-        for route in &fa_routes[config.routes.len()..] {
-            metrics.add_route(route.prefix.clone(), RequestKind::ForwardAuth);
-        }
-        let relay_label = config
-            .relay
-            .enabled
-            .then(|| metrics.add_route(config.relay.prefix.clone(), RequestKind::Relay));
-        let no_route = metrics.no_route();
-        let metrics = Arc::new(metrics);
-        let limits = Limits {
-            max_in_flight: config.cloudbase.max_in_flight,
-            max_header_bytes: config.identity.max_header_bytes,
-        };
+        // Labels in `requests_total`: the configured routes (slots in route order), then
+        // forward-auth's default route (answered only as forward-auth) and the relay's
+        // prefix (answered only as relayed), as `diverts` labels them; `none` last.
+        let metrics = Arc::new(Metrics::new(config.routes.iter().map(|r| r.prefix.clone())));
         let cache = IdentityCache::with_limits(
             &config.cache,
             &config.identity.headers,
-            limits,
+            cache_limits(config),
             api,
             metrics.clone(),
         );
@@ -139,40 +129,6 @@ impl Runtime {
                 what: "upstream client",
                 source,
             })?;
-        // The endpoint an existing ingress asks: decides through the same routes and the
-        // same `Authenticator` as the proxy path, forwards nothing.
-        let forward_auth = config.forward_auth.enabled.then(|| {
-            ForwardAuth::new(
-                &config.forward_auth,
-                &config.routes,
-                config.server.escaped_slashes,
-                Authenticator::new(cache.clone(), metrics.clone()),
-                config.identity.headers.clone(),
-                no_route,
-            )
-        });
-        // The relay shares the upstream client, the cache (its purges go through
-        // `IdentityCache::purge_*`) and the metrics.
-        let relay = match relay_label {
-            Some(label) => {
-                let parts = RelayParts {
-                    base_url: cloudbase_url.to_owned(),
-                    escaped_slashes: config.server.escaped_slashes,
-                    trusted_proxies: config.server.trusted_proxies.clone(),
-                    request_timeout: config.server.request_timeout,
-                    client: upstream.clone(),
-                    cache: cache.clone(),
-                    metrics: metrics.clone(),
-                    label,
-                };
-                let relay = Relay::new(&config.relay, parts).map_err(|e| StartError::Setup {
-                    what: "CloudBase relay",
-                    source: e.into(),
-                })?;
-                Some(relay)
-            }
-            None => None,
-        };
         // `[telemetry]`: the collector is trusted as CloudBase is (`cloudbase.ca_file`).
         let roots: Vec<RootCerts> = config
             .cloudbase
@@ -184,16 +140,59 @@ impl Runtime {
             what: "span exporter",
             source: e.into(),
         })?;
-        Ok(Runtime {
+        let runtime = Runtime {
             metrics,
             cache,
             upstream,
             tls: None,
             tracing,
-            forward_auth,
-            relay,
+            forward_auth: None,
+            relay: None,
             rate_limits: RouteLimits::new(&config.routes),
+        };
+        Ok(Runtime {
+            forward_auth: runtime.forward_auth(config),
+            relay: runtime.relay(config, cloudbase_url)?,
+            ..runtime
         })
+    }
+
+    /// The forward-auth endpoint while `[forward_auth]` is on: decides through the same
+    /// routes and the same `Authenticator` as the proxy path, forwards nothing.
+    fn forward_auth(&self, config: &Config) -> Option<ForwardAuth> {
+        config.forward_auth.enabled.then(|| {
+            ForwardAuth::new(
+                &config.forward_auth,
+                &config.routes,
+                config.server.escaped_slashes,
+                Authenticator::new(self.cache.clone(), self.metrics.clone()),
+                config.identity.headers.clone(),
+                &self.metrics,
+            )
+        })
+    }
+
+    /// The relay while `[relay]` is on, relaying to `cloudbase_url`. It shares the upstream
+    /// client, the cache (its purges go through `IdentityCache::purge_*`) and the metrics.
+    fn relay(&self, config: &Config, cloudbase_url: &str) -> Result<Option<Relay>, StartError> {
+        if !config.relay.enabled {
+            return Ok(None);
+        }
+        let parts = RelayParts {
+            base_url: cloudbase_url.to_owned(),
+            escaped_slashes: config.server.escaped_slashes,
+            trusted_proxies: config.server.trusted_proxies.clone(),
+            request_timeout: config.server.request_timeout,
+            client: self.upstream.clone(),
+            cache: self.cache.clone(),
+            metrics: self.metrics.clone(),
+            label: self.metrics.label(&config.relay.prefix, RequestKind::Relay),
+        };
+        let relay = Relay::new(&config.relay, parts).map_err(|e| StartError::Setup {
+            what: "CloudBase relay",
+            source: e.into(),
+        })?;
+        Ok(Some(relay))
     }
 
     /// The pieces the stack is built over.
@@ -212,6 +211,14 @@ impl Runtime {
     pub fn service(&self, config: &Config) -> GatewayService {
         let forward = Forward::new(self.upstream.clone(), &config.server.trusted_proxies);
         stack::build(config, &self.pieces(), forward)
+    }
+}
+
+/// The bounds of the cache that `[cloudbase]` and `[identity]` set.
+fn cache_limits(config: &Config) -> Limits {
+    Limits {
+        max_in_flight: config.cloudbase.max_in_flight,
+        max_header_bytes: config.identity.max_header_bytes,
     }
 }
 
@@ -278,7 +285,26 @@ pub async fn start(
     config: Config,
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, StartError> {
+    start_with(config, None, signal).await
+}
+
+/// [`start`] for `config` loaded from the file at `path`, which is then reloaded on
+/// `SIGHUP` and whenever it changes (see `app/reload.rs`).
+pub async fn start_from_file(
+    config: Config,
+    path: PathBuf,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> Result<Running, StartError> {
+    start_with(config, Some(path), signal).await
+}
+
+async fn start_with(
+    config: Config,
+    reload_from: Option<PathBuf>,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> Result<Running, StartError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let triggers = reload_from.as_deref().map(reload::Triggers::install);
     let emulator = embed_emulator(&config, shutdown_rx.clone()).await?;
     let (listener, addr) = bind("gateway", config.server.listen).await?;
     let (admin_listener, admin_addr) = bind("admin", config.admin.listen).await?;
@@ -291,7 +317,7 @@ pub async fn start(
             source: "no CloudBase URL: set cloudbase.base_url or cloudbase.env_id".into(),
         })?;
     let runtime = Runtime::build(&config, &cloudbase_url)?;
-    let service = runtime.service(&config);
+    let service = Live::new(runtime.service(&config));
     if config.cache.redis.is_some() {
         // The tier (crate::cache::shared) exists and is tested; the request path and the
         // admin purge do not call it yet (issue 11's integration step).
@@ -311,6 +337,17 @@ pub async fn start(
     };
     let (drained, admin_task) = serve_admin(admin_listener, admin);
     forward_signal(signal, shutdown_tx.clone());
+    if let (Some(path), Some(triggers)) = (reload_from, triggers) {
+        let emulator_addr = emulator.as_ref().map(|e| e.addr);
+        reload::Reloader::new(
+            path,
+            config.clone(),
+            runtime.clone(),
+            emulator_addr,
+            service.clone(),
+        )
+        .spawn(triggers, shutdown_rx.clone());
+    }
 
     let (emulator_addr, emulator_handle) = match &emulator {
         Some(e) => (Some(e.addr), Some(e.emulator.clone())),

@@ -182,7 +182,7 @@ fn main() -> ExitCode {
             };
             telemetry::init(cli.log_format);
             log_runtime(&runtime);
-            runtime.block_on(run_gateway(config))
+            runtime.block_on(run_gateway(config, cli.config))
         }
     }
 }
@@ -209,11 +209,11 @@ async fn run_emulator(config: EmulatorConfig, listen: Option<SocketAddr>) -> Exi
     }
 }
 
-async fn run_gateway(config: Config) -> ExitCode {
+async fn run_gateway(config: Config, path: PathBuf) -> ExitCode {
     for warning in config.warnings() {
         tracing::warn!(key = %warning.key, "{}", warning.message);
     }
-    let running = match app::start(config, shutdown_signal()).await {
+    let running = match app::start_from_file(config, path, shutdown_signal()).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start: {e}");

@@ -10,11 +10,22 @@
 //! atomics. The fixed-label counters (decisions, lookups, CloudBase outcomes) are plain
 //! arrays indexed by enum, with no hashing at all. The price: the exposition format is
 //! written by hand (`render`, pinned by a test).
+//!
+//! Route labels can change while the gateway runs (a configuration reload): each route
+//! prefix gets a *label slot* the first time a route table names it ([`Metrics::label`]),
+//! and keeps it for the life of the process, so a reload that keeps a prefix keeps its
+//! series counting on, and one that adds a prefix adds series. Slots are allocated lazily
+//! in a table of [`MAX_ROUTE_LABELS`] set once, so the request path reads a slot with one
+//! uncontended load (`OnceLock::get`) and never a lock; a prefix that was configured once
+//! keeps rendering its last values after a reload removes it (Prometheus series do not go
+//! back). The bound keeps the series count bounded whatever an operator reloads: past it,
+//! a new prefix is counted under `none` (with a warning).
 
 use std::collections::HashMap;
 use std::fmt::Write;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::RwLock;
+use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use http::Method;
@@ -231,6 +242,16 @@ label_set! {
     }
 }
 
+label_set! {
+    /// `config_reloads_total{result}`: what a reload (SIGHUP or a change of the file) did.
+    ConfigReload {
+        /// The file was valid; its settings are in force (those that need a restart aside).
+        Ok => "ok",
+        /// The file was unreadable or invalid; the configuration in force stayed.
+        Error => "error",
+    }
+}
+
 /// The CloudBase endpoints the gateway calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloudbaseEndpoint {
@@ -428,30 +449,50 @@ fn method_label(m: &Method) -> &'static str {
     known_method(m).unwrap_or("OTHER")
 }
 
-/// A `requests_total` series: route index, method label, status, kind.
+/// A `requests_total` series: route label slot, method label, status, kind.
 type RequestKey = (usize, &'static str, u16, RequestKind);
 
 /// Route label for requests that matched no route.
 pub const NO_ROUTE: &str = "none";
 
-/// The histograms rendered for a route answered only under `kind`.
-fn only(kind: RequestKind) -> [bool; RequestKind::ALL.len()] {
-    let mut kinds = [false; RequestKind::ALL.len()];
-    kinds[kind as usize] = true;
-    kinds
+/// The label slot of [`NO_ROUTE`]: past every other, so `none` renders last.
+pub const NO_ROUTE_SLOT: usize = usize::MAX;
+
+/// Distinct route labels (prefixes) at most over the process's life, reloads included.
+pub const MAX_ROUTE_LABELS: usize = 256;
+
+/// The series of one route label.
+#[derive(Default)]
+struct RouteSeries {
+    label: String,
+    /// Per [`RequestKind`].
+    durations: [Histogram; RequestKind::ALL.len()],
+    /// Per [`RequestKind`]: whether that histogram is rendered. Only the kinds a route can
+    /// be answered under are, so a relay or forward-auth that is off (and the relay's label
+    /// under `proxy`) adds no series that stay zero forever.
+    rendered: [AtomicBool; RequestKind::ALL.len()],
+    rate_limited: AtomicU64,
+    rate_limit_overflows: AtomicU64,
+}
+
+impl RouteSeries {
+    fn new(label: String) -> RouteSeries {
+        RouteSeries {
+            label,
+            ..RouteSeries::default()
+        }
+    }
 }
 
 /// All the gateway's metrics.
 pub struct Metrics {
-    /// Label per route index; the last one is [`NO_ROUTE`].
-    routes: Vec<String>,
+    /// Route label slots, filled in order ([`Metrics::label`]); a route's `label` indexes it.
+    routes: Box<[OnceLock<Box<RouteSeries>>]>,
+    /// Taken to add a label (at start and on reload), never on the request path.
+    adding: Mutex<()>,
+    /// [`NO_ROUTE`]'s series ([`NO_ROUTE_SLOT`]).
+    none: RouteSeries,
     requests: RwLock<HashMap<RequestKey, AtomicU64>>,
-    /// Per route, per [`RequestKind`].
-    durations: Vec<[Histogram; RequestKind::ALL.len()]>,
-    /// Per route, per [`RequestKind`]: whether that histogram is rendered. Only the kinds a
-    /// route can be answered under are, so a relay or forward-auth that is off (and the
-    /// relay's label under `proxy`) adds no series that stay zero forever.
-    rendered: Vec<[bool; RequestKind::ALL.len()]>,
     auth: [AtomicU64; 5],
     cache: [AtomicU64; 4],
     cloudbase: [[AtomicU64; 6]; 2],
@@ -469,27 +510,26 @@ pub struct Metrics {
     relay_requests: [[AtomicU64; 5]; 17],
     relay_purges: [AtomicU64; 3],
     relay_rate_limited: [AtomicU64; 3],
-    /// By route index, like `durations`.
-    rate_limited: Vec<AtomicU64>,
-    rate_limit_overflows: Vec<AtomicU64>,
+    config_reloads: [AtomicU64; 2],
 }
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let labels: Vec<&str> = self.series().map(|s| s.label.as_str()).collect();
         f.debug_struct("Metrics")
-            .field("routes", &self.routes)
+            .field("routes", &labels)
             .finish_non_exhaustive()
     }
 }
 
 impl Metrics {
-    /// `routes` are the configured prefixes, in route order.
+    /// `routes` are the configured prefixes, in route order: their label slots are
+    /// `0..routes.len()`, each rendered under `kind="proxy"`.
     pub fn new(routes: impl IntoIterator<Item = String>) -> Metrics {
-        let mut routes: Vec<String> = routes.into_iter().collect();
-        routes.push(NO_ROUTE.to_owned());
-        Metrics {
-            durations: routes.iter().map(|_| Default::default()).collect(),
-            rendered: routes.iter().map(|_| only(RequestKind::Proxy)).collect(),
+        let metrics = Metrics {
+            routes: (0..MAX_ROUTE_LABELS).map(|_| OnceLock::new()).collect(),
+            adding: Mutex::new(()),
+            none: RouteSeries::new(NO_ROUTE.to_owned()),
             requests: RwLock::default(),
             auth: Default::default(),
             cache: Default::default(),
@@ -507,36 +547,75 @@ impl Metrics {
             relay_requests: Default::default(),
             relay_purges: Default::default(),
             relay_rate_limited: Default::default(),
-            rate_limited: routes.iter().map(|_| AtomicU64::new(0)).collect(),
-            rate_limit_overflows: routes.iter().map(|_| AtomicU64::new(0)).collect(),
-            routes,
+            config_reloads: Default::default(),
+        };
+        metrics.none.rendered[RequestKind::Proxy as usize].store(true, Relaxed);
+        for route in routes {
+            metrics.label(&route, RequestKind::Proxy);
         }
+        metrics
     }
 
-    /// Renders the `kind="forward_auth"` request histograms of every route added so far
+    /// Renders the `kind="forward_auth"` request histograms of every route labelled so far
     /// (and of [`NO_ROUTE`]) too: forward-auth decides on the configured routes.
-    pub fn with_forward_auth(mut self) -> Metrics {
-        for kinds in &mut self.rendered {
-            kinds[RequestKind::ForwardAuth as usize] = true;
+    pub fn with_forward_auth(self) -> Metrics {
+        for series in self.series().chain([&self.none]) {
+            series.rendered[RequestKind::ForwardAuth as usize].store(true, Relaxed);
         }
         self
     }
 
-    /// Adds a route label answered only under `kind` (forward-auth's default route, the
-    /// relay's prefix), before [`NO_ROUTE`]; returns its index for [`Metrics::request`].
-    pub fn add_route(&mut self, label: String, kind: RequestKind) -> usize {
-        let index = self.no_route();
-        self.routes.insert(index, label);
-        self.durations.insert(index, Default::default());
-        self.rendered.insert(index, only(kind));
-        self.rate_limited.insert(index, AtomicU64::new(0));
-        self.rate_limit_overflows.insert(index, AtomicU64::new(0));
-        index
+    /// The label slot of route prefix `label`, answered under `kind` (whose histogram is
+    /// rendered from now on): the slot it already has, or the next free one. [`NO_ROUTE`]
+    /// is [`NO_ROUTE_SLOT`]; so is any new label once [`MAX_ROUTE_LABELS`] are taken.
+    pub fn label(&self, label: &str, kind: RequestKind) -> usize {
+        let (slot, series) = if label == NO_ROUTE {
+            (NO_ROUTE_SLOT, &self.none)
+        } else {
+            let _adding = self.adding.lock().unwrap_or_else(|e| e.into_inner());
+            match self.series().position(|s| s.label == label) {
+                Some(slot) => (slot, self.slot(slot).expect("a filled slot")),
+                None => match self.routes.iter().position(|s| s.get().is_none()) {
+                    Some(slot) => {
+                        let series = self.routes[slot]
+                            .get_or_init(|| Box::new(RouteSeries::new(label.to_owned())));
+                        (slot, &**series)
+                    }
+                    None => {
+                        tracing::warn!(
+                            route = label,
+                            "more than {MAX_ROUTE_LABELS} route prefixes since start: counted as {NO_ROUTE}"
+                        );
+                        (NO_ROUTE_SLOT, &self.none)
+                    }
+                },
+            }
+        };
+        series.rendered[kind as usize].store(true, Relaxed);
+        slot
     }
 
-    /// Index used for requests that matched no route.
+    /// Label slot used for requests that matched no route.
     pub fn no_route(&self) -> usize {
-        self.routes.len() - 1
+        NO_ROUTE_SLOT
+    }
+
+    /// The series of label slot `slot`, if it is filled.
+    fn slot(&self, slot: usize) -> Option<&RouteSeries> {
+        self.routes.get(slot)?.get().map(|s| &**s)
+    }
+
+    /// Every labelled route's series, in slot order ([`NO_ROUTE`]'s aside).
+    fn series(&self) -> impl Iterator<Item = &RouteSeries> {
+        self.routes.iter().map_while(|s| s.get().map(|s| &**s))
+    }
+
+    /// The slot and series a request of route `route` counts under: [`NO_ROUTE`]'s when it
+    /// has none (or one no slot holds).
+    fn route_series(&self, route: Option<usize>) -> (usize, &RouteSeries) {
+        route
+            .and_then(|slot| Some((slot, self.slot(slot)?)))
+            .unwrap_or((NO_ROUTE_SLOT, &self.none))
     }
 
     pub fn request(
@@ -547,7 +626,7 @@ impl Metrics {
         status: u16,
         took: Duration,
     ) {
-        let route = route.unwrap_or(self.no_route()).min(self.no_route());
+        let (route, series) = self.route_series(route);
         let key = (route, method_label(method), status, kind);
         let hit = {
             let map = self.requests.read().unwrap_or_else(|e| e.into_inner());
@@ -557,7 +636,7 @@ impl Metrics {
             let mut map = self.requests.write().unwrap_or_else(|e| e.into_inner());
             map.entry(key).or_default().fetch_add(1, Relaxed);
         }
-        self.durations[route][kind as usize].observe(took);
+        series.durations[kind as usize].observe(took);
     }
 
     pub fn auth_decision(&self, d: AuthDecision) {
@@ -634,19 +713,24 @@ impl Metrics {
         self.relay_rate_limited[limit as usize].fetch_add(1, Relaxed);
     }
 
-    /// A request refused by its route's `rate_limit`.
+    /// A request refused by its route's `rate_limit` (`route`: its label slot).
     pub fn rate_limited(&self, route: usize) {
-        if let Some(c) = self.rate_limited.get(route) {
-            c.fetch_add(1, Relaxed);
+        if let Some(s) = self.slot(route) {
+            s.rate_limited.fetch_add(1, Relaxed);
         }
     }
 
     /// A request of a key the full rate-limit table could not track, checked against the
     /// route's shared overflow bucket.
     pub fn rate_limit_overflow(&self, route: usize) {
-        if let Some(c) = self.rate_limit_overflows.get(route) {
-            c.fetch_add(1, Relaxed);
+        if let Some(s) = self.slot(route) {
+            s.rate_limit_overflows.fetch_add(1, Relaxed);
         }
+    }
+
+    /// A configuration reload, done or refused.
+    pub fn config_reload(&self, result: ConfigReload) {
+        self.config_reloads[result.index()].fetch_add(1, Relaxed);
     }
 
     /// Prometheus text exposition format 0.0.4.
@@ -665,7 +749,7 @@ impl Metrics {
             let mut rows: Vec<_> = map.iter().map(|(k, v)| (*k, v.load(Relaxed))).collect();
             rows.sort();
             for ((route, method, status, kind), n) in rows {
-                let route = escape(&self.routes[route]);
+                let route = escape(&self.route_series(Some(route)).1.label);
                 let kind = kind.as_str();
                 let labels = format!(
                     "route=\"{route}\",method=\"{method}\",status=\"{status}\",kind=\"{kind}\""
@@ -679,15 +763,14 @@ impl Metrics {
             "histogram",
             "Time from request head to response head, by route prefix and kind.",
         );
-        for ((route, by_kind), rendered) in
-            self.routes.iter().zip(&self.durations).zip(&self.rendered)
-        {
+        for series in self.series().chain([&self.none]) {
             for kind in RequestKind::ALL {
-                if !rendered[kind as usize] {
+                if !series.rendered[kind as usize].load(Relaxed) {
                     continue;
                 }
-                let labels = format!("route=\"{}\",kind=\"{}\"", escape(route), kind.as_str());
-                by_kind[kind as usize].render(o, "request_duration_seconds", &labels);
+                let route = escape(&series.label);
+                let labels = format!("route=\"{route}\",kind=\"{}\"", kind.as_str());
+                series.durations[kind as usize].render(o, "request_duration_seconds", &labels);
             }
         }
         family(
@@ -823,21 +906,32 @@ impl Metrics {
             sample(o, "identity_headers_omitted_total", &labels, n);
         }
         self.render_redis(o);
+        counters::<ConfigReload>(
+            o,
+            "config_reloads_total",
+            "Configuration reloads (SIGHUP or a change of the file), by result.",
+            "result",
+            &self.config_reloads,
+        );
         out
     }
 
     /// `routes[].rate_limit`'s series, one per route (zero where a route has no limit).
     fn render_rate_limits(&self, o: &mut String) {
-        let routes = &self.routes[..self.no_route()];
         family(
             o,
             "rate_limited_total",
             "counter",
             "Requests refused with 429 by their route's rate_limit, by route prefix.",
         );
-        for (route, n) in routes.iter().zip(&self.rate_limited) {
-            let labels = format!("route=\"{}\"", escape(route));
-            sample(o, "rate_limited_total", &labels, n.load(Relaxed));
+        for series in self.series() {
+            let labels = format!("route=\"{}\"", escape(&series.label));
+            sample(
+                o,
+                "rate_limited_total",
+                &labels,
+                series.rate_limited.load(Relaxed),
+            );
         }
         family(
             o,
@@ -845,9 +939,10 @@ impl Metrics {
             "counter",
             "Requests checked against a route's shared overflow bucket because its rate-limit table held rate_limit_max_keys keys.",
         );
-        for (route, n) in routes.iter().zip(&self.rate_limit_overflows) {
-            let labels = format!("route=\"{}\"", escape(route));
-            sample(o, "rate_limit_overflow_total", &labels, n.load(Relaxed));
+        for series in self.series() {
+            let labels = format!("route=\"{}\"", escape(&series.label));
+            let n = series.rate_limit_overflows.load(Relaxed);
+            sample(o, "rate_limit_overflow_total", &labels, n);
         }
     }
 
@@ -992,10 +1087,10 @@ mod tests {
 
     #[test]
     fn builtin_routes_are_labelled_before_none_and_render_only_their_own_kind() {
-        let mut m = Metrics::new(["/api/".to_owned()]).with_forward_auth();
-        let default = m.add_route("/".to_owned(), RequestKind::ForwardAuth);
-        let relay = m.add_route("/auth/v1/".to_owned(), RequestKind::Relay);
-        assert_eq!((default, relay, m.no_route()), (1, 2, 3));
+        let m = Metrics::new(["/api/".to_owned()]).with_forward_auth();
+        let default = m.label("/", RequestKind::ForwardAuth);
+        let relay = m.label("/auth/v1/", RequestKind::Relay);
+        assert_eq!((default, relay, m.no_route()), (1, 2, NO_ROUTE_SLOT));
         m.request(
             Some(relay),
             RequestKind::Relay,
@@ -1033,6 +1128,70 @@ mod tests {
                 "{absent} can never be observed\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn a_reloaded_route_table_keeps_the_series_of_its_prefixes_and_adds_new_ones() {
+        let m = Metrics::new(["/api/".to_owned(), "/old/".to_owned()]);
+        let get = Method::GET;
+        m.request(Some(0), RequestKind::Proxy, &get, 200, Duration::ZERO);
+        m.rate_limited(0);
+        // The new table: `/new/` first, then `/api/` (now at position 1), `/old/` gone.
+        let new = m.label("/new/", RequestKind::Proxy);
+        let api = m.label("/api/", RequestKind::Proxy);
+        assert_eq!((api, new), (0, 2), "a kept prefix keeps its slot");
+        m.request(Some(api), RequestKind::Proxy, &get, 200, Duration::ZERO);
+        m.request(Some(new), RequestKind::Proxy, &get, 200, Duration::ZERO);
+        m.rate_limited(api);
+        let text = m.render(0);
+        for series in [
+            "requests_total{route=\"/api/\",method=\"GET\",status=\"200\",kind=\"proxy\"} 2",
+            "requests_total{route=\"/new/\",method=\"GET\",status=\"200\",kind=\"proxy\"} 1",
+            "request_duration_seconds_count{route=\"/api/\",kind=\"proxy\"} 2",
+            "request_duration_seconds_count{route=\"/old/\",kind=\"proxy\"} 0",
+            "rate_limited_total{route=\"/api/\"} 2",
+            "rate_limited_total{route=\"/new/\"} 0",
+        ] {
+            assert!(
+                text.contains(&format!("cloudbase_gateway_{series}")),
+                "{series}\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn route_labels_are_bounded_and_the_overflow_is_counted_as_none() {
+        let m = Metrics::new((0..MAX_ROUTE_LABELS).map(|i| format!("/r{i}/")));
+        let over = m.label("/one-too-many/", RequestKind::Proxy);
+        assert_eq!(over, NO_ROUTE_SLOT);
+        m.request(
+            Some(over),
+            RequestKind::Proxy,
+            &Method::GET,
+            200,
+            Duration::ZERO,
+        );
+        let text = m.render(0);
+        assert!(!text.contains("one-too-many"));
+        assert!(text.contains(
+            "cloudbase_gateway_requests_total{route=\"none\",method=\"GET\",status=\"200\",kind=\"proxy\"} 1"
+        ));
+        assert_eq!(
+            m.label("/r7/", RequestKind::Proxy),
+            7,
+            "labels held keep their slot"
+        );
+    }
+
+    #[test]
+    fn config_reloads_are_counted_by_result() {
+        let m = Metrics::new(Vec::<String>::new());
+        m.config_reload(ConfigReload::Error);
+        m.config_reload(ConfigReload::Ok);
+        m.config_reload(ConfigReload::Error);
+        let text = m.render(0);
+        assert!(text.contains("cloudbase_gateway_config_reloads_total{result=\"ok\"} 1"));
+        assert!(text.contains("cloudbase_gateway_config_reloads_total{result=\"error\"} 2"));
     }
 
     #[test]

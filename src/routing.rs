@@ -24,15 +24,19 @@ use crate::cache::SharedIdentity;
 use crate::config::{RouteSettings, Upstream};
 use crate::http::headers::is_cors_preflight;
 use crate::http::Body;
-use crate::metrics::{RequestKind, NO_ROUTE};
+use crate::metrics::{Metrics, RequestKind, NO_ROUTE};
 use crate::path::{self, EscapedSlashes};
 use crate::telemetry::trace::RequestTrace;
 
 /// A configured route with what is derived from it once.
 #[derive(Debug)]
 pub struct Route {
-    /// Position in the configuration; also the metrics label index.
+    /// Position in the route table it belongs to (per-table state, as the rate limiters,
+    /// is kept by it).
     pub index: usize,
+    /// Its label slot in the metrics (`Metrics::label`), kept by its prefix across
+    /// reloads; `index` until [`Routes::labelled`] says otherwise.
+    pub label: usize,
     pub settings: RouteSettings,
     /// `Allow` for 405 answers.
     pub allow: HeaderValue,
@@ -44,6 +48,11 @@ pub struct Route {
 impl Route {
     /// The route of `settings`, labelled `index` in the metrics.
     pub fn new(index: usize, settings: RouteSettings) -> Route {
+        Route::labelled(index, index, settings)
+    }
+
+    /// The route of `settings` at `index` of its table, with metrics label slot `label`.
+    pub fn labelled(index: usize, label: usize, settings: RouteSettings) -> Route {
         let allow = settings
             .methods
             .iter()
@@ -56,6 +65,7 @@ impl Route {
         };
         Route {
             index,
+            label,
             allow: HeaderValue::from_str(&allow).unwrap_or(HeaderValue::from_static("")),
             upstream_host,
             settings,
@@ -174,6 +184,23 @@ impl Routes {
         all.sort_by_key(|r| std::cmp::Reverse(r.settings.prefix.len()));
         Routes {
             by_length: all.into(),
+        }
+    }
+
+    /// The same table with each route labelled by the slot `metrics` keeps for its prefix,
+    /// answered under `kind`: a table built again on reload keeps counting its prefixes'
+    /// series on.
+    pub fn labelled(self, metrics: &Metrics, kind: RequestKind) -> Routes {
+        let by_length: Vec<Arc<Route>> = self
+            .by_length
+            .iter()
+            .map(|r| {
+                let label = metrics.label(&r.settings.prefix, kind);
+                Arc::new(Route::labelled(r.index, label, r.settings.clone()))
+            })
+            .collect();
+        Routes {
+            by_length: by_length.into(),
         }
     }
 

@@ -41,6 +41,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use futures_util::future::{FutureExt, Shared};
 use http::StatusCode;
 use tokio::time::Instant;
@@ -135,14 +136,42 @@ struct Inner {
     flights: Mutex<HashMap<TokenKey, (Flight, Option<SpanLink>)>>,
     /// Bumped by every purge; a flight that started before a purge does not store.
     generation: AtomicU64,
+    /// What a configuration reload may change ([`IdentityCache::reconfigure`]); loaded
+    /// once per flight, never on a hit.
+    tuning: ArcSwap<Tuning>,
+    metrics: Arc<Metrics>,
+    /// Unix time, for `exp` and group expiries.
+    clock: UnixClock,
+}
+
+/// The part of the cache a reload may change: a flight keeps the one it started with.
+struct Tuning {
     api: Arc<dyn AuthApi>,
     settings: CacheSettings,
     fields: HeaderFields,
     /// One permit per CloudBase call that may be open; a flight holds two.
     calls: Arc<tokio::sync::Semaphore>,
-    metrics: Arc<Metrics>,
-    /// Unix time, for `exp` and group expiries.
-    clock: UnixClock,
+}
+
+impl Tuning {
+    fn new(
+        settings: &CacheSettings,
+        mapping: &IdentityMapping,
+        limits: Limits,
+        api: Arc<dyn AuthApi>,
+        metrics: &Arc<Metrics>,
+    ) -> Tuning {
+        let permits = limits.max_in_flight.clamp(
+            CALLS_PER_FLIGHT as usize,
+            tokio::sync::Semaphore::MAX_PERMITS,
+        );
+        Tuning {
+            api,
+            settings: settings.clone(),
+            fields: HeaderFields::new(mapping, limits.max_header_bytes, Some(metrics.clone())),
+            calls: Arc::new(tokio::sync::Semaphore::new(permits)),
+        }
+    }
 }
 
 /// Bounds of the cache that come from outside `[cache]`.
@@ -225,22 +254,42 @@ impl IdentityCache {
         clock: UnixClock,
     ) -> IdentityCache {
         let entries = Entries::new(settings);
-        let permits = limits.max_in_flight.clamp(
-            CALLS_PER_FLIGHT as usize,
-            tokio::sync::Semaphore::MAX_PERMITS,
-        );
+        let tuning = Tuning::new(settings, mapping, limits, api, &metrics);
         IdentityCache {
             inner: Arc::new(Inner {
                 entries,
                 flights: Mutex::default(),
                 generation: AtomicU64::new(0),
-                api,
-                settings: settings.clone(),
-                fields: HeaderFields::new(mapping, limits.max_header_bytes, Some(metrics.clone())),
-                calls: Arc::new(tokio::sync::Semaphore::new(permits)),
+                tuning: ArcSwap::from_pointee(tuning),
                 metrics,
                 clock,
             }),
+        }
+    }
+
+    /// A configuration reload: from the next flight on, CloudBase is asked through `api`
+    /// (when given; `None` keeps the client in use),
+    /// identities are rendered with `mapping` and kept for `settings`' TTLs, and at most
+    /// `limits` calls are open (flights in the air finish as they started). The capacity
+    /// (`max_entries`, `max_memory`) stays as built. With `drop_entries` (the header
+    /// mapping or CloudBase changed, so what is held was rendered for another mapping or
+    /// vouched for by another CloudBase) every entry goes, and flights in the air store
+    /// nothing; returns how many entries went.
+    pub fn reconfigure(
+        &self,
+        settings: &CacheSettings,
+        mapping: &IdentityMapping,
+        limits: Limits,
+        api: Option<Arc<dyn AuthApi>>,
+        drop_entries: bool,
+    ) -> u64 {
+        let api = api.unwrap_or_else(|| self.inner.tuning.load().api.clone());
+        let tuning = Tuning::new(settings, mapping, limits, api, &self.inner.metrics);
+        self.inner.tuning.store(Arc::new(tuning));
+        if drop_entries {
+            self.purge_all()
+        } else {
+            0
         }
     }
 
@@ -345,8 +394,8 @@ impl IdentityCache {
                 return done.shared();
             }
         }
-        let Ok(permit) = self
-            .inner
+        let tuning = self.inner.tuning.load_full();
+        let Ok(permit) = tuning
             .calls
             .clone()
             .try_acquire_many_owned(CALLS_PER_FLIGHT)
@@ -365,7 +414,9 @@ impl IdentityCache {
         let link = span.as_ref().map(Span::link_target);
         let task = tokio::spawn(async move {
             let generation = inner.generation.load(Ordering::Acquire);
-            let entry = inner.fetch(&token, exp, &opts, span.as_ref()).await;
+            let entry = inner
+                .fetch(&tuning, &token, exp, &opts, span.as_ref())
+                .await;
             drop(permit);
             if let Some(span) = &span {
                 let result = match &entry {
@@ -441,6 +492,7 @@ impl Inner {
     /// `flight`: the flight's span, under which each call gets its own.
     async fn fetch(
         &self,
+        tuning: &Tuning,
         token: &str,
         exp: Option<i64>,
         opts: &CallOptions,
@@ -461,13 +513,13 @@ impl Inner {
         let (introspection, profile) = tokio::join!(
             self.timed(
                 CloudbaseEndpoint::Introspect,
-                self.api.introspect(token, &introspect_opts),
+                tuning.api.introspect(token, &introspect_opts),
                 Introspection::is_active,
                 introspect_span,
             ),
             self.timed(
                 CloudbaseEndpoint::UserMe,
-                self.api.user_me(token, &user_me_opts),
+                tuning.api.user_me(token, &user_me_opts),
                 |_| true,
                 user_me_span,
             ),
@@ -476,7 +528,7 @@ impl Inner {
         let now = Instant::now();
         let negative = || {
             Entry::Negative(Negative {
-                fresh_until: now + self.settings.negative_ttl,
+                fresh_until: now + tuning.settings.negative_ttl,
             })
         };
         // A definitive "no" from either call decides, whatever the other one did: CloudBase
@@ -505,8 +557,8 @@ impl Inner {
         }
         let unix_now = self.clock.now();
         let now_secs = unix_secs(unix_now);
-        let identity = Identity::new(&introspection, &profile, exp, &self.fields, now_secs);
-        let mut fresh = self.settings.ttl;
+        let identity = Identity::new(&introspection, &profile, exp, &tuning.fields, now_secs);
+        let mut fresh = tuning.settings.ttl;
         for limit in [exp, identity.next_group_expiry(now_secs)]
             .into_iter()
             .flatten()
@@ -518,7 +570,7 @@ impl Inner {
         let stale_until = if fresh.is_zero() {
             now
         } else {
-            now + fresh + self.settings.stale_if_error
+            now + fresh + tuning.settings.stale_if_error
         };
         Some(Entry::Positive(Positive {
             identity: Arc::new(identity),

@@ -25,6 +25,7 @@ mod forward_auth;
 mod identity;
 mod rate;
 mod relay;
+mod reload;
 mod routes;
 mod ser;
 mod server;
@@ -54,6 +55,7 @@ pub use identity::{
 };
 pub use rate::{parse_rate, Rate, RateUnit};
 pub use relay::{RelayLimit, RelayLimits, RelaySettings};
+pub use reload::{Reload, NEEDS_RESTART};
 pub use routes::{
     parse_upstream, AuthMode, RouteRateLimit, RouteSettings, Upstream, DEFAULT_RATE_LIMIT_MAX_KEYS,
 };

@@ -25,7 +25,7 @@ use crate::config::{ForwardAuthSettings, RouteSettings};
 use crate::http::headers::overrides_method;
 use crate::http::{empty, Body};
 use crate::identity_headers::IdentityMapping;
-use crate::metrics::RequestKind;
+use crate::metrics::{Metrics, RequestKind, NO_ROUTE};
 use crate::path::EscapedSlashes;
 use crate::rejection::{Reject, Rejection};
 use crate::routing::{RequestContext, Route, Routes, Undecided};
@@ -33,7 +33,7 @@ use crate::telemetry::trace::RequestTrace;
 
 /// The route table forward-auth decides on: the configured routes, then, with
 /// `default_auth`, a catch-all `/` with that `auth` and no other rule (sorted last, as the
-/// shortest prefix). Its index follows the configured routes', so metrics can label it.
+/// shortest prefix), labelled in the metrics by its prefix as every route is.
 pub fn routes(settings: &ForwardAuthSettings, configured: &[RouteSettings]) -> Vec<RouteSettings> {
     let mut all = configured.to_vec();
     if let (true, Some(auth)) = (settings.enabled, settings.default_auth) {
@@ -78,21 +78,22 @@ pub enum Target {
 
 impl ForwardAuth {
     /// `configured` are the `[[routes]]`; `identity_headers` the configured identity
-    /// headers (the mapping the authenticator's cache was built with); `no_route` the
-    /// metrics' index of answers no route decided.
+    /// headers (the mapping the authenticator's cache was built with); `metrics` gives
+    /// the routes (and answers no route decided) their label slots.
     pub fn new(
         settings: &ForwardAuthSettings,
         configured: &[RouteSettings],
         escaped_slashes: EscapedSlashes,
         authenticator: Authenticator,
         identity_headers: IdentityMapping,
-        no_route: usize,
+        metrics: &Metrics,
     ) -> ForwardAuth {
+        let kind = RequestKind::ForwardAuth;
         ForwardAuth {
             shared: Arc::new(Shared {
                 path: settings.path.clone(),
-                routes: Routes::new(&routes(settings, configured)),
-                unmatched: Arc::new(Route::unmatched(no_route)),
+                routes: Routes::new(&routes(settings, configured)).labelled(metrics, kind),
+                unmatched: Arc::new(Route::unmatched(metrics.label(NO_ROUTE, kind))),
                 escaped_slashes,
                 authenticator,
                 identity_headers,

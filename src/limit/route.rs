@@ -45,7 +45,7 @@ pub struct RouteLimit {
 /// clone: clones share the buckets.
 #[derive(Clone)]
 pub struct RouteLimits {
-    by_route: Arc<[Option<RouteLimit>]>,
+    by_route: Arc<[Option<Arc<RouteLimit>>]>,
 }
 
 impl std::fmt::Debug for RouteLimits {
@@ -61,16 +61,41 @@ impl std::fmt::Debug for RouteLimits {
 
 impl RouteLimits {
     pub fn new(routes: &[RouteSettings]) -> RouteLimits {
+        Self::carried_over(
+            routes,
+            &[],
+            &RouteLimits {
+                by_route: [].into(),
+            },
+        )
+    }
+
+    /// The limiters of `routes` after a reload from `previous` (whose limiters are
+    /// `limits`): a route whose prefix and limit are unchanged keeps its buckets, so a
+    /// reload neither hands every user a fresh burst nor forgets who is being limited;
+    /// any other limited route starts with full buckets.
+    pub fn carried_over(
+        routes: &[RouteSettings],
+        previous: &[RouteSettings],
+        limits: &RouteLimits,
+    ) -> RouteLimits {
         let clock = TokioClock::default();
         let by_route = routes
             .iter()
             .map(|r| {
                 let limit = r.rate_limit.as_ref()?;
+                let kept = previous.iter().enumerate().find_map(|(i, old)| {
+                    let same = old.prefix == r.prefix && old.rate_limit.as_ref() == Some(limit);
+                    same.then(|| limits.by_route.get(i)?.clone()).flatten()
+                });
+                if kept.is_some() {
+                    return kept;
+                }
                 let bucket = Bucket::new(limit.rate, limit.burst);
-                Some(RouteLimit {
+                Some(Arc::new(RouteLimit {
                     limiter: KeyedLimiter::new(bucket, limit.max_keys, clock),
                     policy: policy(&bucket),
-                })
+                }))
             })
             .collect();
         RouteLimits { by_route }
@@ -83,6 +108,51 @@ impl RouteLimits {
 
     /// The limit of route `index`, if it has one.
     pub fn of(&self, index: usize) -> Option<&RouteLimit> {
-        self.by_route.get(index)?.as_ref()
+        self.by_route.get(index)?.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::limit::Outcome;
+
+    fn routes(lines: &str) -> Vec<RouteSettings> {
+        Config::from_toml_str(&format!("[emulator]\nenabled = true\n{lines}"))
+            .expect("test routes")
+            .routes
+    }
+
+    fn spend(limits: &RouteLimits, index: usize) -> Outcome {
+        let key = RateKey::User("u".into());
+        limits
+            .of(index)
+            .expect("limited")
+            .limiter
+            .check(key)
+            .outcome
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_keeps_the_buckets_of_unchanged_limits_and_refills_changed_ones() {
+        let route = |prefix: &str, rate: &str| {
+            format!("[[routes]]\nprefix = {prefix:?}\nupstream = \"whoami\"\nrate_limit = {rate:?}\nrate_limit_burst = 1\n")
+        };
+        let old = routes(&(route("/a/", "1/m") + &route("/b/", "1/m")));
+        let limits = RouteLimits::new(&old);
+        for index in [0, 1] {
+            assert!(matches!(spend(&limits, index), Outcome::Allowed { .. }));
+            assert!(matches!(spend(&limits, index), Outcome::Limited { .. }));
+        }
+        // `/b/` moves to the front unchanged; `/a/`'s rate changes; `/c/` is new.
+        let new = routes(&(route("/b/", "1/m") + &route("/a/", "2/m") + &route("/c/", "1/m")));
+        let reloaded = RouteLimits::carried_over(&new, &old, &limits);
+        assert!(
+            matches!(spend(&reloaded, 0), Outcome::Limited { .. }),
+            "an unchanged limit keeps its empty bucket"
+        );
+        assert!(matches!(spend(&reloaded, 1), Outcome::Allowed { .. }));
+        assert!(matches!(spend(&reloaded, 2), Outcome::Allowed { .. }));
     }
 }

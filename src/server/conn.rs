@@ -20,16 +20,16 @@
 //! a request never wakes it), and one boxed IO per connection so plain and TLS streams
 //! share one code path.
 //!
-//! [`ConnService`] also keeps one copy of the stack per connection, called under an
-//! uncontended mutex, instead of cloning the whole stack for every request (what hyper's
-//! `&self` call otherwise asks for): on HTTP/1.1 requests come one at a time, and an
-//! HTTP/2 stream holds the lock only while `call` builds its future.
+//! [`ConnService`] also keeps one copy of the stack per connection (made again only after a
+//! configuration reload, see `live`) instead of cloning the whole stack for every request,
+//! which hyper's `&self` call otherwise asks for: the copy is borrowed only while `call`
+//! builds the request's future.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -44,6 +44,7 @@ use tokio::time::Instant;
 use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 
+use super::live::Current;
 use crate::http::ConnInfo;
 use crate::http::{Body, BoxError, ClientBodyError};
 
@@ -196,22 +197,13 @@ impl<B: HttpBody> HttpBody for Tracked<B> {
 
 /// Adapts the tower stack to one hyper connection: converts the body (marking its errors
 /// as the client's, see [`ClientBodyError`]), tags each request with the connection's
-/// [`ConnInfo`], and tells [`Activity`] when each exchange begins and ends.
+/// [`ConnInfo`], and tells [`Activity`] when each exchange begins and ends. Each request
+/// is served by the stack in force when it arrives (see `live`), through this connection's
+/// own copy of it (see the module docs).
 pub struct ConnService<S> {
-    /// This connection's copy of the stack (see the module docs).
-    service: Mutex<S>,
-    info: ConnInfo,
-    activity: Arc<Activity>,
-}
-
-impl<S> ConnService<S> {
-    pub fn new(service: S, info: ConnInfo, activity: Arc<Activity>) -> Self {
-        ConnService {
-            service: Mutex::new(service),
-            info,
-            activity,
-        }
-    }
+    pub service: Current<S>,
+    pub info: ConnInfo,
+    pub activity: Arc<Activity>,
 }
 
 impl<S> hyper::service::Service<Request<Incoming>> for ConnService<S>
@@ -233,8 +225,7 @@ where
             .boxed_unsync()
         });
         req.extensions_mut().insert(self.info);
-        let future = {
-            let mut service = self.service.lock().unwrap_or_else(|e| e.into_inner());
+        let future = self.service.with(|service| {
             // The gateway's layers are always ready (none holds back a request), so this
             // copy answers at once; a layer that ever says "not yet" gets a fresh copy
             // driven to readiness, as tower's contract asks, instead of a broken call.
@@ -244,7 +235,7 @@ where
                 Poll::Ready(Err(never)) => match never {},
                 Poll::Pending => Either::Right(service.clone().oneshot(req)),
             }
-        };
+        });
         TrackedResponse {
             future,
             busy: Some(busy),

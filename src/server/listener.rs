@@ -24,13 +24,15 @@ use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
 use super::conn::{self, Activity, ConnService, Expired};
+use super::live::{Current, Live};
 use super::tls::TlsAcceptors;
 use crate::config::ServerSettings;
 use crate::http::{Body, ConnInfo};
 use crate::rejection::{Reject, Rejection};
 use crate::stack::rescue::RescueLayer;
 
-/// Serves `listener` with `service` until `shutdown` turns true, then drains: stops
+/// Serves `listener` with the service in force in `service` (each request is served by the
+/// one in force when it arrives) until `shutdown` turns true, then drains: stops
 /// accepting, marks `ready` false (for `/readyz`), and gives in-flight requests
 /// `shutdown_grace_period`. Resolves once every connection has ended or the grace period
 /// is over. `connections` holds one permit per connection allowed
@@ -38,7 +40,7 @@ use crate::stack::rescue::RescueLayer;
 pub async fn serve<S>(
     listener: TcpListener,
     tls: Option<TlsAcceptors>,
-    service: S,
+    service: Live<S>,
     settings: &ServerSettings,
     connections: Arc<Semaphore>,
     ready: Arc<AtomicBool>,
@@ -47,6 +49,7 @@ pub async fn serve<S>(
     S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
         + Clone
         + Send
+        + Sync
         + 'static,
     S::Future: Send + 'static,
 {
@@ -85,7 +88,7 @@ const REFUSAL_BUDGET: Duration = Duration::from_secs(2);
 struct Listener<S> {
     listener: TcpListener,
     tls: Option<TlsAcceptors>,
-    service: S,
+    service: Live<S>,
     /// One per open connection (`max_connections`).
     permits: Arc<Semaphore>,
     /// One per refusal being answered ([`REFUSALS_AT_ONCE`]).
@@ -100,6 +103,7 @@ where
     S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
         + Clone
         + Send
+        + Sync
         + 'static,
     S::Future: Send + 'static,
 {
@@ -159,7 +163,7 @@ where
                 tls: self.tls.is_some(),
             };
             let connection = Connection {
-                service: self.service.clone(),
+                service: self.service.connection(),
                 info,
                 first_by: Instant::now() + self.header_read_timeout,
                 idle_timeout: self.idle_timeout,
@@ -179,7 +183,7 @@ where
 
 /// One accepted connection and its deadlines.
 struct Connection<S> {
-    service: S,
+    service: Current<S>,
     info: ConnInfo,
     /// Accept plus `header_read_timeout`: the TLS handshake and the first request head
     /// must both be done by then.
@@ -192,6 +196,7 @@ where
     S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
         + Clone
         + Send
+        + Sync
         + 'static,
     S::Future: Send + 'static,
 {
@@ -221,7 +226,11 @@ where
             }
         };
         let activity = Activity::new();
-        let service = ConnService::new(self.service, self.info, activity.clone());
+        let service = ConnService {
+            service: self.service,
+            info: self.info,
+            activity: activity.clone(),
+        };
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
         let mut draining = false;

@@ -93,7 +93,7 @@ where
                 let kind = context.map_or(RequestKind::Proxy, |c| c.kind);
                 let method = context.and_then(|c| c.method.as_ref()).unwrap_or(&method);
                 let status = response.status().as_u16();
-                metrics.request(route.map(|r| r.index), kind, method, status, took);
+                metrics.request(route.map(|r| r.label), kind, method, status, took);
                 let sub = context
                     .and_then(|c| c.identity.as_ref())
                     .map(|identity| &*identity.sub);

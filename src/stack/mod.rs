@@ -48,7 +48,7 @@ use crate::forward_auth::ForwardAuth;
 use crate::http::request_id::MakeRequestUuidV4;
 use crate::http::{Body, X_REQUEST_ID};
 use crate::limit::RouteLimits;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RequestKind};
 use crate::rejection::Rejection;
 use crate::relay::Relay;
 use crate::routing::{Routed, Routes};
@@ -168,7 +168,7 @@ where
         // normalized path it also hands to every later layer. Outside the timeout, so a 504
         // is still tagged with its route for metrics and the log.
         .layer(RouteLayer::new(
-            Routes::new(&config.routes),
+            Routes::new(&config.routes).labelled(metrics, RequestKind::Proxy),
             config.server.max_body_size,
             config.server.escaped_slashes,
         ))

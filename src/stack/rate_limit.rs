@@ -115,7 +115,7 @@ where
         };
         let checked = limit.limiter.check(shared.key(&req, &context));
         if checked.overflowed {
-            shared.metrics.rate_limit_overflow(index);
+            shared.metrics.rate_limit_overflow(context.route.label);
         }
         let bucket = limit.limiter.bucket();
         match checked.outcome {
@@ -124,7 +124,7 @@ where
                 fields: Some((limit.policy.clone(), after_pass(&bucket, remaining))),
             },
             Outcome::Limited { wait } => {
-                shared.metrics.rate_limited(index);
+                shared.metrics.rate_limited(context.route.label);
                 let retry_after = retry_after_secs(wait);
                 let mut fields = HeaderMap::new();
                 append(&mut fields, &limit.policy, after_refusal(&bucket, wait));

@@ -18,7 +18,8 @@
 //! (W3C Trace Context), else starts a trace; its context is injected into the upstream
 //! request and into both CloudBase calls, replacing whatever the client sent, so each hop
 //! names its real parent. Sampling is parent-based: a client's sampled flag is followed,
-//! and new traces are kept at `sample_ratio` (trace-id based, so all replicas agree).
+//! and new traces are kept at `sample_ratio` (trace-id based, so all replicas agree; a
+//! configuration reload changes it for the next new trace).
 //! Unsampled spans cost ids and a context, and are not exported. The request id stays as
 //! it is; it is recorded on the server span (`cloudbase_gateway.request_id`) to join logs
 //! and traces.
@@ -40,6 +41,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,13 +49,15 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response};
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{
-    SpanContext, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
+    Link, SpanContext, SpanKind, Status, TraceContextExt, TraceId, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector, HttpClient, HttpError};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    BatchSpanProcessor, Sampler, SamplingResult, SdkTracer, SdkTracerProvider, ShouldSample,
+};
 use opentelemetry_sdk::Resource;
 
 use cloudbase_auth::error::SetupError;
@@ -86,6 +90,46 @@ struct Inner {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
     propagator: TraceContextPropagator,
+    ratio: SampleRatio,
+}
+
+/// The share of new traces kept (`telemetry.sample_ratio`), which a reload may change:
+/// the SDK's sampler is fixed when the provider is built, so this one reads the ratio (one
+/// relaxed load, for root spans only: a parent's decision is followed without it) and
+/// hands the decision to the SDK's trace-id ratio sampler.
+#[derive(Debug, Clone)]
+struct SampleRatio(Arc<AtomicU64>);
+
+impl SampleRatio {
+    fn new(ratio: f64) -> SampleRatio {
+        SampleRatio(Arc::new(AtomicU64::new(ratio.to_bits())))
+    }
+
+    fn set(&self, ratio: f64) {
+        self.0.store(ratio.to_bits(), Relaxed);
+    }
+}
+
+impl ShouldSample for SampleRatio {
+    fn should_sample(
+        &self,
+        parent_context: Option<&Context>,
+        trace_id: TraceId,
+        name: &str,
+        span_kind: &SpanKind,
+        attributes: &[KeyValue],
+        links: &[Link],
+    ) -> SamplingResult {
+        let ratio = f64::from_bits(self.0.load(Relaxed));
+        Sampler::TraceIdRatioBased(ratio).should_sample(
+            parent_context,
+            trace_id,
+            name,
+            span_kind,
+            attributes,
+            links,
+        )
+    }
 }
 
 impl std::fmt::Debug for Tracing {
@@ -126,8 +170,8 @@ impl Tracing {
             .with_timeout(EXPORT_TIMEOUT)
             .build()
             .map_err(TraceSetupError::Exporter)?;
-        let sampler =
-            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(settings.sample_ratio)));
+        let ratio = SampleRatio::new(settings.sample_ratio);
+        let sampler = Sampler::ParentBased(Box::new(ratio.clone()));
         let resource = Resource::builder()
             .with_service_name(settings.service_name.clone())
             .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
@@ -143,8 +187,15 @@ impl Tracing {
                 provider,
                 tracer,
                 propagator: TraceContextPropagator::new(),
+                ratio,
             }),
         }))
+    }
+
+    /// Keeps new traces at `ratio` from the next root span on (a configuration reload of
+    /// `telemetry.sample_ratio`).
+    pub fn set_sample_ratio(&self, ratio: f64) {
+        self.inner.ratio.set(ratio);
     }
 
     /// Exports every finished span now. On the blocking pool: the SDK waits on its export

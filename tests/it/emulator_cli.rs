@@ -314,15 +314,7 @@ async fn the_binary_serves_the_seed_guides_curl_flows() {
     assert_eq!(v["error"], "unauthenticated");
 
     // The test hooks are served by the binary too.
-    let stats: Value = curl
-        .http
-        .get(format!("http://{addr}/__emulator/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = support::emulator_stats(&curl.http, addr).await;
     assert_eq!(stats["calls"]["signin"], 2);
     assert_eq!(
         stats["calls"]["delete_user"], 2,

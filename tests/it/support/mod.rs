@@ -257,6 +257,18 @@ pub async fn metrics_at(http: &reqwest::Client, admin: &str) -> String {
         .expect("metrics body")
 }
 
+/// `GET http://{emulator}/__emulator/stats` (the test hooks must be on: see
+/// [`EMULATOR_TEST_HOOKS`]).
+pub async fn emulator_stats(http: &reqwest::Client, emulator: SocketAddr) -> serde_json::Value {
+    http.get(format!("http://{emulator}/__emulator/stats"))
+        .send()
+        .await
+        .expect("emulator stats")
+        .json()
+        .await
+        .expect("emulator stats body")
+}
+
 /// The value of one metric line (`name{labels}`) in Prometheus text, 0 if absent.
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
