@@ -280,7 +280,7 @@ async fn a_purge_during_a_flight_keeps_its_result_out_of_the_cache() {
         async move { c.validate("t", None).await }
     });
     tokio::task::yield_now().await;
-    c.purge_all();
+    c.purge_all().await;
     assert!(is_valid(&pending.await.unwrap()));
     assert!(is_valid(&c.validate("t", None).await));
     assert_eq!(api.calls(), (2, 2), "the pre-purge answer was not stored");
@@ -292,8 +292,8 @@ async fn purge_by_sub_drops_that_users_entries() {
     let c = cache(api.clone(), 60, 0);
     c.validate("a", None).await;
     c.validate("b", None).await;
-    assert_eq!(c.purge_sub("someone-else"), 0);
-    assert_eq!(c.purge_sub("42"), 2);
+    assert_eq!(c.purge_sub("someone-else").await.local, 0);
+    assert_eq!(c.purge_sub("42").await.local, 2);
     c.validate("a", None).await;
     assert_eq!(api.calls().0, 3);
 }
@@ -640,14 +640,14 @@ async fn the_entry_count_is_up_to_date_after_every_insert_and_purge() {
     api.set(Script::Inactive);
     c.validate("bad", None).await;
     assert_eq!(c.entry_count(), 3, "two positive, one negative");
-    assert_eq!(c.purge_token("bad"), 1);
+    assert_eq!(c.purge_token("bad").await.local, 1);
     assert_eq!(c.entry_count(), 2);
-    assert_eq!(c.purge_sub("42"), 2);
+    assert_eq!(c.purge_sub("42").await.local, 2);
     assert_eq!(c.entry_count(), 0);
     api.set(Script::Active);
     c.validate("a", None).await;
     c.validate("b", None).await;
-    assert_eq!(c.purge_all(), 2);
+    assert_eq!(c.purge_all().await.local, 2);
     assert_eq!(c.entry_count(), 0, "counted as gone at once");
     assert!(is_valid(&c.validate("a", None).await));
     assert_eq!(api.calls().0, 6, "and really gone");
@@ -764,6 +764,6 @@ async fn cached_sub_names_the_user_of_a_known_token_without_asking_or_counting()
         Validation::Invalid
     ));
     assert_eq!(c.cached_sub("dead"), None, "a negative entry names no one");
-    c.purge_sub("42");
+    c.purge_sub("42").await;
     assert_eq!(c.cached_sub("tok"), None, "gone with its entry");
 }

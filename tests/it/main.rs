@@ -22,6 +22,7 @@ mod production;
 mod quickstart;
 mod redis_tier;
 mod relay;
+mod replicas;
 mod security;
 mod security_paths;
 mod streaming;

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::support::metric;
 use crate::support::redis_server::RedisServer;
+use crate::support::{eventually, metric};
 use cloudbase_gateway::cache::shared::{
     unix_now_ms, Claims, Invalidation, Lookup, Put, SharedEntry, SharedGroup, SharedTier,
     SharedVerdict, Skip, Subscription,
@@ -169,19 +169,6 @@ async fn bounded<T>(call: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(10), call)
         .await
         .expect("the call returned at all")
-}
-
-/// Polls `check` every 50 ms until it holds; panics after `within`.
-async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what} not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]
