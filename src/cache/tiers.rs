@@ -161,7 +161,7 @@ impl Inner {
 
     /// The local entry for what the shared tier holds, under this replica's rules and
     /// never past the writer's deadline. `None` if that deadline has come.
-    fn from_shared(&self, shared: &SharedEntry) -> Option<Entry> {
+    pub(super) fn from_shared(&self, shared: &SharedEntry) -> Option<Entry> {
         let now = Instant::now();
         let unix_now = self.clock.now();
         let deadline = Duration::from_millis(u64::try_from(shared.expires_at_ms).unwrap_or(0));

@@ -26,4 +26,5 @@ mod replicas;
 mod security;
 mod security_paths;
 mod streaming;
+mod two_tiers;
 mod upstream_faults;
