@@ -217,20 +217,25 @@ async fn purge(State(state): State<AdminState>, body: Bytes) -> axum::response::
         } => state.cache.purge_all().await,
         _ => return bad("give exactly one of token, sub, or all: true"),
     };
-    tracing::info!(
-        purged = purged.local,
-        shared = purged.shared,
-        "cache purged"
-    );
-    json(StatusCode::OK, purge_answer(purged))
+    let answer = purge_answer(purged);
+    tracing::info!(%answer, "cache purged");
+    json(StatusCode::OK, answer)
 }
 
-/// `{"purged": N}`: the entries this replica dropped; with `[cache.redis]` also
-/// `"shared": true|false`, whether the purge reached Redis and so every replica (false:
-/// only this one; repeat it once Redis is back).
+/// `{"purged": N}`: the entries this replica dropped. With `[cache.redis]` also `"shared"`:
+/// `true` with `"replicas"` (subscribed when it was published, this one included) and
+/// `"confirmed"` (of those, how many had dropped their entries when this answered), or
+/// `false` when it did not reach Redis (only this replica purged; repeat it once Redis is
+/// back).
 fn purge_answer(purged: Purged) -> serde_json::Value {
     match purged.shared {
-        Some(shared) => serde_json::json!({ "purged": purged.local, "shared": shared }),
         None => serde_json::json!({ "purged": purged.local }),
+        Some(Ok(reach)) => serde_json::json!({
+            "purged": purged.local,
+            "shared": true,
+            "replicas": reach.replicas,
+            "confirmed": reach.confirmed,
+        }),
+        Some(Err(_)) => serde_json::json!({ "purged": purged.local, "shared": false }),
     }
 }

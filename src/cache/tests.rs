@@ -799,7 +799,7 @@ fn fresh_for(ttl: u64, entry: &SharedEntry) -> Option<Duration> {
     let (c, _) = cache_with_clock(FakeApi::new(Script::Down), ttl, 0, UnixClock::Tokio(clock));
     let now = Instant::now();
     c.inner
-        .from_shared(entry)
+        .entry_for_shared(entry)
         .map(|e| e.fresh_until().duration_since(now))
 }
 

@@ -18,10 +18,11 @@
 //! and the relay's sign-outs both call them): the local entries go at once, then Redis
 //! deletes its own and publishes the purge, which every replica's subscription (this one's
 //! too) hands to [`IdentityCache::invalidate`] — local only, so a purge is published once.
-//! The caller waits for Redis (purges are rare, and the tier gives them at least a second)
-//! so that when it answers, the purge has been published to every replica, or it says it
-//! was not ([`Purged::shared`]). A flight on this replica that read Redis between the two
-//! steps is undone by this replica's own copy of the message.
+//! The caller waits for Redis and for the other replicas' confirmations (purges are rare;
+//! the tier bounds this at about a second), so that when it answers, every replica has
+//! dropped the entries, or it says which did not ([`Purged::shared`]). A flight on this
+//! replica that read Redis between the two steps is undone by this replica's own copy of
+//! the message.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -29,7 +30,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::entries::{Entry, Negative};
-use super::shared::{Invalidation, Lookup, SharedEntry, SharedTier, SharedVerdict, Skip};
+use super::shared::{Invalidation, Lookup, Reach, SharedEntry, SharedTier, SharedVerdict, Skip};
 use super::{token_key, IdentityCache, Inner, Span, TokenKey};
 use crate::clock::unix_secs;
 use cloudbase_auth::CallOptions;
@@ -39,9 +40,9 @@ use cloudbase_auth::CallOptions;
 pub struct Purged {
     /// Entries this replica dropped.
     pub local: u64,
-    /// With `[cache.redis]`: whether Redis took the purge (deleted its entries and
-    /// published it to every replica). `None`: no shared tier.
-    pub shared: Option<bool>,
+    /// With `[cache.redis]`: the replicas it reached, or why it did not reach Redis (then
+    /// only this replica dropped anything). `None`: no shared tier.
+    pub shared: Option<Result<Reach, Skip>>,
 }
 
 impl IdentityCache {
@@ -82,13 +83,16 @@ impl IdentityCache {
         self.inner.shared.as_ref()
     }
 
-    /// Runs the shared half of a purge, if there is a shared tier: whether Redis took it.
-    async fn fan_out<'a, T, F>(&'a self, purge: impl FnOnce(&'a SharedTier) -> F) -> Option<bool>
+    /// Runs the shared half of a purge, if there is a shared tier.
+    async fn fan_out<'a, F>(
+        &'a self,
+        purge: impl FnOnce(&'a SharedTier) -> F,
+    ) -> Option<Result<Reach, Skip>>
     where
-        F: std::future::Future<Output = Result<T, Skip>>,
+        F: std::future::Future<Output = Result<Reach, Skip>>,
     {
         match &self.inner.shared {
-            Some(tier) => Some(purge(tier).await.is_ok()),
+            Some(tier) => Some(purge(tier).await),
             None => None,
         }
     }
@@ -131,7 +135,7 @@ impl Inner {
                 .map(|a| a.entry);
         };
         let (ticket, seen) = match tier.get(&key).await {
-            Lookup::Hit(shared) => match self.from_shared(&shared) {
+            Lookup::Hit(shared) => match self.entry_for_shared(&shared) {
                 Some(entry) => {
                     if let Some(span) = span {
                         span.set("cloudbase_gateway.shared", "hit");
@@ -161,7 +165,7 @@ impl Inner {
 
     /// The local entry for what the shared tier holds, under this replica's rules and
     /// never past the writer's deadline. `None` if that deadline has come.
-    pub(super) fn from_shared(&self, shared: &SharedEntry) -> Option<Entry> {
+    pub(super) fn entry_for_shared(&self, shared: &SharedEntry) -> Option<Entry> {
         let now = Instant::now();
         let unix_now = self.clock.now();
         let deadline = Duration::from_millis(u64::try_from(shared.expires_at_ms).unwrap_or(0));

@@ -376,7 +376,7 @@ impl Shared {
                     request_id,
                     by = "token",
                     purged = purged.local,
-                    shared = purged.shared,
+                    shared = ?purged.shared,
                     "relay purged"
                 );
             }
@@ -396,7 +396,7 @@ impl Shared {
                             by = "sub",
                             %sub,
                             purged = purged.local,
-                            shared = purged.shared,
+                            shared = ?purged.shared,
                             "relay purged"
                         );
                     }
@@ -407,7 +407,7 @@ impl Shared {
                             endpoint,
                             request_id,
                             purged = purged.local,
-                            shared = purged.shared,
+                            shared = ?purged.shared,
                             "relay: the call ended the caller's sessions but its token names no \
                              user (not cached, not a JWT); only that token was purged"
                         );

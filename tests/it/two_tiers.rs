@@ -172,7 +172,11 @@ async fn an_answer_cloudbase_gave_before_a_purge_elsewhere_is_not_written_to_red
     a.api.asked.notified().await;
 
     let purged = b.cache.purge_token("token").await;
-    assert_eq!(purged.shared, Some(true));
+    assert!(
+        matches!(purged.shared, Some(Ok(_))),
+        "the purge reached Redis: {:?}",
+        purged.shared
+    );
     a.api.release.notify_one();
     assert!(
         valid(&in_the_air.await.unwrap()),

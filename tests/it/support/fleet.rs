@@ -17,12 +17,14 @@ use super::{
 /// The `hmac_key` every replica of a fleet shares.
 pub const HMAC_KEY: &str = "fleet-test-hmac-key-0123456789abcdef";
 
-/// What differs between fleets. `cache`: extra `[cache]` lines; `redis`: extra
-/// `[cache.redis]` lines (a key set there replaces the default); `tables`: tables after
-/// the defaults (`[[routes]]` replace the default route, `/api/` on `whoami`); `users`:
-/// the emulator's `[[emulator.users]]` (default [`USERS`]).
+/// What differs between fleets. `env_id`: CloudBase's (default `test-env`); `cache`:
+/// extra `[cache]` lines; `redis`: extra `[cache.redis]` lines (a key set there replaces
+/// the default); `tables`: tables after the defaults (`[[routes]]` replace the default
+/// route, `/api/` on `whoami`); `users`: the emulator's `[[emulator.users]]` (default
+/// [`USERS`]).
 #[derive(Default, Clone, Copy)]
 pub struct FleetCfg<'a> {
+    pub env_id: &'a str,
     pub cache: &'a str,
     pub redis: &'a str,
     pub tables: &'a str,
@@ -58,6 +60,16 @@ fn sets(lines: &str, key: &str) -> bool {
         .any(|l| l.split_once('=').is_some_and(|(k, _)| k.trim() == key))
 }
 
+impl FleetCfg<'_> {
+    fn env_id(&self) -> &str {
+        if self.env_id.is_empty() {
+            "test-env"
+        } else {
+            self.env_id
+        }
+    }
+}
+
 impl Fleet {
     /// Starts the emulator, Redis and `n` replicas, and waits until every replica is
     /// subscribed to the others' purges.
@@ -68,8 +80,9 @@ impl Fleet {
             cfg.users
         };
         let (emulator_process, emulator) = Process::emulator(&format!(
-            "[cloudbase]\nenv_id = \"test-env\"\nclient_id = \"test-client\"\n\
-             [emulator]\ntest_hooks = true\naccess_token_ttl = \"2h\"\n{users}"
+            "[cloudbase]\nenv_id = \"{}\"\nclient_id = \"test-client\"\n\
+             [emulator]\ntest_hooks = true\naccess_token_ttl = \"2h\"\n{users}",
+            cfg.env_id()
         ));
         let redis = RedisServer::start();
         let replicas = (0..n)
@@ -255,11 +268,12 @@ fn replica_config(
     format!(
         "[server]\nlisten = \"{gateway}\"\n\
          [admin]\nlisten = \"{admin}\"\n\
-         [cloudbase]\nenv_id = \"test-env\"\nclient_id = \"test-client\"\n\
+         [cloudbase]\nenv_id = \"{env_id}\"\nclient_id = \"test-client\"\n\
          base_url = \"http://{emulator}/auth/v1\"\ntimeout = \"2s\"\n\
          [cache]\n{cache}\n\
          [cache.redis]\n{redis}\n\
          {routes}{tables}\n",
+        env_id = cfg.env_id(),
         tables = cfg.tables,
     )
 }
