@@ -125,8 +125,12 @@ fn require_tool(tool: &str) -> String {
     }
 }
 
-/// Installs the locked SDK unless `node_modules` already holds it.
+/// Installs the locked SDK unless `node_modules` already holds it. Both SDK tests call
+/// this and run at once in one test binary; `npm ci` starts by deleting `node_modules`, so
+/// two at a time break each other: the lock makes the second wait for the first.
 fn npm_ci_if_needed(dir: &Path) {
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _installing = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
     if dir
         .join("node_modules/@cloudbase/oauth/package.json")
         .is_file()
