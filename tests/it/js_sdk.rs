@@ -125,9 +125,10 @@ fn require_tool(tool: &str) -> String {
     }
 }
 
-/// Installs the locked SDK unless `node_modules` already holds it. Both SDK tests call
-/// this and run at once in one test binary; `npm ci` starts by deleting `node_modules`, so
-/// two at a time break each other: the lock makes the second wait for the first.
+/// Installs the locked SDK unless `node_modules` already holds it. Every SDK test calls
+/// this and they run at once in one test binary; `npm ci` starts by deleting
+/// `node_modules`, so two at a time break each other: the lock makes the others wait for
+/// the first.
 fn npm_ci_if_needed(dir: &Path) {
     static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _installing = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
