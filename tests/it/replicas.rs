@@ -14,6 +14,7 @@ use serde_json::json;
 
 use crate::support::eventually;
 use crate::support::fleet::{Fleet, FleetCfg, Replica};
+use crate::support::ingress::{deploy_file, Ingress};
 
 /// Waits until `replica` has written CloudBase's answers to Redis `n` times.
 async fn stored(replica: &Replica, n: f64) {
@@ -403,4 +404,136 @@ async fn a_tampered_or_forged_redis_value_never_becomes_an_identity() {
     )
     .await;
     assert_eq!(b.metric("redis_writes_total{result=\"stored\"}").await, 2.0);
+}
+
+/// The shipped load balancer (`deploy/nginx/replicas.conf`, docker-compose.yml's `lb`) as
+/// it is, with its replicas' service names pointed at `replicas` and its port at the test's.
+fn shipped_lb(replicas: &[&Replica]) -> Ingress {
+    let path = deploy_file("nginx/replicas.conf");
+    let mut conf = std::fs::read_to_string(&path).expect("read replicas.conf");
+    for (name, replica) in ["gateway-a:8080", "gateway-b:8080"].iter().zip(replicas) {
+        let server = format!("server {name};");
+        assert!(conf.contains(&server), "{} lacks {server}", path.display());
+        let addr = replica.base.trim_start_matches("http://");
+        conf = conf.replace(&server, &format!("server {addr};"));
+    }
+    assert!(
+        conf.contains("listen 8080;"),
+        "{} lacks listen 8080",
+        path.display()
+    );
+    Ingress::nginx(&conf.replace("listen 8080;", "listen {LISTEN};"))
+}
+
+/// `GET /api/whoami` through `lb` with `token`: the status and the `x-user-id` the
+/// upstream saw.
+async fn through(fleet: &Fleet, lb: &Ingress, token: &str) -> (u16, Option<String>) {
+    let r = fleet
+        .http
+        .get(format!("{}/api/whoami", lb.base()))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("the lb answers");
+    let status = r.status().as_u16();
+    let body: serde_json::Value = r.json().await.unwrap_or_default();
+    let user = body["headers"]["x-user-id"].as_str().map(str::to_owned);
+    (status, user)
+}
+
+/// What README "Running several replicas" shows with docker compose: requests through the
+/// one port alternate between the replicas, which ask CloudBase once between them, and
+/// after a revocation one purge on replica A refuses the token on both.
+#[tokio::test]
+async fn behind_the_shipped_round_robin_lb_one_purge_refuses_a_revoked_token_on_both_replicas() {
+    let fleet = Fleet::start(2, FleetCfg::default()).await;
+    let [a, b] = &fleet.replicas[..] else {
+        unreachable!()
+    };
+    let lb = shipped_lb(&[a, b]);
+    let (token, sub) = fleet.sign_in("demo", "demo-password").await;
+
+    assert_eq!(through(&fleet, &lb, &token).await, (200, Some(sub.clone())));
+    // Whichever replica took it wrote CloudBase's answer to Redis for the other.
+    eventually(Duration::from_secs(10), "the write to Redis", || async {
+        let mut n = 0.0;
+        for replica in [a, b] {
+            n += replica
+                .metric("redis_writes_total{result=\"stored\"}")
+                .await;
+        }
+        n == 1.0
+    })
+    .await;
+    assert_eq!(through(&fleet, &lb, &token).await, (200, Some(sub.clone())));
+    for replica in [a, b] {
+        assert_eq!(
+            replica
+                .metric("auth_decisions_total{result=\"allowed\"}")
+                .await,
+            1.0,
+            "round robin: one request each ({})",
+            lb.log()
+        );
+    }
+    assert_eq!(fleet.cloudbase_calls().await, (1, 1), "asked once for both");
+
+    fleet.revoke_at_cloudbase(&token).await;
+    assert_eq!(
+        through(&fleet, &lb, &token).await.0,
+        200,
+        "cached: still served"
+    );
+    let answer = a.purge(json!({ "token": token })).await;
+    assert_eq!(
+        answer,
+        json!({"purged": 1, "shared": true, "replicas": 2, "confirmed": 2})
+    );
+    for _ in 0..2 {
+        assert_eq!(through(&fleet, &lb, &token).await, (401, None));
+    }
+    for replica in [a, b] {
+        assert_eq!(
+            replica
+                .metric("auth_decisions_total{result=\"invalid\"}")
+                .await,
+            1.0,
+            "each replica refused it once"
+        );
+    }
+}
+
+/// A replica stopped (SIGTERM, as a rolling deploy does) behind the shipped lb: it stops
+/// accepting, and the lb sends every request to the other, which still knows the token.
+#[tokio::test]
+async fn a_replica_stopped_behind_the_shipped_lb_fails_no_request() {
+    let fleet = Fleet::start(2, FleetCfg::default()).await;
+    let [a, b] = &fleet.replicas[..] else {
+        unreachable!()
+    };
+    let lb = shipped_lb(&[a, b]);
+    let (token, sub) = fleet.sign_in("demo", "demo-password").await;
+    for _ in 0..2 {
+        assert_eq!(through(&fleet, &lb, &token).await, (200, Some(sub.clone())));
+    }
+
+    b.process.terminate();
+    let b_addr: std::net::SocketAddr = b.base.trim_start_matches("http://").parse().unwrap();
+    eventually(Duration::from_secs(20), "replica B closed", || async {
+        tokio::net::TcpStream::connect(b_addr).await.is_err()
+    })
+    .await;
+    for i in 0..6 {
+        assert_eq!(
+            through(&fleet, &lb, &token).await,
+            (200, Some(sub.clone())),
+            "request {i} after B stopped ({})",
+            lb.log()
+        );
+    }
+    assert_eq!(
+        fleet.cloudbase_calls().await,
+        (1, 1),
+        "A still had it cached"
+    );
 }
