@@ -1446,45 +1446,56 @@ fn compose_runs_two_replicas_behind_one_port_on_redis_and_its_configs_are_valid(
         .any(|l| l.trim() == "target/"));
 }
 
-/// `cloudbase-gateway check` on the shipped replica config: accepted with the environment
-/// docker-compose.yml passes, secrets printed redacted; refused, naming each missing
-/// variable, without it.
-#[test]
-fn the_shipped_replica_config_passes_check_only_with_its_secrets_in_the_environment() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/gateway.toml");
-    let check = |env: &[(&str, &str)]| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cloudbase-gateway"));
-        cmd.arg("check").arg("--config").arg(&path);
-        for (var, _) in COMPOSE_ENV {
-            cmd.env_remove(var);
-        }
-        cmd.envs(env.iter().copied());
-        cmd.output().expect("the binary runs")
-    };
-
-    let out = check(&COMPOSE_ENV);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("[cache.redis]"), "{stdout}");
-    assert!(
-        stdout.contains("url = \"redis://default:[redacted]@redis:6379/0\""),
-        "{stdout}"
-    );
-    for (var, value) in COMPOSE_ENV {
-        assert!(!stdout.contains(value), "{var} printed:\n{stdout}");
-    }
-
-    let out = check(&[]);
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+/// `cloudbase-gateway check --config deploy/{file}` with exactly `env` of
+/// [`COMPOSE_ENV`] set.
+fn check_shipped(file: &str, env: &[(&str, &str)]) -> std::process::Output {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(file);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cloudbase-gateway"));
+    cmd.arg("check").arg("--config").arg(&path);
     for (var, _) in COMPOSE_ENV {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied());
+    cmd.output().expect("the binary runs")
+}
+
+/// `cloudbase-gateway check` on the configs docker-compose.yml mounts (the replicas' and
+/// the emulator's): accepted with the environment it passes, secrets printed redacted;
+/// refused, naming each missing variable, without it.
+#[test]
+fn the_shipped_compose_configs_pass_check_only_with_their_secrets_in_the_environment() {
+    for (file, needs) in [
+        ("gateway.toml", &COMPOSE_ENV[..]),
+        ("emulator.toml", &COMPOSE_ENV[..1]),
+    ] {
+        let out = check_shipped(file, &COMPOSE_ENV);
+        let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
-            stderr.contains(&format!("environment variable {var} is not set")),
-            "{var}:\n{stderr}"
+            out.status.success(),
+            "{file}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
         );
+        for (var, value) in COMPOSE_ENV {
+            assert!(!stdout.contains(value), "{file}: {var} printed:\n{stdout}");
+        }
+        if file == "gateway.toml" {
+            assert!(stdout.contains("[cache.redis]"), "{stdout}");
+            assert!(
+                stdout.contains("url = \"redis://default:[redacted]@redis:6379/0\""),
+                "{stdout}"
+            );
+        }
+
+        let out = check_shipped(file, &[]);
+        assert_eq!(out.status.code(), Some(1), "{file} without its secrets");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for (var, _) in needs {
+            assert!(
+                stderr.contains(&format!("environment variable {var} is not set")),
+                "{file}, {var}:\n{stderr}"
+            );
+        }
     }
 }
