@@ -479,11 +479,13 @@ async fn behind_the_shipped_round_robin_lb_one_purge_refuses_a_revoked_token_on_
     assert_eq!(fleet.cloudbase_calls().await, (1, 1), "asked once for both");
 
     fleet.revoke_at_cloudbase(&token).await;
-    assert_eq!(
-        through(&fleet, &lb, &token).await.0,
-        200,
-        "cached: still served"
-    );
+    for _ in 0..2 {
+        assert_eq!(
+            through(&fleet, &lb, &token).await.0,
+            200,
+            "cached on both: still served"
+        );
+    }
     let answer = a.purge(json!({ "token": token })).await;
     assert_eq!(
         answer,
@@ -517,6 +519,8 @@ async fn a_replica_stopped_behind_the_shipped_lb_fails_no_request() {
         assert_eq!(through(&fleet, &lb, &token).await, (200, Some(sub.clone())));
     }
 
+    let calls = fleet.cloudbase_calls().await;
+
     b.process.terminate();
     let b_addr: std::net::SocketAddr = b.base.trim_start_matches("http://").parse().unwrap();
     eventually(Duration::from_secs(20), "replica B closed", || async {
@@ -533,7 +537,7 @@ async fn a_replica_stopped_behind_the_shipped_lb_fails_no_request() {
     }
     assert_eq!(
         fleet.cloudbase_calls().await,
-        (1, 1),
+        calls,
         "A still had it cached"
     );
 }
