@@ -34,6 +34,13 @@
 //!   the whole key) vs moka with the gateway's `KeyHasher` (SipHash of 8 bytes, as
 //!   configured in `src/cache/entries.rs`); with `--features bench-compare`, also moka's
 //!   async cache (`moka::future`) with the gateway's hasher.
+//! - `redis/1k/*`: with the shared tier on, over a real `redis-server` the bench starts on a
+//!   free port (skipped, with a message, when there is none on PATH): `local_miss_redis_hit`
+//!   is a request whose token another replica validated — not in this replica's cache, in
+//!   Redis — so one Redis `GET` (a 127.0.0.1 round trip), the HMAC check and the identity
+//!   built from the stored claims, then stored locally; `local_hit_tier_on` the first-tier
+//!   hit with the tier on (compare `hit/1k/1_thread`: Redis is not asked on a hit). It
+//!   asserts (untimed) that the reading replica never called CloudBase.
 //! - `validate/*`: the miss path (a fresh token each time, the stand-in answering at once),
 //!   one new token validated by 100 concurrent tasks (single flight), and 100 concurrent
 //!   hits as the baseline for the latter. It asserts (untimed) that 100 concurrent
@@ -44,6 +51,10 @@
 
 #[path = "support/old_store.rs"]
 mod old_store;
+// The integration tests' `redis-server` runner (it takes `free_port` from this crate root).
+#[allow(dead_code)]
+#[path = "../tests/it/support/redis_server.rs"]
+mod redis_server;
 #[path = "support/mod.rs"]
 mod support;
 
@@ -55,15 +66,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cloudbase_auth::types::{Introspection, UserProfile};
+use cloudbase_gateway::cache::shared::{Invalidation, Lookup, SharedTier};
 use cloudbase_gateway::cache::{
-    token_key, HeaderFields, Identity, IdentityCache, KeyHasher, SharedIdentity, TokenKey,
+    token_key, HeaderFields, Identity, IdentityCache, KeyHasher, Limits, SharedIdentity, TokenKey,
     Validation,
 };
 use cloudbase_gateway::clock::UnixClock;
-use cloudbase_gateway::config::IdentityMapping;
+use cloudbase_gateway::config::{IdentityMapping, RedisSettings, Secret, SecretUrl};
 use cloudbase_gateway::http::bearer::{bearer, Credentials};
 use cloudbase_gateway::metrics::{CacheLookup, Metrics};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use futures_util::FutureExt as _;
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderValue};
 use old_store::{Kind, Store};
@@ -306,7 +319,11 @@ fn bench_purge_sub(c: &mut Criterion, rt: &Runtime, cache: &IdentityCache) {
                     other => panic!("expected a valid token, got {other:?}"),
                 }
             },
-            |sub| assert_eq!(cache.purge_sub(&sub), 1),
+            |sub| {
+                // No shared tier: the purge completes without awaiting anything.
+                let purged = cache.purge_sub(&sub).now_or_never().expect("local only");
+                assert_eq!(purged.local, 1)
+            },
             BatchSize::SmallInput,
         )
     });
@@ -787,9 +804,133 @@ async fn concurrently(cache: &IdentityCache, token: &Arc<str>, n: usize) {
     }
 }
 
+/// A free port on 127.0.0.1 (for `redis_server`).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A replica's cache over the shared tier at `url`, with its own CloudBase stand-in.
+fn replica(config: &cloudbase_gateway::config::Config, url: &str) -> (IdentityCache, Arc<StandIn>) {
+    let redis = RedisSettings {
+        url: SecretUrl::new(url),
+        hmac_key: Secret::new("bench-hmac-key-0123456789abcdef0123"),
+        // Generous on a shared machine: a skipped read would be a CloudBase call, which
+        // the bench refuses (below), not a slower hit.
+        timeout: Duration::from_secs(1),
+        ..RedisSettings::default()
+    };
+    let metrics = Arc::new(Metrics::new(Vec::<String>::new()));
+    let tier = SharedTier::new(&redis, metrics.clone()).expect("the tier builds");
+    let api = Arc::new(StandIn::default());
+    let cache = IdentityCache::with_shared(
+        &config.cache,
+        &config.identity.headers,
+        Limits {
+            max_in_flight: config.cloudbase.max_in_flight,
+            max_header_bytes: config.identity.max_header_bytes,
+        },
+        api.clone(),
+        metrics,
+        Some(tier),
+    );
+    (cache, api)
+}
+
+fn bench_redis(c: &mut Criterion) {
+    const N: u64 = 1000;
+    if !selected("redis/1k/") {
+        return;
+    }
+    if std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!(
+            "redis/1k: skipped, no redis-server on PATH (Debian: apt-get install redis-server)"
+        );
+        return;
+    }
+    let server = redis_server::RedisServer::start();
+    let rt = support::production_runtime();
+    let config = support::config(N * 10);
+    let names = config.identity.headers.clone();
+    let (writer, writer_api) = replica(&config, &server.url());
+    let (reader, reader_api) = replica(&config, &server.url());
+
+    // The writer validates every token (asking its CloudBase) and writes the answers to
+    // Redis in the background; wait until the reader can see each.
+    rt.block_on(async {
+        support::fill(&writer, 0..N).await;
+        let tier = reader.shared().expect("the reader has the tier");
+        let started = Instant::now();
+        for i in 0..N {
+            let key = token_key(&jwt_like_token(i));
+            while !matches!(tier.get(&key).await, Lookup::Hit(_)) {
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "token {i} never reached Redis"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    assert_eq!(writer_api.calls(), (N, N));
+    let pool = pool(N);
+    let keys: Arc<[TokenKey]> = pool
+        .iter()
+        .map(|req| match bearer(req) {
+            Credentials::Bearer(t) => token_key(t),
+            _ => unreachable!("pool tokens are well-formed"),
+        })
+        .collect();
+
+    let mut group = c.benchmark_group("redis/1k");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("local_miss_redis_hit", |b| {
+        let (reader, names, pool, keys) = (&reader, &names, &pool, &keys);
+        b.to_async(&rt).iter_custom(|iters| async move {
+            let mut out = HeaderMap::with_capacity(16);
+            let mut busy = Duration::ZERO;
+            let mut i = 0;
+            for _ in 0..iters {
+                i = next_slot(i, pool.len());
+                // Untimed: only in Redis again (this replica's copy dropped, Redis's kept).
+                reader.invalidate(Invalidation::Token(keys[i]));
+                let req = &pool[i];
+                receive(req);
+                let start = Instant::now();
+                hit(reader, names, req, &mut out).await;
+                busy += start.elapsed();
+            }
+            busy
+        })
+    });
+    group.bench_function("local_hit_tier_on", |b| {
+        let (reader, names, pool) = (&reader, &names, &pool);
+        rt.block_on(async {
+            let mut out = HeaderMap::new();
+            for req in pool.iter() {
+                hit(reader, names, req, &mut out).await;
+            }
+        });
+        b.to_async(&rt)
+            .iter_custom(|iters| async move { timed_hits(reader, names, pool, 0, iters).await })
+    });
+    group.finish();
+    assert_eq!(
+        reader_api.calls(),
+        (0, 0),
+        "every validation on the reader came from Redis or its own cache"
+    );
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_hit, bench_digest, bench_key, bench_map, bench_validate
+    targets = bench_hit, bench_digest, bench_key, bench_map, bench_validate, bench_redis
 }
 criterion_main!(benches);

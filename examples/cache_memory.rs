@@ -60,7 +60,7 @@ fn main() {
     // Warm the allocator and runtime with a few entries first, so their one-off costs are
     // not charged to the entries measured.
     runtime.block_on(support::fill_expecting(&cache, WARM..WARM + 1000, !refused));
-    cache.purge_all();
+    runtime.block_on(cache.purge_all());
     let before = rss();
     let started = Instant::now();
     runtime.block_on(support::fill_expecting(&cache, 0..n, !refused));

@@ -1,5 +1,10 @@
 //! The admin listener: `/healthz`, `/readyz`, `/metrics`, `POST /cache/purge`.
 //!
+//! With `[cache.redis]`, a purge here reaches every replica (the cache fans it out), and
+//! `/readyz` says `ready (redis degraded)` while Redis is skipped or purges from other
+//! replicas are not arriving: still 200, since Redis never decides whether a request is
+//! served.
+//!
 //! Kept off the public listener (loopback by default) so operators' endpoints are never
 //! reachable through the proxy. Served with axum: nothing here is on the hot path.
 //!
@@ -25,7 +30,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
-use crate::cache::IdentityCache;
+use crate::cache::{IdentityCache, Purged};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 
@@ -148,6 +153,9 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
             StatusCode::SERVICE_UNAVAILABLE,
             "overloaded: every server.max_connections slot is in use\n",
         )
+    } else if state.cache.shared().is_some_and(|tier| tier.degraded()) {
+        // Serving all the same: Redis only accelerates (see `cache::shared`).
+        (StatusCode::OK, "ready (redis degraded)\n")
     } else {
         (StatusCode::OK, "ready\n")
     }
@@ -196,19 +204,38 @@ async fn purge(State(state): State<AdminState>, body: Bytes) -> axum::response::
             token: Some(token),
             sub: None,
             all: None,
-        } => state.cache.purge_token(&token),
+        } => state.cache.purge_token(&token).await,
         PurgeRequest {
             token: None,
             sub: Some(sub),
             all: None,
-        } => state.cache.purge_sub(&sub),
+        } => state.cache.purge_sub(&sub).await,
         PurgeRequest {
             token: None,
             sub: None,
             all: Some(true),
-        } => state.cache.purge_all(),
+        } => state.cache.purge_all().await,
         _ => return bad("give exactly one of token, sub, or all: true"),
     };
-    tracing::info!(purged, "cache purged");
-    json(StatusCode::OK, serde_json::json!({ "purged": purged }))
+    let answer = purge_answer(purged);
+    tracing::info!(%answer, "cache purged");
+    json(StatusCode::OK, answer)
+}
+
+/// `{"purged": N}`: the entries this replica dropped. With `[cache.redis]` also `"shared"`:
+/// `true` with `"replicas"` (subscribed when it was published, this one included) and
+/// `"confirmed"` (of those, how many had dropped their entries when this answered), or
+/// `false` when it did not reach Redis (only this replica purged; repeat it once Redis is
+/// back).
+fn purge_answer(purged: Purged) -> serde_json::Value {
+    match purged.shared {
+        None => serde_json::json!({ "purged": purged.local }),
+        Some(Ok(reach)) => serde_json::json!({
+            "purged": purged.local,
+            "shared": true,
+            "replicas": reach.replicas,
+            "confirmed": reach.confirmed,
+        }),
+        Some(Err(_)) => serde_json::json!({ "purged": purged.local, "shared": false }),
+    }
 }

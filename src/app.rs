@@ -2,9 +2,10 @@
 //! [`Config`] (never changed after loading) -> the [`Runtime`] pieces built from it once
 //! (the CloudBase client, the upstream client, the TLS acceptors, the validation cache,
 //! the metrics with every route label, the span exporter, the forward-auth endpoint, the
-//! relay, the routes' rate limiters) -> the stack (`stack::build`) -> the running
-//! listeners ([`start`]: the public one, admin, the embedded emulator), the signal, the
-//! drain and the last spans' flush.
+//! relay, the routes' rate limiters, the shared Redis tier) -> the stack (`stack::build`)
+//! -> the running listeners ([`start`]: the public one, admin, the embedded emulator), the
+//! subscription to other replicas' purges, the signal, the drain and the last spans'
+//! flush.
 //!
 //! Whatever can only be decided at start is decided here, and handed on as a value rather
 //! than written back into the configuration: whether the emulator is embedded, and so the
@@ -37,6 +38,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
 use crate::auth::Authenticator;
+use crate::cache::shared::{SharedTier, Subscription};
 use crate::cache::{AuthApi, IdentityCache, Limits};
 use crate::config::{CloudbaseSettings, Config};
 use crate::forward_auth::ForwardAuth;
@@ -73,7 +75,7 @@ pub enum StartError {
 #[derive(Debug, Clone)]
 pub struct Runtime {
     pub metrics: Arc<Metrics>,
-    /// The validation cache, over the CloudBase client.
+    /// The validation cache, over the CloudBase client (and the shared tier, if any).
     pub cache: IdentityCache,
     /// The pooled HTTP clients of the routes' upstreams.
     pub upstream: UpstreamClient,
@@ -117,12 +119,25 @@ impl Runtime {
         // forward-auth's default route (answered only as forward-auth) and the relay's
         // prefix (answered only as relayed), as `diverts` labels them; `none` last.
         let metrics = Arc::new(Metrics::new(config.routes.iter().map(|r| r.prefix.clone())));
-        let cache = IdentityCache::with_limits(
+        // `[cache.redis]`: built without connecting, so the gateway starts and serves with
+        // Redis down; the cache asks it on a miss and sends every purge through it.
+        let shared = config
+            .cache
+            .redis
+            .as_ref()
+            .map(|redis| SharedTier::new(redis, metrics.clone()))
+            .transpose()
+            .map_err(|e| StartError::Setup {
+                what: "Redis tier",
+                source: e.into(),
+            })?;
+        let cache = IdentityCache::with_shared(
             &config.cache,
             &config.identity.headers,
             cache_limits(config),
             api,
             metrics.clone(),
+            shared,
         );
         let upstream = upstream_client(&config.upstream, config.cloudbase.ca_file.as_deref())
             .map_err(|source| StartError::Setup {
@@ -318,13 +333,7 @@ async fn start_with(
         })?;
     let runtime = Runtime::build(&config, &cloudbase_url)?;
     let service = Live::new(runtime.service(&config));
-    if config.cache.redis.is_some() {
-        // The tier (crate::cache::shared) exists and is tested; the request path and the
-        // admin purge do not call it yet (issue 11's integration step).
-        tracing::warn!(
-            "[cache.redis] is validated but not used yet: each replica still caches alone"
-        );
-    }
+    let purges = subscribe_purges(&runtime.cache);
 
     let ready = Arc::new(AtomicBool::new(true));
     let connections = Arc::new(Semaphore::new(config.server.max_connections));
@@ -367,6 +376,7 @@ async fn start_with(
         )
         .await;
         let _ = drained.send(true);
+        drop(purges);
         // Spans of the drained requests go out before the process ends (SIGTERM included).
         if let Some(tracing) = tracing {
             tracing.shutdown().await;
@@ -434,6 +444,16 @@ fn serve_admin(listener: TcpListener, state: AdminState) -> (watch::Sender<bool>
         let _ = drained_rx.wait_for(|v| *v).await;
     }));
     (drained_tx, task)
+}
+
+/// With the shared tier: listens for the purges every replica publishes (this one's too)
+/// and carries them out on `cache`, until the returned subscription is dropped.
+fn subscribe_purges(cache: &IdentityCache) -> Option<Subscription> {
+    let tier = cache.shared()?;
+    let cache = cache.clone();
+    Some(tier.subscribe(move |invalidation| {
+        cache.invalidate(invalidation);
+    }))
 }
 
 /// Starts the shutdown when `signal` completes.

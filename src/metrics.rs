@@ -227,7 +227,10 @@ label_set! {
 label_set! {
     /// `redis_purges_total{result}`: purges sent to the shared tier (and published).
     RedisPurge {
+        /// Published, and confirmed by every replica that received it.
         Ok => "ok",
+        /// Published, but not every replica confirmed within a second.
+        Unconfirmed => "unconfirmed",
         Error => "error",
     }
 }
@@ -503,7 +506,7 @@ pub struct Metrics {
     omitted_headers: [AtomicU64; IdentityField::ALL.len()],
     redis_lookups: [AtomicU64; 6],
     redis_writes: [AtomicU64; 4],
-    redis_purges: [AtomicU64; 2],
+    redis_purges: [AtomicU64; 3],
     redis_invalidations: [AtomicU64; 3],
     redis_breaker_open: AtomicI64,
     redis_subscribed: AtomicI64,

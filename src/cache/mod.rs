@@ -22,6 +22,10 @@
 //! carry that span as `traceparent`. A request that joins a flight already in the air did
 //! not cause those calls: its span gets a link to the flight's span instead of children.
 //!
+//! With `[cache.redis]` the flight asks the shared second tier (`shared`) before CloudBase,
+//! so the requests for one token on one replica cost one Redis read, and writes CloudBase's
+//! answer back there; purges reach every replica through it (`tiers`).
+//!
 //! Flights are bounded (`cloudbase.max_in_flight` calls open at once): every made-up token
 //! misses, so without a bound a flood of them while CloudBase is slow opens a socket and a
 //! task per token (measured: 700 MB and 19 600 descriptors). A miss that finds no free slot
@@ -32,14 +36,16 @@
 
 mod entries;
 mod identity;
-// The shared second tier on Redis (`[cache.redis]`); not yet consulted by `IdentityCache`.
+// The shared second tier on Redis (`[cache.redis]`), and how this cache uses it.
 pub mod shared;
+mod tiers;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures_util::future::{FutureExt, Shared};
@@ -50,6 +56,7 @@ pub use entries::{estimated_entry_bytes, KeyHasher, NEGATIVE_ENTRY_BYTES};
 pub use identity::{
     encode_header_value, encode_list_element, Grant, HeaderFields, Identity, SharedIdentity,
 };
+pub use tiers::Purged;
 
 use crate::clock::{remaining, unix_secs, UnixClock};
 use crate::config::{CacheSettings, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_IN_FLIGHT};
@@ -60,6 +67,7 @@ use crate::telemetry::trace::{Kind, RequestTrace, Span, SpanLink};
 use cloudbase_auth::types::{Introspection, UserProfile};
 use cloudbase_auth::{CallOptions, Client, Error as ApiError};
 use entries::{Entries, Entry, Negative, Positive};
+use shared::{Claims, SharedEntry, SharedTier, SharedVerdict};
 
 /// Cache key: SHA-256 of the token.
 pub type TokenKey = [u8; 32];
@@ -142,6 +150,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// Unix time, for `exp` and group expiries.
     clock: UnixClock,
+    /// `[cache.redis]`: asked on a local miss before CloudBase; purges go through it.
+    shared: Option<SharedTier>,
 }
 
 /// The part of the cache a reload may change: a flight keeps the one it started with.
@@ -253,6 +263,40 @@ impl IdentityCache {
         metrics: Arc<Metrics>,
         clock: UnixClock,
     ) -> IdentityCache {
+        Self::build(settings, mapping, limits, api, metrics, clock, None)
+    }
+
+    /// Like [`IdentityCache::with_limits`], over the shared tier when `shared` is given:
+    /// asked on every local miss before CloudBase, and every purge goes through it to the
+    /// other replicas (the composition root builds it from `[cache.redis]`).
+    pub fn with_shared(
+        settings: &CacheSettings,
+        mapping: &IdentityMapping,
+        limits: Limits,
+        api: Arc<dyn AuthApi>,
+        metrics: Arc<Metrics>,
+        shared: Option<SharedTier>,
+    ) -> IdentityCache {
+        Self::build(
+            settings,
+            mapping,
+            limits,
+            api,
+            metrics,
+            UnixClock::System,
+            shared,
+        )
+    }
+
+    fn build(
+        settings: &CacheSettings,
+        mapping: &IdentityMapping,
+        limits: Limits,
+        api: Arc<dyn AuthApi>,
+        metrics: Arc<Metrics>,
+        clock: UnixClock,
+        shared: Option<SharedTier>,
+    ) -> IdentityCache {
         let entries = Entries::new(settings);
         let tuning = Tuning::new(settings, mapping, limits, api, &metrics);
         IdentityCache {
@@ -263,6 +307,7 @@ impl IdentityCache {
                 tuning: ArcSwap::from_pointee(tuning),
                 metrics,
                 clock,
+                shared,
             }),
         }
     }
@@ -273,8 +318,10 @@ impl IdentityCache {
     /// `limits` calls are open (flights in the air finish as they started). The capacity
     /// (`max_entries`, `max_memory`) stays as built. With `drop_entries` (the header
     /// mapping or CloudBase changed, so what is held was rendered for another mapping or
-    /// vouched for by another CloudBase) every entry goes, and flights in the air store
-    /// nothing; returns how many entries went.
+    /// vouched for by another CloudBase) every entry of this replica goes, and flights in
+    /// the air store nothing; returns how many entries went. Other replicas reload on
+    /// their own, and the shared tier keeps CloudBase's claims, which each replica renders
+    /// under its own mapping.
     pub fn reconfigure(
         &self,
         settings: &CacheSettings,
@@ -287,7 +334,7 @@ impl IdentityCache {
         let tuning = Tuning::new(settings, mapping, limits, api, &self.inner.metrics);
         self.inner.tuning.store(Arc::new(tuning));
         if drop_entries {
-            self.purge_all()
+            self.invalidate(shared::Invalidation::All)
         } else {
             0
         }
@@ -415,7 +462,7 @@ impl IdentityCache {
         let task = tokio::spawn(async move {
             let generation = inner.generation.load(Ordering::Acquire);
             let entry = inner
-                .fetch(&tuning, &token, exp, &opts, span.as_ref())
+                .resolve(&tuning, key, &token, exp, &opts, span.as_ref(), generation)
                 .await;
             drop(permit);
             if let Some(span) = &span {
@@ -460,24 +507,6 @@ impl IdentityCache {
         }
     }
 
-    /// Drops the entry of one token. Returns how many entries went (0 or 1).
-    pub fn purge_token(&self, token: &str) -> u64 {
-        self.inner.generation.fetch_add(1, Ordering::AcqRel);
-        self.inner.entries.remove(&token_key(token))
-    }
-
-    /// Drops every positive entry of user `sub`.
-    pub fn purge_sub(&self, sub: &str) -> u64 {
-        self.inner.generation.fetch_add(1, Ordering::AcqRel);
-        self.inner.entries.remove_sub(sub)
-    }
-
-    /// Drops everything.
-    pub fn purge_all(&self) -> u64 {
-        self.inner.generation.fetch_add(1, Ordering::AcqRel);
-        self.inner.entries.clear()
-    }
-
     /// Entries held now, positive and negative. Brought up to date first (moka counts in
     /// the background), so an insert, purge or eviction so far is counted; an entry counts
     /// until moka's clock passes the end of its life (in production the cache's own clock;
@@ -487,9 +516,18 @@ impl IdentityCache {
     }
 }
 
+/// What CloudBase said about a token: the local entry, and with `share` the same answer as
+/// the shared tier stores it.
+struct Answer {
+    entry: Entry,
+    /// `None` when not asked for, or when the entry is not fresh at all.
+    shared: Option<SharedEntry>,
+}
+
 impl Inner {
     /// Asks CloudBase about `token`. `None`: CloudBase failed (nothing to cache).
-    /// `flight`: the flight's span, under which each call gets its own.
+    /// `flight`: the flight's span, under which each call gets its own. `share`: also
+    /// make the answer for the shared tier.
     async fn fetch(
         &self,
         tuning: &Tuning,
@@ -497,7 +535,8 @@ impl Inner {
         exp: Option<i64>,
         opts: &CallOptions,
         flight: Option<&Span>,
-    ) -> Option<Entry> {
+        share: bool,
+    ) -> Option<Answer> {
         let traced = |name: &'static str| {
             let span = flight.map(|f| f.child(name, Kind::Client));
             let mut opts = opts.clone();
@@ -524,12 +563,20 @@ impl Inner {
                 user_me_span,
             ),
         );
-        // Read before the Unix time below, so the entry ends a hair early, never late.
+        // Read before the Unix time, so the entry ends a hair early, never late.
         let now = Instant::now();
+        let unix_now = self.clock.now();
         let negative = || {
-            Entry::Negative(Negative {
-                fresh_until: now + tuning.settings.negative_ttl,
-            })
+            let life = tuning.settings.negative_ttl;
+            Answer {
+                entry: Entry::Negative(Negative {
+                    fresh_until: now + life,
+                }),
+                shared: (share && !life.is_zero()).then(|| SharedEntry {
+                    verdict: SharedVerdict::Negative,
+                    expires_at_ms: expires_at_ms(unix_now, life),
+                }),
+            }
         };
         // A definitive "no" from either call decides, whatever the other one did: CloudBase
         // has said the token is not valid, and a failure of the other call cannot undo it.
@@ -555,15 +602,46 @@ impl Inner {
             );
             return None;
         }
-        let unix_now = self.clock.now();
+        let identity = Identity::new(
+            &introspection,
+            &profile,
+            exp,
+            &tuning.fields,
+            unix_secs(unix_now),
+        );
+        let (positive, fresh) = self.positive(tuning, identity, tuning.settings.ttl, now, unix_now);
+        let shared = (share && !fresh.is_zero()).then(|| SharedEntry {
+            verdict: SharedVerdict::Positive(Box::new(Claims::from_answers(
+                &introspection,
+                &profile,
+                exp,
+            ))),
+            expires_at_ms: expires_at_ms(unix_now, fresh),
+        });
+        Some(Answer {
+            entry: Entry::Positive(positive),
+            shared,
+        })
+    }
+
+    /// The positive entry for `identity` made at `now` (`unix_now` in Unix time), and how
+    /// long it is fresh: until the earliest of `limit`, `ttl`, the token's `exp` and its
+    /// next group expiry. One rule for what CloudBase said and what the shared tier holds.
+    fn positive(
+        &self,
+        tuning: &Tuning,
+        identity: Identity,
+        limit: Duration,
+        now: Instant,
+        unix_now: Duration,
+    ) -> (Positive, Duration) {
         let now_secs = unix_secs(unix_now);
-        let identity = Identity::new(&introspection, &profile, exp, &tuning.fields, now_secs);
-        let mut fresh = tuning.settings.ttl;
-        for limit in [exp, identity.next_group_expiry(now_secs)]
+        let mut fresh = tuning.settings.ttl.min(limit);
+        for at in [identity.exp, identity.next_group_expiry(now_secs)]
             .into_iter()
             .flatten()
         {
-            fresh = fresh.min(remaining(limit, unix_now));
+            fresh = fresh.min(remaining(at, unix_now));
         }
         // Kept through the stale window only if fresh at all: a token past its `exp` (or
         // a `ttl` of zero) is not stored.
@@ -572,12 +650,13 @@ impl Inner {
         } else {
             now + fresh + tuning.settings.stale_if_error
         };
-        Some(Entry::Positive(Positive {
+        let positive = Positive {
             identity: Arc::new(identity),
             fresh_until: now + fresh,
             stale_until,
             stamp: 0,
-        }))
+        };
+        (positive, fresh)
     }
 
     async fn timed<T>(
@@ -614,6 +693,12 @@ impl Inner {
         }
         result
     }
+}
+
+/// Unix milliseconds `life` after `unix_now`, rounded down: an entry shared for that long
+/// ends early rather than late.
+fn expires_at_ms(unix_now: Duration, life: Duration) -> i64 {
+    i64::try_from((unix_now + life).as_millis()).unwrap_or(i64::MAX)
 }
 
 /// CloudBase refused the token itself (as opposed to failing): an error envelope with a

@@ -280,7 +280,7 @@ async fn a_purge_during_a_flight_keeps_its_result_out_of_the_cache() {
         async move { c.validate("t", None).await }
     });
     tokio::task::yield_now().await;
-    c.purge_all();
+    c.purge_all().await;
     assert!(is_valid(&pending.await.unwrap()));
     assert!(is_valid(&c.validate("t", None).await));
     assert_eq!(api.calls(), (2, 2), "the pre-purge answer was not stored");
@@ -292,8 +292,8 @@ async fn purge_by_sub_drops_that_users_entries() {
     let c = cache(api.clone(), 60, 0);
     c.validate("a", None).await;
     c.validate("b", None).await;
-    assert_eq!(c.purge_sub("someone-else"), 0);
-    assert_eq!(c.purge_sub("42"), 2);
+    assert_eq!(c.purge_sub("someone-else").await.local, 0);
+    assert_eq!(c.purge_sub("42").await.local, 2);
     c.validate("a", None).await;
     assert_eq!(api.calls().0, 3);
 }
@@ -640,14 +640,14 @@ async fn the_entry_count_is_up_to_date_after_every_insert_and_purge() {
     api.set(Script::Inactive);
     c.validate("bad", None).await;
     assert_eq!(c.entry_count(), 3, "two positive, one negative");
-    assert_eq!(c.purge_token("bad"), 1);
+    assert_eq!(c.purge_token("bad").await.local, 1);
     assert_eq!(c.entry_count(), 2);
-    assert_eq!(c.purge_sub("42"), 2);
+    assert_eq!(c.purge_sub("42").await.local, 2);
     assert_eq!(c.entry_count(), 0);
     api.set(Script::Active);
     c.validate("a", None).await;
     c.validate("b", None).await;
-    assert_eq!(c.purge_all(), 2);
+    assert_eq!(c.purge_all().await.local, 2);
     assert_eq!(c.entry_count(), 0, "counted as gone at once");
     assert!(is_valid(&c.validate("a", None).await));
     assert_eq!(api.calls().0, 6, "and really gone");
@@ -764,6 +764,85 @@ async fn cached_sub_names_the_user_of_a_known_token_without_asking_or_counting()
         Validation::Invalid
     ));
     assert_eq!(c.cached_sub("dead"), None, "a negative entry names no one");
-    c.purge_sub("42");
+    c.purge_sub("42").await;
     assert_eq!(c.cached_sub("tok"), None, "gone with its entry");
+}
+
+// ---------------------------------------------------------------------------------------
+// What the shared tier holds, made a local entry (`tiers`): the reader's own rules, never
+// past the writer's deadline.
+// ---------------------------------------------------------------------------------------
+
+/// Unix time of the shared-entry tests: 1 700 000 000 s.
+const UNIX_NOW: Duration = Duration::from_secs(1_700_000_000);
+
+fn shared_entry(verdict: SharedVerdict, life: Duration) -> SharedEntry {
+    SharedEntry {
+        verdict,
+        expires_at_ms: expires_at_ms(UNIX_NOW, life),
+    }
+}
+
+fn claims(exp: Option<i64>) -> Box<Claims> {
+    Box::new(Claims {
+        sub: "42".into(),
+        scope: Some("user".into()),
+        exp,
+        ..Claims::default()
+    })
+}
+
+/// How long `entry` is fresh from now, for a cache with `ttl` (seconds) and negative_ttl
+/// 5 s on the tests' Unix clock; `None` if it is not used at all.
+fn fresh_for(ttl: u64, entry: &SharedEntry) -> Option<Duration> {
+    let clock = UnixClock::following_tokio(UNIX_NOW);
+    let (c, _) = cache_with_clock(FakeApi::new(Script::Down), ttl, 0, UnixClock::Tokio(clock));
+    let now = Instant::now();
+    c.inner
+        .entry_for_shared(&c.inner.tuning.load(), entry)
+        .map(|e| e.fresh_until().duration_since(now))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shared_identity_is_fresh_until_the_first_of_its_writers_deadline_the_local_ttl_and_exp()
+{
+    let exp = UNIX_NOW.as_secs() as i64 + 30;
+    let positive = |exp| SharedVerdict::Positive(claims(exp));
+    let writer_first = shared_entry(positive(None), Duration::from_millis(1500));
+    assert_eq!(
+        fresh_for(60, &writer_first),
+        Some(Duration::from_millis(1500))
+    );
+    let ttl_first = shared_entry(positive(None), Duration::from_secs(3600));
+    assert_eq!(fresh_for(60, &ttl_first), Some(Duration::from_secs(60)));
+    let exp_first = shared_entry(positive(Some(exp)), Duration::from_secs(3600));
+    assert_eq!(fresh_for(60, &exp_first), Some(Duration::from_secs(30)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shared_refusal_is_fresh_until_the_first_of_its_writers_deadline_and_the_local_negative_ttl(
+) {
+    let short = shared_entry(SharedVerdict::Negative, Duration::from_millis(700));
+    assert_eq!(fresh_for(60, &short), Some(Duration::from_millis(700)));
+    let long = shared_entry(SharedVerdict::Negative, Duration::from_secs(600));
+    assert_eq!(fresh_for(60, &long), Some(Duration::from_secs(5)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shared_entry_whose_deadline_or_exp_has_come_is_not_used() {
+    let ended = SharedEntry {
+        verdict: SharedVerdict::Positive(claims(None)),
+        expires_at_ms: expires_at_ms(UNIX_NOW, Duration::ZERO),
+    };
+    assert_eq!(fresh_for(60, &ended), None);
+    let expired = shared_entry(
+        SharedVerdict::Positive(claims(Some(UNIX_NOW.as_secs() as i64))),
+        Duration::from_secs(60),
+    );
+    assert_eq!(fresh_for(60, &expired), None, "the token's exp has come");
+    let refused = SharedEntry {
+        verdict: SharedVerdict::Negative,
+        expires_at_ms: expires_at_ms(UNIX_NOW, Duration::ZERO) - 1,
+    };
+    assert_eq!(fresh_for(60, &refused), None);
 }

@@ -24,7 +24,10 @@
 //! body, which names the token to purge, is read whole (within `relay.max_body_size`).
 //! A purge happens after CloudBase answered and before the app hears, so a request racing
 //! the sign-out may still pass in between — the same window CloudBase itself has — but
-//! none after the app has been told it is signed out. Revocations that do not pass
+//! none after the app has been told it is signed out. With `[cache.redis]` the purge has
+//! been published to every replica by then; each drops the token as the message arrives
+//! (pub/sub, no acknowledgement: a request that overtakes it on another replica is the
+//! one window left). Revocations that do not pass
 //! through the relay (the CloudBase console, another backend) still need
 //! `POST /cache/purge`.
 
@@ -334,7 +337,7 @@ impl Shared {
             return Err(Reject::UpstreamUnavailable);
         }
         if status.is_success() {
-            self.purge(plan, endpoint, request_id.as_ref());
+            self.purge(plan, endpoint, request_id.as_ref()).await;
         }
         let body_len = response.body().size_hint().exact();
         frame_response(response.headers_mut(), status, &method, body_len);
@@ -358,16 +361,24 @@ impl Shared {
             .ok()
     }
 
-    /// Carries out a successful call's purge through the cache's own purge calls.
-    fn purge(&self, plan: Purge, endpoint: RelayEndpoint, request_id: Option<&HeaderValue>) {
+    /// Carries out a successful call's purge through the cache's own purge calls, which
+    /// reach every replica when the shared tier is on (waiting for Redis to take it).
+    async fn purge(&self, plan: Purge, endpoint: RelayEndpoint, request_id: Option<&HeaderValue>) {
         let request_id = request_id.and_then(|v| v.to_str().ok()).unwrap_or("");
         let endpoint = endpoint.as_str();
         match plan {
             Purge::Nothing => {}
             Purge::Token(token) => {
-                let purged = self.cache.purge_token(&token);
+                let purged = self.cache.purge_token(&token).await;
                 self.metrics.relay_purge(RelayPurge::Token);
-                tracing::info!(endpoint, request_id, by = "token", purged, "relay purged");
+                tracing::info!(
+                    endpoint,
+                    request_id,
+                    by = "token",
+                    purged = purged.local,
+                    shared = ?purged.shared,
+                    "relay purged"
+                );
             }
             Purge::UserOf(token) => {
                 let sub = self
@@ -377,17 +388,26 @@ impl Shared {
                     .or_else(|| jwt_sub(&token));
                 match sub {
                     Some(sub) => {
-                        let purged = self.cache.purge_sub(&sub);
+                        let purged = self.cache.purge_sub(&sub).await;
                         self.metrics.relay_purge(RelayPurge::Sub);
-                        tracing::info!(endpoint, request_id, by = "sub", %sub, purged, "relay purged");
+                        tracing::info!(
+                            endpoint,
+                            request_id,
+                            by = "sub",
+                            %sub,
+                            purged = purged.local,
+                            shared = ?purged.shared,
+                            "relay purged"
+                        );
                     }
                     None => {
-                        let purged = self.cache.purge_token(&token);
+                        let purged = self.cache.purge_token(&token).await;
                         self.metrics.relay_purge(RelayPurge::Unresolved);
                         tracing::warn!(
                             endpoint,
                             request_id,
-                            purged,
+                            purged = purged.local,
+                            shared = ?purged.shared,
                             "relay: the call ended the caller's sessions but its token names no \
                              user (not cached, not a JWT); only that token was purged"
                         );

@@ -1,8 +1,8 @@
 //! Which relayed call ends which session, and what the cache must then drop.
 //!
 //! Pure rules; [`super`] carries them out through [`crate::cache::IdentityCache`]'s
-//! `purge_token` / `purge_sub`, so a cache that fans purges out to other replicas takes
-//! the relay's purges with it. A call purges only when CloudBase answered it 2xx: a call
+//! `purge_token` / `purge_sub`, which with `[cache.redis]` reach every replica, the
+//! relay's purges as much as an operator's. A call purges only when CloudBase answered it 2xx: a call
 //! CloudBase refused ended nothing.
 //!
 //! - `POST /revoke {token}` (the SDK's `signOut()`): the token CloudBase revoked — the

@@ -12,6 +12,7 @@
 //! when missing.
 
 use crate::support;
+use crate::support::fleet::{Fleet, FleetCfg};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -124,9 +125,10 @@ fn require_tool(tool: &str) -> String {
     }
 }
 
-/// Installs the locked SDK unless `node_modules` already holds it. Both SDK tests call
-/// this and run at once in one test binary; `npm ci` starts by deleting `node_modules`, so
-/// two at a time break each other: the lock makes the second wait for the first.
+/// Installs the locked SDK unless `node_modules` already holds it. Every SDK test calls
+/// this and they run at once in one test binary; `npm ci` starts by deleting
+/// `node_modules`, so two at a time break each other: the lock makes the others wait for
+/// the first.
 fn npm_ci_if_needed(dir: &Path) {
     static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _installing = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
@@ -152,16 +154,16 @@ fn npm_ci_if_needed(dir: &Path) {
     );
 }
 
-/// Runs `script` (in `tests/js-sdk`) against `origin`; returns its exit status, its step
+/// Runs `script` (in `tests/js-sdk`) against `origins`; returns its exit status, its step
 /// lines by name, and stdout and stderr for failure messages.
 async fn run_script(
     script: &str,
-    origin: &str,
+    origins: &[&str],
 ) -> (std::process::ExitStatus, HashMap<String, Value>, String) {
     let dir = sdk_dir();
     let child = tokio::process::Command::new("node")
         .arg(script)
-        .arg(origin)
+        .args(origins)
         .current_dir(&dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -220,7 +222,7 @@ async fn the_official_js_sdk_drives_the_emulator() {
     npm_ci_if_needed(&sdk_dir());
     let emu = Emulator::start(CONFIG);
 
-    let (status, steps, transcript) = run_script("drive.mjs", &emu.origin()).await;
+    let (status, steps, transcript) = run_script("drive.mjs", &[&emu.origin()]).await;
     let expected = [
         "signin",
         "signin_wrong_password",
@@ -468,19 +470,45 @@ async fn disabled_anonymous_sign_in_reads_as_provider_not_enabled() {
     );
 }
 
+/// The steps of `relay.mjs`, in order.
+const RELAY_STEPS: &[&str] = &[
+    "signout_signed_in",
+    "signout",
+    "signout_old_token_refused",
+    "password_signed_in",
+    "password_changed",
+    "password_other_device_refused",
+    "password_this_device_still_served",
+    "password_new_one_signs_in",
+    "revoke_all_signed_in",
+    "revoke_all",
+    "revoke_all_second_device_refused",
+    "revoke_all_first_device_refused",
+    "revoke_device_signed_in",
+    "revoke_device",
+    "revoke_device_lost_device_refused",
+    "revoke_device_keeper_still_served",
+    "outside_signed_in",
+    "done",
+];
+
+/// Each old token `relay.mjs` saw refused was refused as CloudBase's invalid token (the
+/// purged cache asked again), not for some other reason.
+fn refused_as_invalid_tokens(steps: &HashMap<String, Value>) {
+    for name in [
+        "signout_old_token_refused",
+        "password_other_device_refused",
+        "revoke_all_second_device_refused",
+        "revoke_device_lost_device_refused",
+    ] {
+        assert_eq!(steps[name]["code"], "INVALID_ACCESS_TOKEN", "{name}");
+    }
+}
+
 /// The gateway binary with its embedded emulator, the relay on and an hour of cache: a
 /// token refused right after a sign-out can only have been purged by the relay.
 fn relay_config(gateway: SocketAddr, admin: SocketAddr, emulator: SocketAddr) -> String {
-    let users: String = [
-        "relay-signout",
-        "relay-password",
-        "relay-all",
-        "relay-device",
-        "relay-outside",
-    ]
-    .iter()
-    .map(|u| format!("[[emulator.users]]\nusername = \"{u}\"\npassword = \"relay-password-1\"\n"))
-    .collect();
+    let users = relay_users();
     format!(
         r#"
 [server]
@@ -505,6 +533,20 @@ test_hooks = true
     )
 }
 
+/// The users `relay.mjs` signs in, as `[[emulator.users]]`.
+fn relay_users() -> String {
+    [
+        "relay-signout",
+        "relay-password",
+        "relay-all",
+        "relay-device",
+        "relay-outside",
+    ]
+    .iter()
+    .map(|u| format!("[[emulator.users]]\nusername = \"{u}\"\npassword = \"relay-password-1\"\n"))
+    .collect()
+}
+
 fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
@@ -523,36 +565,10 @@ async fn the_official_js_sdk_through_the_relay_is_cut_off_at_once_on_sign_out() 
         support::Process::spawn(&relay_config(gateway, admin, emulator), &[], &[], gateway);
     support::wait_for_port(admin);
 
-    let (status, steps, transcript) = run_script("relay.mjs", &format!("http://{gateway}")).await;
-    let expected = [
-        "signout_signed_in",
-        "signout",
-        "signout_old_token_refused",
-        "password_signed_in",
-        "password_changed",
-        "password_other_device_refused",
-        "password_this_device_still_served",
-        "password_new_one_signs_in",
-        "revoke_all_signed_in",
-        "revoke_all",
-        "revoke_all_second_device_refused",
-        "revoke_all_first_device_refused",
-        "revoke_device_signed_in",
-        "revoke_device",
-        "revoke_device_lost_device_refused",
-        "revoke_device_keeper_still_served",
-        "outside_signed_in",
-        "done",
-    ];
-    all_passed(&steps, &expected, status, &transcript, &node);
-    for name in [
-        "signout_old_token_refused",
-        "password_other_device_refused",
-        "revoke_all_second_device_refused",
-        "revoke_device_lost_device_refused",
-    ] {
-        assert_eq!(steps[name]["code"], "INVALID_ACCESS_TOKEN", "{name}");
-    }
+    let (status, steps, transcript) =
+        run_script("relay.mjs", &[&format!("http://{gateway}")]).await;
+    all_passed(&steps, RELAY_STEPS, status, &transcript, &node);
+    refused_as_invalid_tokens(&steps);
 
     let http = Client::builder()
         .timeout(Duration::from_secs(10))
@@ -616,4 +632,62 @@ async fn the_official_js_sdk_through_the_relay_is_cut_off_at_once_on_sign_out() 
         401,
         "purged by the operator"
     );
+}
+
+/// Issue 13's last item: two replicas on one Redis, the SDK signed in through replica A's
+/// relay, every protected call made on A and B (so both cache each token for an hour).
+/// Each session-ending call through A is refused on B by the very next request: only the
+/// purge A published can explain it.
+#[tokio::test]
+async fn the_official_js_sdk_signing_out_through_one_replica_is_refused_on_the_other_at_once() {
+    let node = require_tool("node");
+    require_tool("npm");
+    npm_ci_if_needed(&sdk_dir());
+    let users = relay_users();
+    let fleet = Fleet::start(
+        2,
+        FleetCfg {
+            env_id: "js-sdk-env",
+            tables: "[relay]\nenabled = true\n",
+            users: &users,
+            ..FleetCfg::default()
+        },
+    )
+    .await;
+    let [a, b] = &fleet.replicas[..] else {
+        unreachable!()
+    };
+
+    let (status, steps, transcript) = run_script("relay.mjs", &[&a.base, &b.base]).await;
+    all_passed(&steps, RELAY_STEPS, status, &transcript, &node);
+    refused_as_invalid_tokens(&steps);
+    // A's relay purged (one token, three users), each published through Redis; B carried
+    // them out.
+    for (by, n) in [("token", 1.0), ("sub", 3.0), ("unresolved", 0.0)] {
+        let series = format!("relay_purges_total{{by=\"{by}\"}}");
+        assert_eq!(a.metric(&series).await, n, "{series}");
+        assert_eq!(b.metric(&series).await, 0.0, "B relayed nothing");
+    }
+    assert_eq!(a.metric("redis_purges_total{result=\"ok\"}").await, 4.0);
+    assert_eq!(a.metric("redis_purges_total{result=\"error\"}").await, 0.0);
+    assert_eq!(
+        b.metric("redis_invalidations_total{kind=\"token\"}").await,
+        1.0
+    );
+    assert_eq!(
+        b.metric("redis_invalidations_total{kind=\"sub\"}").await,
+        3.0
+    );
+
+    // Revoked outside the relay: an operator's purge on A cuts it off on B too.
+    let outside = &steps["outside_signed_in"];
+    let token = s(outside, "access_token");
+    fleet.revoke_at_cloudbase(token).await;
+    assert_eq!(b.status(token).await, 200, "still cached on B");
+    let answer = a.purge(json!({ "sub": s(outside, "sub") })).await;
+    assert_eq!(
+        answer,
+        json!({"purged": 1, "shared": true, "replicas": 2, "confirmed": 2})
+    );
+    assert_eq!(b.status(token).await, 401, "B confirmed the purge");
 }

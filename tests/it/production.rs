@@ -1234,10 +1234,21 @@ fn repo_file(path: &str) -> String {
     std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
 }
 
+/// The environment docker-compose.yml requires, with stand-in values.
+const COMPOSE_ENV: [(&str, &str); 3] = [
+    ("CLOUDBASE_CLIENT_SECRET", "fake-secret"),
+    ("CACHE_HMAC_KEY", "fake-hmac-key-0123456789abcdef0123456789"),
+    ("REDIS_PASSWORD", "fake-redis-password"),
+];
+
 #[test]
-fn compose_wires_gateway_emulator_and_upstream_and_its_configs_are_valid() {
-    let compose: serde_yaml::Value =
+fn compose_runs_two_replicas_behind_one_port_on_redis_and_its_configs_are_valid() {
+    let mut compose: serde_yaml::Value =
         serde_yaml::from_str(&repo_file("docker-compose.yml")).expect("YAML");
+    // The replicas share one definition through a YAML anchor and `<<:` merge.
+    compose.apply_merge().expect("merge keys");
+    let services = compose["services"].as_mapping().expect("services");
+    let names: Vec<&str> = services.keys().filter_map(|k| k.as_str()).collect();
     let service = |name: &str| {
         let s = &compose["services"][name];
         assert!(s.is_mapping(), "service {name}");
@@ -1252,31 +1263,108 @@ fn compose_wires_gateway_emulator_and_upstream_and_its_configs_are_valid() {
             })
             .unwrap_or_default()
     };
-    let secret_from_env = |s: &serde_yaml::Value| {
-        s["environment"]["CLOUDBASE_CLIENT_SECRET"]
+    // Every reference resolves: services depended on, files mounted.
+    for name in &names {
+        for dependency in strings(&service(name)["depends_on"]) {
+            assert!(
+                names.contains(&dependency.as_str()),
+                "{name} depends on {dependency}, not a service"
+            );
+        }
+        for volume in strings(&service(name)["volumes"]) {
+            let source = volume.split(':').next().unwrap();
+            if let Some(path) = source.strip_prefix("./") {
+                let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+                assert!(full.is_file(), "{name} mounts {source}, not shipped");
+            }
+        }
+    }
+    let required_from_env = |s: &serde_yaml::Value, var: &str| {
+        s["environment"][var]
             .as_str()
-            .is_some_and(|v| v.starts_with("${CLOUDBASE_CLIENT_SECRET:?"))
+            .is_some_and(|v| v.starts_with(&format!("${{{var}:?")))
     };
 
-    let gateway = service("gateway");
-    assert!(
-        !gateway["build"].is_null(),
-        "gateway is built from the Dockerfile"
+    let replicas = ["gateway-a", "gateway-b"];
+    let mut admin_ports = Vec::new();
+    for name in replicas {
+        let gateway = service(name);
+        assert!(
+            !gateway["build"].is_null(),
+            "{name} is built from the Dockerfile"
+        );
+        for (var, _) in COMPOSE_ENV {
+            assert!(
+                required_from_env(gateway, var),
+                "{name}'s {var} from the environment"
+            );
+        }
+        assert!(strings(&gateway["volumes"])
+            .contains(&"./deploy/gateway.toml:/etc/cloudbase-gateway/config.toml:ro".to_owned()));
+        let depends = strings(&gateway["depends_on"]);
+        for needed in ["emulator", "upstream", "redis"] {
+            assert!(
+                depends.contains(&needed.to_owned()),
+                "{name} depends on {needed}"
+            );
+        }
+        let ports = strings(&gateway["ports"]);
+        assert_eq!(ports.len(), 1, "{name}: only its admin port, on loopback");
+        assert!(
+            ports[0].starts_with("127.0.0.1:") && ports[0].ends_with(":9090"),
+            "{name}: {ports:?}"
+        );
+        admin_ports.push(ports[0].clone());
+    }
+    assert_ne!(
+        admin_ports[0], admin_ports[1],
+        "each replica's admin on its own port"
     );
+
+    // One port for both: nginx round robin over the replicas' service names.
+    let lb = service("lb");
+    assert!(lb["image"]
+        .as_str()
+        .is_some_and(|i| i.starts_with("nginx:")));
+    assert_eq!(strings(&lb["ports"]), ["8080:8080"]);
+    assert!(strings(&lb["volumes"])
+        .contains(&"./deploy/nginx/replicas.conf:/etc/nginx/conf.d/default.conf:ro".to_owned()));
+    let lb_conf = repo_file("deploy/nginx/replicas.conf");
+    for name in replicas {
+        assert!(strings(&lb["depends_on"]).contains(&name.to_owned()));
+        assert!(
+            lb_conf.contains(&format!("server {name}:8080;")),
+            "replicas.conf sends to {name}"
+        );
+    }
+
+    let redis = service("redis");
+    assert!(redis["image"]
+        .as_str()
+        .is_some_and(|i| i.starts_with("redis:7")));
+    let command = strings(&redis["command"]);
+    let after = |flag: &str| {
+        let i = command.iter().position(|c| c == flag);
+        i.and_then(|i| command.get(i + 1))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(after("--requirepass").starts_with("${REDIS_PASSWORD:?"));
+    // The counters have no TTL and must not be evicted (README "Running several replicas").
+    let policy = after("--maxmemory-policy");
     assert!(
-        secret_from_env(gateway),
-        "gateway's secret comes from the environment"
+        policy.starts_with("volatile-") || policy == "noeviction",
+        "{policy}"
     );
-    assert!(strings(&gateway["volumes"])
-        .contains(&"./deploy/gateway.toml:/etc/cloudbase-gateway/config.toml:ro".to_owned()));
-    let depends = strings(&gateway["depends_on"]);
-    assert!(depends.contains(&"emulator".to_owned()) && depends.contains(&"upstream".to_owned()));
 
     let emulator = service("emulator");
-    assert_eq!(
-        emulator["image"], gateway["image"],
-        "the emulator runs the same image"
-    );
+    for name in replicas {
+        assert_eq!(
+            emulator["image"],
+            service(name)["image"],
+            "the emulator runs the same image"
+        );
+    }
     assert_eq!(
         strings(&emulator["command"]),
         [
@@ -1290,7 +1378,7 @@ fn compose_wires_gateway_emulator_and_upstream_and_its_configs_are_valid() {
     assert!(strings(&emulator["volumes"])
         .contains(&"./deploy/emulator.toml:/etc/cloudbase-gateway/emulator.toml:ro".to_owned()));
     assert!(
-        secret_from_env(emulator),
+        required_from_env(emulator, "CLOUDBASE_CLIENT_SECRET"),
         "emulator checks the same client secret"
     );
 
@@ -1300,8 +1388,12 @@ fn compose_wires_gateway_emulator_and_upstream_and_its_configs_are_valid() {
         .is_some_and(|i| i.starts_with("traefik/whoami")));
     assert_eq!(strings(&upstream["command"]), ["--port", "9000"]);
 
-    let fake_env =
-        |name: &str| (name == "CLOUDBASE_CLIENT_SECRET").then(|| "fake-secret".to_owned());
+    let fake_env = |name: &str| {
+        COMPOSE_ENV
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| (*v).to_owned())
+    };
     let text = repo_file("deploy/gateway.toml");
     let gateway = Config::from_toml_str_with_env(&text, fake_env)
         .unwrap_or_else(|e| panic!("deploy/gateway.toml:\n{e}"));
@@ -1312,6 +1404,13 @@ fn compose_wires_gateway_emulator_and_upstream_and_its_configs_are_valid() {
         Some("http://emulator:8081/auth/v1")
     );
     assert_eq!(gateway.cloudbase.client_secret.expose(), "fake-secret");
+    let shared = gateway.cache.redis.as_ref().expect("[cache.redis] on");
+    assert_eq!(
+        shared.url.expose(),
+        "redis://default:fake-redis-password@redis:6379/0",
+        "the redis service, with its password"
+    );
+    assert_eq!(shared.hmac_key.expose(), COMPOSE_ENV[1].1);
     assert!(
         !gateway.emulator.enabled,
         "the emulator runs as its own service"
@@ -1320,10 +1419,6 @@ fn compose_wires_gateway_emulator_and_upstream_and_its_configs_are_valid() {
         &r.upstream,
         cloudbase_gateway::config::Upstream::Http { authority, .. } if authority == "upstream:9000"
     )));
-    assert!(
-        Config::from_toml_str_with_env(&text, |_| None).is_err(),
-        "the secret must come from the environment"
-    );
     let emulator = Config::from_toml_str_with_env(&repo_file("deploy/emulator.toml"), fake_env)
         .unwrap_or_else(|e| panic!("deploy/emulator.toml:\n{e}"));
     assert!(
@@ -1349,4 +1444,58 @@ fn compose_wires_gateway_emulator_and_upstream_and_its_configs_are_valid() {
     assert!(repo_file(".dockerignore")
         .lines()
         .any(|l| l.trim() == "target/"));
+}
+
+/// `cloudbase-gateway check --config deploy/{file}` with exactly `env` of
+/// [`COMPOSE_ENV`] set.
+fn check_shipped(file: &str, env: &[(&str, &str)]) -> std::process::Output {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(file);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cloudbase-gateway"));
+    cmd.arg("check").arg("--config").arg(&path);
+    for (var, _) in COMPOSE_ENV {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied());
+    cmd.output().expect("the binary runs")
+}
+
+/// `cloudbase-gateway check` on the configs docker-compose.yml mounts (the replicas' and
+/// the emulator's): accepted with the environment it passes, secrets printed redacted;
+/// refused, naming each missing variable, without it.
+#[test]
+fn the_shipped_compose_configs_pass_check_only_with_their_secrets_in_the_environment() {
+    for (file, needs) in [
+        ("gateway.toml", &COMPOSE_ENV[..]),
+        ("emulator.toml", &COMPOSE_ENV[..1]),
+    ] {
+        let out = check_shipped(file, &COMPOSE_ENV);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{file}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for (var, value) in COMPOSE_ENV {
+            assert!(!stdout.contains(value), "{file}: {var} printed:\n{stdout}");
+        }
+        if file == "gateway.toml" {
+            assert!(stdout.contains("[cache.redis]"), "{stdout}");
+            assert!(
+                stdout.contains("url = \"redis://default:[redacted]@redis:6379/0\""),
+                "{stdout}"
+            );
+        }
+
+        let out = check_shipped(file, &[]);
+        assert_eq!(out.status.code(), Some(1), "{file} without its secrets");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for (var, _) in needs {
+            assert!(
+                stderr.contains(&format!("environment variable {var} is not set")),
+                "{file}, {var}:\n{stderr}"
+            );
+        }
+    }
 }

@@ -7,11 +7,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::support::metric;
 use crate::support::redis_server::RedisServer;
+use crate::support::{eventually, metric};
 use cloudbase_gateway::cache::shared::{
-    unix_now_ms, Claims, Invalidation, Lookup, Put, SharedEntry, SharedGroup, SharedTier,
-    SharedVerdict, Skip, Subscription,
+    unix_now_ms, Claims, Invalidation, Lookup, Put, Reach, SharedEntry, SharedGroup, SharedTier,
+    SharedVerdict, Skip, Subscription, CONFIRM_WITHIN,
 };
 use cloudbase_gateway::cache::{token_key, HeaderFields, TokenKey};
 use cloudbase_gateway::config::{IdentityField, IdentityMapping, RedisSettings, Secret, SecretUrl};
@@ -171,19 +171,6 @@ async fn bounded<T>(call: impl std::future::Future<Output = T>) -> T {
         .expect("the call returned at all")
 }
 
-/// Polls `check` every 50 ms until it holds; panics after `within`.
-async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what} not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn an_entry_stored_by_one_replica_is_a_hit_on_another_rendered_with_its_own_headers() {
     let (_redis, a, b) = two_replicas();
@@ -272,15 +259,34 @@ async fn an_answer_fetched_before_a_purge_on_another_replica_is_not_stored_after
         // A misses and asks CloudBase; meanwhile B purges; then A's answer arrives.
         let ticket = a.miss(&key).await;
         match purge {
-            "token" => assert_eq!(b.tier.purge_token(&key).await, Ok(0)),
-            "sub" => assert_eq!(b.tier.purge_sub("racing-user").await, Ok(0)),
-            _ => assert_eq!(b.tier.purge_all().await, Ok(())),
+            "token" => assert_eq!(b.tier.purge_token(&key).await, Ok(unheard(0))),
+            "sub" => assert_eq!(b.tier.purge_sub("racing-user").await, Ok(unheard(0))),
+            _ => assert_eq!(b.tier.purge_all().await, Ok(unheard(0))),
         }
         let put = a.tier.put(&key, &valid("racing-user"), ticket).await;
         assert_eq!(put, Put::Superseded, "after a purge by {purge}");
         a.miss(&key).await;
     }
     assert_eq!(a.count("redis_writes_total{result=\"superseded\"}"), 3.0);
+}
+
+/// A purge that removed `removed` Redis entries and that no replica was subscribed to.
+fn unheard(removed: u64) -> Reach {
+    Reach {
+        removed,
+        replicas: 0,
+        confirmed: 0,
+    }
+}
+
+/// A purge that removed `removed` Redis entries, carried out and confirmed by replica B,
+/// the only one subscribed.
+fn reached_b(removed: u64) -> Reach {
+    Reach {
+        removed,
+        replicas: 1,
+        confirmed: 1,
+    }
 }
 
 #[tokio::test]
@@ -292,10 +298,11 @@ async fn a_purge_by_token_deletes_the_entry_and_reaches_another_replica_within_a
     a.store(&key, &valid("user-1")).await;
     a.store(&kept, &valid("user-1")).await;
 
-    assert_eq!(a.tier.purge_token(&key).await, Ok(1));
+    assert_eq!(a.tier.purge_token(&key).await, Ok(reached_b(1)));
     assert_eq!(
-        next(&mut rx, PURGE_DELIVERY).await,
-        Invalidation::Token(key)
+        rx.try_recv(),
+        Ok(Invalidation::Token(key)),
+        "B carried it out before the purge returned"
     );
     b.miss(&key).await;
     assert!(matches!(b.tier.get(&kept).await, Lookup::Hit(_)));
@@ -315,7 +322,7 @@ async fn a_purge_by_sub_deletes_every_token_of_the_user_and_reaches_another_repl
     a.store(&laptop, &valid("用户 42")).await;
     a.store(&other, &valid("user-43")).await;
 
-    assert_eq!(a.tier.purge_sub("用户 42").await, Ok(2));
+    assert_eq!(a.tier.purge_sub("用户 42").await, Ok(reached_b(2)));
     assert_eq!(
         next(&mut rx, PURGE_DELIVERY).await,
         Invalidation::Sub("用户 42".into())
@@ -337,7 +344,7 @@ async fn a_purge_of_everything_makes_every_entry_a_miss_and_reaches_another_repl
     for k in &keys {
         a.store(k, &valid("user-1")).await;
     }
-    assert_eq!(a.tier.purge_all().await, Ok(()));
+    assert_eq!(a.tier.purge_all().await, Ok(reached_b(0)));
     assert_eq!(next(&mut rx, PURGE_DELIVERY).await, Invalidation::All);
     for k in &keys {
         b.miss(k).await;
@@ -345,6 +352,42 @@ async fn a_purge_of_everything_makes_every_entry_a_miss_and_reaches_another_repl
     // The new generation is usable at once.
     a.store(&keys[0], &valid("user-1")).await;
     assert!(matches!(b.tier.get(&keys[0]).await, Lookup::Hit(_)));
+}
+
+#[tokio::test]
+async fn a_purge_a_subscribed_replica_never_confirms_waits_a_second_then_says_so() {
+    let (redis, a, b) = two_replicas();
+    let (_subscription, mut rx) = b.subscribe().await;
+    // Subscribed, but never confirming: a replica stuck after reading, as far as A can tell.
+    let mut silent = redis::Client::open(redis.url())
+        .unwrap()
+        .get_async_pubsub()
+        .await
+        .unwrap();
+    silent
+        .subscribe(format!("{PREFIX}invalidations"))
+        .await
+        .unwrap();
+    let key = token_key("half-heard");
+    a.store(&key, &valid("user-1")).await;
+
+    let started = Instant::now();
+    let reach = bounded(a.tier.purge_token(&key)).await;
+    assert!(
+        started.elapsed() >= CONFIRM_WITHIN,
+        "it waited for the silent one"
+    );
+    assert_eq!(
+        reach,
+        Ok(Reach {
+            removed: 1,
+            replicas: 2,
+            confirmed: 1
+        })
+    );
+    assert_eq!(rx.try_recv(), Ok(Invalidation::Token(key)));
+    assert_eq!(a.count("redis_purges_total{result=\"unconfirmed\"}"), 1.0);
+    assert_eq!(a.count("redis_purges_total{result=\"ok\"}"), 0.0);
 }
 
 /// Stores an entry for `token` through `writer`, lets `tamper` turn the raw value into a
@@ -456,7 +499,7 @@ async fn a_frozen_redis_costs_each_call_at_most_the_timeout_then_the_breaker_ski
     // Purges do not wait for the breaker: an operator's purge still tries, and lands once
     // Redis answers.
     redis.thaw();
-    assert_eq!(a.tier.purge_token(&key).await, Ok(1));
+    assert_eq!(a.tier.purge_token(&key).await, Ok(unheard(1)));
 }
 
 #[tokio::test]
@@ -535,7 +578,7 @@ async fn a_killed_redis_is_skipped_and_once_restarted_is_used_again_and_resubscr
     assert!(!b.tier.degraded());
     assert_eq!(b.count("redis_breaker_open"), 0.0);
     // And purges flow again.
-    assert_eq!(a.tier.purge_token(&key).await, Ok(1));
+    assert_eq!(a.tier.purge_token(&key).await, Ok(reached_b(1)));
     assert_eq!(
         next(&mut rx, PURGE_DELIVERY).await,
         Invalidation::Token(key)

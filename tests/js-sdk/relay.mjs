@@ -5,7 +5,11 @@
 // app calls its API. With an hour of cache, a token refused right after a sign-out was
 // purged by the relay; nothing else would refuse it that soon.
 //
-// Usage: node relay.mjs http://GATEWAY:PORT
+// Usage: node relay.mjs http://GATEWAY:PORT [http://OTHER-REPLICA:PORT …]
+// With other replicas (sharing the first one's Redis tier), the SDK still talks to the
+// first, while every protected call is made on every replica: each caches the token, and
+// after a sign-out through the first the old token is refused on the others first (they
+// can only have heard of it through the purge the first published), then on the first.
 // Environment: CLOUDBASE_ENV (default "js-sdk-env"), RELAY_PASSWORD (every seeded user's
 // password, default "relay-password-1"). Users: relay-signout, relay-password,
 // relay-all, relay-device, relay-outside.
@@ -17,11 +21,13 @@ import { CloudbaseOAuth } from '@cloudbase/oauth'
 
 import { MemoryStorage, check, done, fatal, step } from './steps.mjs'
 
-const origin = (process.argv[2] || '').replace(/\/+$/, '')
-if (!/^https?:\/\/[^/]+$/.test(origin)) {
-  console.error('usage: node relay.mjs http://GATEWAY:PORT')
+const replicas = process.argv.slice(2).map((o) => o.replace(/\/+$/, ''))
+if (replicas.length === 0 || !replicas.every((o) => /^https?:\/\/[^/]+$/.test(o))) {
+  console.error('usage: node relay.mjs http://GATEWAY:PORT [http://OTHER-REPLICA:PORT …]')
   process.exit(2)
 }
+const origin = replicas[0]
+const others = replicas.slice(1)
 const env = process.env.CLOUDBASE_ENV || 'js-sdk-env'
 const password = process.env.RELAY_PASSWORD || 'relay-password-1'
 
@@ -38,9 +44,9 @@ function device() {
   return { auth: oauth.authApi, client: oauth.oauth2client }
 }
 
-/** The app's API call: GET /api/whoami with the SDK's current or a given access token. */
-async function api(token) {
-  const resp = await fetch(`${origin}/api/whoami`, {
+/** The app's API call: GET /api/whoami on `at` (default: the SDK's gateway) with a token. */
+async function api(token, at = origin) {
+  const resp = await fetch(`${at}/api/whoami`, {
     headers: { authorization: `Bearer ${token}` },
   })
   const text = await resp.text()
@@ -59,20 +65,31 @@ function userId(answer) {
   return headers['x-user-id']
 }
 
-/** A signed-in device, and its protected call answered 200 with its identity. */
+/** A token's protected call on every replica answered 200 with its user's identity. */
+async function served(name, token, sub) {
+  for (const at of replicas) {
+    const seen = await api(token, at)
+    check(seen.status === 200, `${name}: the protected route at ${at} answered ${seen.status}`)
+    check(userId(seen) === sub, `${name}: identity ${userId(seen)} at ${at}, expected ${sub}`)
+  }
+  return { status: 200 }
+}
+
+/** A signed-in device, and its protected call answered 200 with its identity everywhere. */
 async function signedIn(name, username) {
   const d = device()
   const c = await d.auth.signIn({ username, password })
-  const seen = await api(c.access_token)
-  check(seen.status === 200, `${name}: the protected route answered ${seen.status}`)
-  check(userId(seen) === c.sub, `${name}: identity ${userId(seen)}, expected ${c.sub}`)
+  await served(name, c.access_token, c.sub)
   return { ...d, token: c.access_token, sub: c.sub }
 }
 
-/** The old token's next protected call: expected 401 at once. */
+/** The old token's next protected call on each replica, the others first: 401 at once. */
 async function refused(name, token) {
-  const seen = await api(token)
-  check(seen.status === 401, `${name}: the old token got ${seen.status}, expected 401`)
+  let seen = null
+  for (const at of [...others, origin]) {
+    seen = await api(token, at)
+    check(seen.status === 401, `${name}: the old token got ${seen.status} at ${at}, expected 401`)
+  }
   return { status: seen.status, code: seen.body && seen.body.code }
 }
 
@@ -109,11 +126,9 @@ async function main() {
     return { response: resp }
   })
   await step('password_other_device_refused', async () => refused('password', other.token))
-  await step('password_this_device_still_served', async () => {
-    const seen = await api(mine.token)
-    check(seen.status === 200, `this device's own session got ${seen.status}`)
-    return { status: seen.status }
-  })
+  await step('password_this_device_still_served', async () =>
+    served("this device's own session", mine.token, mine.sub),
+  )
   await step('password_new_one_signs_in', async () => {
     const c = await device().auth.signIn({ username: 'relay-password', password: `${password}-new` })
     return { sub: c.sub }
@@ -149,11 +164,9 @@ async function main() {
     return {}
   })
   await step('revoke_device_lost_device_refused', async () => refused('revoke device', lost.token))
-  await step('revoke_device_keeper_still_served', async () => {
-    const seen = await api(keeper.token)
-    check(seen.status === 200, `the keeper got ${seen.status}`)
-    return { status: seen.status }
-  })
+  await step('revoke_device_keeper_still_served', async () =>
+    served('the keeper', keeper.token, keeper.sub),
+  )
 
   // A session signed in through the relay, for the Rust side to revoke outside it.
   await step('outside_signed_in', async () => {

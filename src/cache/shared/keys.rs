@@ -9,8 +9,9 @@
 //! | `{prefix}{hex sha256(token)}` | string | an entry ([`super::codec`]), TTL = its remaining life |
 //! | `{prefix}sub:{hex sha256(sub)}` | set | hex digests of the user's tokens; TTL ≥ its longest member |
 //! | `{prefix}generation` | counter | bumped by purge-all; entries of older generations read as misses |
-//! | `{prefix}purges` | counter | bumped by every purge; a write whose lookup saw another value is dropped |
-//! | `{prefix}invalidations` | pub/sub channel | `t:{hex}`, `s:{sub}`, `a` |
+//! | `{prefix}purges` | counter | bumped by every purge (its new value numbers the purge); a write whose lookup saw another value is dropped |
+//! | `{prefix}invalidations` | pub/sub channel | `{n} t:{hex}`, `{n} s:{sub}`, `{n} a`: purge number `n`, then what it drops |
+//! | `{prefix}confirmed:{n}` | set | ids of the replicas that carried out purge `n`; TTL 10 s |
 
 use sha2::{Digest, Sha256};
 
@@ -90,10 +91,34 @@ impl Keys {
     pub fn channel(&self) -> String {
         format!("{}invalidations", self.prefix)
     }
+
+    /// The replicas that carried out purge number `n`.
+    pub fn confirmed(&self, n: u64) -> String {
+        format!("{}confirmed:{n}", self.prefix)
+    }
+}
+
+/// A message read from the purge channel: the purge's number, to confirm it by, and what it
+/// drops. The number is `None` in a message without one (what this build publishes always
+/// has one): carried out, not confirmed.
+pub fn parse_message(message: &[u8]) -> (Option<u64>, Invalidation) {
+    if let Some(space) = message.iter().position(|&b| b == b' ') {
+        let (number, rest) = (&message[..space], &message[space + 1..]);
+        if !number.is_empty() && number.iter().all(u8::is_ascii_digit) {
+            if let Some(n) = std::str::from_utf8(number)
+                .ok()
+                .and_then(|n| n.parse().ok())
+            {
+                return (Some(n), Invalidation::parse(rest));
+            }
+        }
+    }
+    (None, Invalidation::parse(message))
 }
 
 impl Invalidation {
-    /// The message published on the purge channel (`Keys::channel`).
+    /// What the message published on the purge channel (`Keys::channel`) says after the
+    /// purge's number (which the purge script puts in front).
     pub fn message(&self) -> Vec<u8> {
         match self {
             Invalidation::Token(key) => format!("t:{}", hex(key)).into_bytes(),
@@ -149,6 +174,23 @@ mod tests {
         }
         for junk in [&b"t:zz"[..], b"t:00", b"x:1", b"", b"\xff\xfe", b"v2:t:00"] {
             assert_eq!(Invalidation::parse(junk), Invalidation::All, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn a_published_message_carries_the_purge_number_to_confirm() {
+        let sub = Invalidation::Sub("用户 42".into());
+        let mut published = b"17 ".to_vec();
+        published.extend(sub.message());
+        assert_eq!(parse_message(&published), (Some(17), sub));
+        assert_eq!(parse_message(b"3 a"), (Some(3), Invalidation::All));
+        // No number: carried out, nothing to confirm (a sub may hold spaces and digits).
+        assert_eq!(
+            parse_message(b"s:12 34"),
+            (None, Invalidation::Sub("12 34".into()))
+        );
+        for junk in [&b" a"[..], b"1x a", b"99999999999999999999999 a", b"12"] {
+            assert_eq!(parse_message(junk).0, None, "{junk:?}");
         }
     }
 }

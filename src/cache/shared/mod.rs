@@ -22,7 +22,14 @@
 //!
 //! Purges reach the other replicas through pub/sub (`subscriber`); a replica that lost
 //! its subscription drops its whole local cache when it is back, since it may have missed
-//! purges.
+//! purges. Pub/sub does not say when a subscriber has acted on a message, only how many
+//! received it, so each replica confirms every purge it carried out (adding its id to a
+//! short-lived set, `{prefix}confirmed:{n}`), and a purge returns once every replica that
+//! received it has confirmed, or after [`CONFIRM_WITHIN`] ([`Reach`]). That is what lets a
+//! sign-out through one replica be refused by the very next request on any other: without
+//! it, a request overtaking the message (a busy replica reads its HTTP socket before its
+//! Redis one) is served from that replica's cache. The price: a purge takes a few Redis
+//! round trips more, and up to a second when a replica is frozen.
 //!
 //! The counters and the generation must not be evicted: run Redis with a `volatile-*`
 //! `maxmemory-policy` (entries and indexes have TTLs, the counters do not) or `noeviction`.
@@ -43,7 +50,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisResult, Script};
 
 pub use codec::{Claims, Invalid, SharedEntry, SharedGroup, SharedVerdict};
-pub use keys::Invalidation;
+pub use keys::{parse_message, Invalidation};
 pub use subscriber::{OnInvalidation, Subscription};
 
 use crate::cache::TokenKey;
@@ -59,6 +66,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Purges are rare operator actions where reaching Redis matters more than latency: they
 /// get at least this long, and do not consult the breaker.
 const PURGE_TIMEOUT_FLOOR: Duration = Duration::from_secs(1);
+/// How long a purge waits for the replicas that received it to confirm they carried it out
+/// (the fleet's promise: a purge reaches every replica within a second).
+pub const CONFIRM_WITHIN: Duration = Duration::from_secs(1);
+/// How long Redis keeps the set of replicas that confirmed a purge.
+const CONFIRMED_TTL_MS: u64 = 10_000;
 
 /// Unix milliseconds now.
 pub fn unix_now_ms() -> i64 {
@@ -110,6 +122,18 @@ pub enum Put {
     Skipped(Skip),
 }
 
+/// How far a purge got: what Redis deleted, and the replicas it reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reach {
+    /// Entries deleted from Redis (a purge of everything deletes none: it retires the
+    /// generation every entry was written under).
+    pub removed: u64,
+    /// Replicas subscribed when it was published, the purging one included.
+    pub replicas: u64,
+    /// Of those, how many confirmed carrying it out within [`CONFIRM_WITHIN`].
+    pub confirmed: u64,
+}
+
 /// Why the tier could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
@@ -140,6 +164,8 @@ struct Inner {
     subscribing: AtomicBool,
     /// And it is subscribed now.
     subscribed: AtomicBool,
+    /// This process's id among the replicas, in purge confirmations.
+    replica: String,
 }
 
 struct Scripts {
@@ -166,13 +192,15 @@ if KEYS[3] then
 end
 return 1",
             ),
+            // Each purge script returns {entries deleted, subscribers reached, purge number}
+            // and publishes `{purge number} {message}`.
             // KEYS: entry, purges counter. ARGV: channel, message.
             purge_token: Script::new(
                 r"
 local n = redis.call('DEL', KEYS[1])
-redis.call('INCR', KEYS[2])
-redis.call('PUBLISH', ARGV[1], ARGV[2])
-return n",
+local p = redis.call('INCR', KEYS[2])
+local r = redis.call('PUBLISH', ARGV[1], p .. ' ' .. ARGV[2])
+return {n, r, p}",
             ),
             // KEYS: sub index, purges counter. ARGV: key prefix, channel, message.
             purge_sub: Script::new(
@@ -182,17 +210,17 @@ for _, digest in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   n = n + redis.call('DEL', ARGV[1] .. digest)
 end
 redis.call('DEL', KEYS[1])
-redis.call('INCR', KEYS[2])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return n",
+local p = redis.call('INCR', KEYS[2])
+local r = redis.call('PUBLISH', ARGV[2], p .. ' ' .. ARGV[3])
+return {n, r, p}",
             ),
             // KEYS: generation, purges counter. ARGV: channel, message.
             purge_all: Script::new(
                 r"
-local g = redis.call('INCR', KEYS[1])
-redis.call('INCR', KEYS[2])
-redis.call('PUBLISH', ARGV[1], ARGV[2])
-return g",
+redis.call('INCR', KEYS[1])
+local p = redis.call('INCR', KEYS[2])
+local r = redis.call('PUBLISH', ARGV[1], p .. ' ' .. ARGV[2])
+return {0, r, p}",
             ),
         }
     }
@@ -227,6 +255,7 @@ impl SharedTier {
                 metrics,
                 subscribing: AtomicBool::new(false),
                 subscribed: AtomicBool::new(false),
+                replica: uuid::Uuid::new_v4().simple().to_string(),
             }),
         })
     }
@@ -329,9 +358,9 @@ impl SharedTier {
         put
     }
 
-    /// Deletes the entry of one token and tells every replica. Returns how many Redis
-    /// entries went (0 or 1).
-    pub async fn purge_token(&self, key: &TokenKey) -> Result<u64, Skip> {
+    /// Deletes the entry of one token and tells every replica; returns once they confirmed
+    /// (see [`Reach`]).
+    pub async fn purge_token(&self, key: &TokenKey) -> Result<Reach, Skip> {
         let inner = &self.inner;
         let mut invocation = inner.scripts.purge_token.prepare_invoke();
         invocation
@@ -342,9 +371,9 @@ impl SharedTier {
         inner.purge(&invocation).await
     }
 
-    /// Deletes every entry of user `sub` (through its index) and tells every replica.
-    /// Returns how many Redis entries went.
-    pub async fn purge_sub(&self, sub: &str) -> Result<u64, Skip> {
+    /// Deletes every entry of user `sub` (through its index) and tells every replica;
+    /// returns once they confirmed.
+    pub async fn purge_sub(&self, sub: &str) -> Result<Reach, Skip> {
         let inner = &self.inner;
         let mut invocation = inner.scripts.purge_sub.prepare_invoke();
         invocation
@@ -356,8 +385,9 @@ impl SharedTier {
         inner.purge(&invocation).await
     }
 
-    /// Makes every stored entry a miss (a new generation) and tells every replica.
-    pub async fn purge_all(&self) -> Result<(), Skip> {
+    /// Makes every stored entry a miss (a new generation) and tells every replica;
+    /// returns once they confirmed.
+    pub async fn purge_all(&self) -> Result<Reach, Skip> {
         let inner = &self.inner;
         let mut invocation = inner.scripts.purge_all.prepare_invoke();
         invocation
@@ -365,7 +395,7 @@ impl SharedTier {
             .key(inner.keys.purges())
             .arg(inner.keys.channel())
             .arg(Invalidation::All.message());
-        inner.purge(&invocation).await.map(|_generation| ())
+        inner.purge(&invocation).await
     }
 
     /// Starts listening for purges published by any replica (this one included); `on` gets
@@ -436,21 +466,88 @@ impl Inner {
         result
     }
 
-    async fn purge(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<u64, Skip> {
+    /// Runs a purge script, then waits for the replicas it reached to confirm.
+    async fn purge(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<Reach, Skip> {
         let bound = self.timeout.max(PURGE_TIMEOUT_FLOOR);
-        let result = self
+        let published = self
             .call(None, bound, |mut c| async move {
-                invocation.invoke_async::<u64>(&mut c).await
+                invocation.invoke_async::<(u64, u64, u64)>(&mut c).await
             })
             .await;
-        self.metrics.redis_purge(match result {
-            Ok(_) => RedisPurge::Ok,
-            Err(_) => RedisPurge::Error,
-        });
-        if let Err(skip) = result {
-            tracing::warn!(%skip, "a purge did not reach Redis: other replicas keep their entries until these expire");
+        let (removed, replicas, number) = match published {
+            Ok(published) => published,
+            Err(skip) => {
+                self.metrics.redis_purge(RedisPurge::Error);
+                tracing::warn!(%skip, "a purge did not reach Redis: other replicas keep their entries until these expire");
+                return Err(skip);
+            }
+        };
+        let confirmed = self.confirmations(number, replicas).await;
+        if confirmed < replicas {
+            self.metrics.redis_purge(RedisPurge::Unconfirmed);
+            tracing::warn!(
+                replicas,
+                confirmed,
+                "a purge was not confirmed by every replica within {CONFIRM_WITHIN:?}: the others may serve the purged entries a while longer"
+            );
+        } else {
+            self.metrics.redis_purge(RedisPurge::Ok);
         }
-        result
+        Ok(Reach {
+            removed,
+            replicas,
+            confirmed,
+        })
+    }
+
+    /// How many replicas confirmed purge `number`, waiting until all `replicas` have or
+    /// [`CONFIRM_WITHIN`] has passed; polled, first after a millisecond, then less often.
+    async fn confirmations(&self, number: u64, replicas: u64) -> u64 {
+        let key = self.keys.confirmed(number);
+        let deadline = tokio::time::Instant::now() + CONFIRM_WITHIN;
+        let bound = self.timeout.max(Duration::from_millis(1));
+        let mut pause = Duration::from_millis(1);
+        let mut seen = 0;
+        loop {
+            let mut cmd = redis::cmd("SCARD");
+            cmd.arg(&key);
+            let cmd = &cmd;
+            let counted = self
+                .call(None, bound, |mut c| async move {
+                    cmd.query_async::<u64>(&mut c).await
+                })
+                .await;
+            // A failed read says nothing new: keep what the last one counted.
+            seen = seen.max(counted.unwrap_or(0));
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if seen >= replicas || left.is_zero() {
+                return seen.min(replicas);
+            }
+            tokio::time::sleep(pause.min(left)).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+
+    /// Tells the purging replica that this one carried out purge `number` (idempotent: a
+    /// set of replica ids, so a retried command counts once).
+    pub(super) async fn confirm(&self, number: u64) {
+        let key = self.keys.confirmed(number);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .sadd(&key, &self.replica)
+            .ignore()
+            .pexpire(&key, CONFIRMED_TTL_MS as i64)
+            .ignore();
+        let pipe = &pipe;
+        let bound = self.timeout.max(PURGE_TIMEOUT_FLOOR);
+        let confirmed = self
+            .call(None, bound, |mut c| async move {
+                pipe.query_async::<()>(&mut c).await
+            })
+            .await;
+        if let Err(skip) = confirmed {
+            tracing::debug!(%skip, "could not confirm a purge");
+        }
     }
 
     fn set_subscribed(&self, subscribed: bool) {

@@ -12,6 +12,10 @@
 //!
 //! A connection that dies silently (a network partition without a reset) is found by a
 //! `PING` every [`PING_EVERY`]; reconnection backs off from [`RETRY_MIN`] to [`RETRY_MAX`].
+//!
+//! Each purge is confirmed once the callback has carried it out (the purging replica waits
+//! for that, see the module above), from a task of its own so the next message is not held
+//! up by the round trip.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,7 +24,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
 
-use super::keys::Invalidation;
+use super::keys::{parse_message, Invalidation};
 use super::{Inner, CONNECT_TIMEOUT};
 use crate::metrics::RedisInvalidation;
 
@@ -91,7 +95,7 @@ async fn subscribe(
 
 /// Delivers messages until the connection ends or stops answering `PING`.
 async fn listen(
-    inner: &Inner,
+    inner: &Arc<Inner>,
     on: &OnInvalidation,
     sink: &mut PubSubSink,
     stream: &mut PubSubStream,
@@ -102,7 +106,14 @@ async fn listen(
     loop {
         tokio::select! {
             message = stream.next() => match message {
-                Some(m) => deliver(inner, on, Invalidation::parse(m.get_payload_bytes())),
+                Some(m) => {
+                    let (number, invalidation) = parse_message(m.get_payload_bytes());
+                    deliver(inner, on, invalidation);
+                    if let Some(number) = number {
+                        let inner = inner.clone();
+                        tokio::spawn(async move { inner.confirm(number).await });
+                    }
+                }
                 None => return,
             },
             _ = ping.tick() => {

@@ -1,6 +1,7 @@
 //! The one harness of the gateway's integration tests: a real gateway, the real emulator
 //! and real upstreams, all on 127.0.0.1 with ports picked by the OS.
 
+pub mod fleet;
 pub mod ingress;
 pub mod raw;
 pub mod redis_server;
@@ -541,4 +542,23 @@ pub fn http1_response_complete(buf: &[u8]) -> bool {
         })
         .unwrap_or(0);
     buf.len() >= head_end + 4 + len
+}
+
+/// Polls `check` every 10 ms until it holds; panics after `within`. Returns how long it
+/// took.
+pub async fn eventually<F, Fut>(
+    within: std::time::Duration,
+    what: &str,
+    mut check: F,
+) -> std::time::Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < within, "{what} not within {within:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    start.elapsed()
 }
