@@ -175,7 +175,7 @@ $(temp_paths lua)
                     for k = 1, #names do
                         if type(id[k]) == "string" then id[k] = ngx.escape_uri(id[k]) else id[k] = nil end
                     end
-                    cache:set(key, cjson.encode(id), 60)
+                    cache:set(key, cjson.encode(id), 600)  -- the gateway's cache.ttl (10m)
                 end
                 for k, n in ipairs(names) do
                     if id[k] and id[k] ~= cjson.null then ngx.req.set_header(n, id[k]) end
