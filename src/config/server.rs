@@ -172,12 +172,22 @@ pub(super) fn validate(raw: RawServer, errors: &mut Errors) -> ServerSettings {
             d.header_read_timeout,
             errors,
         ),
-        idle_timeout: duration(
-            raw.idle_timeout,
-            "server.idle_timeout",
-            d.idle_timeout,
-            errors,
-        ),
+        idle_timeout: {
+            let idle = duration(
+                raw.idle_timeout,
+                "server.idle_timeout",
+                d.idle_timeout,
+                errors,
+            );
+            // Zero would read as "no limit" to some and "no keep-alive" to others: say it.
+            if idle.is_zero() {
+                errors.push(
+                    "server.idle_timeout",
+                    "must be more than 0 (a connection with no request in flight this long is closed)",
+                );
+            }
+            idle
+        },
         max_concurrent_streams: match raw.max_concurrent_streams {
             None => d.max_concurrent_streams,
             Some(n @ 1..=0x7fff_ffff) => n as u32,

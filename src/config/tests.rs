@@ -986,3 +986,13 @@ fn the_shipped_configs_commented_telemetry_and_rate_limit_keys_are_valid_once_un
     assert_eq!((limit.burst.get(), limit.max_keys), (50, 100_000));
     assert!(c.routes[1].rate_limit.is_none());
 }
+
+#[test]
+fn a_zero_idle_timeout_is_refused_with_its_key() {
+    let got = errors("[server]\nidle_timeout = \"0s\"\n[emulator]\nenabled = true\n");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with("server.idle_timeout: must be more than 0"),
+        "{got:?}"
+    );
+}
