@@ -832,7 +832,7 @@ fn replica(config: &cloudbase_gateway::config::Config, url: &str) -> (IdentityCa
             // The fill validates 512 tokens at once, each flight waiting on Redis before
             // the stand-in: with the default bound some would be shed, not validated.
             max_in_flight: 4096,
-            max_header_bytes: config.identity.max_header_bytes,
+            ..Limits::from_config(config)
         },
         api.clone(),
         metrics,

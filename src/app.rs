@@ -134,7 +134,7 @@ impl Runtime {
         let cache = IdentityCache::with_shared(
             &config.cache,
             &config.identity.headers,
-            cache_limits(config),
+            Limits::from_config(config),
             api,
             metrics.clone(),
             shared,
@@ -226,14 +226,6 @@ impl Runtime {
     pub fn service(&self, config: &Config) -> GatewayService {
         let forward = Forward::new(self.upstream.clone(), &config.server.trusted_proxies);
         stack::build(config, &self.pieces(), forward)
-    }
-}
-
-/// The bounds of the cache that `[cloudbase]` and `[identity]` set.
-fn cache_limits(config: &Config) -> Limits {
-    Limits {
-        max_in_flight: config.cloudbase.max_in_flight,
-        max_header_bytes: config.identity.max_header_bytes,
     }
 }
 

@@ -286,16 +286,20 @@ pub enum CloudbaseOutcome {
     Transport,
     /// Not made: `cloudbase.max_in_flight` calls were already open.
     Shed,
+    /// Not made: CloudBase failed `cloudbase.breaker_failures` validations in a row and
+    /// the breaker's cool-down is not over.
+    BreakerOpen,
 }
 
 impl CloudbaseOutcome {
-    const ALL: [CloudbaseOutcome; 6] = [
+    const ALL: [CloudbaseOutcome; 7] = [
         CloudbaseOutcome::Ok,
         CloudbaseOutcome::Rejected,
         CloudbaseOutcome::Error,
         CloudbaseOutcome::Timeout,
         CloudbaseOutcome::Transport,
         CloudbaseOutcome::Shed,
+        CloudbaseOutcome::BreakerOpen,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -305,6 +309,7 @@ impl CloudbaseOutcome {
             CloudbaseOutcome::Timeout => "timeout",
             CloudbaseOutcome::Transport => "transport",
             CloudbaseOutcome::Shed => "shed",
+            CloudbaseOutcome::BreakerOpen => "breaker_open",
         }
     }
 }
@@ -498,7 +503,7 @@ pub struct Metrics {
     requests: RwLock<HashMap<RequestKey, AtomicU64>>,
     auth: [AtomicU64; 5],
     cache: [AtomicU64; 4],
-    cloudbase: [[AtomicU64; 6]; 2],
+    cloudbase: [[AtomicU64; CloudbaseOutcome::ALL.len()]; 2],
     cloudbase_durations: [Histogram; 2],
     sub_mismatches: AtomicU64,
     inflight: AtomicI64,
@@ -663,8 +668,18 @@ impl Metrics {
     /// A validation that would have called CloudBase but was refused a slot: counted as
     /// a `shed` call of each endpoint it would have made.
     pub fn cloudbase_shed(&self) {
+        self.cloudbase_not_asked(CloudbaseOutcome::Shed);
+    }
+
+    /// A validation that would have called CloudBase while the breaker was open: counted
+    /// as a `breaker_open` call of each endpoint it would have made.
+    pub fn cloudbase_breaker_open(&self) {
+        self.cloudbase_not_asked(CloudbaseOutcome::BreakerOpen);
+    }
+
+    fn cloudbase_not_asked(&self, why: CloudbaseOutcome) {
         for e in CloudbaseEndpoint::ALL {
-            self.cloudbase[e as usize][CloudbaseOutcome::Shed as usize].fetch_add(1, Relaxed);
+            self.cloudbase[e as usize][why as usize].fetch_add(1, Relaxed);
         }
     }
 

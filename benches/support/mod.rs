@@ -142,10 +142,7 @@ pub fn cache(config: &Config, api: Arc<StandIn>) -> (IdentityCache, IdentityMapp
         IdentityCache::with_limits(
             &config.cache,
             &names,
-            Limits {
-                max_in_flight: config.cloudbase.max_in_flight,
-                max_header_bytes: config.identity.max_header_bytes,
-            },
+            Limits::from_config(config),
             api,
             metrics,
         ),

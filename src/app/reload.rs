@@ -32,8 +32,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use super::{cache_limits, cloudbase_client, upstream_client, Runtime, StartError};
-use crate::cache::AuthApi;
+use super::{cloudbase_client, upstream_client, Runtime, StartError};
+use crate::cache::{AuthApi, Limits};
 use crate::config::{Config, Reload};
 use crate::limit::RouteLimits;
 use crate::metrics::ConfigReload;
@@ -240,7 +240,7 @@ impl Reloader {
         let dropped = runtime.cache.reconfigure(
             &config.cache,
             &config.identity.headers,
-            cache_limits(config),
+            Limits::from_config(config),
             api,
             reload.drops_cache,
         );

@@ -34,6 +34,7 @@
 //! needs no slot. The trade-off: under such a flood some real users' first requests are
 //! refused with 503 for a moment, instead of everyone waiting on an exhausted process.
 
+mod breaker;
 mod entries;
 mod identity;
 // The shared second tier on Redis (`[cache.redis]`), and how this cache uses it.
@@ -64,6 +65,7 @@ use crate::identity_headers::IdentityMapping;
 use crate::jwt::jwt_exp;
 use crate::metrics::{CacheLookup, CloudbaseEndpoint, CloudbaseOutcome, Metrics};
 use crate::telemetry::trace::{Kind, RequestTrace, Span, SpanLink};
+use breaker::{Breaker, Transition};
 use cloudbase_auth::types::{Introspection, UserProfile};
 use cloudbase_auth::{CallOptions, Client, Error as ApiError};
 use entries::{Entries, Entry, Negative, Positive};
@@ -161,6 +163,11 @@ struct Tuning {
     fields: HeaderFields,
     /// One permit per CloudBase call that may be open; a flight holds two.
     calls: Arc<tokio::sync::Semaphore>,
+    /// Stops asking a CloudBase that keeps failing (`cloudbase.breaker_*`); `None`: never.
+    breaker: Option<Breaker>,
+    /// The breaker's settings, for its log line.
+    breaker_failures: u32,
+    breaker_cooldown: Duration,
 }
 
 impl Tuning {
@@ -180,6 +187,10 @@ impl Tuning {
             settings: settings.clone(),
             fields: HeaderFields::new(mapping, limits.max_header_bytes, Some(metrics.clone())),
             calls: Arc::new(tokio::sync::Semaphore::new(permits)),
+            breaker: (limits.breaker_failures > 0)
+                .then(|| Breaker::new(limits.breaker_failures, limits.breaker_cooldown)),
+            breaker_failures: limits.breaker_failures,
+            breaker_cooldown: limits.breaker_cooldown,
         }
     }
 }
@@ -191,13 +202,33 @@ pub struct Limits {
     pub max_in_flight: usize,
     /// `identity.max_header_bytes`: the most bytes of one encoded identity header value.
     pub max_header_bytes: usize,
+    /// `cloudbase.breaker_failures`: failed validations in a row that stop CloudBase being
+    /// asked for `breaker_cooldown`; 0: never.
+    pub breaker_failures: u32,
+    /// `cloudbase.breaker_cooldown`.
+    pub breaker_cooldown: Duration,
+}
+
+impl Limits {
+    /// The limits `config` sets.
+    pub fn from_config(config: &crate::config::Config) -> Limits {
+        Limits {
+            max_in_flight: config.cloudbase.max_in_flight,
+            max_header_bytes: config.identity.max_header_bytes,
+            breaker_failures: config.cloudbase.breaker_failures,
+            breaker_cooldown: config.cloudbase.breaker_cooldown,
+        }
+    }
 }
 
 impl Default for Limits {
     fn default() -> Self {
+        let cloudbase = crate::config::CloudbaseSettings::default();
         Limits {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            breaker_failures: cloudbase.breaker_failures,
+            breaker_cooldown: cloudbase.breaker_cooldown,
         }
     }
 }
@@ -525,10 +556,50 @@ struct Answer {
 }
 
 impl Inner {
+    /// Asks CloudBase about `token` unless the breaker says CloudBase keeps failing (then,
+    /// as when it fails: `None`, counted as `breaker_open`), and tells the breaker how it
+    /// went: an answer (yes or no) closes it, a failure counts towards opening it.
+    async fn fetch(
+        &self,
+        tuning: &Tuning,
+        token: &str,
+        exp: Option<i64>,
+        opts: &CallOptions,
+        flight: Option<&Span>,
+        share: bool,
+    ) -> Option<Answer> {
+        let Some(breaker) = &tuning.breaker else {
+            return self.ask(tuning, token, exp, opts, flight, share).await;
+        };
+        let Some(permit) = breaker.admit() else {
+            self.metrics.cloudbase_breaker_open();
+            return None;
+        };
+        let answer = self.ask(tuning, token, exp, opts, flight, share).await;
+        let transition = match answer {
+            Some(_) => permit.succeeded(),
+            None => permit.failed(),
+        };
+        match transition {
+            Some(Transition::Opened) => tracing::warn!(
+                cooldown = ?tuning.breaker_cooldown,
+                "CloudBase failed {} validations in a row: not asked for the cool-down \
+                 (cloudbase.breaker_failures, breaker_cooldown); cache misses are answered \
+                 as unavailable meanwhile, then one validation probes it",
+                tuning.breaker_failures
+            ),
+            Some(Transition::Closed) => {
+                tracing::info!("CloudBase answered the breaker's probe: asked again")
+            }
+            None => {}
+        }
+        answer
+    }
+
     /// Asks CloudBase about `token`. `None`: CloudBase failed (nothing to cache).
     /// `flight`: the flight's span, under which each call gets its own. `share`: also
     /// make the answer for the shared tier.
-    async fn fetch(
+    async fn ask(
         &self,
         tuning: &Tuning,
         token: &str,

@@ -26,6 +26,8 @@ pub(super) struct RawCloudbase {
     introspect_auth: Option<String>,
     timeout: Option<String>,
     max_in_flight: Option<u64>,
+    breaker_failures: Option<u64>,
+    breaker_cooldown: Option<String>,
     ca_file: Option<String>,
 }
 
@@ -61,6 +63,14 @@ pub struct CloudbaseSettings {
     /// CloudBase calls open at once, at most; a validation needing more is answered as
     /// if CloudBase were unavailable. Default [`DEFAULT_MAX_IN_FLIGHT`].
     pub max_in_flight: usize,
+    /// Validations in a row that CloudBase failed (5xx, timeout, transport, garbage) after
+    /// which it is not asked for `breaker_cooldown`: cache misses are answered as if it
+    /// were unavailable, at once. Then one validation goes through as a probe. 0: never.
+    /// Default 5.
+    pub breaker_failures: u32,
+    /// Default 1 s.
+    #[serde(serialize_with = "ser::duration")]
+    pub breaker_cooldown: Duration,
     /// Extra PEM roots trusted for CloudBase and `https://` upstreams.
     #[serde(
         serialize_with = "ser::some_path",
@@ -81,6 +91,8 @@ impl Default for CloudbaseSettings {
             introspect_auth: IntrospectAuth::default(),
             timeout: Duration::from_secs(2),
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(1),
             ca_file: None,
         }
     }
@@ -202,6 +214,26 @@ pub(super) fn validate(
                 );
                 d.max_in_flight
             }
+        },
+        breaker_failures: match raw.breaker_failures {
+            None => d.breaker_failures,
+            Some(n @ 0..=1000) => n as u32,
+            Some(_) => {
+                errors.push("cloudbase.breaker_failures", "must be 0 (never) to 1000");
+                d.breaker_failures
+            }
+        },
+        breaker_cooldown: {
+            let cooldown = duration(
+                raw.breaker_cooldown,
+                "cloudbase.breaker_cooldown",
+                d.breaker_cooldown,
+                errors,
+            );
+            if cooldown.is_zero() {
+                errors.push("cloudbase.breaker_cooldown", "must be more than 0");
+            }
+            cooldown
         },
         ca_file,
         ..shared

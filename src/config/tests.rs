@@ -988,6 +988,18 @@ fn the_shipped_configs_commented_telemetry_and_rate_limit_keys_are_valid_once_un
 }
 
 #[test]
+fn breaker_settings_out_of_range_are_refused_with_their_keys() {
+    let got = errors(
+        "[cloudbase]\nbreaker_failures = 1001\nbreaker_cooldown = \"0s\"\n[emulator]\nenabled = true\n",
+    );
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got[0].starts_with("cloudbase.breaker_failures:"), "{got:?}");
+    assert!(got[1].starts_with("cloudbase.breaker_cooldown:"), "{got:?}");
+    let c = load("[cloudbase]\nbreaker_failures = 0\n[emulator]\nenabled = true\n").unwrap();
+    assert_eq!(c.cloudbase.breaker_failures, 0, "0 turns the breaker off");
+}
+
+#[test]
 fn a_zero_idle_timeout_is_refused_with_its_key() {
     let got = errors("[server]\nidle_timeout = \"0s\"\n[emulator]\nenabled = true\n");
     assert_eq!(got.len(), 1, "{got:?}");

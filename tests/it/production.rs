@@ -331,7 +331,9 @@ async fn cloudbase_faults_answer_503_auth_unavailable_never_401() {
         route("/opt/", &format!("http://{upstream}"), "optional")
     );
     let h = Cfg {
-        cloudbase: "timeout = \"300ms\"",
+        // The breaker off: this test shows that failures are not cached, so the same token
+        // passes the moment CloudBase is back (the breaker has its test below).
+        cloudbase: "timeout = \"300ms\"\nbreaker_failures = 0",
         routes: &routes,
         ..Cfg::default()
     }
@@ -387,6 +389,78 @@ async fn cloudbase_faults_answer_503_auth_unavailable_never_401() {
     // Failures were not cached: once CloudBase is back the same token passes.
     h.emulator.set_fault(Fault::Ok);
     assert_eq!(h.get("/api/x", Some(&token)).await.status(), 200);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_cloudbase_that_keeps_failing_is_not_asked_again_until_the_breakers_probe() {
+    let (upstream, _) = spawn_echo_upstream().await;
+    let routes = format!(
+        "{}{}",
+        route("/api/", &format!("http://{upstream}"), "required"),
+        route("/opt/", &format!("http://{upstream}"), "optional")
+    );
+    let h = Cfg {
+        cloudbase: "timeout = \"300ms\"\nbreaker_failures = 3\nbreaker_cooldown = \"1s\"",
+        routes: &routes,
+        ..Cfg::default()
+    }
+    .start()
+    .await;
+    let mut tokens = Vec::new();
+    for _ in 0..3 {
+        tokens.push(h.demo_token().await);
+    }
+    let before = h.calls("introspect");
+    h.emulator.set_fault(Fault::Error500);
+    // Three validations in a row fail: each asked CloudBase.
+    for token in &tokens {
+        assert_eq!(h.get("/api/x", Some(token)).await.status(), 503);
+    }
+    assert_eq!(h.calls("introspect") - before, 3);
+    // Open: misses are answered as unavailable at once, CloudBase is not asked, and an
+    // optional route still lets the request through without identity.
+    let opened = std::time::Instant::now();
+    for token in &tokens {
+        let (status, code, headers) = rejection(h.get("/api/x", Some(token)).await).await;
+        assert_eq!((status.as_u16(), code.as_str()), (503, "AUTH_UNAVAILABLE"));
+        assert!(headers.contains_key("retry-after"));
+        assert_eq!(h.get("/opt/x", Some(token)).await.status(), 200);
+    }
+    assert_eq!(h.calls("introspect") - before, 3, "not asked while open");
+    let m = h.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "cloudbase_gateway_cloudbase_requests_total{endpoint=\"introspect\",outcome=\"breaker_open\"}"
+        ),
+        6.0,
+        "{m}"
+    );
+    // CloudBase is back; after the cool-down one validation probes it, and its answer
+    // closes the breaker for everyone.
+    h.emulator.set_fault(Fault::Ok);
+    let deadline = opened + PATIENCE;
+    loop {
+        let status = h.get("/api/x", Some(&tokens[0])).await.status();
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the breaker never closed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        opened.elapsed() >= std::time::Duration::from_millis(900),
+        "closed before the cool-down: {:?}",
+        opened.elapsed()
+    );
+    for token in &tokens[1..] {
+        assert_eq!(h.get("/api/x", Some(token)).await.status(), 200);
+    }
     h.shutdown().await;
 }
 

@@ -36,7 +36,6 @@
 //! If they are lost anyway, stored values read as misses (their generation no longer
 //! matches): safe, only slower.
 
-mod breaker;
 mod codec;
 mod keys;
 mod subscriber;
@@ -53,10 +52,10 @@ pub use codec::{Claims, Invalid, SharedEntry, SharedGroup, SharedVerdict};
 pub use keys::{parse_message, Invalidation};
 pub use subscriber::{OnInvalidation, Subscription};
 
+use super::breaker::{Breaker, Permit, Transition};
 use crate::cache::TokenKey;
 use crate::config::{RedisSettings, REDACTED_HMAC_KEY};
 use crate::metrics::{Metrics, RedisLookup, RedisPurge, RedisWrite};
-use breaker::{Breaker, Permit, Transition};
 use codec::Codec;
 use keys::Keys;
 

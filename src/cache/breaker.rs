@@ -1,11 +1,15 @@
-//! A circuit breaker in front of Redis: after `failures` consecutive failed calls, Redis is
-//! skipped for `cool_down`; then one call goes through as a probe, and its outcome closes
-//! the breaker or opens it for another cool-down.
+//! A circuit breaker, in front of Redis (the shared tier) and of CloudBase: after
+//! `failures` consecutive failed calls, the service is not asked for `cool_down`; then one
+//! call goes through as a probe, and its outcome closes the breaker or opens it for another
+//! cool-down.
 //!
 //! Without it, a Redis that is down or frozen would add the whole `timeout` to every local
-//! miss (each waits for its own timeout before going to CloudBase); open, a lookup costs
-//! one uncontended mutex. One probe at a time, so a Redis that comes back is not met by
-//! every waiting request at once. Time is `tokio::time`, so the tests pause it.
+//! miss (each waits for its own timeout before going to CloudBase), and a CloudBase that
+//! fails would be asked again by every request whose entry has expired — thousands of
+//! calls a second against a service that is already failing, with each caller waiting for
+//! its own error or timeout. Open, a lookup costs one uncontended mutex. One probe at a
+//! time, so a service that comes back is not met by every waiting request at once. Time is
+//! `tokio::time`, so the tests pause it.
 
 use std::sync::Mutex;
 use std::time::Duration;
