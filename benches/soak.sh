@@ -10,9 +10,11 @@
 #   users     HIT_CONNECTIONS connections rotating over USERS signed-in tokens; with
 #             cache.ttl = 5s each entry expires and is validated again every 5 s, so the
 #             stream mixes cache hits with CloudBase round trips. Expected: 200 (503 is
-#             allowed only while CloudBase is down, for entries that expired meanwhile).
+#             allowed only while CloudBase is down, for entries that expired meanwhile,
+#             and in the first slice after it: the CloudBase breaker, open during the
+#             outage, asks again after its cool-down of cloudbase.breaker_cooldown = 1s).
 #   made-up   BAD_CONNECTIONS connections, a token never seen before on every request.
-#             Expected: 401 (503 while CloudBase is down).
+#             Expected: 401 (503 while CloudBase is down, and as above).
 # Each slice prints the gateway's RSS, the status counts of both streams and the CloudBase
 # calls (the emulator's counters). Verdict: no status other than the expected ones, and RSS
 # after warm-up (the last third against the end of the first minute) within RSS_SLACK %.
@@ -157,6 +159,8 @@ for slice in $(seq 1 "$SLICES"); do
         down=1
         note="CloudBase down"
         [ "$slice" -eq "$OUTAGE_AT" ] && fault error500
+    elif [ "$slice" -eq $((OUTAGE_AT + OUTAGE_SLICES)) ]; then
+        note="CloudBase back (503 until the breaker's probe)"
     fi
     SLICE=$slice taskset -c "$LOAD_CPUS" wrk -t1 -c"$HIT_CONNECTIONS" -d10s -s "$WORK/users.lua" \
         "http://127.0.0.1:$GATEWAY_PORT/soak" >"$WORK/users-$slice.txt" &
@@ -165,7 +169,7 @@ for slice in $(seq 1 "$SLICES"); do
         "http://127.0.0.1:$GATEWAY_PORT/soak" >"$WORK/madeup-$slice.txt"
     wait "$users_pid"
     [ "$down" -eq 1 ] && [ "$slice" -eq $((OUTAGE_AT + OUTAGE_SLICES - 1)) ] && fault ok
-    if [ "$down" -eq 1 ]; then
+    if [ "$down" -eq 1 ] || [ "$slice" -eq $((OUTAGE_AT + OUTAGE_SLICES)) ]; then
         users_other=$(other_count "$WORK/users-$slice.txt" 200 503)
         bad_other=$(other_count "$WORK/madeup-$slice.txt" 401 503)
     else
