@@ -322,14 +322,20 @@ async fn websocket_round_trips_through_auth_and_is_refused_without_a_token() {
 // 4. CloudBase outages and stale_if_error
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn cloudbase_faults_answer_503_auth_unavailable_never_401() {
-    let (upstream, served) = spawn_echo_upstream().await;
-    let routes = format!(
+/// `/api/` (auth required) and `/opt/` (optional) in front of `upstream`: how a CloudBase
+/// outage reads on each kind of route.
+fn api_and_opt(upstream: std::net::SocketAddr) -> String {
+    format!(
         "{}{}",
         route("/api/", &format!("http://{upstream}"), "required"),
         route("/opt/", &format!("http://{upstream}"), "optional")
-    );
+    )
+}
+
+#[tokio::test]
+async fn cloudbase_faults_answer_503_auth_unavailable_never_401() {
+    let (upstream, served) = spawn_echo_upstream().await;
+    let routes = api_and_opt(upstream);
     let h = Cfg {
         // The breaker off: this test shows that failures are not cached, so the same token
         // passes the moment CloudBase is back (the breaker has its test below).
@@ -395,11 +401,7 @@ async fn cloudbase_faults_answer_503_auth_unavailable_never_401() {
 #[tokio::test]
 async fn a_cloudbase_that_keeps_failing_is_not_asked_again_until_the_breakers_probe() {
     let (upstream, _) = spawn_echo_upstream().await;
-    let routes = format!(
-        "{}{}",
-        route("/api/", &format!("http://{upstream}"), "required"),
-        route("/opt/", &format!("http://{upstream}"), "optional")
-    );
+    let routes = api_and_opt(upstream);
     let h = Cfg {
         cloudbase: "timeout = \"300ms\"\nbreaker_failures = 3\nbreaker_cooldown = \"1s\"",
         routes: &routes,
@@ -471,11 +473,7 @@ async fn cloudbase_unreachable_answers_503_and_optional_routes_pass() {
         "timeout = \"300ms\"\nbase_url = \"http://127.0.0.1:{}/auth/v1\"\n",
         free_port()
     );
-    let routes = format!(
-        "{}{}",
-        route("/api/", &format!("http://{upstream}"), "required"),
-        route("/opt/", &format!("http://{upstream}"), "optional")
-    );
+    let routes = api_and_opt(upstream);
     let config = Cfg {
         cloudbase: &cloudbase,
         emulator: "enabled = false",
