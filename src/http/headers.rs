@@ -500,6 +500,35 @@ mod tests {
             let value = ip_value(ip);
             prop_assert_eq!(value.to_str().unwrap(), ip.to_string());
         }
+
+        /// Whatever a client writes in `Connection` (empty items, spaces, invalid names,
+        /// upper case, bytes over 0x7f): no panic, `Connection` goes, and of the other
+        /// headers exactly those it names (as valid names, in any case) go with it.
+        #[test]
+        fn any_connection_value_removes_exactly_the_names_it_lists(
+            value in proptest::collection::vec(
+                prop_oneof![
+                    Just(b'x'), Just(b'-'), Just(b'a'), Just(b'B'), Just(b','), Just(b' '),
+                    Just(b'\t'), Just(b'"'), Just(b'/'), Just(0x80u8), Just(0xffu8),
+                ],
+                0..24,
+            ),
+        ) {
+            let mut h = HeaderMap::new();
+            h.insert(CONNECTION, HeaderValue::from_bytes(&value).unwrap());
+            for name in ["x", "a", "x-a", "ab", "keep"] {
+                h.insert(HeaderName::from_static(name), HeaderValue::from_static("v"));
+            }
+            let listed: Vec<String> = std::str::from_utf8(&value)
+                .map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()).collect())
+                .unwrap_or_default();
+            remove_hop_by_hop(&mut h, false);
+            prop_assert!(!h.contains_key(CONNECTION));
+            for name in ["x", "a", "x-a", "ab", "keep"] {
+                let named = listed.iter().any(|t| t == name);
+                prop_assert_eq!(h.contains_key(name), !named, "{}", name);
+            }
+        }
     }
 
     use super::test_header_map as map;
